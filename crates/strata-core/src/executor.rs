@@ -1,0 +1,249 @@
+//! The executor contract: what the engine hands a model for one step and
+//! what it gets back.
+//!
+//! A step is one flattened batch mixing prefill chunks of several sequences
+//! with single-token decodes, the way vLLM's model runner feeds attention.
+//! For each sequence the batch says which tokens run now, how many of its
+//! tokens are already in the KV cache (so the position of the first new
+//! token), and its block table. The executor writes the new tokens' K/V into
+//! the slots the block table names and samples one token for every sequence
+//! that asks for it (a sequence whose prefill chunk does not reach the end
+//! of its prompt asks for none).
+//!
+//! Invariants the executor relies on, checked by [`ModelBatch::validate`]:
+//! every sequence runs at least one token; its block table covers
+//! `num_computed_tokens + token_ids.len()` slots; every block id is inside
+//! the pool; no request appears twice in a batch.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::ids::{BlockId, RequestId, TokenId};
+use crate::sampling::SamplingParams;
+
+/// Shape of the executor's device KV pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvCacheSpec {
+    /// Tokens per block.
+    pub block_size: usize,
+    /// Blocks in the pool.
+    pub num_blocks: usize,
+    /// Bytes one block occupies across all layers (K and V).
+    pub bytes_per_block: usize,
+    /// The longest sequence (prompt plus output) the model accepts.
+    pub max_model_len: usize,
+}
+
+impl KvCacheSpec {
+    pub fn num_blocks_for_tokens(&self, num_tokens: usize) -> usize {
+        num_tokens.div_ceil(self.block_size)
+    }
+}
+
+/// Sampling inputs of one sequence for this step.
+#[derive(Clone, Copy, Debug)]
+pub struct SampleRequest<'a> {
+    pub params: &'a SamplingParams,
+    /// Tokens generated so far (for penalties, and the position that keys
+    /// the per-request random stream).
+    pub output_token_ids: &'a [TokenId],
+}
+
+/// One sequence's part of a step.
+#[derive(Clone, Debug)]
+pub struct SeqInput<'a> {
+    pub request_id: RequestId,
+    /// The tokens that run this step (a prefill chunk, or one decode token).
+    pub token_ids: &'a [TokenId],
+    /// Tokens of this sequence already in the KV cache; the first token of
+    /// `token_ids` sits at this position.
+    pub num_computed_tokens: usize,
+    pub block_table: &'a [BlockId],
+    /// `Some` when a token is to be sampled after this step's last token.
+    pub sample: Option<SampleRequest<'a>>,
+}
+
+impl SeqInput<'_> {
+    /// Tokens in the KV cache once this step has run.
+    pub fn context_len(&self) -> usize {
+        self.num_computed_tokens + self.token_ids.len()
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ModelBatch<'a> {
+    pub seqs: Vec<SeqInput<'a>>,
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum BatchError {
+    #[error("the batch is empty")]
+    Empty,
+    #[error("{0} runs no tokens")]
+    NoTokens(RequestId),
+    #[error("{0} appears twice in one batch")]
+    Duplicate(RequestId),
+    #[error("{req}: context of {context_len} tokens exceeds max_model_len {max_model_len}")]
+    TooLong { req: RequestId, context_len: usize, max_model_len: usize },
+    #[error("{req}: block table of {blocks} blocks cannot hold {context_len} tokens")]
+    BlockTableShort { req: RequestId, blocks: usize, context_len: usize },
+    #[error("{req}: block {block} is outside the pool of {num_blocks} blocks")]
+    BlockOutOfRange { req: RequestId, block: u32, num_blocks: usize },
+}
+
+impl ModelBatch<'_> {
+    /// Total tokens the model runs this step.
+    pub fn num_tokens(&self) -> usize {
+        self.seqs.iter().map(|s| s.token_ids.len()).sum()
+    }
+
+    /// Checks the invariants listed in the module header against `spec`.
+    pub fn validate(&self, spec: &KvCacheSpec) -> Result<(), BatchError> {
+        if self.seqs.is_empty() {
+            return Err(BatchError::Empty);
+        }
+        let mut seen = BTreeSet::new();
+        for seq in &self.seqs {
+            let req = seq.request_id;
+            if seq.token_ids.is_empty() {
+                return Err(BatchError::NoTokens(req));
+            }
+            if !seen.insert(req) {
+                return Err(BatchError::Duplicate(req));
+            }
+            let context_len = seq.context_len();
+            if context_len > spec.max_model_len {
+                return Err(BatchError::TooLong {
+                    req,
+                    context_len,
+                    max_model_len: spec.max_model_len,
+                });
+            }
+            if seq.block_table.len() * spec.block_size < context_len {
+                return Err(BatchError::BlockTableShort {
+                    req,
+                    blocks: seq.block_table.len(),
+                    context_len,
+                });
+            }
+            if let Some(bad) = seq.block_table.iter().find(|b| b.index() >= spec.num_blocks) {
+                return Err(BatchError::BlockOutOfRange {
+                    req,
+                    block: bad.0,
+                    num_blocks: spec.num_blocks,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub token_id: TokenId,
+    pub logprob: f32,
+}
+
+/// Log-probabilities under the model's raw distribution (before
+/// temperature, filters and penalties, as vLLM's default `raw_logprobs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprobs {
+    pub sampled: TokenLogprob,
+    /// The N most likely tokens, most likely first.
+    pub top: Vec<TokenLogprob>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SampledToken {
+    pub request_id: RequestId,
+    pub token_id: TokenId,
+    pub logprobs: Option<TopLogprobs>,
+}
+
+/// What one step produced: a token for each sequence that asked for one,
+/// in batch order.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelOutput {
+    pub sampled: Vec<SampledToken>,
+}
+
+/// Runs model steps over a paged KV pool.
+pub trait Executor {
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    fn kv_cache_spec(&self) -> KvCacheSpec;
+
+    /// Runs one step. A batch that fails [`ModelBatch::validate`] is an
+    /// error, never a panic.
+    fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput, Self::Error>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> KvCacheSpec {
+        KvCacheSpec { block_size: 4, num_blocks: 8, bytes_per_block: 64, max_model_len: 32 }
+    }
+
+    fn req(n: u64) -> RequestId {
+        RequestId::new(n).expect("non-zero")
+    }
+
+    #[test]
+    fn validate_accepts_a_well_formed_mixed_batch() {
+        let blocks = [BlockId(0), BlockId(3)];
+        let params = SamplingParams::greedy(4);
+        let batch = ModelBatch {
+            seqs: vec![
+                SeqInput {
+                    request_id: req(1),
+                    token_ids: &[1, 2, 3, 4, 5],
+                    num_computed_tokens: 0,
+                    block_table: &blocks,
+                    sample: None,
+                },
+                SeqInput {
+                    request_id: req(2),
+                    token_ids: &[9],
+                    num_computed_tokens: 7,
+                    block_table: &blocks,
+                    sample: Some(SampleRequest { params: &params, output_token_ids: &[] }),
+                },
+            ],
+        };
+        assert_eq!(batch.validate(&spec()), Ok(()));
+        assert_eq!(batch.num_tokens(), 6);
+    }
+
+    #[test]
+    fn validate_names_each_violation() {
+        let one = [BlockId(0)];
+        let outside = [BlockId(8)];
+        let seq = |id, toks: &'static [u32], computed, table| SeqInput {
+            request_id: req(id),
+            token_ids: toks,
+            num_computed_tokens: computed,
+            block_table: table,
+            sample: None,
+        };
+        let check = |seqs: Vec<SeqInput<'_>>| ModelBatch { seqs }.validate(&spec()).unwrap_err();
+        assert_eq!(ModelBatch::default().validate(&spec()), Err(BatchError::Empty));
+        assert!(matches!(check(vec![seq(1, &[], 0, &one)]), BatchError::NoTokens(_)));
+        assert!(matches!(
+            check(vec![seq(1, &[1], 0, &one), seq(1, &[2], 0, &one)]),
+            BatchError::Duplicate(_)
+        ));
+        assert!(matches!(
+            check(vec![seq(1, &[1, 2], 3, &one)]),
+            BatchError::BlockTableShort { .. }
+        ));
+        assert!(matches!(
+            check(vec![seq(1, &[1], 0, &outside)]),
+            BatchError::BlockOutOfRange { .. }
+        ));
+        assert!(matches!(check(vec![seq(1, &[1], 32, &one)]), BatchError::TooLong { .. }));
+    }
+}

@@ -1,0 +1,277 @@
+//! `out[m, n] = x[m, k] @ w[n, k]^T` with `w` in f32, f16 or bf16.
+//!
+//! Two regimes:
+//! - decode-sized `m` (up to [`GEMV_MAX_ROWS`]): memory-bound, so each
+//!   weight row is streamed once and dotted with every input row while it
+//!   is in registers. AVX2+FMA kernels widen f16/bf16 on the fly (bf16 is a
+//!   16-bit shift, f16 uses F16C), with a portable fallback.
+//! - larger `m` (prefill): compute-bound, so `gemm` does the work. f32
+//!   weights go straight in; 16-bit weights are widened one panel of rows
+//!   at a time into a per-task buffer that stays in cache, and the panels
+//!   run in parallel.
+//!
+//! Every output element is a dot product accumulated in f32.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::CpuWeight;
+use crate::weights::HostData;
+
+/// Up to this many input rows use the GEMV kernels.
+pub const GEMV_MAX_ROWS: usize = 4;
+/// Weight rows per panel in the 16-bit prefill path.
+const PANEL_ROWS: usize = 64;
+
+pub fn linear(x: &[f32], m: usize, k: usize, w: &CpuWeight, out: &mut [f32]) {
+    assert_eq!(w.cols, k, "invariant: weight in_features match the input");
+    assert_eq!(out.len(), m * w.rows, "invariant: output sized m x n");
+    if m == 0 {
+        return;
+    }
+    if m <= GEMV_MAX_ROWS {
+        gemv(x, m, k, w, out);
+    } else if let HostData::F32(wv) = &w.data {
+        // SAFETY: pointers and strides describe the three slices exactly:
+        // x is m x k row-major, w is n x k row-major read as k x n with
+        // row stride 1 and column stride k, out is m x n row-major.
+        unsafe {
+            gemm::gemm(
+                m,
+                w.rows,
+                k,
+                out.as_mut_ptr(),
+                1,
+                w.rows as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                wv.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::Rayon(rayon::current_num_threads()),
+            )
+        }
+    } else {
+        panel_gemm(x, m, k, w, out);
+    }
+}
+
+/// A raw output pointer shared by tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint column ranges of the output (see uses).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Taking `self` makes closures capture the whole (Send) wrapper
+    /// rather than the raw pointer field.
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+fn panel_gemm(x: &[f32], m: usize, k: usize, w: &CpuWeight, out: &mut [f32]) {
+    let n = w.rows;
+    let ptr = OutPtr(out.as_mut_ptr());
+    (0..n.div_ceil(PANEL_ROWS)).into_par_iter().for_each_init(
+        || vec![0.0f32; PANEL_ROWS * k],
+        |panel, p| {
+            let rows = p * PANEL_ROWS..((p + 1) * PANEL_ROWS).min(n);
+            let nr = rows.len();
+            for (i, r) in rows.clone().enumerate() {
+                w.row_to_f32(r, &mut panel[i * k..(i + 1) * k]);
+            }
+            // SAFETY: this task writes only columns `rows` of the m x n
+            // output (row stride n), which no other task touches; x and
+            // the panel are m x k and nr x k row-major as described.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    nr,
+                    k,
+                    ptr.at(rows.start),
+                    1,
+                    n as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    panel.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                )
+            }
+        },
+    );
+}
+
+/// Weight rows per rayon task in the GEMV path: large enough to amortise
+/// scheduling, small enough to balance the last tasks.
+fn gemv_chunk(n: usize) -> usize {
+    (n / (rayon::current_num_threads() * 16)).clamp(8, 256)
+}
+
+fn gemv(x: &[f32], m: usize, k: usize, w: &CpuWeight, out: &mut [f32]) {
+    let n = w.rows;
+    if m == 1 {
+        gemv_into(x, 1, k, w, out);
+        return;
+    }
+    // Results are produced weight-row-major ([n, m]) so each task owns a
+    // contiguous range, then transposed into `out`.
+    let mut tmp = vec![0.0f32; n * m];
+    gemv_into(x, m, k, w, &mut tmp);
+    for j in 0..n {
+        for i in 0..m {
+            out[i * n + j] = tmp[j * m + i];
+        }
+    }
+}
+
+/// `dst[j * m + i] = x[i, :] . w[j, :]`.
+fn gemv_into(x: &[f32], m: usize, k: usize, w: &CpuWeight, dst: &mut [f32]) {
+    let chunk = gemv_chunk(w.rows);
+    dst.par_chunks_mut(chunk * m).enumerate().for_each(|(c, d)| {
+        let first = c * chunk;
+        for (i, dr) in d.chunks_mut(m).enumerate() {
+            dot_rows(x, m, k, w, first + i, dr);
+        }
+    });
+}
+
+/// `out[i] = x[i, :] . w[r, :]` for each of the `m` input rows.
+fn dot_rows(x: &[f32], m: usize, k: usize, w: &CpuWeight, r: usize, out: &mut [f32]) {
+    let range = r * k..(r + 1) * k;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd::available() {
+            // SAFETY: AVX2, FMA and F16C were detected at run time; slices
+            // have the lengths the kernels read (k per row, m rows).
+            unsafe {
+                match &w.data {
+                    HostData::F32(v) => simd::dot_f32(x, m, k, &v[range], out),
+                    HostData::BF16(v) => simd::dot_bf16(x, m, k, &v[range], out),
+                    HostData::F16(v) => simd::dot_f16(x, m, k, &v[range], out),
+                }
+            }
+            return;
+        }
+    }
+    portable_dot(x, m, k, w, r, out);
+}
+
+fn portable_dot(x: &[f32], m: usize, k: usize, w: &CpuWeight, r: usize, out: &mut [f32]) {
+    let mut row = vec![0.0f32; k];
+    w.row_to_f32(r, &mut row);
+    for i in 0..m {
+        out[i] = row.iter().zip(&x[i * k..(i + 1) * k]).map(|(a, b)| a * b).sum();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+    use std::sync::OnceLock;
+
+    use super::GEMV_MAX_ROWS;
+
+    pub fn available() -> bool {
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+        })
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// One kernel body per weight dtype: `$load(ptr, offset)` yields eight
+    /// widened weights, `$widen` one (for the tail). Two accumulators per input row hide FMA latency.
+    macro_rules! dot_kernel {
+        ($name:ident, $elem:ty, |$b:ident| $widen:expr, |$p:ident, $o:ident| $load:expr) => {
+            /// # Safety
+            /// The CPU supports AVX2, FMA and F16C; `x` holds `m * k`
+            /// values, `w` holds `k`, `out` holds `m`.
+            #[target_feature(enable = "avx2,fma,f16c")]
+            pub unsafe fn $name(x: &[f32], m: usize, k: usize, w: &[$elem], out: &mut [f32]) {
+                debug_assert!(m <= GEMV_MAX_ROWS && x.len() >= m * k && w.len() >= k);
+                let mut acc0 = [_mm256_setzero_ps(); GEMV_MAX_ROWS];
+                let mut acc1 = [_mm256_setzero_ps(); GEMV_MAX_ROWS];
+                let wp = w.as_ptr();
+                let xp = x.as_ptr();
+                let mut j = 0;
+                while j + 16 <= k {
+                    // SAFETY: j + 16 <= k keeps every read inside w and
+                    // inside each of the m rows of x.
+                    unsafe {
+                        let w0 = {
+                            let ($p, $o) = (wp, j);
+                            $load
+                        };
+                        let w1 = {
+                            let ($p, $o) = (wp, j + 8);
+                            $load
+                        };
+                        for i in 0..m {
+                            let xr = xp.add(i * k + j);
+                            acc0[i] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xr), acc0[i]);
+                            acc1[i] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xr.add(8)), acc1[i]);
+                        }
+                    }
+                    j += 16;
+                }
+                let mut wt = [0.0f32; 16];
+                let tail = k - j;
+                for (t, slot) in wt.iter_mut().enumerate().take(tail) {
+                    *slot = {
+                        let $b = w[j + t];
+                        $widen
+                    };
+                }
+                for i in 0..m {
+                    let mut s = hsum(_mm256_add_ps(acc0[i], acc1[i]));
+                    for t in 0..tail {
+                        s += wt[t] * x[i * k + j + t];
+                    }
+                    out[i] = s;
+                }
+            }
+        };
+    }
+
+    // The loads run inside the kernel's unsafe block, at offsets with
+    // eight readable elements after them.
+    dot_kernel!(dot_f32, f32, |v| v, |p, o| _mm256_loadu_ps(p.add(o)));
+    dot_kernel!(dot_bf16, u16, |b| f32::from_bits((b as u32) << 16), |p, o| {
+        let h = _mm_loadu_si128(p.add(o) as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+    });
+    dot_kernel!(dot_f16, u16, |b| half::f16::from_bits(b).to_f32(), |p, o| {
+        _mm256_cvtph_ps(_mm_loadu_si128(p.add(o) as *const __m128i))
+    });
+}

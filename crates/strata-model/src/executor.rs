@@ -1,0 +1,184 @@
+//! [`ModelExecutor`]: a decoder model, its paged KV pool and a sampler
+//! behind the [`Executor`] contract of `strata-core`.
+//!
+//! Per step: check the batch against the pool, flatten it into
+//! [`StepMetadata`] (token ids, positions, slot mapping, block tables),
+//! run the forward pass computing logits only for rows that sample, and
+//! sample each of those rows (in parallel; sampling of one row never looks
+//! at another).
+
+use rayon::prelude::*;
+use strata_core::{Executor, KvCacheSpec, ModelBatch, ModelOutput, SampledToken};
+
+use crate::backend::{Backend, SeqAttention, StepMetadata};
+use crate::error::{ModelError, Result};
+use crate::models::DecoderModel;
+use crate::sampler::Sampler;
+
+/// Size of the device KV pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvPoolConfig {
+    pub block_size: usize,
+    /// Exact number of blocks; when `None`, as many as fit in `memory_bytes`.
+    pub num_blocks: Option<usize>,
+    pub memory_bytes: u64,
+}
+
+impl Default for KvPoolConfig {
+    fn default() -> Self {
+        Self { block_size: 16, num_blocks: None, memory_bytes: 1 << 30 }
+    }
+}
+
+/// Which token rows a forward pass returns logits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitRows {
+    /// The last token of each sequence that samples (what `execute` uses).
+    Sampled,
+    /// Every token of the batch (for tests and scoring).
+    All,
+}
+
+pub struct ModelExecutor<B: Backend> {
+    backend: B,
+    model: DecoderModel<B>,
+    kv: Vec<B::KvLayer>,
+    spec: KvCacheSpec,
+    sampler: Sampler,
+}
+
+impl<B: Backend> std::fmt::Debug for ModelExecutor<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelExecutor")
+            .field("backend", &self.backend.name())
+            .field("model", &self.model)
+            .field("spec", &self.spec)
+            .finish()
+    }
+}
+
+impl<B: Backend> ModelExecutor<B> {
+    pub fn new(
+        backend: B,
+        model: DecoderModel<B>,
+        pool: KvPoolConfig,
+        max_model_len: usize,
+        sampler_seed: u64,
+    ) -> Result<Self> {
+        let c = model.config();
+        if pool.block_size == 0 {
+            return Err(ModelError::KvCache("block size must be at least 1".into()));
+        }
+        let bytes_per_block = c.num_layers * 2 * pool.block_size * c.kv_width() * 4;
+        let num_blocks =
+            pool.num_blocks.unwrap_or((pool.memory_bytes / bytes_per_block as u64) as usize);
+        if num_blocks == 0 {
+            return Err(ModelError::KvCache(format!(
+                "a KV pool of {} bytes holds no block of {bytes_per_block} bytes",
+                pool.memory_bytes
+            )));
+        }
+        let slots = num_blocks * pool.block_size;
+        let kv = (0..c.num_layers)
+            .map(|_| backend.alloc_kv_layer(slots, c.kv_width()))
+            .collect::<Result<Vec<_>>>()?;
+        let spec =
+            KvCacheSpec { block_size: pool.block_size, num_blocks, bytes_per_block, max_model_len };
+        Ok(Self { backend, model, kv, spec, sampler: Sampler::new(sampler_seed) })
+    }
+
+    pub fn model(&self) -> &DecoderModel<B> {
+        &self.model
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    fn step_metadata(&self, batch: &ModelBatch<'_>) -> StepMetadata {
+        let bs = self.spec.block_size;
+        let n = batch.num_tokens();
+        let mut meta = StepMetadata {
+            token_ids: Vec::with_capacity(n),
+            positions: Vec::with_capacity(n),
+            slot_mapping: Vec::with_capacity(n),
+            token_seq: Vec::with_capacity(n),
+            seqs: Vec::with_capacity(batch.seqs.len()),
+            block_tables: Vec::new(),
+            block_size: bs,
+        };
+        for (s, seq) in batch.seqs.iter().enumerate() {
+            let num_blocks = seq.context_len().div_ceil(bs);
+            meta.seqs.push(SeqAttention {
+                token_start: meta.token_ids.len(),
+                num_tokens: seq.token_ids.len(),
+                context_len: seq.context_len(),
+                block_table_start: meta.block_tables.len(),
+                num_blocks,
+            });
+            meta.block_tables.extend(seq.block_table[..num_blocks].iter().map(|b| b.0));
+            for (i, &tok) in seq.token_ids.iter().enumerate() {
+                let pos = seq.num_computed_tokens + i;
+                meta.token_ids.push(tok);
+                meta.positions.push(pos as u32);
+                meta.slot_mapping.push((seq.block_table[pos / bs].index() * bs + pos % bs) as u32);
+                meta.token_seq.push(s as u32);
+            }
+        }
+        meta
+    }
+
+    fn check_token_ids(&self, batch: &ModelBatch<'_>) -> Result<()> {
+        let vocab = self.model.config().vocab_size;
+        for seq in &batch.seqs {
+            if let Some(&bad) = seq.token_ids.iter().find(|&&t| t as usize >= vocab) {
+                return Err(ModelError::InvalidInput(format!(
+                    "{}: token id {bad} is outside the vocabulary of {vocab}",
+                    seq.request_id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the batch and returns logits, `[rows, vocab]` row-major.
+    pub fn logits(&mut self, batch: &ModelBatch<'_>, rows: LogitRows) -> Result<Vec<f32>> {
+        batch.validate(&self.spec)?;
+        self.check_token_ids(batch)?;
+        let meta = self.step_metadata(batch);
+        let rows: Vec<usize> = match rows {
+            LogitRows::All => (0..meta.num_tokens()).collect(),
+            LogitRows::Sampled => batch
+                .seqs
+                .iter()
+                .zip(&meta.seqs)
+                .filter(|(s, _)| s.sample.is_some())
+                .map(|(_, m)| m.token_start + m.num_tokens - 1)
+                .collect(),
+        };
+        let step = self.backend.prepare_step(&meta)?;
+        let logits = self.model.forward(&self.backend, &mut self.kv, &step, &rows);
+        self.backend.to_host(&logits)
+    }
+}
+
+impl<B: Backend> Executor for ModelExecutor<B> {
+    type Error = ModelError;
+
+    fn kv_cache_spec(&self) -> KvCacheSpec {
+        self.spec
+    }
+
+    fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput> {
+        let logits = self.logits(batch, LogitRows::Sampled)?;
+        let vocab = self.model.config().vocab_size;
+        let sampling: Vec<_> =
+            batch.seqs.iter().filter_map(|s| s.sample.map(|r| (s.request_id, r))).collect();
+        let sampled: Vec<SampledToken> = sampling
+            .par_iter()
+            .zip(logits.par_chunks(vocab))
+            .map(|((id, req), row)| self.sampler.sample(*id, row, req))
+            .collect();
+        Ok(ModelOutput { sampled })
+    }
+}

@@ -1,0 +1,213 @@
+//! `strata bench`: prefill and decode throughput of the executor at
+//! several batch sizes, with the machine's memory-bandwidth limit and the
+//! process's peak memory next to them.
+//!
+//! For each batch size `b`: one step prefills `b` prompts of `--prompt-len`
+//! random tokens, then `--decode-steps` steps decode one token for each of
+//! the `b` sequences. Throughput is tokens over wall time of those steps.
+//! The bandwidth limit is the weight bytes a decode step streams over the
+//! read bandwidth measured here, in the same run.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{ensure, Result};
+use clap::Args;
+use rayon::prelude::*;
+use serde_json::json;
+use strata_core::{
+    BlockId, Executor, ModelBatch, RequestId, SampleRequest, SamplingParams, SeqInput,
+};
+
+use crate::model_ref::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Batch sizes to measure, comma separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 8, 32])]
+    pub batch_sizes: Vec<usize>,
+    /// Prompt length of each sequence in the prefill step.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_len: usize,
+    /// Decode steps measured per batch size.
+    #[arg(long, default_value_t = 16)]
+    pub decode_steps: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Peak and current resident memory of this process, in bytes.
+fn memory() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// Best of three parallel passes summing a 512 MiB buffer, in bytes/s.
+fn read_bandwidth() -> f64 {
+    let buf: Vec<f32> = (0..(128usize << 20)).map(|i| (i & 7) as f32).collect();
+    let bytes = (buf.len() * 4) as f64;
+    let mut best = f64::INFINITY;
+    let mut checksum = 0.0f32;
+    for _ in 0..3 {
+        let t = Instant::now();
+        checksum += buf
+            .par_chunks(1 << 16)
+            .map(|c| {
+                let mut acc = [0.0f32; 8];
+                for w in c.chunks_exact(8) {
+                    for i in 0..8 {
+                        acc[i] += w[i];
+                    }
+                }
+                acc.iter().sum::<f32>()
+            })
+            .sum::<f32>();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(checksum);
+    bytes / best
+}
+
+struct Row {
+    batch: usize,
+    prefill_tok_s: f64,
+    decode_tok_s: f64,
+    decode_step_ms: f64,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let bandwidth = read_bandwidth();
+    let mut loaded = args.model.load()?;
+    let exec = &mut loaded.executor;
+    let spec = exec.kv_cache_spec();
+    let config = exec.model().config().clone();
+    let weight_bytes = exec.model().weight_bytes();
+    let per_seq_blocks = spec.num_blocks_for_tokens(args.prompt_len + args.decode_steps + 1);
+    let max_batch = args.batch_sizes.iter().copied().max().unwrap_or(1);
+    ensure!(
+        per_seq_blocks * max_batch <= spec.num_blocks,
+        "the KV pool ({} blocks) cannot hold {max_batch} sequences of {} tokens; raise --kv-cache-memory",
+        spec.num_blocks,
+        args.prompt_len + args.decode_steps
+    );
+    let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(u32::MAX) };
+    let mut rows = Vec::new();
+    for &b in &args.batch_sizes {
+        let tables: Vec<Vec<BlockId>> = (0..b)
+            .map(|s| {
+                (0..per_seq_blocks).map(|i| BlockId((s * per_seq_blocks + i) as u32)).collect()
+            })
+            .collect();
+        let mut seqs: Vec<Vec<u32>> = (0..b)
+            .map(|s| {
+                (0..args.prompt_len)
+                    .map(|i| ((s * 7919 + i * 104_729) % config.vocab_size) as u32)
+                    .collect()
+            })
+            .collect();
+        let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); b];
+        let id = |s: usize| RequestId::new(s as u64 + 1).expect("invariant: non-zero");
+        let mut step =
+            |seqs: &mut Vec<Vec<u32>>, outputs: &mut Vec<Vec<u32>>, prefill: bool| -> Result<f64> {
+                let batch = ModelBatch {
+                    seqs: (0..b)
+                        .map(|s| {
+                            let start = if prefill { 0 } else { seqs[s].len() - 1 };
+                            SeqInput {
+                                request_id: id(s),
+                                token_ids: &seqs[s][start..],
+                                num_computed_tokens: start,
+                                block_table: &tables[s],
+                                sample: Some(SampleRequest {
+                                    params: &params,
+                                    output_token_ids: &outputs[s],
+                                }),
+                            }
+                        })
+                        .collect(),
+                };
+                let t = Instant::now();
+                let out = exec.execute(&batch)?;
+                let secs = t.elapsed().as_secs_f64();
+                drop(batch);
+                for (s, tok) in out.sampled.iter().enumerate() {
+                    seqs[s].push(tok.token_id);
+                    outputs[s].push(tok.token_id);
+                }
+                Ok(secs)
+            };
+        let prefill_secs = step(&mut seqs, &mut outputs, true)?;
+        // The first decode step warms caches after the large prefill; it
+        // is not counted.
+        step(&mut seqs, &mut outputs, false)?;
+        let mut decode_secs = 0.0;
+        for _ in 0..args.decode_steps {
+            decode_secs += step(&mut seqs, &mut outputs, false)?;
+        }
+        let row = Row {
+            batch: b,
+            prefill_tok_s: (b * args.prompt_len) as f64 / prefill_secs,
+            decode_tok_s: (b * args.decode_steps) as f64 / decode_secs,
+            decode_step_ms: decode_secs * 1e3 / args.decode_steps as f64,
+        };
+        eprintln!(
+            "batch {:>3}: prefill {:>9.1} tok/s  decode {:>9.1} tok/s ({:.1} ms/step)",
+            row.batch, row.prefill_tok_s, row.decode_tok_s, row.decode_step_ms
+        );
+        rows.push(row);
+    }
+    let (peak, _) = memory();
+    let kv_pool_bytes = (spec.num_blocks * spec.bytes_per_block) as u64;
+    let limit_tok_s = bandwidth / weight_bytes as f64;
+    println!(
+        "model {} ({:?}), dtype {}, weights {:.1} MiB, threads {}",
+        args.model.model,
+        config.architecture,
+        args.model.dtype,
+        weight_bytes as f64 / (1 << 20) as f64,
+        rayon::current_num_threads()
+    );
+    println!("prompt length {}, decode steps {}", args.prompt_len, args.decode_steps);
+    println!("| batch | prefill tok/s | decode tok/s | decode ms/step |");
+    println!("|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} |",
+            r.batch, r.prefill_tok_s, r.decode_tok_s, r.decode_step_ms
+        );
+    }
+    println!(
+        "read bandwidth {:.1} GB/s -> batch-1 decode limit {:.1} tok/s (weight bytes per step / bandwidth)",
+        bandwidth / 1e9,
+        limit_tok_s
+    );
+    println!(
+        "peak RSS {:.1} MiB; weights + configured KV pool {:.1} MiB; ratio {:.3}",
+        peak as f64 / (1 << 20) as f64,
+        (weight_bytes + kv_pool_bytes) as f64 / (1 << 20) as f64,
+        peak as f64 / (weight_bytes + kv_pool_bytes) as f64
+    );
+    if let Some(path) = &args.json {
+        let value = json!({
+            "model": args.model.model, "dtype": args.model.dtype, "weight_bytes": weight_bytes,
+            "kv_pool_bytes": kv_pool_bytes, "peak_rss_bytes": peak, "read_bandwidth_bytes_per_s": bandwidth,
+            "decode_limit_tok_s": limit_tok_s, "prompt_len": args.prompt_len, "decode_steps": args.decode_steps,
+            "threads": rayon::current_num_threads(),
+            "rows": rows.iter().map(|r| json!({"batch": r.batch, "prefill_tok_s": r.prefill_tok_s,
+                "decode_tok_s": r.decode_tok_s, "decode_step_ms": r.decode_step_ms})).collect::<Vec<_>>(),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&value)?)?;
+    }
+    Ok(())
+}

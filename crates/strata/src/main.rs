@@ -1,0 +1,58 @@
+//! The `strata` command.
+
+mod bench;
+mod generate;
+mod model_ref;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "strata",
+    version,
+    about = "An LLM inference engine with truthful prompt-token accounting"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate text for one prompt or a file of prompts.
+    Generate(generate::GenerateArgs),
+    /// Measure prefill and decode throughput.
+    Bench(bench::BenchArgs),
+    /// Write the built-in model as a checkpoint directory (config.json,
+    /// model.safetensors, tokenizer files) that loads like any other.
+    ExportBuiltin {
+        /// Directory to write (created if missing).
+        dir: std::path::PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::ExportBuiltin { dir } => model_ref::export_builtin(&dir),
+    }
+}
