@@ -260,12 +260,12 @@ impl ModelConfig {
                 rope = serde_json::json!({
                     "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
                     "high_freq_factor": high_freq_factor,
-                    "original_max_position_embeddings": original_max_position,
+                    "original_max_position_embeddings": original_max_position as u64,
                     "rope_theta": self.rope_theta,
                 });
             }
         }
-        serde_json::json!({
+        let mut config = serde_json::json!({
             "architectures": [self.architecture.hf_name()],
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
@@ -281,10 +281,13 @@ impl ModelConfig {
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
             "attention_bias": self.attention_bias,
-            "torch_dtype": self.dtype.unwrap_or(DType::F32).torch_name(),
             "bos_token_id": self.bos_token_id,
             "eos_token_id": self.eos_token_ids,
-        })
+        });
+        if let Some(dtype) = self.dtype {
+            config["torch_dtype"] = dtype.torch_name().into();
+        }
+        config
     }
 
     pub fn q_width(&self) -> usize {

@@ -177,8 +177,9 @@ mod tests {
 
     #[test]
     fn penalties_move_greedy_away_from_repeats() {
-        let p = SamplingParams { presence_penalty: 1.5, ..SamplingParams::greedy(1) };
-        assert_eq!(sample_n(&p, &[0.0, 3.0, 2.0, 1.0], 3), vec![1, 2, 3]);
+        let p = SamplingParams { presence_penalty: 2.0, ..SamplingParams::greedy(1) };
+        // 3.0 -> 1.0 once used: 2.0 wins, then 1.5.
+        assert_eq!(sample_n(&p, &[0.0, 3.0, 2.0, 1.5], 3), vec![1, 2, 3]);
         let p = SamplingParams { frequency_penalty: 0.6, ..SamplingParams::greedy(1) };
         // 3.0 -> 2.4 -> 1.8 after two uses; 2.0 then wins, then alternates.
         assert_eq!(sample_n(&p, &[0.0, 3.0, 2.0, 1.0], 3), vec![1, 1, 2]);
