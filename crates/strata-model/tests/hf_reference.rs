@@ -10,6 +10,8 @@
 //! a real bug (a wrong RoPE frequency, a missing bias, a misread layout)
 //! cannot hide under it.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 use safetensors::SafeTensors;

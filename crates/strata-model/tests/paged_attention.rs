@@ -1,6 +1,8 @@
 //! Paged attention equals dense causal attention over random block
 //! layouts, chunk splits and batch mixes.
 
+#![allow(clippy::unwrap_used)]
+
 use proptest::prelude::*;
 use strata_model::backend::cpu::{CpuBackend, CpuTensor};
 use strata_model::backend::{AttentionShape, Backend, SeqAttention, StepMetadata};

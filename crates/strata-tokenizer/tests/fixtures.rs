@@ -1,6 +1,8 @@
 //! The fixture checkpoints' tokenizer.json files encode and decode exactly
 //! as Hugging Face's Python tokenizers did when the fixtures were made.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
