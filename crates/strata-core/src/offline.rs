@@ -201,3 +201,114 @@ pub fn run_offline<E: Executor>(
     }
     Ok(outputs.into_iter().map(|o| o.expect("invariant: every request finishes")).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::{BatchError, KvCacheSpec, ModelOutput, SampledToken};
+
+    /// Echoes "last token + 1" and records what each step ran.
+    struct Echo {
+        spec: KvCacheSpec,
+        steps: Vec<Vec<(RequestId, usize, usize)>>,
+    }
+
+    impl Executor for Echo {
+        type Error = BatchError;
+        fn kv_cache_spec(&self) -> KvCacheSpec {
+            self.spec
+        }
+        fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput, BatchError> {
+            batch.validate(&self.spec)?;
+            self.steps.push(
+                batch
+                    .seqs
+                    .iter()
+                    .map(|s| (s.request_id, s.num_computed_tokens, s.token_ids.len()))
+                    .collect(),
+            );
+            let sampled = batch
+                .seqs
+                .iter()
+                .filter(|s| s.sample.is_some())
+                .map(|s| SampledToken {
+                    request_id: s.request_id,
+                    token_id: s.token_ids.last().copied().unwrap_or(0) + 1,
+                    logprobs: None,
+                })
+                .collect();
+            Ok(ModelOutput { sampled })
+        }
+    }
+
+    fn echo(num_blocks: usize) -> Echo {
+        Echo {
+            spec: KvCacheSpec { block_size: 4, num_blocks, bytes_per_block: 1, max_model_len: 64 },
+            steps: Vec::new(),
+        }
+    }
+
+    fn req(prompt: Vec<u32>, max_tokens: u32) -> OfflineRequest {
+        OfflineRequest { prompt_token_ids: prompt, params: SamplingParams::greedy(max_tokens) }
+    }
+
+    #[test]
+    fn chunks_prefill_under_the_budget_and_stops_at_eos_or_length() {
+        let mut ex = echo(32);
+        let reqs = [req((10..20).collect(), 3), req(vec![40], 5)];
+        // EOS is 43: the second request stops after 41, 42, 43.
+        let out = run_offline(&mut ex, &reqs, &[43], 4).unwrap();
+        assert_eq!(out[0].token_ids, vec![20, 21, 22]);
+        assert_eq!(out[0].finish_reason, FinishReason::Length);
+        assert_eq!(out[1].token_ids, vec![41, 42, 43]);
+        assert_eq!(out[1].finish_reason, FinishReason::Stop);
+        assert!(ex.steps.iter().all(|s| s.iter().map(|&(_, _, n)| n).sum::<usize>() <= 4));
+        // The 10-token prompt was split into chunks of at most 4.
+        assert!(ex.steps[0].contains(&(RequestId::new(1).unwrap(), 0, 4)));
+    }
+
+    #[test]
+    fn a_small_pool_admits_in_waves_and_frees_blocks() {
+        // Each request needs 2 blocks (5 tokens + 3 outputs); 3 blocks fit one.
+        let mut ex = echo(3);
+        let reqs: Vec<_> = (0..4).map(|i| req(vec![i * 10; 5], 3)).collect();
+        let out = run_offline(&mut ex, &reqs, &[], 64).unwrap();
+        for (i, o) in out.iter().enumerate() {
+            let last = i as u32 * 10;
+            assert_eq!(o.token_ids, vec![last + 1, last + 2, last + 3]);
+        }
+        assert!(ex.steps.iter().all(|s| s.len() == 1), "one request at a time");
+    }
+
+    #[test]
+    fn impossible_requests_are_rejected_up_front() {
+        let mut ex = echo(4);
+        let check = |ex: &mut Echo, r: OfflineRequest| {
+            run_offline(ex, &[r], &[], 8).unwrap_err().to_string()
+        };
+        assert!(check(&mut ex, req(vec![], 3)).contains("empty"));
+        assert!(check(&mut ex, req(vec![1; 60], 10)).contains("exceeds"));
+        assert!(check(&mut ex, req(vec![1; 14], 10)).contains("KV blocks"));
+        let bad = OfflineRequest {
+            prompt_token_ids: vec![1],
+            params: SamplingParams { top_p: 0.0, ..SamplingParams::default() },
+        };
+        assert!(check(&mut ex, bad).contains("top_p"));
+        assert!(ex.steps.is_empty());
+    }
+
+    #[test]
+    fn stop_token_ids_and_ignore_eos() {
+        let mut ex = echo(8);
+        let params = SamplingParams {
+            ignore_eos: true,
+            stop_token_ids: vec![4],
+            ..SamplingParams::greedy(10)
+        };
+        let out =
+            run_offline(&mut ex, &[OfflineRequest { prompt_token_ids: vec![1], params }], &[2], 8)
+                .unwrap();
+        assert_eq!(out[0].token_ids, vec![2, 3, 4]);
+        assert_eq!(out[0].finish_reason, FinishReason::Stop);
+    }
+}

@@ -89,11 +89,6 @@ impl ModelArgs {
 
     pub fn load(&self) -> Result<Loaded> {
         let source = self.source()?;
-        let tokenizer = match &source {
-            ModelSource::Builtin => Some(Tokenizer::builtin()),
-            ModelSource::Dir(dir) => Some(Tokenizer::from_dir(dir)?),
-            ModelSource::Dummy { .. } => None,
-        };
         let opts = LoadOptions {
             dtype: parse_dtype(&self.dtype)?,
             kv: KvPoolConfig {
@@ -128,6 +123,12 @@ impl ModelArgs {
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
+        // After the weights, so a wrong directory is reported by its config.json.
+        let tokenizer = match &source {
+            ModelSource::Builtin => Some(Tokenizer::builtin()),
+            ModelSource::Dir(dir) => Some(Tokenizer::from_dir(dir)?),
+            ModelSource::Dummy { .. } => None,
+        };
         tracing::info!(
             model = %self.model,
             weight_mib = executor.model().weight_bytes() as f64 / (1 << 20) as f64,

@@ -1,0 +1,135 @@
+//! `strata` as a user runs it: the real binary, real files.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn strata(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_strata")).args(args).env("RUST_LOG", "warn").output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+const GREEDY: [&str; 6] =
+    ["--max-tokens", "12", "--temperature", "0", "--ignore-eos", "--show-token-ids"];
+
+#[test]
+fn generate_with_the_builtin_model_prints_text() {
+    let out =
+        stdout(&strata(&[&["generate", "--prompt", "Hello, my name is"][..], &GREEDY].concat()));
+    let ids_line = out.lines().last().unwrap();
+    let ids: Vec<u32> = serde_json::from_str(ids_line).unwrap();
+    assert_eq!(ids.len(), 12);
+}
+
+#[test]
+fn exported_builtin_loads_through_the_checkpoint_path_with_identical_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    stdout(&strata(&["export-builtin", d]));
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        assert!(dir.path().join(f).exists(), "{f}");
+    }
+    let args = |model: &str| {
+        [&["generate", "--model", model, "--prompt", "The engine"][..], &GREEDY]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    };
+    let a = strata(&args("builtin").iter().map(String::as_str).collect::<Vec<_>>());
+    let b = strata(&args(d).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(stdout(&a), stdout(&b));
+}
+
+#[test]
+fn generate_from_a_transformers_checkpoint() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-qwen3");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let case = &reference["cases"][1];
+    let out = stdout(&strata(
+        &[
+            &[
+                "generate",
+                "--model",
+                dir.to_str().unwrap(),
+                "--prompt",
+                case["prompt"].as_str().unwrap(),
+            ][..],
+            &GREEDY,
+        ]
+        .concat(),
+    ));
+    let ids: Vec<u64> = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let expected: Vec<u64> =
+        case["greedy_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(ids, expected);
+}
+
+#[test]
+fn prompts_file_gives_one_json_line_per_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prompts.txt");
+    let prompts: Vec<String> =
+        (0..40).map(|i| format!("Prompt number {i} about the engine")).collect();
+    std::fs::write(&file, prompts.join("\n")).unwrap();
+    let out = stdout(&strata(&[
+        "generate",
+        "--prompts-file",
+        file.to_str().unwrap(),
+        "--max-tokens",
+        "5",
+        "--seed",
+        "7",
+    ]));
+    let lines: Vec<serde_json::Value> =
+        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 40);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["index"], i);
+        assert_eq!(l["prompt"], prompts[i]);
+        assert!(l["num_generated_tokens"].as_u64().unwrap() <= 5);
+    }
+}
+
+#[test]
+fn bad_model_directory_is_a_clear_error() {
+    let o = strata(&["generate", "--model", "/nonexistent/dir", "--prompt", "x"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("/nonexistent/dir/config.json"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn invalid_sampling_values_are_rejected() {
+    let o = strata(&["generate", "--prompt", "x", "--top-p", "1.5"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("top_p"));
+}
+
+#[test]
+fn bench_reports_every_batch_size() {
+    let out = stdout(&strata(&[
+        "bench",
+        "--batch-sizes",
+        "1,2",
+        "--prompt-len",
+        "8",
+        "--decode-steps",
+        "2",
+    ]));
+    assert!(out.contains("| 1 |") && out.contains("| 2 |") && out.contains("peak RSS"), "{out}");
+}
