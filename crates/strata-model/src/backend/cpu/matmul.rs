@@ -33,6 +33,7 @@ pub fn linear(x: &[f32], m: usize, k: usize, w: &CpuWeight, out: &mut [f32]) {
     }
     if m <= GEMV_MAX_ROWS {
         gemv(x, m, k, w, out);
+    } else if m <= super::tile::TILE_MAX_ROWS && super::tile::tiled(x, m, k, w, out) {
     } else {
         panel_gemm(x, m, k, w, out);
     }
@@ -135,6 +136,11 @@ fn gemv_into(x: &[f32], m: usize, k: usize, w: &CpuWeight, dst: &mut [f32]) {
     });
 }
 
+#[cfg(target_arch = "x86_64")]
+pub(super) fn simd_available() -> bool {
+    simd::available()
+}
+
 /// `out[i] = x[i, :] . w[r, :]` for each of the `m` input rows.
 fn dot_rows(x: &[f32], m: usize, k: usize, w: &CpuWeight, r: usize, out: &mut [f32]) {
     let range = r * k..(r + 1) * k;
@@ -171,7 +177,7 @@ mod simd {
 
     use super::GEMV_MAX_ROWS;
 
-    pub fn available() -> bool {
+    pub(in crate::backend::cpu) fn available() -> bool {
         static AVAILABLE: OnceLock<bool> = OnceLock::new();
         *AVAILABLE.get_or_init(|| {
             is_x86_feature_detected!("avx2")

@@ -4,6 +4,7 @@
 
 mod attention;
 mod matmul;
+mod tile;
 
 use rayon::prelude::*;
 
