@@ -175,9 +175,29 @@ pub trait Executor {
 
     fn kv_cache_spec(&self) -> KvCacheSpec;
 
+    /// Token ids must be below this.
+    fn vocab_size(&self) -> usize;
+
     /// Runs one step. A batch that fails [`ModelBatch::validate`] is an
     /// error, never a panic.
     fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput, Self::Error>;
+}
+
+/// A borrowed executor drives an engine as well as an owned one.
+impl<E: Executor> Executor for &mut E {
+    type Error = E::Error;
+
+    fn kv_cache_spec(&self) -> KvCacheSpec {
+        (**self).kv_cache_spec()
+    }
+
+    fn vocab_size(&self) -> usize {
+        (**self).vocab_size()
+    }
+
+    fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput, Self::Error> {
+        (**self).execute(batch)
+    }
 }
 
 #[cfg(test)]

@@ -5,14 +5,25 @@
 //! sampling parameters, and the [`Executor`] contract through which the
 //! engine drives a model (see `ARCHITECTURE.md`, "The step contract").
 
+pub mod engine;
 pub mod executor;
 pub mod ids;
+pub mod kv;
 pub mod offline;
+pub mod records;
+pub mod request;
 pub mod sampling;
+pub mod scheduler;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
+pub use engine::EngineCore;
 pub use executor::{
     BatchError, Executor, KvCacheSpec, ModelBatch, ModelOutput, SampleRequest, SampledToken,
     SeqInput, TokenLogprob, TopLogprobs,
 };
 pub use ids::{BlockId, RequestId, TokenId};
+pub use records::{FinishRecord, PrefillRecord, Provenance, RequestEvent, StepRecord, TokenSource};
+pub use request::{FinishReason, NewRequest, RequestStatus};
 pub use sampling::{SamplingError, SamplingParams};
+pub use scheduler::{AdmissionError, SchedulerConfig, SchedulingPolicy, StepResult};

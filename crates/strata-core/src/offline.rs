@@ -1,22 +1,19 @@
-//! A simple offline batch driver over any [`Executor`]: it admits as many
-//! requests as the KV pool can hold for their whole length (prompt plus
-//! `max_tokens`), prefills them in chunks under a per-step token budget
-//! while already-admitted requests decode, and stops each at EOS, a stop
-//! token or `max_tokens`. Admission is first come, first served; a request
-//! that can never fit is rejected up front, never left waiting.
-//!
-//! This is the engine-foundation driver for `strata generate` and the
-//! executor tests. It reserves blocks for the worst case, so it never
-//! preempts and has no prefix cache; the scheduler of the engine core
-//! supersedes it for serving.
+//! Offline generation: run a list of requests to completion through an
+//! [`EngineCore`] (continuous batching, chunked prefill, prefix caching,
+//! preemption), as `strata generate` and the executor tests do. Time is
+//! the step count, so runs are deterministic.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-use crate::executor::{Executor, ModelBatch, SampleRequest, SeqInput, TopLogprobs};
-use crate::ids::{BlockId, RequestId, TokenId};
-use crate::sampling::{SamplingError, SamplingParams};
+use crate::engine::EngineCore;
+use crate::executor::{Executor, TopLogprobs};
+use crate::ids::{RequestId, TokenId};
+use crate::records::PrefillRecord;
+use crate::request::{FinishReason, NewRequest};
+use crate::sampling::SamplingParams;
+use crate::scheduler::{AdmissionError, SchedulerConfig, SchedulingPolicy};
 
 #[derive(Clone, Debug)]
 pub struct OfflineRequest {
@@ -24,188 +21,96 @@ pub struct OfflineRequest {
     pub params: SamplingParams,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FinishReason {
-    /// EOS or a stop token.
-    Stop,
-    /// `max_tokens` reached.
-    Length,
-}
-
 #[derive(Clone, Debug, PartialEq)]
 pub struct OfflineOutput {
     pub token_ids: Vec<TokenId>,
     pub logprobs: Vec<TopLogprobs>,
     pub finish_reason: FinishReason,
+    /// Where the prompt's KV came from (`None` if no token was produced).
+    pub prefill: Option<PrefillRecord>,
 }
 
 #[derive(Debug, Error)]
-pub enum OfflineError<E: std::error::Error> {
-    #[error("request {index}: the prompt is empty")]
-    EmptyPrompt { index: usize },
+pub enum OfflineError {
     #[error("request {index}: {source}")]
-    Sampling { index: usize, source: SamplingError },
-    #[error("request {index}: prompt ({prompt}) plus max_tokens ({max_tokens}) exceeds the model's {limit} tokens")]
-    TooLong { index: usize, prompt: usize, max_tokens: u32, limit: usize },
-    #[error("request {index} needs {needed} KV blocks but the pool has {available}")]
-    PoolTooSmall { index: usize, needed: usize, available: usize },
-    #[error("executor: {0}")]
-    Executor(#[source] E),
+    Admission { index: usize, source: AdmissionError },
+    #[error("request {index} failed in the executor: {message}")]
+    Executor { index: usize, message: String },
 }
 
-struct Running {
-    index: usize,
-    id: RequestId,
-    tokens: Vec<TokenId>,
-    num_prompt: usize,
-    num_computed: usize,
-    blocks: Vec<BlockId>,
-    output: OfflineOutput,
-    finished: bool,
+/// Engine settings for offline runs.
+pub fn offline_config(max_num_batched_tokens: usize, max_num_seqs: usize) -> SchedulerConfig {
+    SchedulerConfig {
+        max_num_seqs,
+        max_num_batched_tokens: max_num_batched_tokens.max(1),
+        // Block size, pool size and max length come from the executor.
+        block_size: 1,
+        num_blocks: 0,
+        max_model_len: usize::MAX,
+        policy: SchedulingPolicy::Fcfs,
+        enable_prefix_caching: true,
+    }
 }
 
 /// Runs every request to completion; outputs come back in request order.
-/// `max_num_batched_tokens` bounds the tokens of one step (decodes first,
-/// then prefill chunks).
 pub fn run_offline<E: Executor>(
-    executor: &mut E,
+    executor: E,
     requests: &[OfflineRequest],
     eos_token_ids: &[TokenId],
     max_num_batched_tokens: usize,
-) -> Result<Vec<OfflineOutput>, OfflineError<E::Error>> {
-    let spec = executor.kv_cache_spec();
-    let mut waiting = VecDeque::new();
+) -> Result<Vec<OfflineOutput>, OfflineError> {
+    let mut engine = EngineCore::new(executor, offline_config(max_num_batched_tokens, 256));
+    let mut index_of: BTreeMap<RequestId, usize> = BTreeMap::new();
     for (index, r) in requests.iter().enumerate() {
-        let prompt = r.prompt_token_ids.len();
-        if prompt == 0 {
-            return Err(OfflineError::EmptyPrompt { index });
-        }
-        r.params.validate().map_err(|source| OfflineError::Sampling { index, source })?;
-        let total = prompt + r.params.max_tokens as usize;
-        if total > spec.max_model_len {
-            return Err(OfflineError::TooLong {
-                index,
-                prompt,
-                max_tokens: r.params.max_tokens,
-                limit: spec.max_model_len,
-            });
-        }
-        let needed = spec.num_blocks_for_tokens(total);
-        if needed > spec.num_blocks {
-            return Err(OfflineError::PoolTooSmall { index, needed, available: spec.num_blocks });
-        }
-        waiting.push_back(index);
-    }
-    let budget = max_num_batched_tokens.max(1);
-    let mut free: Vec<BlockId> = (0..spec.num_blocks as u32).rev().map(BlockId).collect();
-    let mut outputs: Vec<Option<OfflineOutput>> = vec![None; requests.len()];
-    let mut running: Vec<Running> = Vec::new();
-    let mut next_id = 1u64;
-    while !waiting.is_empty() || !running.is_empty() {
-        while let Some(&index) = waiting.front() {
-            let r = &requests[index];
-            let needed =
-                spec.num_blocks_for_tokens(r.prompt_token_ids.len() + r.params.max_tokens as usize);
-            if needed > free.len() {
-                break;
-            }
-            waiting.pop_front();
-            let blocks = free.split_off(free.len() - needed);
-            running.push(Running {
-                index,
-                id: RequestId::new(next_id).expect("invariant: ids start at 1"),
-                tokens: r.prompt_token_ids.clone(),
-                num_prompt: r.prompt_token_ids.len(),
-                num_computed: 0,
-                blocks,
-                output: OfflineOutput {
-                    token_ids: Vec::new(),
-                    logprobs: Vec::new(),
-                    finish_reason: FinishReason::Length,
-                },
-                finished: false,
-            });
-            next_id += 1;
-        }
-        // Decodes first (one token each), then prefill chunks in arrival order.
-        let mut plan: Vec<(usize, usize)> = Vec::new();
-        let mut left = budget;
-        for (i, r) in running.iter().enumerate() {
-            if r.num_computed >= r.num_prompt && left > 0 {
-                plan.push((i, 1));
-                left -= 1;
-            }
-        }
-        for (i, r) in running.iter().enumerate() {
-            if r.num_computed < r.num_prompt && left > 0 {
-                let n = (r.num_prompt - r.num_computed).min(left);
-                plan.push((i, n));
-                left -= n;
-            }
-        }
-        let batch = ModelBatch {
-            seqs: plan
-                .iter()
-                .map(|&(i, n)| {
-                    let r = &running[i];
-                    let reaches_end = r.num_computed + n >= r.tokens.len();
-                    SeqInput {
-                        request_id: r.id,
-                        token_ids: &r.tokens[r.num_computed..r.num_computed + n],
-                        num_computed_tokens: r.num_computed,
-                        block_table: &r.blocks,
-                        sample: reaches_end.then(|| SampleRequest {
-                            params: &requests[r.index].params,
-                            output_token_ids: &r.output.token_ids,
-                        }),
-                    }
-                })
-                .collect(),
+        let new = NewRequest {
+            prompt_token_ids: r.prompt_token_ids.clone(),
+            params: r.params.clone(),
+            priority: 0,
+            cache_salt: None,
+            eos_token_ids: eos_token_ids.to_vec(),
         };
-        let out = executor.execute(&batch).map_err(OfflineError::Executor)?;
-        drop(batch);
-        let mut sampled = out.sampled.into_iter();
-        for &(i, n) in &plan {
-            let r = &mut running[i];
-            r.num_computed += n;
-            if r.num_computed < r.tokens.len() {
-                continue;
-            }
-            let s = sampled.next().expect("invariant: one sample per sequence that asked");
-            debug_assert_eq!(s.request_id, r.id);
-            let params = &requests[r.index].params;
-            r.tokens.push(s.token_id);
-            r.output.token_ids.push(s.token_id);
-            r.output.logprobs.extend(s.logprobs);
-            let is_stop = !params.ignore_eos && eos_token_ids.contains(&s.token_id)
-                || params.stop_token_ids.contains(&s.token_id);
-            if is_stop {
-                r.output.finish_reason = FinishReason::Stop;
-                r.finished = true;
-            } else if r.output.token_ids.len() >= params.max_tokens as usize {
-                r.finished = true;
-            }
-        }
-        for r in running.iter_mut().filter(|r| r.finished) {
-            free.append(&mut r.blocks);
-            outputs[r.index] = Some(std::mem::replace(
-                &mut r.output,
-                OfflineOutput {
-                    token_ids: Vec::new(),
-                    logprobs: Vec::new(),
-                    finish_reason: FinishReason::Length,
-                },
-            ));
-        }
-        running.retain(|r| !r.finished);
+        let id = engine
+            .add_request(new, 0.0)
+            .map_err(|source| OfflineError::Admission { index, source })?;
+        index_of.insert(id, index);
     }
-    Ok(outputs.into_iter().map(|o| o.expect("invariant: every request finishes")).collect())
+    let mut outputs: Vec<OfflineOutput> = requests
+        .iter()
+        .map(|_| OfflineOutput {
+            token_ids: Vec::new(),
+            logprobs: Vec::new(),
+            finish_reason: FinishReason::Abort,
+            prefill: None,
+        })
+        .collect();
+    let mut step = 0u64;
+    while engine.has_unfinished() {
+        step += 1;
+        let result = engine.step(step as f64);
+        for r in result.prefill_records {
+            outputs[index_of[&r.request_id]].prefill = Some(r);
+        }
+        for o in result.outputs {
+            let index = index_of[&o.request_id];
+            let out = &mut outputs[index];
+            out.token_ids.extend(o.new_token_ids);
+            out.logprobs.extend(o.logprobs);
+            if let Some(reason) = o.finish_reason {
+                out.finish_reason = reason;
+                if reason == FinishReason::Error {
+                    let message = result.executor_error.clone().unwrap_or_default();
+                    return Err(OfflineError::Executor { index, message });
+                }
+            }
+        }
+    }
+    Ok(outputs)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::executor::{BatchError, KvCacheSpec, ModelOutput, SampledToken};
+    use crate::executor::{BatchError, KvCacheSpec, ModelBatch, ModelOutput, SampledToken};
 
     /// Echoes "last token + 1" and records what each step ran.
     struct Echo {
@@ -239,6 +144,9 @@ mod tests {
                 .collect();
             Ok(ModelOutput { sampled })
         }
+        fn vocab_size(&self) -> usize {
+            1000
+        }
     }
 
     fn echo(num_blocks: usize) -> Echo {
@@ -258,6 +166,7 @@ mod tests {
         let reqs = [req((10..20).collect(), 3), req(vec![40], 5)];
         // EOS is 43: the second request stops after 41, 42, 43.
         let out = run_offline(&mut ex, &reqs, &[43], 4).unwrap();
+        assert!(out.iter().all(|o| o.prefill.is_some_and(|p| p.local_compute == p.prompt_tokens)));
         assert_eq!(out[0].token_ids, vec![20, 21, 22]);
         assert_eq!(out[0].finish_reason, FinishReason::Length);
         assert_eq!(out[1].token_ids, vec![41, 42, 43]);
@@ -268,8 +177,9 @@ mod tests {
     }
 
     #[test]
-    fn a_small_pool_admits_in_waves_and_frees_blocks() {
-        // Each request needs 2 blocks (5 tokens + 3 outputs); 3 blocks fit one.
+    fn a_small_pool_runs_everything_to_completion() {
+        // Each request needs 2 blocks (5 tokens + 3 outputs); 3 blocks hold
+        // one and a half: requests wait or are preempted, and all finish.
         let mut ex = echo(3);
         let reqs: Vec<_> = (0..4).map(|i| req(vec![i * 10; 5], 3)).collect();
         let out = run_offline(&mut ex, &reqs, &[], 64).unwrap();
@@ -277,7 +187,6 @@ mod tests {
             let last = i as u32 * 10;
             assert_eq!(o.token_ids, vec![last + 1, last + 2, last + 3]);
         }
-        assert!(ex.steps.iter().all(|s| s.len() == 1), "one request at a time");
     }
 
     #[test]
@@ -287,7 +196,7 @@ mod tests {
             run_offline(ex, &[r], &[], 8).unwrap_err().to_string()
         };
         assert!(check(&mut ex, req(vec![], 3)).contains("empty"));
-        assert!(check(&mut ex, req(vec![1; 60], 10)).contains("exceeds"));
+        assert!(check(&mut ex, req(vec![1; 60], 10)).contains("maximum context length"));
         assert!(check(&mut ex, req(vec![1; 14], 10)).contains("KV blocks"));
         let bad = OfflineRequest {
             prompt_token_ids: vec![1],

@@ -33,6 +33,8 @@ pub struct SamplingParams {
     /// Number of top alternatives to return with each sampled token.
     pub logprobs: Option<u32>,
     pub max_tokens: u32,
+    /// EOS and stop tokens do not end the request before this many tokens.
+    pub min_tokens: u32,
     /// Keep generating past end-of-sequence tokens.
     pub ignore_eos: bool,
     /// Extra token ids that end the sequence (besides the model's EOS).
@@ -51,6 +53,7 @@ impl Default for SamplingParams {
             seed: None,
             logprobs: None,
             max_tokens: 16,
+            min_tokens: 0,
             ignore_eos: false,
             stop_token_ids: Vec::new(),
         }
@@ -71,6 +74,8 @@ pub enum SamplingError {
     Logprobs(u32),
     #[error("max_tokens must be at least 1, got {0}")]
     MaxTokens(u32),
+    #[error("min_tokens ({min}) must not exceed max_tokens ({max})")]
+    MinTokens { min: u32, max: u32 },
 }
 
 impl SamplingParams {
@@ -114,6 +119,9 @@ impl SamplingParams {
         if self.max_tokens == 0 {
             return Err(SamplingError::MaxTokens(0));
         }
+        if self.min_tokens > self.max_tokens {
+            return Err(SamplingError::MinTokens { min: self.min_tokens, max: self.max_tokens });
+        }
         Ok(())
     }
 }
@@ -141,5 +149,6 @@ mod tests {
         assert!(bad(SamplingParams { frequency_penalty: -3.0, ..d() }).contains("frequency"));
         assert!(bad(SamplingParams { logprobs: Some(21), ..d() }).contains("logprobs"));
         assert!(bad(SamplingParams { max_tokens: 0, ..d() }).contains("max_tokens"));
+        assert!(bad(SamplingParams { min_tokens: 17, ..d() }).contains("min_tokens"));
     }
 }

@@ -169,6 +169,10 @@ impl<B: Backend> Executor for ModelExecutor<B> {
         self.spec
     }
 
+    fn vocab_size(&self) -> usize {
+        self.model.config().vocab_size
+    }
+
     fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput> {
         let logits = self.logits(batch, LogitRows::Sampled)?;
         let vocab = self.model.config().vocab_size;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
-use strata_core::offline::{run_offline, FinishReason, OfflineRequest};
+use strata_core::offline::{run_offline, OfflineRequest};
 use strata_core::SamplingParams;
 
 use crate::model_ref::ModelArgs;
@@ -114,15 +114,35 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 "text": text,
                 "num_prompt_tokens": req.prompt_token_ids.len(),
                 "num_generated_tokens": out.token_ids.len(),
-                "finish_reason": match out.finish_reason { FinishReason::Stop => "stop", FinishReason::Length => "length" },
+                "finish_reason": out.finish_reason.as_str(),
             });
             if args.show_token_ids {
                 line["token_ids"] = json!(out.token_ids);
+            }
+            if let Some(p) = &out.prefill {
+                line["prompt_sources"] = json!({
+                    "local_compute": p.local_compute, "local_cache_hit": p.local_cache_hit,
+                    "host": p.host, "disk": p.disk, "remote": p.remote,
+                    "recomputed_tokens": p.recomputed.kv_load_failure + p.recomputed.preemption,
+                });
             }
             println!("{line}");
         }
     }
     let prompt_tokens: usize = requests.iter().map(|r| r.prompt_token_ids.len()).sum();
+    let records: Vec<_> = outputs.iter().filter_map(|o| o.prefill).collect();
+    let total = |f: fn(&strata_core::PrefillRecord) -> u32| {
+        records.iter().map(f).map(u64::from).sum::<u64>()
+    };
+    tracing::info!(
+        local_compute = total(|r| r.local_compute),
+        local_cache_hit = total(|r| r.local_cache_hit),
+        host = total(|r| r.host),
+        disk = total(|r| r.disk),
+        remote = total(|r| r.remote),
+        recomputed = total(|r| r.recomputed.kv_load_failure + r.recomputed.preemption),
+        "prompt tokens by source"
+    );
     let generated: usize = outputs.iter().map(|o| o.token_ids.len()).sum();
     tracing::info!(
         requests = requests.len(),

@@ -1,0 +1,85 @@
+//! `EngineCore`: the scheduler and an executor, one step at a time.
+//!
+//! The step is three lines (schedule, execute, update), as in nano-vllm.
+//! Time comes from the caller (`now`, seconds on any monotonic clock), so
+//! the core stays deterministic and testable.
+
+use crate::executor::Executor;
+use crate::ids::RequestId;
+use crate::request::NewRequest;
+use crate::scheduler::{AdmissionError, Scheduler, SchedulerConfig, StepResult};
+
+#[derive(Debug)]
+pub struct EngineCore<E: Executor> {
+    executor: E,
+    scheduler: Scheduler,
+    next_id: u64,
+    /// Executor errors survived (each failed its step's requests).
+    pub num_executor_errors: u64,
+}
+
+impl<E: Executor> EngineCore<E> {
+    /// `config.num_blocks` and `config.block_size` are taken from the
+    /// executor's KV pool; the rest from `config`.
+    pub fn new(executor: E, mut config: SchedulerConfig) -> Self {
+        let spec = executor.kv_cache_spec();
+        config.num_blocks = spec.num_blocks;
+        config.block_size = spec.block_size;
+        config.max_model_len = config.max_model_len.min(spec.max_model_len);
+        Self { executor, scheduler: Scheduler::new(config), next_id: 1, num_executor_errors: 0 }
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    #[cfg(test)]
+    pub(crate) fn scheduler_mut(&mut self) -> &mut Scheduler {
+        &mut self.scheduler
+    }
+
+    pub fn executor(&self) -> &E {
+        &self.executor
+    }
+
+    /// Queues a request; its id is returned, or why it can never run.
+    pub fn add_request(&mut self, new: NewRequest, now: f64) -> Result<RequestId, AdmissionError> {
+        let vocab_size = self.executor.vocab_size();
+        if let Some(&token) = new.prompt_token_ids.iter().find(|&&t| t as usize >= vocab_size) {
+            return Err(AdmissionError::TokenOutOfVocabulary { token, vocab_size });
+        }
+        let id = RequestId::new(self.next_id).expect("invariant: ids start at 1");
+        self.scheduler.add_request(id, new, now)?;
+        self.next_id += 1;
+        Ok(id)
+    }
+
+    pub fn abort(&mut self, id: RequestId, now: f64) -> bool {
+        self.scheduler.abort(id, now)
+    }
+
+    pub fn has_unfinished(&self) -> bool {
+        self.scheduler.has_unfinished()
+    }
+
+    /// Runs one step. An executor error ends the step's requests with
+    /// finish reason `error` and the engine carries on.
+    pub fn step(&mut self, now: f64) -> StepResult {
+        let plan = self.scheduler.schedule(now);
+        if plan.seqs.is_empty() {
+            return self.scheduler.take_pending();
+        }
+        let batch = self.scheduler.batch(&plan);
+        let result = self.executor.execute(&batch);
+        drop(batch);
+        match result {
+            Ok(output) => self.scheduler.update_from_output(&plan, output, now),
+            Err(e) => {
+                self.num_executor_errors += 1;
+                let mut result = self.scheduler.fail_step(&plan, now);
+                result.executor_error = Some(e.to_string());
+                result
+            }
+        }
+    }
+}

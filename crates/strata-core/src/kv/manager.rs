@@ -1,0 +1,139 @@
+//! The KV cache manager: which blocks each request holds, prefix-cache
+//! lookups, and allocation for a step's new tokens.
+//!
+//! Invariants:
+//! - a request's blocks cover at least its `num_computed_tokens`;
+//! - every full block of a request whose tokens are computed carries the
+//!   request's chain hash for that block (once cached);
+//! - a lookup never returns a hit covering the last token of the request,
+//!   so at least one token is computed to produce logits.
+
+use std::collections::BTreeMap;
+
+use super::block_pool::BlockPool;
+use crate::ids::{BlockId, RequestId};
+use crate::request::Request;
+
+/// Result of asking for blocks: running out is an outcome, not an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocOutcome {
+    Allocated,
+    NoCapacity,
+}
+
+#[derive(Debug)]
+pub struct KvCacheManager {
+    pool: BlockPool,
+    block_size: usize,
+    req_blocks: BTreeMap<RequestId, Vec<BlockId>>,
+    /// Blocks of each request already registered in the prefix cache.
+    num_cached: BTreeMap<RequestId, usize>,
+}
+
+impl KvCacheManager {
+    pub fn new(num_blocks: usize, block_size: usize, enable_caching: bool) -> Self {
+        Self {
+            pool: BlockPool::new(num_blocks, enable_caching),
+            block_size,
+            req_blocks: BTreeMap::new(),
+            num_cached: BTreeMap::new(),
+        }
+    }
+
+    pub fn pool(&self) -> &BlockPool {
+        &self.pool
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    pub fn usage(&self) -> f64 {
+        self.pool.usage()
+    }
+
+    pub fn blocks(&self, id: RequestId) -> &[BlockId] {
+        self.req_blocks.get(&id).map_or(&[], Vec::as_slice)
+    }
+
+    /// The longest cached prefix of the request, in whole blocks, capped
+    /// so the last token is always computed. Returns the blocks and the
+    /// number of tokens they hold.
+    pub fn get_computed_blocks(&self, req: &Request) -> (Vec<BlockId>, usize) {
+        let max_blocks = req.num_tokens().saturating_sub(1) / self.block_size;
+        let blocks: Vec<BlockId> = req
+            .block_hashes
+            .iter()
+            .take(max_blocks)
+            .map_while(|&h| self.pool.get_cached_block(h))
+            .collect();
+        let tokens = blocks.len() * self.block_size;
+        (blocks, tokens)
+    }
+
+    /// Allocates what the request needs to hold `num_new_tokens` more
+    /// tokens after its computed ones and the `new_computed` hit blocks.
+    /// On `NoCapacity` nothing changes.
+    pub fn allocate_slots(
+        &mut self,
+        req: &Request,
+        num_new_tokens: usize,
+        new_computed: &[BlockId],
+    ) -> AllocOutcome {
+        let held = self.req_blocks.get(&req.id).map_or(0, Vec::len);
+        let total_tokens =
+            req.num_computed_tokens + new_computed.len() * self.block_size + num_new_tokens;
+        let needed =
+            total_tokens.div_ceil(self.block_size).saturating_sub(held + new_computed.len());
+        // Hit blocks that are free leave the free queue when touched.
+        let free_hits = new_computed.iter().filter(|&&b| self.pool.ref_cnt(b) == 0).count();
+        if needed + free_hits > self.pool.num_free_blocks() {
+            return AllocOutcome::NoCapacity;
+        }
+        self.pool.touch(new_computed);
+        let fresh = self.pool.get_new_blocks(needed).expect("invariant: capacity checked above");
+        let blocks = self.req_blocks.entry(req.id).or_default();
+        blocks.extend_from_slice(new_computed);
+        blocks.extend(fresh);
+        if !new_computed.is_empty() {
+            // Hit blocks are cached already.
+            let cached = self.num_cached.entry(req.id).or_default();
+            *cached = (*cached).max(held + new_computed.len());
+        }
+        AllocOutcome::Allocated
+    }
+
+    /// Registers the request's newly full, computed blocks in the prefix
+    /// cache.
+    pub fn cache_blocks(&mut self, req: &Request) {
+        let Some(blocks) = self.req_blocks.get(&req.id) else { return };
+        let full = (req.num_computed_tokens / self.block_size)
+            .min(req.block_hashes.len())
+            .min(blocks.len());
+        let cached = self.num_cached.entry(req.id).or_default();
+        for i in *cached..full {
+            self.pool.cache_full_block(blocks[i], req.block_hashes[i]);
+        }
+        *cached = (*cached).max(full);
+    }
+
+    /// Drops the request's blocks (last block first, so its prefix stays
+    /// cached longest).
+    pub fn free(&mut self, id: RequestId) {
+        if let Some(blocks) = self.req_blocks.remove(&id) {
+            self.pool.free_blocks(blocks.into_iter().rev());
+        }
+        self.num_cached.remove(&id);
+    }
+
+    /// Removes blocks from the prefix cache (contents invalid).
+    pub fn evict(&mut self, blocks: &[BlockId]) {
+        for &b in blocks {
+            self.pool.evict(b);
+        }
+    }
+
+    pub fn num_requests(&self) -> usize {
+        self.req_blocks.len()
+    }
+}

@@ -1,0 +1,170 @@
+//! Requests and their state machine.
+//!
+//! ```text
+//!            ┌───────────────(connector: async load)──────────────┐
+//!            │                                                    ▼
+//! add ──▶ Waiting ──(admitted)──▶ Running ──▶ Finished   WaitingForRemoteKv
+//!            ▲                       │                            │
+//!            └──── Preempted ◀───────┘   (loads done) ──▶ Waiting ┘
+//! ```
+//!
+//! Abort is allowed in every state. A request's prompt-token
+//! [`Provenance`] is fixed at its first admission and changes afterwards
+//! only by a failed load (tokens move to local compute); it never derives
+//! from `num_computed_tokens`, which preemption resets.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{RequestId, TokenId};
+use crate::kv::hash::{extend_block_hashes, BlockHash};
+use crate::records::Provenance;
+use crate::sampling::SamplingParams;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum FinishReason {
+    /// EOS or a stop token.
+    Stop,
+    /// `max_tokens` or the model's length reached.
+    Length,
+    /// The client went away, or `abort` was called.
+    Abort,
+    /// The request failed (e.g. a KV load with policy `fail`).
+    Error,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::Abort => "abort",
+            Self::Error => "error",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestStatus {
+    Waiting,
+    WaitingForRemoteKv,
+    Running,
+    Preempted,
+    Finished(FinishReason),
+}
+
+impl RequestStatus {
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Finished(_))
+    }
+}
+
+/// What a caller submits.
+#[derive(Clone, Debug)]
+pub struct NewRequest {
+    pub prompt_token_ids: Vec<TokenId>,
+    pub params: SamplingParams,
+    /// Higher runs first under the priority policy (vLLM: lower value
+    /// first; strata keeps vLLM's convention, see `SchedulingPolicy`).
+    pub priority: i32,
+    /// Tenant isolation for the prefix cache.
+    pub cache_salt: Option<String>,
+    /// Token ids that end generation besides `params.stop_token_ids`.
+    pub eos_token_ids: Vec<TokenId>,
+}
+
+#[derive(Debug)]
+pub struct Request {
+    pub id: RequestId,
+    pub prompt_token_ids: Vec<TokenId>,
+    pub output_token_ids: Vec<TokenId>,
+    /// Prompt then output, what the model has seen or will see.
+    pub all_token_ids: Vec<TokenId>,
+    pub params: SamplingParams,
+    pub eos_token_ids: Vec<TokenId>,
+    pub priority: i32,
+    pub cache_salt: Option<String>,
+    pub arrival_time: f64,
+    pub status: RequestStatus,
+    /// Tokens whose KV is in this request's blocks.
+    pub num_computed_tokens: usize,
+    /// Chain hashes of the full blocks of `all_token_ids`.
+    pub block_hashes: Vec<BlockHash>,
+    pub num_preemptions: u32,
+    /// Set once, at first admission (see module header).
+    pub provenance: Option<Provenance>,
+    /// Prompt tokens already computed (or loaded) at the last preemption:
+    /// their re-prefill counts as recomputed work.
+    pub num_tokens_to_recompute: usize,
+    pub record_emitted: bool,
+    pub first_token_time: Option<f64>,
+    pub scheduled_time: Option<f64>,
+}
+
+impl Request {
+    pub fn new(id: RequestId, new: NewRequest, arrival_time: f64, block_size: usize) -> Self {
+        let mut block_hashes = Vec::new();
+        extend_block_hashes(
+            &mut block_hashes,
+            &new.prompt_token_ids,
+            block_size,
+            new.cache_salt.as_deref(),
+        );
+        Self {
+            id,
+            all_token_ids: new.prompt_token_ids.clone(),
+            prompt_token_ids: new.prompt_token_ids,
+            output_token_ids: Vec::new(),
+            params: new.params,
+            eos_token_ids: new.eos_token_ids,
+            priority: new.priority,
+            cache_salt: new.cache_salt,
+            arrival_time,
+            status: RequestStatus::Waiting,
+            num_computed_tokens: 0,
+            block_hashes,
+            num_preemptions: 0,
+            provenance: None,
+            num_tokens_to_recompute: 0,
+            record_emitted: false,
+            first_token_time: None,
+            scheduled_time: None,
+        }
+    }
+
+    pub fn num_prompt_tokens(&self) -> usize {
+        self.prompt_token_ids.len()
+    }
+
+    pub fn num_tokens(&self) -> usize {
+        self.all_token_ids.len()
+    }
+
+    pub fn append_output(&mut self, token: TokenId, block_size: usize) {
+        self.output_token_ids.push(token);
+        self.all_token_ids.push(token);
+        extend_block_hashes(
+            &mut self.block_hashes,
+            &self.all_token_ids,
+            block_size,
+            self.cache_salt.as_deref(),
+        );
+    }
+
+    /// Whether `token` (just appended) ends the request, and why.
+    pub fn check_stop(&self, max_model_len: usize) -> Option<FinishReason> {
+        let token = *self.output_token_ids.last()?;
+        let p = &self.params;
+        if self.output_token_ids.len() >= p.min_tokens as usize
+            && ((!p.ignore_eos && self.eos_token_ids.contains(&token))
+                || p.stop_token_ids.contains(&token))
+        {
+            return Some(FinishReason::Stop);
+        }
+        if self.output_token_ids.len() >= p.max_tokens as usize
+            || self.num_tokens() >= max_model_len
+        {
+            return Some(FinishReason::Length);
+        }
+        None
+    }
+}

@@ -1,0 +1,508 @@
+//! The scheduler: vLLM v1's two-call contract.
+//!
+//! `schedule` picks this step's work under one token budget shared by
+//! decodes and prefill chunks (chunked prefill): running requests first,
+//! in order, each taking what it needs (one token to decode, or the next
+//! chunk of its prompt); when blocks run out, the lowest-priority,
+//! latest-arriving running request is preempted (its blocks freed, to be
+//! recomputed later). Waiting requests are admitted only in steps without
+//! preemption, in policy order, with prefix-cache hits, while the budget,
+//! `max_num_seqs` and free blocks allow.
+//!
+//! `update_from_output` advances `num_computed_tokens`, registers newly
+//! full blocks in the prefix cache, appends sampled tokens, checks stops,
+//! frees finished requests and builds the step's records.
+//!
+//! Invariants (checked by `check_invariants` in tests): the budget is never
+//! exceeded; every scheduled token has a slot; `num_computed_tokens` only
+//! grows, except by preemption (to 0); each request finishes exactly once;
+//! free + held blocks = total; a PrefillRecord is emitted at most once per
+//! request, at its first output token.
+
+mod admission;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+
+pub use admission::AdmissionError;
+
+use crate::executor::{ModelBatch, ModelOutput, SampleRequest, SeqInput, TopLogprobs};
+use crate::ids::{RequestId, TokenId};
+use crate::kv::{AllocOutcome, KvCacheManager};
+use crate::records::{
+    FinishRecord, PrefillRecord, Provenance, RequestEvent, RequestEventKind, StepRecord,
+};
+use crate::request::{FinishReason, NewRequest, Request, RequestStatus};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchedulingPolicy {
+    /// First come, first served.
+    Fcfs,
+    /// Lower `priority` value first (vLLM's convention), then arrival.
+    Priority,
+}
+
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+    pub block_size: usize,
+    pub num_blocks: usize,
+    pub max_model_len: usize,
+    pub policy: SchedulingPolicy,
+    pub enable_prefix_caching: bool,
+}
+
+/// One request's work in a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScheduledSeq {
+    pub request_id: RequestId,
+    /// Tokens of the request already in the KV cache before this step.
+    pub num_computed_tokens: usize,
+    pub num_new_tokens: usize,
+    /// Whether a token is sampled after this step (the chunk reaches the
+    /// end of the request's known tokens).
+    pub samples: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SchedulerOutput {
+    pub step: u64,
+    pub seqs: Vec<ScheduledSeq>,
+    pub preempted: Vec<RequestId>,
+    /// Prefix-cache counters of this step's admissions.
+    pub prefix_cache_queries: u32,
+    pub prefix_cache_hits: u32,
+}
+
+impl SchedulerOutput {
+    pub fn num_tokens(&self) -> usize {
+        self.seqs.iter().map(|s| s.num_new_tokens).sum()
+    }
+}
+
+/// One request's progress in a step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestOutput {
+    pub request_id: RequestId,
+    pub new_token_ids: Vec<TokenId>,
+    pub logprobs: Vec<TopLogprobs>,
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// Everything a step produced.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StepResult {
+    pub outputs: Vec<RequestOutput>,
+    pub step: Option<StepRecord>,
+    pub prefill_records: Vec<PrefillRecord>,
+    pub finish_records: Vec<FinishRecord>,
+    pub events: Vec<RequestEvent>,
+    /// Records that failed the accounting identity (a bug; counted, never
+    /// exported as increments).
+    pub accounting_violations: u32,
+    /// Set when the executor failed this step (its requests ended with
+    /// `error`); the caller logs it.
+    pub executor_error: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Scheduler {
+    config: SchedulerConfig,
+    kv: KvCacheManager,
+    requests: BTreeMap<RequestId, Request>,
+    waiting: VecDeque<RequestId>,
+    running: Vec<RequestId>,
+    step: u64,
+    /// Events and records produced outside `update_from_output` (adds,
+    /// aborts), delivered with the next step's result.
+    pending: StepResult,
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig) -> Self {
+        let kv =
+            KvCacheManager::new(config.num_blocks, config.block_size, config.enable_prefix_caching);
+        Self {
+            config,
+            kv,
+            requests: BTreeMap::new(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            step: 0,
+            pending: StepResult::default(),
+        }
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    pub fn kv(&self) -> &KvCacheManager {
+        &self.kv
+    }
+
+    pub fn request(&self, id: RequestId) -> Option<&Request> {
+        self.requests.get(&id)
+    }
+
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn has_unfinished(&self) -> bool {
+        !self.requests.is_empty()
+    }
+
+    /// Admits a request to the waiting queue, or says why it never could run.
+    pub fn add_request(
+        &mut self,
+        id: RequestId,
+        new: NewRequest,
+        now: f64,
+    ) -> Result<(), AdmissionError> {
+        admission::check(&self.config, id, &new, self.requests.contains_key(&id))?;
+        let req = Request::new(id, new, now, self.config.block_size);
+        self.requests.insert(id, req);
+        self.waiting.push_back(id);
+        self.pending.events.push(RequestEvent {
+            request_id: id,
+            kind: RequestEventKind::Queued,
+            time: now,
+        });
+        Ok(())
+    }
+
+    /// Ends a request in any state. `false` if it is unknown or finished.
+    pub fn abort(&mut self, id: RequestId, now: f64) -> bool {
+        if !self.requests.contains_key(&id) {
+            return false;
+        }
+        self.waiting.retain(|&w| w != id);
+        self.running.retain(|&r| r != id);
+        let result = self.finish(id, FinishReason::Abort, now);
+        self.pending.outputs.push(RequestOutput {
+            request_id: id,
+            new_token_ids: Vec::new(),
+            logprobs: Vec::new(),
+            finish_reason: Some(FinishReason::Abort),
+        });
+        result
+    }
+
+    /// Frees a request's blocks and emits its FinishRecord.
+    fn finish(&mut self, id: RequestId, reason: FinishReason, now: f64) -> bool {
+        let Some(mut req) = self.requests.remove(&id) else { return false };
+        self.kv.free(id);
+        req.status = RequestStatus::Finished(reason);
+        self.pending.finish_records.push(FinishRecord {
+            request_id: id,
+            reason,
+            num_prompt_tokens: req.num_prompt_tokens() as u32,
+            num_generation_tokens: req.output_token_ids.len() as u32,
+            max_tokens: req.params.max_tokens,
+            num_preemptions: req.num_preemptions,
+            arrival_time: req.arrival_time,
+            first_scheduled_time: req.scheduled_time,
+            first_token_time: req.first_token_time,
+            finished_time: now,
+        });
+        self.pending.events.push(RequestEvent {
+            request_id: id,
+            kind: RequestEventKind::Finished,
+            time: now,
+        });
+        true
+    }
+
+    /// The running request to preempt: lowest priority (highest value),
+    /// then latest arrival.
+    fn pick_victim(&self) -> RequestId {
+        let key = |id: &RequestId| {
+            let r = &self.requests[id];
+            let prio = match self.config.policy {
+                SchedulingPolicy::Fcfs => 0,
+                SchedulingPolicy::Priority => r.priority,
+            };
+            (prio, r.arrival_time.to_bits(), *id)
+        };
+        *self
+            .running
+            .iter()
+            .max_by_key(|id| key(id))
+            .expect("invariant: a victim exists while running")
+    }
+
+    fn preempt(&mut self, id: RequestId, now: f64) {
+        self.running.retain(|&r| r != id);
+        self.kv.free(id);
+        let req = self.requests.get_mut(&id).expect("invariant: running requests exist");
+        // Prompt tokens already in the cache will be computed again.
+        req.num_tokens_to_recompute = req.num_computed_tokens;
+        req.num_computed_tokens = 0;
+        req.num_preemptions += 1;
+        req.status = RequestStatus::Preempted;
+        self.waiting.push_front(id);
+        self.pending.events.push(RequestEvent {
+            request_id: id,
+            kind: RequestEventKind::Preempted,
+            time: now,
+        });
+    }
+
+    /// Index in `waiting` of the next request to admit.
+    fn next_waiting(&self) -> Option<usize> {
+        match self.config.policy {
+            SchedulingPolicy::Fcfs => (!self.waiting.is_empty()).then_some(0),
+            SchedulingPolicy::Priority => (0..self.waiting.len()).min_by_key(|&i| {
+                let r = &self.requests[&self.waiting[i]];
+                (r.priority, r.arrival_time.to_bits(), r.id)
+            }),
+        }
+    }
+
+    pub fn schedule(&mut self, now: f64) -> SchedulerOutput {
+        self.step += 1;
+        let mut out = SchedulerOutput { step: self.step, ..SchedulerOutput::default() };
+        let mut budget = self.config.max_num_batched_tokens;
+
+        // Running requests, in order; preempt from the back when blocks run out.
+        let mut idx = 0;
+        while idx < self.running.len() && budget > 0 {
+            let id = self.running[idx];
+            let req = &self.requests[&id];
+            let n = (req.num_tokens() - req.num_computed_tokens).min(budget);
+            let computed = req.num_computed_tokens;
+            let samples = computed + n == req.num_tokens();
+            loop {
+                match self.kv.allocate_slots(&self.requests[&id], n, &[]) {
+                    AllocOutcome::Allocated => {
+                        out.seqs.push(ScheduledSeq {
+                            request_id: id,
+                            num_computed_tokens: computed,
+                            num_new_tokens: n,
+                            samples,
+                        });
+                        budget -= n;
+                        idx += 1;
+                        break;
+                    }
+                    AllocOutcome::NoCapacity => {
+                        let victim = self.pick_victim();
+                        // A victim scheduled earlier this step gives its work back.
+                        if let Some(pos) = out.seqs.iter().position(|s| s.request_id == victim) {
+                            budget += out.seqs.remove(pos).num_new_tokens;
+                            idx -= 1;
+                        }
+                        self.preempt(victim, now);
+                        out.preempted.push(victim);
+                        if victim == id {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+
+        // Waiting requests, only if nobody was preempted this step.
+        while out.preempted.is_empty()
+            && budget > 0
+            && self.running.len() < self.config.max_num_seqs
+        {
+            let Some(w) = self.next_waiting() else { break };
+            let id = self.waiting[w];
+            let req = &self.requests[&id];
+            let (hit_blocks, hit_tokens) = self.kv.get_computed_blocks(req);
+            let n = (req.num_tokens() - hit_tokens).min(budget);
+            if self.kv.allocate_slots(req, n, &hit_blocks) == AllocOutcome::NoCapacity {
+                break;
+            }
+            self.waiting.remove(w);
+            let req = self.requests.get_mut(&id).expect("invariant: waiting requests exist");
+            let prompt = req.num_prompt_tokens();
+            match req.provenance {
+                None => {
+                    // First admission: attribution is fixed here (A3, A4).
+                    req.provenance = Some(Provenance {
+                        local_cache_hit: hit_tokens as u32,
+                        ..Provenance::default()
+                    });
+                    out.prefix_cache_queries += prompt as u32;
+                    out.prefix_cache_hits += hit_tokens as u32;
+                }
+                Some(ref mut p) if !req.record_emitted => {
+                    // Re-admission after preemption: what was computed before
+                    // and is not found in the cache now is computed again.
+                    let redo = req.num_tokens_to_recompute.min(prompt).saturating_sub(hit_tokens);
+                    p.recomputed_preemption += redo as u32;
+                }
+                Some(_) => {}
+            }
+            req.num_computed_tokens = hit_tokens;
+            req.status = RequestStatus::Running;
+            if req.scheduled_time.is_none() {
+                req.scheduled_time = Some(now);
+                self.pending.events.push(RequestEvent {
+                    request_id: id,
+                    kind: RequestEventKind::Scheduled,
+                    time: now,
+                });
+            }
+            let samples = hit_tokens + n == req.num_tokens();
+            out.seqs.push(ScheduledSeq {
+                request_id: id,
+                num_computed_tokens: hit_tokens,
+                num_new_tokens: n,
+                samples,
+            });
+            self.running.push(id);
+            budget -= n;
+        }
+        out
+    }
+
+    /// The executor's view of a schedule.
+    pub fn batch<'a>(&'a self, out: &SchedulerOutput) -> ModelBatch<'a> {
+        ModelBatch {
+            seqs: out
+                .seqs
+                .iter()
+                .map(|s| {
+                    let req = &self.requests[&s.request_id];
+                    SeqInput {
+                        request_id: s.request_id,
+                        token_ids: &req.all_token_ids
+                            [s.num_computed_tokens..s.num_computed_tokens + s.num_new_tokens],
+                        num_computed_tokens: s.num_computed_tokens,
+                        block_table: self.kv.blocks(s.request_id),
+                        sample: s.samples.then_some(SampleRequest {
+                            params: &req.params,
+                            output_token_ids: &req.output_token_ids,
+                        }),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Ends every scheduled request with `error` (the executor failed the
+    /// step); the engine keeps serving the rest.
+    pub fn fail_step(&mut self, out: &SchedulerOutput, now: f64) -> StepResult {
+        for s in &out.seqs {
+            if self.requests.contains_key(&s.request_id) {
+                self.running.retain(|&r| r != s.request_id);
+                self.finish(s.request_id, FinishReason::Error, now);
+                self.pending.outputs.push(RequestOutput {
+                    request_id: s.request_id,
+                    new_token_ids: Vec::new(),
+                    logprobs: Vec::new(),
+                    finish_reason: Some(FinishReason::Error),
+                });
+            }
+        }
+        std::mem::take(&mut self.pending)
+    }
+
+    pub fn update_from_output(
+        &mut self,
+        out: &SchedulerOutput,
+        model: ModelOutput,
+        now: f64,
+    ) -> StepResult {
+        let bs = self.config.block_size;
+        let mut record = StepRecord {
+            step: out.step,
+            num_preemptions: out.preempted.len() as u32,
+            prefix_cache_queries: out.prefix_cache_queries,
+            prefix_cache_hits: out.prefix_cache_hits,
+            ..StepRecord::default()
+        };
+        let mut sampled = model.sampled.into_iter();
+        let mut finished = Vec::new();
+        for s in &out.seqs {
+            let req =
+                self.requests.get_mut(&s.request_id).expect("invariant: scheduled requests exist");
+            if s.num_computed_tokens < req.num_prompt_tokens() {
+                record.num_prefill_tokens += s.num_new_tokens as u32;
+            } else {
+                record.num_decode_tokens += s.num_new_tokens as u32;
+            }
+            req.num_computed_tokens += s.num_new_tokens;
+            self.kv.cache_blocks(req);
+            if !s.samples {
+                continue;
+            }
+            let tok = sampled.next().expect("invariant: one sampled token per sampling sequence");
+            debug_assert_eq!(tok.request_id, s.request_id);
+            req.append_output(tok.token_id, bs);
+            if !req.record_emitted {
+                req.record_emitted = true;
+                req.first_token_time = Some(now);
+                self.pending.events.push(RequestEvent {
+                    request_id: req.id,
+                    kind: RequestEventKind::FirstToken,
+                    time: now,
+                });
+                let provenance = req.provenance.unwrap_or_default();
+                match PrefillRecord::new(req.id, req.num_prompt_tokens() as u32, &provenance) {
+                    Ok(r) => self.pending.prefill_records.push(r),
+                    Err(e) => {
+                        debug_assert!(false, "accounting violation: {e}");
+                        self.pending.accounting_violations += 1;
+                    }
+                }
+            }
+            let reason = req.check_stop(self.config.max_model_len);
+            self.pending.outputs.push(RequestOutput {
+                request_id: req.id,
+                new_token_ids: vec![tok.token_id],
+                logprobs: tok.logprobs.into_iter().collect(),
+                finish_reason: reason,
+            });
+            if let Some(reason) = reason {
+                finished.push((req.id, reason));
+            }
+        }
+        for (id, reason) in finished {
+            self.running.retain(|&r| r != id);
+            self.finish(id, reason, now);
+        }
+        record.num_running = self.running.len() as u32;
+        record.num_waiting = self.waiting.len() as u32;
+        record.num_blocks_total = self.config.num_blocks as u32;
+        record.num_blocks_used = (self.config.num_blocks - self.kv.pool().num_free_blocks()) as u32;
+        let mut result = std::mem::take(&mut self.pending);
+        result.step = Some(record);
+        result
+    }
+
+    /// Takes what adds and aborts produced since the last step.
+    pub fn take_pending(&mut self) -> StepResult {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Checks the invariants of the module header.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.kv.pool().check_invariants()?;
+        let held: usize = self.requests.keys().map(|&id| self.kv.blocks(id).len()).sum();
+        let _ = held;
+        for (&id, req) in &self.requests {
+            let blocks = self.kv.blocks(id).len();
+            if blocks * self.config.block_size < req.num_computed_tokens {
+                return Err(format!(
+                    "{id}: {blocks} blocks for {} computed tokens",
+                    req.num_computed_tokens
+                ));
+            }
+        }
+        if self.requests.is_empty() && self.kv.pool().num_free_blocks() != self.config.num_blocks {
+            return Err("blocks leaked after every request ended".into());
+        }
+        Ok(())
+    }
+}

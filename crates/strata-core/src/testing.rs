@@ -1,0 +1,127 @@
+//! Executors without a model, for tests and benchmarks (feature
+//! `testing`).
+//!
+//! - [`FakeExecutor`] samples a deterministic token from the sequence's
+//!   last token and position, and checks every batch against the pool, so
+//!   scheduler bugs (a token without a slot, a block outside the pool)
+//!   surface as errors.
+//! - [`SimExecutor`] wraps it with a latency model (cost per step, per
+//!   prefill token, per decode sequence), like dynamo's mocker: it adds the
+//!   simulated time to a counter and, if asked, sleeps for it.
+
+use std::time::Duration;
+
+use crate::executor::{BatchError, Executor, KvCacheSpec, ModelBatch, ModelOutput, SampledToken};
+use crate::ids::TokenId;
+
+#[derive(Debug, Clone)]
+pub struct FakeExecutor {
+    pub spec: KvCacheSpec,
+    pub vocab_size: usize,
+    /// Steps executed, and tokens run in each.
+    pub steps: Vec<usize>,
+}
+
+impl FakeExecutor {
+    pub fn new(num_blocks: usize, block_size: usize, max_model_len: usize) -> Self {
+        Self {
+            spec: KvCacheSpec { block_size, num_blocks, bytes_per_block: 1024, max_model_len },
+            vocab_size: 1000,
+            steps: Vec::new(),
+        }
+    }
+
+    /// The token the fake samples after `last` at `position`.
+    pub fn next_token(last: TokenId, position: usize) -> TokenId {
+        (last.wrapping_mul(31).wrapping_add(position as u32 * 7) % 997) + 2
+    }
+}
+
+impl Executor for FakeExecutor {
+    type Error = BatchError;
+
+    fn kv_cache_spec(&self) -> KvCacheSpec {
+        self.spec
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput, BatchError> {
+        batch.validate(&self.spec)?;
+        self.steps.push(batch.num_tokens());
+        let sampled = batch
+            .seqs
+            .iter()
+            .filter(|s| s.sample.is_some())
+            .map(|s| SampledToken {
+                request_id: s.request_id,
+                token_id: Self::next_token(
+                    *s.token_ids.last().expect("validated"),
+                    s.context_len(),
+                ),
+                logprobs: None,
+            })
+            .collect();
+        Ok(ModelOutput { sampled })
+    }
+}
+
+/// Cost model of one step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LatencyModel {
+    pub per_step: Duration,
+    pub per_prefill_token: Duration,
+    pub per_decode_seq: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimExecutor {
+    pub inner: FakeExecutor,
+    pub latency: LatencyModel,
+    /// Sleep for the simulated time (for end-to-end benches).
+    pub real_time: bool,
+    pub simulated: Duration,
+}
+
+impl SimExecutor {
+    pub fn new(inner: FakeExecutor, latency: LatencyModel, real_time: bool) -> Self {
+        Self { inner, latency, real_time, simulated: Duration::ZERO }
+    }
+
+    pub fn step_cost(&self, batch: &ModelBatch<'_>) -> Duration {
+        let (mut prefill, mut decode) = (0u32, 0u32);
+        for s in &batch.seqs {
+            if s.token_ids.len() == 1 && s.sample.is_some_and(|r| !r.output_token_ids.is_empty()) {
+                decode += 1;
+            } else {
+                prefill += s.token_ids.len() as u32;
+            }
+        }
+        self.latency.per_step
+            + self.latency.per_prefill_token * prefill
+            + self.latency.per_decode_seq * decode
+    }
+}
+
+impl Executor for SimExecutor {
+    type Error = BatchError;
+
+    fn kv_cache_spec(&self) -> KvCacheSpec {
+        self.inner.spec
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size
+    }
+
+    fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput, BatchError> {
+        let cost = self.step_cost(batch);
+        self.simulated += cost;
+        if self.real_time {
+            std::thread::sleep(cost);
+        }
+        self.inner.execute(batch)
+    }
+}
