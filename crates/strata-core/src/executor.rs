@@ -15,8 +15,6 @@
 //! `num_computed_tokens + token_ids.len()` slots; every block id is inside
 //! the pool; no request appears twice in a batch.
 
-use std::collections::BTreeSet;
-
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -104,7 +102,7 @@ impl ModelBatch<'_> {
         if self.seqs.is_empty() {
             return Err(BatchError::Empty);
         }
-        let mut seen = BTreeSet::new();
+        let mut seen = rustc_hash::FxHashSet::default();
         for seq in &self.seqs {
             let req = seq.request_id;
             if seq.token_ids.is_empty() {

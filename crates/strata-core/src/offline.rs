@@ -93,7 +93,7 @@ pub fn run_offline<E: Executor>(
         for o in result.outputs {
             let index = index_of[&o.request_id];
             let out = &mut outputs[index];
-            out.token_ids.extend(o.new_token_ids);
+            out.token_ids.extend(o.new_token_id);
             out.logprobs.extend(o.logprobs);
             if let Some(reason) = o.finish_reason {
                 out.finish_reason = reason;

@@ -23,7 +23,9 @@ mod admission;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 
 pub use admission::AdmissionError;
 
@@ -86,8 +88,10 @@ impl SchedulerOutput {
 #[derive(Clone, Debug, PartialEq)]
 pub struct RequestOutput {
     pub request_id: RequestId,
-    pub new_token_ids: Vec<TokenId>,
-    pub logprobs: Vec<TopLogprobs>,
+    /// The token sampled this step, if any (one per step: no speculative
+    /// decoding yet).
+    pub new_token_id: Option<TokenId>,
+    pub logprobs: Option<TopLogprobs>,
     pub finish_reason: Option<FinishReason>,
 }
 
@@ -111,7 +115,8 @@ pub struct StepResult {
 pub struct Scheduler {
     config: SchedulerConfig,
     kv: KvCacheManager,
-    requests: BTreeMap<RequestId, Request>,
+    /// Lookups only; nothing depends on its iteration order.
+    requests: FxHashMap<RequestId, Request>,
     waiting: VecDeque<RequestId>,
     running: Vec<RequestId>,
     step: u64,
@@ -127,7 +132,7 @@ impl Scheduler {
         Self {
             config,
             kv,
-            requests: BTreeMap::new(),
+            requests: FxHashMap::default(),
             waiting: VecDeque::new(),
             running: Vec::new(),
             step: 0,
@@ -188,8 +193,8 @@ impl Scheduler {
         let result = self.finish(id, FinishReason::Abort, now);
         self.pending.outputs.push(RequestOutput {
             request_id: id,
-            new_token_ids: Vec::new(),
-            logprobs: Vec::new(),
+            new_token_id: None,
+            logprobs: None,
             finish_reason: Some(FinishReason::Abort),
         });
         result
@@ -399,8 +404,8 @@ impl Scheduler {
                 self.finish(s.request_id, FinishReason::Error, now);
                 self.pending.outputs.push(RequestOutput {
                     request_id: s.request_id,
-                    new_token_ids: Vec::new(),
-                    logprobs: Vec::new(),
+                    new_token_id: None,
+                    logprobs: None,
                     finish_reason: Some(FinishReason::Error),
                 });
             }
@@ -460,8 +465,8 @@ impl Scheduler {
             let reason = req.check_stop(self.config.max_model_len);
             self.pending.outputs.push(RequestOutput {
                 request_id: req.id,
-                new_token_ids: vec![tok.token_id],
-                logprobs: tok.logprobs.into_iter().collect(),
+                new_token_id: Some(tok.token_id),
+                logprobs: tok.logprobs,
                 finish_reason: reason,
             });
             if let Some(reason) = reason {

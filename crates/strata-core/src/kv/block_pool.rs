@@ -12,7 +12,7 @@
 //! so a cache hit on a free block leaves the queue in O(1), as in vLLM's
 //! `FreeKVCacheBlockQueue`.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use super::hash::BlockHash;
 use crate::ids::BlockId;
@@ -34,7 +34,7 @@ pub struct BlockPool {
     tail: u32,
     num_free: usize,
     /// Lookups only, never iterated, so std's hash order cannot leak.
-    cached: HashMap<BlockHash, BlockId>,
+    cached: FxHashMap<BlockHash, BlockId>,
     enable_caching: bool,
 }
 
@@ -54,7 +54,7 @@ impl BlockPool {
             head: if n == 0 { NONE } else { 0 },
             tail: if n == 0 { NONE } else { n - 1 },
             num_free: num_blocks,
-            cached: HashMap::new(),
+            cached: FxHashMap::default(),
             enable_caching,
         }
     }

@@ -8,7 +8,7 @@
 //! - a lookup never returns a hit covering the last token of the request,
 //!   so at least one token is computed to produce logits.
 
-use std::collections::BTreeMap;
+use rustc_hash::FxHashMap;
 
 use super::block_pool::BlockPool;
 use crate::ids::{BlockId, RequestId};
@@ -25,9 +25,15 @@ pub enum AllocOutcome {
 pub struct KvCacheManager {
     pool: BlockPool,
     block_size: usize,
-    req_blocks: BTreeMap<RequestId, Vec<BlockId>>,
-    /// Blocks of each request already registered in the prefix cache.
-    num_cached: BTreeMap<RequestId, usize>,
+    /// Lookups only; nothing depends on its iteration order.
+    req_blocks: FxHashMap<RequestId, ReqBlocks>,
+}
+
+#[derive(Debug, Default)]
+struct ReqBlocks {
+    blocks: Vec<BlockId>,
+    /// Leading blocks already registered in the prefix cache.
+    num_cached: usize,
 }
 
 impl KvCacheManager {
@@ -35,8 +41,7 @@ impl KvCacheManager {
         Self {
             pool: BlockPool::new(num_blocks, enable_caching),
             block_size,
-            req_blocks: BTreeMap::new(),
-            num_cached: BTreeMap::new(),
+            req_blocks: FxHashMap::default(),
         }
     }
 
@@ -53,7 +58,7 @@ impl KvCacheManager {
     }
 
     pub fn blocks(&self, id: RequestId) -> &[BlockId] {
-        self.req_blocks.get(&id).map_or(&[], Vec::as_slice)
+        self.req_blocks.get(&id).map_or(&[], |r| r.blocks.as_slice())
     }
 
     /// The longest cached prefix of the request, in whole blocks, capped
@@ -80,7 +85,7 @@ impl KvCacheManager {
         num_new_tokens: usize,
         new_computed: &[BlockId],
     ) -> AllocOutcome {
-        let held = self.req_blocks.get(&req.id).map_or(0, Vec::len);
+        let held = self.req_blocks.get(&req.id).map_or(0, |r| r.blocks.len());
         let total_tokens =
             req.num_computed_tokens + new_computed.len() * self.block_size + num_new_tokens;
         let needed =
@@ -92,38 +97,33 @@ impl KvCacheManager {
         }
         self.pool.touch(new_computed);
         let fresh = self.pool.get_new_blocks(needed).expect("invariant: capacity checked above");
-        let blocks = self.req_blocks.entry(req.id).or_default();
-        blocks.extend_from_slice(new_computed);
-        blocks.extend(fresh);
-        if !new_computed.is_empty() {
-            // Hit blocks are cached already.
-            let cached = self.num_cached.entry(req.id).or_default();
-            *cached = (*cached).max(held + new_computed.len());
-        }
+        let entry = self.req_blocks.entry(req.id).or_default();
+        entry.blocks.extend_from_slice(new_computed);
+        entry.blocks.extend(fresh);
+        // Hit blocks are cached already.
+        entry.num_cached = entry.num_cached.max(held + new_computed.len());
         AllocOutcome::Allocated
     }
 
     /// Registers the request's newly full, computed blocks in the prefix
     /// cache.
     pub fn cache_blocks(&mut self, req: &Request) {
-        let Some(blocks) = self.req_blocks.get(&req.id) else { return };
+        let Some(entry) = self.req_blocks.get_mut(&req.id) else { return };
         let full = (req.num_computed_tokens / self.block_size)
             .min(req.block_hashes.len())
-            .min(blocks.len());
-        let cached = self.num_cached.entry(req.id).or_default();
-        for i in *cached..full {
-            self.pool.cache_full_block(blocks[i], req.block_hashes[i]);
+            .min(entry.blocks.len());
+        for i in entry.num_cached..full {
+            self.pool.cache_full_block(entry.blocks[i], req.block_hashes[i]);
         }
-        *cached = (*cached).max(full);
+        entry.num_cached = entry.num_cached.max(full);
     }
 
     /// Drops the request's blocks (last block first, so its prefix stays
     /// cached longest).
     pub fn free(&mut self, id: RequestId) {
-        if let Some(blocks) = self.req_blocks.remove(&id) {
-            self.pool.free_blocks(blocks.into_iter().rev());
+        if let Some(entry) = self.req_blocks.remove(&id) {
+            self.pool.free_blocks(entry.blocks.into_iter().rev());
         }
-        self.num_cached.remove(&id);
     }
 
     /// Removes blocks from the prefix cache (contents invalid).

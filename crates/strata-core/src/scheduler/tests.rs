@@ -154,7 +154,7 @@ fn preempted_output_equals_an_unpressured_run() {
     let mut tokens: BTreeMap<RequestId, Vec<u32>> = BTreeMap::new();
     for r in &results {
         for o in &r.outputs {
-            tokens.entry(o.request_id).or_default().extend(&o.new_token_ids);
+            tokens.entry(o.request_id).or_default().extend(o.new_token_id);
         }
     }
     let mut e = engine(64, 4, 8);
@@ -164,7 +164,7 @@ fn preempted_output_equals_an_unpressured_run() {
     let mut free_run: BTreeMap<RequestId, Vec<u32>> = BTreeMap::new();
     for r in drain(&mut e, &mut t) {
         for o in r.outputs {
-            free_run.entry(o.request_id).or_default().extend(o.new_token_ids);
+            free_run.entry(o.request_id).or_default().extend(o.new_token_id);
         }
     }
     assert_eq!(tokens, free_run);
