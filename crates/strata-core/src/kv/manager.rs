@@ -100,8 +100,10 @@ impl KvCacheManager {
         let entry = self.req_blocks.entry(req.id).or_default();
         entry.blocks.extend_from_slice(new_computed);
         entry.blocks.extend(fresh);
-        // Hit blocks are cached already.
-        entry.num_cached = entry.num_cached.max(held + new_computed.len());
+        if !new_computed.is_empty() {
+            // Hit blocks are cached already (they only come first).
+            entry.num_cached = entry.num_cached.max(held + new_computed.len());
+        }
         AllocOutcome::Allocated
     }
 

@@ -354,3 +354,18 @@ proptest! {
         prop_assert_eq!(e.scheduler().kv().pool().num_free_blocks(), num_blocks, "no block leaks");
     }
 }
+
+#[test]
+fn blocks_computed_over_several_chunks_enter_the_prefix_cache() {
+    // Chunks of 6 tokens over blocks of 4: blocks fill across chunks.
+    let mut e = engine(64, 4, 6);
+    let mut t = 0.0;
+    let prompt: Vec<u32> = (20..32).collect();
+    e.add_request(new_req(prompt.clone(), 2), t).unwrap();
+    drain(&mut e, &mut t);
+    let mut longer = prompt;
+    longer.push(7);
+    e.add_request(new_req(longer, 2), t).unwrap();
+    let r = records(&drain(&mut e, &mut t))[0];
+    assert_eq!((r.local_cache_hit, r.local_compute), (12, 1));
+}
