@@ -10,6 +10,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use strata_core::connector::KvLoadFailurePolicy;
 use strata_core::kv::hash::extend_block_hashes;
 use strata_core::kv::BlockPool;
 use strata_core::scheduler::{Scheduler, SchedulerConfig, SchedulingPolicy};
@@ -25,6 +26,7 @@ fn config(num_blocks: usize) -> SchedulerConfig {
         max_model_len: 1 << 20,
         policy: SchedulingPolicy::Fcfs,
         enable_prefix_caching: true,
+        kv_load_failure_policy: KvLoadFailurePolicy::Fail,
     }
 }
 

@@ -21,12 +21,26 @@ pub struct EngineCore<E: Executor> {
 impl<E: Executor> EngineCore<E> {
     /// `config.num_blocks` and `config.block_size` are taken from the
     /// executor's KV pool; the rest from `config`.
-    pub fn new(executor: E, mut config: SchedulerConfig) -> Self {
+    pub fn new(executor: E, config: SchedulerConfig) -> Self {
+        Self::with_connector(executor, config, None)
+    }
+
+    /// An engine whose scheduler uses `connector`; `executor` must carry
+    /// the connector's worker side.
+    pub fn with_connector(
+        executor: E,
+        mut config: SchedulerConfig,
+        connector: Option<Box<dyn crate::connector::ConnectorScheduler>>,
+    ) -> Self {
         let spec = executor.kv_cache_spec();
         config.num_blocks = spec.num_blocks;
         config.block_size = spec.block_size;
         config.max_model_len = config.max_model_len.min(spec.max_model_len);
-        Self { executor, scheduler: Scheduler::new(config), next_id: 1, num_executor_errors: 0 }
+        let mut scheduler = Scheduler::new(config);
+        if let Some(c) = connector {
+            scheduler = scheduler.with_connector(c);
+        }
+        Self { executor, scheduler, next_id: 1, num_executor_errors: 0 }
     }
 
     pub fn scheduler(&self) -> &Scheduler {
@@ -66,12 +80,33 @@ impl<E: Executor> EngineCore<E> {
     /// finish reason `error` and the engine carries on.
     pub fn step(&mut self, now: f64) -> StepResult {
         let plan = self.scheduler.schedule(now);
-        if plan.seqs.is_empty() {
-            return self.scheduler.take_pending();
+        // The connector's worker side runs every step, even one that runs
+        // no token, so loads progress while requests wait for them.
+        let meta = self.scheduler.build_connector_meta();
+        if let Some(meta) = &meta {
+            self.executor.start_load_kv(meta);
         }
-        let batch = self.scheduler.batch(&plan);
-        let result = self.executor.execute(&batch);
-        drop(batch);
+        let result = if plan.seqs.is_empty() {
+            None
+        } else {
+            let batch = self.scheduler.batch(&plan);
+            let result = self.executor.execute(&batch);
+            drop(batch);
+            Some(result)
+        };
+        if meta.is_some() {
+            let finished = self.executor.get_finished();
+            self.scheduler.update_connector_output(finished, now);
+        }
+        let Some(result) = result else {
+            // Nothing ran, but admissions and loads may have happened: the
+            // step still gets its record (with zero tokens).
+            return self.scheduler.update_from_output(
+                &plan,
+                crate::executor::ModelOutput::default(),
+                now,
+            );
+        };
         match result {
             Ok(output) => self.scheduler.update_from_output(&plan, output, now),
             Err(e) => {

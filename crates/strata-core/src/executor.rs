@@ -18,6 +18,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::connector::{ConnectorMeta, ConnectorOutput};
 use crate::ids::{BlockId, RequestId, TokenId};
 use crate::sampling::SamplingParams;
 
@@ -179,6 +180,18 @@ pub trait Executor {
     /// Runs one step. A batch that fails [`ModelBatch::validate`] is an
     /// error, never a panic.
     fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput, Self::Error>;
+
+    /// Hands this step's connector work to the connector's worker side
+    /// (called every step a connector is configured, before `execute`,
+    /// even when no token runs). Executors without one ignore it.
+    fn start_load_kv(&mut self, meta: &ConnectorMeta) {
+        let _ = meta;
+    }
+
+    /// Loads finished and blocks failed since the last call.
+    fn get_finished(&mut self) -> ConnectorOutput {
+        ConnectorOutput::default()
+    }
 }
 
 /// A borrowed executor drives an engine as well as an owned one.
@@ -195,6 +208,14 @@ impl<E: Executor> Executor for &mut E {
 
     fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput, Self::Error> {
         (**self).execute(batch)
+    }
+
+    fn start_load_kv(&mut self, meta: &ConnectorMeta) {
+        (**self).start_load_kv(meta)
+    }
+
+    fn get_finished(&mut self) -> ConnectorOutput {
+        (**self).get_finished()
     }
 }
 

@@ -5,6 +5,7 @@
 //! sampling parameters, and the [`Executor`] contract through which the
 //! engine drives a model (see `ARCHITECTURE.md`, "The step contract").
 
+pub mod connector;
 pub mod engine;
 pub mod executor;
 pub mod ids;

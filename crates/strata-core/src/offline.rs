@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use thiserror::Error;
 
+use crate::connector::KvLoadFailurePolicy;
 use crate::engine::EngineCore;
 use crate::executor::{Executor, TopLogprobs};
 use crate::ids::{RequestId, TokenId};
@@ -49,6 +50,7 @@ pub fn offline_config(max_num_batched_tokens: usize, max_num_seqs: usize) -> Sch
         max_model_len: usize::MAX,
         policy: SchedulingPolicy::Fcfs,
         enable_prefix_caching: true,
+        kv_load_failure_policy: KvLoadFailurePolicy::Fail,
     }
 }
 

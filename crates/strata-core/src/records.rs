@@ -126,7 +126,9 @@ impl PrefillRecord {
     }
 }
 
-/// What the scheduler did in one step.
+/// What the scheduler did in one step. Every step has one, also a step in
+/// which no token ran (requests only waiting for KV loads); consumers of
+/// per-iteration token counts skip those (ACCOUNTING.md rule 6).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRecord {
     pub step: u64,

@@ -96,6 +96,10 @@ pub struct Request {
     /// their re-prefill counts as recomputed work.
     pub num_tokens_to_recompute: usize,
     pub record_emitted: bool,
+    /// External tokens being loaded by a connector (WaitingForRemoteKv).
+    pub num_external_tokens: usize,
+    /// Set when the connector reports the request's load finished.
+    pub load_done: bool,
     pub first_token_time: Option<f64>,
     pub scheduled_time: Option<f64>,
 }
@@ -126,6 +130,8 @@ impl Request {
             provenance: None,
             num_tokens_to_recompute: 0,
             record_emitted: false,
+            num_external_tokens: 0,
+            load_done: false,
             first_token_time: None,
             scheduled_time: None,
         }

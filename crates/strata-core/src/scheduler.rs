@@ -21,13 +21,18 @@
 
 mod admission;
 #[cfg(test)]
+mod connector_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::VecDeque;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 pub use admission::AdmissionError;
+
+use crate::connector::{ConnectorMeta, ConnectorOutput, ConnectorScheduler, KvLoadFailurePolicy};
+use crate::records::TokenSource;
 
 use crate::executor::{ModelBatch, ModelOutput, SampleRequest, SeqInput, TopLogprobs};
 use crate::ids::{RequestId, TokenId};
@@ -54,6 +59,7 @@ pub struct SchedulerConfig {
     pub max_model_len: usize,
     pub policy: SchedulingPolicy,
     pub enable_prefix_caching: bool,
+    pub kv_load_failure_policy: KvLoadFailurePolicy,
 }
 
 /// One request's work in a step.
@@ -76,6 +82,8 @@ pub struct SchedulerOutput {
     /// Prefix-cache counters of this step's admissions.
     pub prefix_cache_queries: u32,
     pub prefix_cache_hits: u32,
+    pub external_prefix_cache_queries: u32,
+    pub external_prefix_cache_hits: u32,
 }
 
 impl SchedulerOutput {
@@ -123,6 +131,18 @@ pub struct Scheduler {
     /// Events and records produced outside `update_from_output` (adds,
     /// aborts), delivered with the next step's result.
     pending: StepResult,
+    connector: Option<Box<dyn ConnectorScheduler>>,
+    /// Ended requests whose blocks wait for their transfers to finish.
+    delayed_free: FxHashSet<RequestId>,
+    /// Connector counters of the current step.
+    num_connector_loads: u32,
+    num_connector_load_failures: u32,
+}
+
+impl std::fmt::Debug for dyn ConnectorScheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConnectorScheduler({:?})", self.source())
+    }
 }
 
 impl Scheduler {
@@ -137,7 +157,22 @@ impl Scheduler {
             running: Vec::new(),
             step: 0,
             pending: StepResult::default(),
+            connector: None,
+            delayed_free: FxHashSet::default(),
+            num_connector_loads: 0,
+            num_connector_load_failures: 0,
         }
+    }
+
+    /// Adds a connector (its scheduler side); the executor carries the
+    /// worker side.
+    pub fn with_connector(mut self, connector: Box<dyn ConnectorScheduler>) -> Self {
+        self.connector = Some(connector);
+        self
+    }
+
+    pub fn has_connector(&self) -> bool {
+        self.connector.is_some()
     }
 
     pub fn config(&self) -> &SchedulerConfig {
@@ -160,8 +195,9 @@ impl Scheduler {
         self.waiting.len()
     }
 
+    /// Requests not yet ended, or ended with transfers still in flight.
     pub fn has_unfinished(&self) -> bool {
-        !self.requests.is_empty()
+        !self.requests.is_empty() || !self.delayed_free.is_empty()
     }
 
     /// Admits a request to the waiting queue, or says why it never could run.
@@ -203,7 +239,13 @@ impl Scheduler {
     /// Frees a request's blocks and emits its FinishRecord.
     fn finish(&mut self, id: RequestId, reason: FinishReason, now: f64) -> bool {
         let Some(mut req) = self.requests.remove(&id) else { return false };
-        self.kv.free(id);
+        let transfers_in_flight = self.connector.as_mut().is_some_and(|c| c.request_finished(&req));
+        if transfers_in_flight {
+            // A11: blocks are freed only once the transfer reports done.
+            self.delayed_free.insert(id);
+        } else {
+            self.kv.free(id);
+        }
         req.status = RequestStatus::Finished(reason);
         self.pending.finish_records.push(FinishRecord {
             request_id: id,
@@ -315,19 +357,54 @@ impl Scheduler {
         }
 
         // Waiting requests, only if nobody was preempted this step.
+        // Requests still loading KV are set aside and keep their place.
+        let mut loading: Vec<RequestId> = Vec::new();
         while out.preempted.is_empty()
             && budget > 0
             && self.running.len() < self.config.max_num_seqs
         {
             let Some(w) = self.next_waiting() else { break };
             let id = self.waiting[w];
+            if self.requests[&id].status == RequestStatus::WaitingForRemoteKv {
+                if !self.requests[&id].load_done {
+                    self.waiting.remove(w);
+                    loading.push(id);
+                    continue;
+                }
+                self.finish_load(id);
+            }
             let req = &self.requests[&id];
-            let (hit_blocks, hit_tokens) = self.kv.get_computed_blocks(req);
+            let first_admission = req.provenance.is_none();
+            let (hit_blocks, hit_tokens) = if req.num_computed_tokens == 0 {
+                self.kv.get_computed_blocks(req)
+            } else {
+                (Vec::new(), req.num_computed_tokens)
+            };
+            // Tokens a connector can supply beyond the local hit, leaving at
+            // least one token to compute (rule 3). Only at first admission:
+            // a preempted request recomputes locally.
+            let external = match (&mut self.connector, first_admission) {
+                (Some(c), true) => {
+                    let (n, _is_async) = c.get_num_new_matched_tokens(req, hit_tokens);
+                    n.min(req.num_tokens().saturating_sub(1 + hit_tokens))
+                }
+                _ => 0,
+            };
+            if external > 0 {
+                if self.kv.allocate_slots(req, external, &hit_blocks) == AllocOutcome::NoCapacity {
+                    break;
+                }
+                self.waiting.remove(w);
+                self.start_load(id, hit_tokens, external, &mut out);
+                loading.push(id);
+                continue;
+            }
             let n = (req.num_tokens() - hit_tokens).min(budget);
             if self.kv.allocate_slots(req, n, &hit_blocks) == AllocOutcome::NoCapacity {
                 break;
             }
             self.waiting.remove(w);
+            let has_connector = self.connector.is_some();
             let req = self.requests.get_mut(&id).expect("invariant: waiting requests exist");
             let prompt = req.num_prompt_tokens();
             match req.provenance {
@@ -339,12 +416,17 @@ impl Scheduler {
                     });
                     out.prefix_cache_queries += prompt as u32;
                     out.prefix_cache_hits += hit_tokens as u32;
+                    if has_connector {
+                        out.external_prefix_cache_queries +=
+                            (prompt - hit_tokens.min(prompt)) as u32;
+                    }
                 }
-                Some(ref mut p) if !req.record_emitted => {
+                Some(ref mut p) if !req.record_emitted && req.num_preemptions > 0 => {
                     // Re-admission after preemption: what was computed before
                     // and is not found in the cache now is computed again.
                     let redo = req.num_tokens_to_recompute.min(prompt).saturating_sub(hit_tokens);
                     p.recomputed_preemption += redo as u32;
+                    req.num_tokens_to_recompute = 0;
                 }
                 Some(_) => {}
             }
@@ -368,7 +450,135 @@ impl Scheduler {
             self.running.push(id);
             budget -= n;
         }
+        for id in loading.into_iter().rev() {
+            self.waiting.push_front(id);
+        }
         out
+    }
+
+    /// Puts a request in WaitingForRemoteKv for `external` tokens after
+    /// its `hit_tokens` local hit, and fixes its attribution (A10, A13).
+    fn start_load(
+        &mut self,
+        id: RequestId,
+        hit_tokens: usize,
+        external: usize,
+        out: &mut SchedulerOutput,
+    ) {
+        let bs = self.config.block_size;
+        let source = self.connector.as_ref().map_or(TokenSource::Remote, |c| c.source());
+        let req = self.requests.get_mut(&id).expect("invariant: waiting requests exist");
+        let prompt = req.num_prompt_tokens();
+        let mut p = Provenance { local_cache_hit: hit_tokens as u32, ..Provenance::default() };
+        match source {
+            TokenSource::Host => p.host = external as u32,
+            TokenSource::Disk => p.disk = external as u32,
+            _ => p.remote = external as u32,
+        }
+        req.provenance = Some(p);
+        out.prefix_cache_queries += prompt as u32;
+        out.prefix_cache_hits += hit_tokens as u32;
+        out.external_prefix_cache_queries += (prompt - hit_tokens.min(prompt)) as u32;
+        out.external_prefix_cache_hits += external as u32;
+        req.num_computed_tokens = hit_tokens;
+        req.num_external_tokens = external;
+        req.load_done = false;
+        req.status = RequestStatus::WaitingForRemoteKv;
+        let range = hit_tokens / bs..(hit_tokens + external).div_ceil(bs);
+        let blocks = &self.kv.blocks(id)[range.clone()];
+        let hashes = &req.block_hashes
+            [range.start.min(req.block_hashes.len())..range.end.min(req.block_hashes.len())];
+        let connector = self.connector.as_mut().expect("invariant: loads need a connector");
+        connector.update_state_after_alloc(req, blocks, hashes);
+    }
+
+    /// A finished load: its tokens count as computed, its full blocks join
+    /// the prefix cache, and the request is admitted like any other.
+    fn finish_load(&mut self, id: RequestId) {
+        let req = self.requests.get_mut(&id).expect("invariant: waiting requests exist");
+        req.num_computed_tokens += req.num_external_tokens;
+        req.num_external_tokens = 0;
+        req.load_done = false;
+        req.status = RequestStatus::Waiting;
+        self.kv.cache_blocks(req);
+    }
+
+    /// The connector's instructions for this step's worker side.
+    pub fn build_connector_meta(&mut self) -> Option<ConnectorMeta> {
+        let meta = self.connector.as_mut()?.build_connector_meta();
+        self.num_connector_loads += meta.loads.len() as u32;
+        Some(meta)
+    }
+
+    /// Applies what the worker side reported: finished loads become
+    /// admissible, failed blocks are handled by the load-failure policy,
+    /// and delayed frees complete.
+    pub fn update_connector_output(&mut self, output: ConnectorOutput, now: f64) {
+        let bs = self.config.block_size;
+        if !output.invalid_block_ids.is_empty() {
+            let invalid: FxHashSet<_> = output.invalid_block_ids.iter().copied().collect();
+            // The invalid blocks never reached the prefix cache (loaded blocks
+            // are cached only after a successful load), so no other request
+            // can have read them (A8); make sure they never will.
+            self.kv.evict(&output.invalid_block_ids);
+            let affected: Vec<RequestId> = self
+                .waiting
+                .iter()
+                .copied()
+                .filter(|id| {
+                    let r = &self.requests[id];
+                    r.status == RequestStatus::WaitingForRemoteKv
+                        && self.kv.blocks(*id).iter().any(|b| invalid.contains(b))
+                })
+                .collect();
+            for id in affected {
+                self.num_connector_load_failures += 1;
+                match self.config.kv_load_failure_policy {
+                    KvLoadFailurePolicy::Fail => {
+                        self.waiting.retain(|&w| w != id);
+                        self.finish(id, FinishReason::Error, now);
+                        self.pending.outputs.push(RequestOutput {
+                            request_id: id,
+                            new_token_id: None,
+                            logprobs: None,
+                            finish_reason: Some(FinishReason::Error),
+                        });
+                    }
+                    KvLoadFailurePolicy::Recompute => {
+                        let blocks = self.kv.blocks(id).to_vec();
+                        let req =
+                            self.requests.get_mut(&id).expect("invariant: affected requests exist");
+                        let first_bad =
+                            blocks.iter().position(|b| invalid.contains(b)).unwrap_or(blocks.len());
+                        let ok_tokens = (first_bad * bs).max(req.num_computed_tokens);
+                        let kept = ok_tokens
+                            .saturating_sub(req.num_computed_tokens)
+                            .min(req.num_external_tokens);
+                        let failed = req.num_external_tokens - kept;
+                        req.num_external_tokens = kept;
+                        if let Some(p) = &mut req.provenance {
+                            // Rule 4: failed tokens move to local compute.
+                            for slot in [&mut p.host, &mut p.disk, &mut p.remote] {
+                                let moved = (*slot).min(failed as u32);
+                                if *slot > 0 {
+                                    *slot -= moved;
+                                    p.recomputed_kv_load_failure += moved;
+                                    break;
+                                }
+                            }
+                        }
+                        self.kv.evict(&blocks[first_bad.min(blocks.len())..]);
+                    }
+                }
+            }
+        }
+        for id in output.finished_recving {
+            if self.delayed_free.remove(&id) {
+                self.kv.free(id);
+            } else if let Some(req) = self.requests.get_mut(&id) {
+                req.load_done = true;
+            }
+        }
     }
 
     /// The executor's view of a schedule.
@@ -425,6 +635,10 @@ impl Scheduler {
             num_preemptions: out.preempted.len() as u32,
             prefix_cache_queries: out.prefix_cache_queries,
             prefix_cache_hits: out.prefix_cache_hits,
+            external_prefix_cache_queries: out.external_prefix_cache_queries,
+            external_prefix_cache_hits: out.external_prefix_cache_hits,
+            num_connector_loads: std::mem::take(&mut self.num_connector_loads),
+            num_connector_load_failures: std::mem::take(&mut self.num_connector_load_failures),
             ..StepRecord::default()
         };
         let mut sampled = model.sampled.into_iter();
@@ -479,6 +693,11 @@ impl Scheduler {
         }
         record.num_running = self.running.len() as u32;
         record.num_waiting = self.waiting.len() as u32;
+        record.num_waiting_for_remote_kv = self
+            .waiting
+            .iter()
+            .filter(|id| self.requests[id].status == RequestStatus::WaitingForRemoteKv)
+            .count() as u32;
         record.num_blocks_total = self.config.num_blocks as u32;
         record.num_blocks_used = (self.config.num_blocks - self.kv.pool().num_free_blocks()) as u32;
         let mut result = std::mem::take(&mut self.pending);
@@ -505,7 +724,7 @@ impl Scheduler {
                 ));
             }
         }
-        if self.requests.is_empty() && self.kv.pool().num_free_blocks() != self.config.num_blocks {
+        if !self.has_unfinished() && self.kv.pool().num_free_blocks() != self.config.num_blocks {
             return Err("blocks leaked after every request ended".into());
         }
         Ok(())

@@ -11,15 +11,26 @@
 
 use std::time::Duration;
 
+use crate::connector::{ConnectorMeta, ConnectorOutput, ConnectorWorker};
 use crate::executor::{BatchError, Executor, KvCacheSpec, ModelBatch, ModelOutput, SampledToken};
 use crate::ids::TokenId;
 
-#[derive(Debug, Clone)]
 pub struct FakeExecutor {
     pub spec: KvCacheSpec,
     pub vocab_size: usize,
     /// Steps executed, and tokens run in each.
     pub steps: Vec<usize>,
+    /// The worker side of a connector, if one is configured.
+    pub connector: Option<Box<dyn ConnectorWorker>>,
+}
+
+impl std::fmt::Debug for FakeExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeExecutor")
+            .field("spec", &self.spec)
+            .field("steps", &self.steps.len())
+            .finish()
+    }
 }
 
 impl FakeExecutor {
@@ -28,7 +39,13 @@ impl FakeExecutor {
             spec: KvCacheSpec { block_size, num_blocks, bytes_per_block: 1024, max_model_len },
             vocab_size: 1000,
             steps: Vec::new(),
+            connector: None,
         }
+    }
+
+    pub fn with_connector(mut self, worker: impl ConnectorWorker + 'static) -> Self {
+        self.connector = Some(Box::new(worker));
+        self
     }
 
     /// The token the fake samples after `last` at `position`.
@@ -66,6 +83,16 @@ impl Executor for FakeExecutor {
             .collect();
         Ok(ModelOutput { sampled })
     }
+
+    fn start_load_kv(&mut self, meta: &ConnectorMeta) {
+        if let Some(c) = &mut self.connector {
+            c.start_load_kv(meta);
+        }
+    }
+
+    fn get_finished(&mut self) -> ConnectorOutput {
+        self.connector.as_mut().map(|c| c.get_finished()).unwrap_or_default()
+    }
 }
 
 /// Cost model of one step.
@@ -76,7 +103,7 @@ pub struct LatencyModel {
     pub per_decode_seq: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SimExecutor {
     pub inner: FakeExecutor,
     pub latency: LatencyModel,
@@ -123,5 +150,13 @@ impl Executor for SimExecutor {
             std::thread::sleep(cost);
         }
         self.inner.execute(batch)
+    }
+
+    fn start_load_kv(&mut self, meta: &ConnectorMeta) {
+        self.inner.start_load_kv(meta)
+    }
+
+    fn get_finished(&mut self) -> ConnectorOutput {
+        self.inner.get_finished()
     }
 }

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::*;
+use crate::connector::KvLoadFailurePolicy;
 use crate::engine::EngineCore;
 use crate::records::TokenSource;
 use crate::sampling::SamplingParams;
@@ -22,6 +23,7 @@ fn config(budget: usize, max_seqs: usize) -> SchedulerConfig {
         max_model_len: usize::MAX,
         policy: SchedulingPolicy::Fcfs,
         enable_prefix_caching: true,
+        kv_load_failure_policy: KvLoadFailurePolicy::Fail,
     }
 }
 

@@ -1,0 +1,250 @@
+//! Connector scenarios of ACCOUNTING.md in the core, with the in-process
+//! test connector: A5 (load failure, policy fail), A6 (partial failure,
+//! recompute), A7 (total failure), A8 (shared invalid block), A10 (full
+//! connector hit), A11 (abort while loading), A13 (async hits counted once).
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::connector::{KvLoadFailurePolicy, TestConnector};
+use crate::engine::EngineCore;
+use crate::kv::hash::extend_block_hashes;
+use crate::records::TokenSource;
+use crate::sampling::SamplingParams;
+use crate::testing::FakeExecutor;
+
+const B: usize = 4;
+
+fn engine(policy: KvLoadFailurePolicy, connector: &TestConnector) -> EngineCore<FakeExecutor> {
+    let config = SchedulerConfig {
+        max_num_seqs: 16,
+        max_num_batched_tokens: 64,
+        block_size: B,
+        num_blocks: 64,
+        max_model_len: 4096,
+        policy: SchedulingPolicy::Fcfs,
+        enable_prefix_caching: true,
+        kv_load_failure_policy: policy,
+    };
+    let exec = FakeExecutor::new(64, B, 4096).with_connector(connector.clone());
+    EngineCore::with_connector(exec, config, Some(Box::new(connector.clone())))
+}
+
+fn new_req(prompt: Vec<u32>) -> NewRequest {
+    NewRequest {
+        prompt_token_ids: prompt,
+        params: SamplingParams { ignore_eos: true, ..SamplingParams::greedy(4) },
+        priority: 0,
+        cache_salt: None,
+        eos_token_ids: vec![],
+    }
+}
+
+fn hashes(prompt: &[u32]) -> Vec<crate::kv::BlockHash> {
+    let mut h = Vec::new();
+    extend_block_hashes(&mut h, prompt, B, None);
+    h
+}
+
+struct Run {
+    results: Vec<StepResult>,
+    tokens: BTreeMap<RequestId, Vec<u32>>,
+    reasons: BTreeMap<RequestId, FinishReason>,
+}
+
+fn drain(e: &mut EngineCore<FakeExecutor>) -> Run {
+    let mut run = Run { results: Vec::new(), tokens: BTreeMap::new(), reasons: BTreeMap::new() };
+    for t in 1..=1000 {
+        if !e.has_unfinished() {
+            break;
+        }
+        let r = e.step(t as f64);
+        for o in &r.outputs {
+            run.tokens.entry(o.request_id).or_default().extend(o.new_token_id);
+            if let Some(f) = o.finish_reason {
+                assert!(run.reasons.insert(o.request_id, f).is_none(), "finished twice");
+            }
+        }
+        assert_eq!(e.scheduler().check_invariants(), Ok(()));
+        run.results.push(r);
+    }
+    assert!(!e.has_unfinished());
+    assert_eq!(e.scheduler().kv().pool().num_free_blocks(), 64, "no block leaks");
+    run
+}
+
+fn records(run: &Run) -> Vec<PrefillRecord> {
+    run.results.iter().flat_map(|r| r.prefill_records.iter().copied()).collect()
+}
+
+fn prompt(p: usize) -> Vec<u32> {
+    (0..p as u32).map(|i| 10 + i % 500).collect()
+}
+
+/// Tokens a run with no connector produces for `prompt`.
+fn reference(prompt: &[u32]) -> Vec<u32> {
+    let mut e = engine(KvLoadFailurePolicy::Fail, &TestConnector::new(TokenSource::Remote, B));
+    e.add_request(new_req(prompt.to_vec()), 0.0).unwrap();
+    drain(&mut e).tokens.into_values().next().unwrap()
+}
+
+#[test]
+fn a10_full_connector_hit_leaves_one_token_computed() {
+    let c = TestConnector::new(TokenSource::Remote, B);
+    let p = prompt(8 * B);
+    c.offer(&hashes(&p));
+    let mut e = engine(KvLoadFailurePolicy::Fail, &c);
+    e.add_request(new_req(p.clone()), 0.0).unwrap();
+    let run = drain(&mut e);
+    let r = records(&run)[0];
+    assert_eq!((r.remote, r.local_compute, r.local_cache_hit), (8 * B as u32 - 1, 1, 0));
+    assert_eq!(run.tokens.values().next().unwrap(), &reference(&p));
+    // A2: the step that finished the load ran one prompt token, not P.
+    let prefill_steps: Vec<u32> = run
+        .results
+        .iter()
+        .filter_map(|r| r.step)
+        .map(|s| s.num_prefill_tokens)
+        .filter(|&n| n > 0)
+        .collect();
+    assert_eq!(prefill_steps, vec![1]);
+    // A13: external queries = P - local hit, hits counted once.
+    let ext_q: u32 =
+        run.results.iter().filter_map(|r| r.step).map(|s| s.external_prefix_cache_queries).sum();
+    let ext_h: u32 =
+        run.results.iter().filter_map(|r| r.step).map(|s| s.external_prefix_cache_hits).sum();
+    assert_eq!((ext_q, ext_h), (8 * B as u32, 8 * B as u32 - 1));
+    assert_eq!(c.num_loads(), 1);
+}
+
+#[test]
+fn a13_local_hit_then_external_hit_for_the_rest() {
+    let c = TestConnector::new(TokenSource::Host, B);
+    let p = prompt(6 * B + 2);
+    let mut e = engine(KvLoadFailurePolicy::Fail, &c);
+    // Warm the device cache with the first 2 blocks.
+    e.add_request(new_req(p[..2 * B + 1].to_vec()), 0.0).unwrap();
+    drain(&mut e);
+    c.offer(&hashes(&p));
+    c.set_delay_steps(3);
+    e.add_request(new_req(p.clone()), 0.0).unwrap();
+    let run = drain(&mut e);
+    let r = records(&run)[0];
+    assert_eq!((r.local_cache_hit, r.host, r.local_compute), (2 * B as u32, 4 * B as u32, 2));
+    let waits: Vec<u32> =
+        run.results.iter().filter_map(|r| r.step).map(|s| s.num_waiting_for_remote_kv).collect();
+    assert!(waits.contains(&1), "the request waited for its load: {waits:?}");
+    let ext_q: u32 =
+        run.results.iter().filter_map(|r| r.step).map(|s| s.external_prefix_cache_queries).sum();
+    assert_eq!(ext_q, (p.len() - 2 * B) as u32);
+    assert_eq!(run.tokens.values().next().unwrap(), &reference(&p));
+}
+
+#[test]
+fn a5_load_failure_with_policy_fail_ends_the_request_with_error_and_no_record() {
+    let c = TestConnector::new(TokenSource::Remote, B);
+    let p = prompt(8 * B);
+    let h = hashes(&p);
+    c.offer(&h);
+    c.fail(&h[5..6]);
+    let mut e = engine(KvLoadFailurePolicy::Fail, &c);
+    let id = e.add_request(new_req(p), 0.0).unwrap();
+    let run = drain(&mut e);
+    assert_eq!(run.reasons[&id], FinishReason::Error);
+    assert!(records(&run).is_empty(), "no record for a request without a first token");
+    let fin: Vec<&FinishRecord> = run.results.iter().flat_map(|r| &r.finish_records).collect();
+    assert_eq!((fin.len(), fin[0].first_token_time), (1, None));
+    let failures: u32 =
+        run.results.iter().filter_map(|r| r.step).map(|s| s.num_connector_load_failures).sum();
+    assert_eq!(failures, 1);
+}
+
+#[test]
+fn a6_partial_failure_with_recompute_keeps_good_blocks_and_recomputes_the_rest() {
+    let c = TestConnector::new(TokenSource::Remote, B);
+    let p = prompt(8 * B);
+    let h = hashes(&p);
+    c.offer(&h);
+    c.fail(&h[5..6]);
+    let mut e = engine(KvLoadFailurePolicy::Recompute, &c);
+    e.add_request(new_req(p.clone()), 0.0).unwrap();
+    let run = drain(&mut e);
+    let r = records(&run)[0];
+    assert_eq!(r.remote, 5 * B as u32, "blocks 0-4 stay remote");
+    assert_eq!(r.local_compute, 3 * B as u32);
+    assert_eq!(
+        r.recomputed.kv_load_failure,
+        3 * B as u32 - 1,
+        "3B up to the prompt end, less the token always computed"
+    );
+    assert_eq!(run.tokens.values().next().unwrap(), &reference(&p));
+}
+
+#[test]
+fn a7_total_failure_attributes_nothing_to_the_tier() {
+    let c = TestConnector::new(TokenSource::Disk, B);
+    let p = prompt(5 * B);
+    let h = hashes(&p);
+    c.offer(&h);
+    c.fail(&h);
+    let mut e = engine(KvLoadFailurePolicy::Recompute, &c);
+    e.add_request(new_req(p.clone()), 0.0).unwrap();
+    let run = drain(&mut e);
+    let r = records(&run)[0];
+    assert_eq!((r.disk, r.local_compute), (0, 5 * B as u32));
+    assert_eq!(r.recomputed.kv_load_failure, 5 * B as u32 - 1);
+    assert_eq!(run.tokens.values().next().unwrap(), &reference(&p));
+}
+
+#[test]
+fn a8_a_failed_block_never_reaches_another_request() {
+    let c = TestConnector::new(TokenSource::Remote, B);
+    let p = prompt(6 * B);
+    let h = hashes(&p);
+    c.offer(&h);
+    c.fail(&h[2..3]);
+    c.set_delay_steps(1);
+    let mut e = engine(KvLoadFailurePolicy::Recompute, &c);
+    let a = e.add_request(new_req(p.clone()), 0.0).unwrap();
+    let b = e.add_request(new_req(p.clone()), 0.0).unwrap();
+    let run = drain(&mut e);
+    let expected = reference(&p);
+    assert_eq!(run.tokens[&a], expected);
+    assert_eq!(run.tokens[&b], expected);
+    for r in records(&run) {
+        assert_eq!(r.remote, 2 * B as u32, "only blocks before the failed one are remote");
+    }
+}
+
+#[test]
+fn a11_abort_while_loading_frees_blocks_only_after_the_transfer_reports_done() {
+    let c = TestConnector::new(TokenSource::Remote, B);
+    let p = prompt(6 * B);
+    c.offer(&hashes(&p));
+    c.set_delay_steps(3);
+    let mut e = engine(KvLoadFailurePolicy::Fail, &c);
+    let id = e.add_request(new_req(p), 0.0).unwrap();
+    e.step(1.0); // admitted, blocks allocated, load handed over
+    e.step(2.0); // load in flight
+    assert_eq!(c.num_in_flight(), 1);
+    assert!(e.abort(id, 2.5));
+    assert!(
+        e.scheduler().kv().pool().num_free_blocks() < 64,
+        "blocks held while the transfer runs"
+    );
+    let run = drain(&mut e);
+    assert!(records(&run).is_empty());
+    assert_eq!(e.scheduler().kv().pool().num_free_blocks(), 64);
+}
+
+#[test]
+fn a11_abort_before_the_load_starts_cancels_it() {
+    let c = TestConnector::new(TokenSource::Remote, B);
+    let p = prompt(6 * B);
+    c.offer(&hashes(&p));
+    let mut e = engine(KvLoadFailurePolicy::Fail, &c);
+    let id = e.add_request(new_req(p), 0.0).unwrap();
+    assert!(e.abort(id, 0.5));
+    drain(&mut e);
+    assert_eq!(c.num_loads(), 0);
+}
