@@ -29,6 +29,8 @@ pub struct OfflineOutput {
     pub finish_reason: FinishReason,
     /// Where the prompt's KV came from (`None` if no token was produced).
     pub prefill: Option<PrefillRecord>,
+    /// Times the request was preempted (and recomputed).
+    pub num_preemptions: u32,
 }
 
 #[derive(Debug, Error)]
@@ -83,6 +85,7 @@ pub fn run_offline<E: Executor>(
             logprobs: Vec::new(),
             finish_reason: FinishReason::Abort,
             prefill: None,
+            num_preemptions: 0,
         })
         .collect();
     let mut step = 0u64;
@@ -91,6 +94,9 @@ pub fn run_offline<E: Executor>(
         let result = engine.step(step as f64);
         for r in result.prefill_records {
             outputs[index_of[&r.request_id]].prefill = Some(r);
+        }
+        for f in &result.finish_records {
+            outputs[index_of[&f.request_id]].num_preemptions = f.num_preemptions;
         }
         for o in result.outputs {
             let index = index_of[&o.request_id];

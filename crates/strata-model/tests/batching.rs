@@ -57,9 +57,15 @@ fn check_batch_equals_alone(params: SamplingParams, dtype: Option<DType>) {
     let alone = seen(alone);
     // Together in a large pool with a large budget; then with a budget of
     // 7 tokens (chunked prefill interleaved with decodes); then in a pool of
-    // 12 blocks where requests wait and are preempted.
-    for (blocks, budget) in [(64, 4096), (64, 7), (12, 32)] {
+    // 7 blocks where requests wait and are preempted.
+    for (blocks, budget) in [(64, 4096), (64, 7), (7, 32)] {
         let together = run(&reqs, blocks, budget, dtype);
+        if blocks == 7 {
+            assert!(
+                together.iter().any(|o| o.num_preemptions > 0),
+                "the small pool forces preemptions"
+            );
+        }
         if budget == 7 {
             // Admitted one after another: shared prefixes come from the
             // prefix cache.

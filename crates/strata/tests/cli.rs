@@ -82,8 +82,9 @@ fn generate_from_a_transformers_checkpoint() {
 fn prompts_file_gives_one_json_line_per_prompt() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("prompts.txt");
-    let prompts: Vec<String> =
-        (0..40).map(|i| format!("Prompt number {i} about the engine")).collect();
+    let prompts: Vec<String> = (0..300)
+        .map(|i| format!("A shared system prompt about the engine and its cache. Question {i}?"))
+        .collect();
     std::fs::write(&file, prompts.join("\n")).unwrap();
     let out = stdout(&strata(&[
         "generate",
@@ -96,12 +97,23 @@ fn prompts_file_gives_one_json_line_per_prompt() {
     ]));
     let lines: Vec<serde_json::Value> =
         out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 40);
+    assert_eq!(lines.len(), 300);
+    let mut cached = 0;
     for (i, l) in lines.iter().enumerate() {
         assert_eq!(l["index"], i);
         assert_eq!(l["prompt"], prompts[i]);
         assert!(l["num_generated_tokens"].as_u64().unwrap() <= 5);
+        // The record proves where every prompt token came from.
+        let s = &l["prompt_sources"];
+        let total: u64 = ["local_compute", "local_cache_hit", "host", "disk", "remote"]
+            .iter()
+            .map(|k| s[k].as_u64().unwrap())
+            .sum();
+        assert_eq!(total, l["num_prompt_tokens"].as_u64().unwrap());
+        assert!(s["local_compute"].as_u64().unwrap() >= 1);
+        cached += s["local_cache_hit"].as_u64().unwrap();
     }
+    assert!(cached > 0, "the shared prefix was served from the prefix cache");
 }
 
 #[test]

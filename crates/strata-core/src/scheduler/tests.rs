@@ -371,3 +371,90 @@ fn blocks_computed_over_several_chunks_enter_the_prefix_cache() {
     let r = records(&drain(&mut e, &mut t))[0];
     assert_eq!((r.local_cache_hit, r.local_compute), (12, 1));
 }
+
+/// A compact table of a scripted run: what each step scheduled
+/// (`request:computed+new`, `*` when it samples), who was preempted, and
+/// the step record's counters.
+fn schedule_table(
+    e: &mut EngineCore<FakeExecutor>,
+    steps: std::ops::RangeInclusive<usize>,
+) -> String {
+    use std::fmt::Write;
+    let mut out =
+        String::from("step | scheduled | preempted | run wait | blocks | prefix q/h | finished\n");
+    for t in steps {
+        if !e.has_unfinished() {
+            break;
+        }
+        let plan = e.scheduler_mut().schedule(t as f64);
+        let batch = e.scheduler().batch(&plan);
+        let model = crate::Executor::execute(
+            &mut FakeExecutor::new(
+                e.scheduler().config().num_blocks,
+                e.scheduler().config().block_size,
+                4096,
+            ),
+            &batch,
+        );
+        drop(batch);
+        let r = e.scheduler_mut().update_from_output(&plan, model.unwrap_or_default(), t as f64);
+        let s = r.step.unwrap();
+        let sched: Vec<String> = plan
+            .seqs
+            .iter()
+            .map(|q| {
+                format!(
+                    "{}:{}+{}{}",
+                    q.request_id.get(),
+                    q.num_computed_tokens,
+                    q.num_new_tokens,
+                    if q.samples { "*" } else { "" }
+                )
+            })
+            .collect();
+        let pre: Vec<String> = plan.preempted.iter().map(|p| p.get().to_string()).collect();
+        let fin: Vec<String> = r
+            .finish_records
+            .iter()
+            .map(|f| format!("{}:{}", f.request_id.get(), f.reason.as_str()))
+            .collect();
+        writeln!(
+            out,
+            "{t:>4} | {} | {} | {} {} | {}/{} | {}/{} | {}",
+            sched.join(" "),
+            pre.join(" "),
+            s.num_running,
+            s.num_waiting,
+            s.num_blocks_used,
+            s.num_blocks_total,
+            s.prefix_cache_queries,
+            s.prefix_cache_hits,
+            fin.join(" ")
+        )
+        .unwrap();
+    }
+    out
+}
+
+#[test]
+fn scripted_schedule_with_chunking_prefix_hits_and_preemption() {
+    // 8 blocks of 4 tokens, budget 6: three requests sharing an 8-token
+    // prefix; the third arrives once the first has cached it.
+    let mut e = EngineCore::new(FakeExecutor::new(8, 4, 4096), config(6, 8));
+    let shared: Vec<u32> = (10..18).collect();
+    let with =
+        |tail: std::ops::Range<u32>| shared.iter().copied().chain(tail).collect::<Vec<u32>>();
+    e.add_request(new_req(with(30..33), 6), 0.0).unwrap();
+    e.add_request(new_req(with(40..42), 8), 0.0).unwrap();
+    let mut table = schedule_table(&mut e, 1..=3);
+    e.add_request(new_req(with(50..53), 4), 3.0).unwrap();
+    table.push_str(
+        &schedule_table(&mut e, 4..=40)
+            .lines()
+            .skip(1)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>(),
+    );
+    insta::assert_snapshot!(table);
+    assert!(!e.has_unfinished());
+}
