@@ -302,8 +302,18 @@ impl Scheduler {
         });
     }
 
-    /// Index in `waiting` of the next request to admit.
+    /// Index in `waiting` of the next request to admit. Requests whose KV
+    /// load finished go first: they already hold all their prompt's blocks,
+    /// so running them needs nothing and frees blocks soonest; behind a
+    /// request that cannot get blocks they would wait forever.
     fn next_waiting(&self) -> Option<usize> {
+        let loaded = self.waiting.iter().position(|id| {
+            let r = &self.requests[id];
+            r.status == RequestStatus::WaitingForRemoteKv && r.load_done
+        });
+        if loaded.is_some() {
+            return loaded;
+        }
         match self.config.policy {
             SchedulingPolicy::Fcfs => (!self.waiting.is_empty()).then_some(0),
             SchedulingPolicy::Priority => (0..self.waiting.len()).min_by_key(|&i| {
@@ -391,7 +401,11 @@ impl Scheduler {
                 _ => 0,
             };
             if external > 0 {
-                if self.kv.allocate_slots(req, external, &hit_blocks) == AllocOutcome::NoCapacity {
+                // Blocks for the whole prompt, not only the loaded part: a
+                // request whose load finished must always be able to run,
+                // or loads holding every block would wait on each other.
+                let all = req.num_tokens() - hit_tokens;
+                if self.kv.allocate_slots(req, all, &hit_blocks) == AllocOutcome::NoCapacity {
                     break;
                 }
                 self.waiting.remove(w);

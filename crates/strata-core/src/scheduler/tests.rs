@@ -261,9 +261,17 @@ fn admission_rejects_what_can_never_run() {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Add { prefix: usize, len: usize, max_tokens: u32 },
+    Add {
+        prefix: usize,
+        len: usize,
+        max_tokens: u32,
+    },
     Abort(usize),
     Step,
+    /// The connector gets the blocks of a prefix.
+    Offer(usize),
+    /// Loads of one block of a prefix fail.
+    FailBlock(usize, usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -271,6 +279,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0usize..3, 1usize..30, 1u32..8).prop_map(|(prefix, len, max_tokens)| Op::Add { prefix, len, max_tokens }),
         1 => (0usize..64).prop_map(Op::Abort),
         5 => Just(Op::Step),
+        1 => (0usize..3).prop_map(Op::Offer),
+        1 => (0usize..3, 0usize..5).prop_map(|(p, b)| Op::FailBlock(p, b)),
     ]
 }
 
@@ -278,9 +288,19 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
-    fn state_machine_keeps_every_invariant(ops in prop::collection::vec(op(), 1..80), budget in 1usize..24) {
+    fn state_machine_keeps_every_invariant(
+        ops in prop::collection::vec(op(), 1..80),
+        budget in 1usize..24,
+        recompute in any::<bool>(),
+        delay in 0u32..3,
+    ) {
         let (num_blocks, bs) = (12, 4);
-        let mut e = EngineCore::new(FakeExecutor::new(num_blocks, bs, 4096), config(budget, 4));
+        let connector = crate::connector::TestConnector::new(TokenSource::Remote, bs);
+        connector.set_delay_steps(delay);
+        let mut cfg = config(budget, 4);
+        cfg.kv_load_failure_policy = if recompute { KvLoadFailurePolicy::Recompute } else { KvLoadFailurePolicy::Fail };
+        let exec = FakeExecutor::new(num_blocks, bs, 4096).with_connector(connector.clone());
+        let mut e = EngineCore::with_connector(exec, cfg, Some(Box::new(connector.clone())));
         let prefixes: [Vec<u32>; 3] = [(10..30).collect(), (40..60).collect(), (10..20).chain(70..80).collect()];
         let mut ids: Vec<RequestId> = Vec::new();
         let mut prompt_len: BTreeMap<RequestId, u32> = BTreeMap::new();
@@ -334,6 +354,16 @@ proptest! {
                         e.abort(id, t);
                     }
                 }
+                Op::Offer(p) => {
+                    let mut h = Vec::new();
+                    crate::kv::hash::extend_block_hashes(&mut h, &prefixes[p], bs, None);
+                    connector.offer(&h);
+                }
+                Op::FailBlock(p, b) => {
+                    let mut h = Vec::new();
+                    crate::kv::hash::extend_block_hashes(&mut h, &prefixes[p], bs, None);
+                    connector.fail(&h[b.min(h.len() - 1)..=b.min(h.len() - 1)]);
+                }
                 Op::Step => {
                     t += 1.0;
                     let r = e.step(t);
@@ -351,7 +381,16 @@ proptest! {
         }
         let r = e.step(t + 1.0);
         check(&e, r, &prompt_len, &mut finished, &mut recorded, &mut computed)?;
-        prop_assert!(!e.has_unfinished());
+        if e.has_unfinished() {
+            let s = e.scheduler();
+            let mut dump = format!("free {} delayed {:?} waiting {:?} running {:?}\n", s.kv().pool().num_free_blocks(), s.delayed_free, s.waiting, s.running);
+            for id in &ids {
+                if let Some(r) = s.request(*id) {
+                    dump += &format!("{id}: {:?} computed {} tokens {} ext {} done {} blocks {}\n", r.status, r.num_computed_tokens, r.num_tokens(), r.num_external_tokens, r.load_done, s.kv().blocks(*id).len());
+                }
+            }
+            prop_assert!(false, "stuck:\n{}", dump);
+        }
         prop_assert_eq!(finished.len(), ids.len(), "every request finishes exactly once");
         prop_assert_eq!(e.scheduler().kv().pool().num_free_blocks(), num_blocks, "no block leaks");
     }
