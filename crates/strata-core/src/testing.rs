@@ -160,3 +160,54 @@ impl Executor for SimExecutor {
         self.inner.get_finished()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineCore;
+    use crate::request::NewRequest;
+    use crate::sampling::SamplingParams;
+    use crate::scheduler::{SchedulerConfig, SchedulingPolicy};
+
+    #[test]
+    fn sim_executor_charges_prefill_tokens_decode_sequences_and_steps() {
+        let latency = LatencyModel {
+            per_step: Duration::from_micros(100),
+            per_prefill_token: Duration::from_micros(10),
+            per_decode_seq: Duration::from_micros(50),
+        };
+        let sim = SimExecutor::new(FakeExecutor::new(64, 4, 1024), latency, false);
+        let config = SchedulerConfig {
+            max_num_seqs: 8,
+            max_num_batched_tokens: 64,
+            block_size: 4,
+            num_blocks: 64,
+            max_model_len: 1024,
+            policy: SchedulingPolicy::Fcfs,
+            enable_prefix_caching: true,
+            kv_load_failure_policy: crate::connector::KvLoadFailurePolicy::Fail,
+        };
+        let mut e = EngineCore::new(sim, config);
+        for _ in 0..2 {
+            let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(3) };
+            let new = NewRequest {
+                prompt_token_ids: vec![5; 10],
+                params,
+                priority: 0,
+                cache_salt: None,
+                eos_token_ids: vec![],
+            };
+            e.add_request(new, 0.0).unwrap();
+        }
+        let mut t = 0.0;
+        while e.has_unfinished() {
+            t += 1.0;
+            e.step(t);
+        }
+        // Step 1: two prefills of 10 tokens (admitted together, so neither
+        // hits the other's blocks); steps 2 and 3: two decodes each.
+        let expected =
+            3 * latency.per_step + 20 * latency.per_prefill_token + 4 * latency.per_decode_seq;
+        assert_eq!(e.executor().simulated, expected);
+    }
+}

@@ -248,3 +248,38 @@ fn a11_abort_before_the_load_starts_cancels_it() {
     drain(&mut e);
     assert_eq!(c.num_loads(), 0);
 }
+
+#[test]
+fn a3_record_set_once_across_preemption_with_local_and_remote_sources() {
+    let c = TestConnector::new(TokenSource::Remote, B);
+    let p = prompt(8 * B);
+    let h = hashes(&p);
+    let mut e = engine(KvLoadFailurePolicy::Fail, &c);
+    // Local hit of 2 blocks, remote blocks 2-4 (3 blocks).
+    e.add_request(new_req(p[..2 * B + 1].to_vec()), 0.0).unwrap();
+    drain(&mut e);
+    c.offer(&h[2..5]);
+    e.scheduler_mut().config.max_num_batched_tokens = B;
+    let id = e.add_request(new_req(p.clone()), 0.0).unwrap();
+    let mut t = 10.0;
+    // Admission and load, then one chunk of B computed tokens.
+    while e.scheduler().request(id).unwrap().num_computed_tokens < 6 * B {
+        t += 1.0;
+        let r = e.step(t);
+        assert!(r.prefill_records.is_empty(), "no first token yet");
+    }
+    // Forget the computed block so the re-prefill has work to redo, then
+    // preempt before the first token.
+    let blocks = e.scheduler().kv().blocks(id).to_vec();
+    e.scheduler_mut().kv.evict(&blocks[5..6]);
+    e.scheduler_mut().preempt(id, t);
+    // More of the prompt is now in the cache than at first admission.
+    let run = drain(&mut e);
+    let r = records(&run).into_iter().find(|r| r.request_id == id).unwrap();
+    assert_eq!(
+        (r.local_cache_hit, r.remote, r.local_compute),
+        (2 * B as u32, 3 * B as u32, 3 * B as u32)
+    );
+    assert_eq!(r.recomputed.preemption, B as u32, "the evicted block is computed again");
+    assert_eq!(run.tokens[&id], reference(&p));
+}
