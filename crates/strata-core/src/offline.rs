@@ -118,50 +118,10 @@ pub fn run_offline<E: Executor>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::executor::{BatchError, KvCacheSpec, ModelBatch, ModelOutput, SampledToken};
+    use crate::testing::FakeExecutor;
 
-    /// Echoes "last token + 1" and records what each step ran.
-    struct Echo {
-        spec: KvCacheSpec,
-        steps: Vec<Vec<(RequestId, usize, usize)>>,
-    }
-
-    impl Executor for Echo {
-        type Error = BatchError;
-        fn kv_cache_spec(&self) -> KvCacheSpec {
-            self.spec
-        }
-        fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput, BatchError> {
-            batch.validate(&self.spec)?;
-            self.steps.push(
-                batch
-                    .seqs
-                    .iter()
-                    .map(|s| (s.request_id, s.num_computed_tokens, s.token_ids.len()))
-                    .collect(),
-            );
-            let sampled = batch
-                .seqs
-                .iter()
-                .filter(|s| s.sample.is_some())
-                .map(|s| SampledToken {
-                    request_id: s.request_id,
-                    token_id: s.token_ids.last().copied().unwrap_or(0) + 1,
-                    logprobs: None,
-                })
-                .collect();
-            Ok(ModelOutput { sampled })
-        }
-        fn vocab_size(&self) -> usize {
-            1000
-        }
-    }
-
-    fn echo(num_blocks: usize) -> Echo {
-        Echo {
-            spec: KvCacheSpec { block_size: 4, num_blocks, bytes_per_block: 1, max_model_len: 64 },
-            steps: Vec::new(),
-        }
+    fn echo(num_blocks: usize) -> FakeExecutor {
+        FakeExecutor::new(num_blocks, 4, 64)
     }
 
     fn req(prompt: Vec<u32>, max_tokens: u32) -> OfflineRequest {
@@ -200,7 +160,7 @@ mod tests {
     #[test]
     fn impossible_requests_are_rejected_up_front() {
         let mut ex = echo(4);
-        let check = |ex: &mut Echo, r: OfflineRequest| {
+        let check = |ex: &mut FakeExecutor, r: OfflineRequest| {
             run_offline(ex, &[r], &[], 8).unwrap_err().to_string()
         };
         assert!(check(&mut ex, req(vec![], 3)).contains("empty"));

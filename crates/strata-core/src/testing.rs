@@ -1,10 +1,10 @@
 //! Executors without a model, for tests and benchmarks (feature
 //! `testing`).
 //!
-//! - [`FakeExecutor`] samples a deterministic token from the sequence's
-//!   last token and position, and checks every batch against the pool, so
-//!   scheduler bugs (a token without a slot, a block outside the pool)
-//!   surface as errors.
+//! - [`FakeExecutor`] samples "last token + 1" (wrapping inside the
+//!   vocabulary, above the two lowest ids), records what each step ran, and
+//!   checks every batch against the pool, so scheduler bugs (a token
+//!   without a slot, a block outside the pool) surface as errors.
 //! - [`SimExecutor`] wraps it with a latency model (cost per step, per
 //!   prefill token, per decode sequence), like dynamo's mocker: it adds the
 //!   simulated time to a counter and, if asked, sleeps for it.
@@ -13,13 +13,13 @@ use std::time::Duration;
 
 use crate::connector::{ConnectorMeta, ConnectorOutput, ConnectorWorker};
 use crate::executor::{BatchError, Executor, KvCacheSpec, ModelBatch, ModelOutput, SampledToken};
-use crate::ids::TokenId;
+use crate::ids::{RequestId, TokenId};
 
 pub struct FakeExecutor {
     pub spec: KvCacheSpec,
     pub vocab_size: usize,
-    /// Steps executed, and tokens run in each.
-    pub steps: Vec<usize>,
+    /// Per step: (request, tokens computed before, tokens run) of each sequence.
+    pub steps: Vec<Vec<(RequestId, usize, usize)>>,
     /// The worker side of a connector, if one is configured.
     pub connector: Option<Box<dyn ConnectorWorker>>,
 }
@@ -48,9 +48,14 @@ impl FakeExecutor {
         self
     }
 
-    /// The token the fake samples after `last` at `position`.
-    pub fn next_token(last: TokenId, position: usize) -> TokenId {
-        (last.wrapping_mul(31).wrapping_add(position as u32 * 7) % 997) + 2
+    /// The token the fake samples after `last`.
+    pub fn next_token(&self, last: TokenId) -> TokenId {
+        let v = self.vocab_size as u32;
+        if last + 1 < v {
+            last + 1
+        } else {
+            2
+        }
     }
 }
 
@@ -67,17 +72,20 @@ impl Executor for FakeExecutor {
 
     fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput, BatchError> {
         batch.validate(&self.spec)?;
-        self.steps.push(batch.num_tokens());
+        self.steps.push(
+            batch
+                .seqs
+                .iter()
+                .map(|s| (s.request_id, s.num_computed_tokens, s.token_ids.len()))
+                .collect(),
+        );
         let sampled = batch
             .seqs
             .iter()
             .filter(|s| s.sample.is_some())
             .map(|s| SampledToken {
                 request_id: s.request_id,
-                token_id: Self::next_token(
-                    *s.token_ids.last().expect("validated"),
-                    s.context_len(),
-                ),
+                token_id: self.next_token(*s.token_ids.last().expect("validated")),
                 logprobs: None,
             })
             .collect();

@@ -3,21 +3,12 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::values;
 use proptest::prelude::*;
 use strata_model::backend::cpu::{CpuBackend, CpuTensor};
 use strata_model::backend::{AttentionShape, Backend, SeqAttention, StepMetadata};
-
-fn values(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 #[derive(Debug, Clone)]
 struct Case {

@@ -81,6 +81,14 @@ fn prompt(p: usize) -> Vec<u32> {
     (0..p as u32).map(|i| 10 + i % 500).collect()
 }
 
+/// A prompt sharing exactly the first two blocks of `p` (its next token
+/// differs, so the fake's "last + 1" outputs cannot extend the match).
+fn warm_up(p: &[u32]) -> Vec<u32> {
+    let mut w = p[..2 * B].to_vec();
+    w.push(3);
+    w
+}
+
 /// Tokens a run with no connector produces for `prompt`.
 fn reference(prompt: &[u32]) -> Vec<u32> {
     let mut e = engine(KvLoadFailurePolicy::Fail, &TestConnector::new(TokenSource::Remote, B));
@@ -123,7 +131,7 @@ fn a13_local_hit_then_external_hit_for_the_rest() {
     let p = prompt(6 * B + 2);
     let mut e = engine(KvLoadFailurePolicy::Fail, &c);
     // Warm the device cache with the first 2 blocks.
-    e.add_request(new_req(p[..2 * B + 1].to_vec()), 0.0).unwrap();
+    e.add_request(new_req(warm_up(&p)), 0.0).unwrap();
     drain(&mut e);
     c.offer(&hashes(&p));
     c.set_delay_steps(3);
@@ -256,7 +264,7 @@ fn a3_record_set_once_across_preemption_with_local_and_remote_sources() {
     let h = hashes(&p);
     let mut e = engine(KvLoadFailurePolicy::Fail, &c);
     // Local hit of 2 blocks, remote blocks 2-4 (3 blocks).
-    e.add_request(new_req(p[..2 * B + 1].to_vec()), 0.0).unwrap();
+    e.add_request(new_req(warm_up(&p)), 0.0).unwrap();
     drain(&mut e);
     c.offer(&h[2..5]);
     e.scheduler_mut().config.max_num_batched_tokens = B;

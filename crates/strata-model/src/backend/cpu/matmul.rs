@@ -17,7 +17,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::CpuWeight;
+use super::{CpuWeight, OutPtr};
 use crate::weights::HostData;
 
 /// Up to this many input rows use the GEMV kernels.
@@ -36,22 +36,6 @@ pub fn linear(x: &[f32], m: usize, k: usize, w: &CpuWeight, out: &mut [f32]) {
     } else if m <= super::tile::TILE_MAX_ROWS && super::tile::tiled(x, m, k, w, out) {
     } else {
         panel_gemm(x, m, k, w, out);
-    }
-}
-
-/// A raw output pointer shared by tasks that write disjoint columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint column ranges of the output (see uses).
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// Taking `self` makes closures capture the whole (Send) wrapper
-    /// rather than the raw pointer field.
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
     }
 }
 

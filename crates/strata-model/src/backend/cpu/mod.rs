@@ -14,6 +14,23 @@ use crate::weights::{DType, HostData, HostTensor};
 
 pub use matmul::linear as matmul_linear;
 
+/// A raw output pointer shared by rayon tasks that write disjoint columns
+/// of one output matrix (the matmul kernels).
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every user writes a column range no other task writes.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Taking `self` makes closures capture the whole (Send) wrapper
+    /// rather than the raw pointer field.
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// Rows handled per rayon task in row-wise element ops.
 const ROWS_PER_TASK: usize = 8;
 

@@ -10,23 +10,10 @@
 
 use rayon::prelude::*;
 
-use super::CpuWeight;
+use super::{CpuWeight, OutPtr};
 
 /// Largest `m` this path is used for.
 pub const TILE_MAX_ROWS: usize = 64;
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: each task writes a disjoint set of output columns (see below).
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
 
 /// Weight rows per tile: about 64 KiB of f32, at least 2, even.
 fn tile_rows(k: usize) -> usize {

@@ -1,0 +1,15 @@
+//! Helpers shared by the model crate's integration tests.
+
+/// Deterministic pseudo-random values in [-1, 1) (xorshift), so failures
+/// reproduce from the proptest seed alone.
+pub fn values(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
