@@ -1,0 +1,437 @@
+//! The engine's Prometheus families (vLLM-compatible names, strata
+//! extensions under `strata:`), updated from step results only.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use strata_core::{FinishReason, RequestId, StepResult, TokenSource};
+
+use crate::buckets;
+
+type Labels = Vec<(String, String)>;
+
+/// What `vllm:cache_config_info` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheConfigInfo {
+    pub block_size: usize,
+    pub num_blocks: usize,
+    /// e.g. "device" or "device,host,disk".
+    pub tiers: String,
+}
+
+/// Per-request times the metrics need between steps.
+#[derive(Clone, Copy, Debug, Default)]
+struct Timeline {
+    last_token_time: Option<f64>,
+}
+
+#[derive(Debug)]
+pub struct EngineMetrics {
+    registry: Registry,
+    base: Labels,
+    timelines: HashMap<RequestId, Timeline>,
+    num_requests_running: Family<Labels, Gauge>,
+    num_requests_waiting: Family<Labels, Gauge>,
+    kv_cache_usage_perc: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    prefix_cache_queries: Family<Labels, Counter>,
+    prefix_cache_hits: Family<Labels, Counter>,
+    external_prefix_cache_queries: Family<Labels, Counter>,
+    external_prefix_cache_hits: Family<Labels, Counter>,
+    num_preemptions: Family<Labels, Counter>,
+    prompt_tokens: Family<Labels, Counter>,
+    prompt_tokens_by_source: Family<Labels, Counter>,
+    prompt_tokens_cached: Family<Labels, Counter>,
+    generation_tokens: Family<Labels, Counter>,
+    request_success: Family<Labels, Counter>,
+    request_prompt_tokens: HistFamily,
+    request_generation_tokens: HistFamily,
+    request_params_max_tokens: HistFamily,
+    iteration_tokens: HistFamily,
+    ttft: HistFamily,
+    itl: HistFamily,
+    tpot: HistFamily,
+    e2e: HistFamily,
+    queue_time: HistFamily,
+    inference_time: HistFamily,
+    prefill_time: HistFamily,
+    decode_time: HistFamily,
+    request_num_preemptions: HistFamily,
+    request_prefill_kv_computed_tokens: HistFamily,
+    prompt_tokens_by_tier: Family<Labels, Counter>,
+    prompt_tokens_recomputed: Family<Labels, Counter>,
+    prefill_tokens_computed: Family<Labels, Counter>,
+    accounting_violations: Family<Labels, Counter>,
+}
+
+/// Makes each labelled histogram of a family with the family's buckets.
+#[derive(Clone, Debug)]
+struct Buckets(Arc<[f64]>);
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+type HistFamily = Family<Labels, Histogram, Buckets>;
+
+fn histograms(buckets: &[f64]) -> HistFamily {
+    Family::new_with_constructor(Buckets(buckets.into()))
+}
+
+impl EngineMetrics {
+    pub fn new(
+        model_name: &str,
+        engine: &str,
+        max_model_len: usize,
+        cache: &CacheConfigInfo,
+    ) -> Self {
+        let base: Labels =
+            vec![("model_name".into(), model_name.into()), ("engine".into(), engine.into())];
+        let token_buckets = buckets::one_two_five(max_model_len);
+        let token_family = || histograms(&token_buckets);
+        let mut m = Self {
+            registry: Registry::default(),
+            timelines: HashMap::new(),
+            num_requests_running: Family::default(),
+            num_requests_waiting: Family::default(),
+            kv_cache_usage_perc: Family::default(),
+            prefix_cache_queries: Family::default(),
+            prefix_cache_hits: Family::default(),
+            external_prefix_cache_queries: Family::default(),
+            external_prefix_cache_hits: Family::default(),
+            num_preemptions: Family::default(),
+            prompt_tokens: Family::default(),
+            prompt_tokens_by_source: Family::default(),
+            prompt_tokens_cached: Family::default(),
+            generation_tokens: Family::default(),
+            request_success: Family::default(),
+            request_prompt_tokens: token_family(),
+            request_generation_tokens: token_family(),
+            request_params_max_tokens: token_family(),
+            iteration_tokens: histograms(buckets::ITERATION_TOKENS),
+            ttft: histograms(buckets::TTFT),
+            itl: histograms(buckets::ITL),
+            tpot: histograms(buckets::ITL),
+            e2e: histograms(buckets::REQUEST_LATENCY),
+            queue_time: histograms(buckets::REQUEST_LATENCY),
+            inference_time: histograms(buckets::REQUEST_LATENCY),
+            prefill_time: histograms(buckets::REQUEST_LATENCY),
+            decode_time: histograms(buckets::REQUEST_LATENCY),
+            request_num_preemptions: histograms(buckets::PREEMPTIONS),
+            request_prefill_kv_computed_tokens: token_family(),
+            prompt_tokens_by_tier: Family::default(),
+            prompt_tokens_recomputed: Family::default(),
+            prefill_tokens_computed: Family::default(),
+            accounting_violations: Family::default(),
+            base,
+        };
+        m.register_all(cache);
+        m
+    }
+
+    fn labels(&self, extra: &[(&str, &str)]) -> Labels {
+        let mut l = self.base.clone();
+        l.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        l
+    }
+
+    fn register_all(&mut self, cache: &CacheConfigInfo) {
+        let r = &mut self.registry;
+        r.register(
+            "vllm:num_requests_running",
+            "Requests in the running batch",
+            self.num_requests_running.clone(),
+        );
+        r.register(
+            "vllm:num_requests_waiting",
+            "Requests waiting (including those waiting for remote KV)",
+            self.num_requests_waiting.clone(),
+        );
+        r.register(
+            "vllm:kv_cache_usage_perc",
+            "Fraction of the device KV pool in use (0-1)",
+            self.kv_cache_usage_perc.clone(),
+        );
+        r.register(
+            "vllm:prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache at admission",
+            self.prefix_cache_queries.clone(),
+        );
+        r.register(
+            "vllm:prefix_cache_hits",
+            "Prompt tokens found in the prefix cache at admission",
+            self.prefix_cache_hits.clone(),
+        );
+        r.register(
+            "vllm:external_prefix_cache_queries",
+            "Prompt tokens looked up by connectors beyond the local hit",
+            self.external_prefix_cache_queries.clone(),
+        );
+        r.register(
+            "vllm:external_prefix_cache_hits",
+            "Prompt tokens connectors supplied beyond the local hit",
+            self.external_prefix_cache_hits.clone(),
+        );
+        r.register("vllm:num_preemptions", "Preemptions", self.num_preemptions.clone());
+        r.register(
+            "vllm:prompt_tokens",
+            "Prompt tokens of requests that produced a first token",
+            self.prompt_tokens.clone(),
+        );
+        r.register(
+            "vllm:prompt_tokens_by_source",
+            "Prompt tokens by where their KV came from",
+            self.prompt_tokens_by_source.clone(),
+        );
+        r.register(
+            "vllm:prompt_tokens_cached",
+            "Prompt tokens not computed here (local cache hit + external)",
+            self.prompt_tokens_cached.clone(),
+        );
+        r.register("vllm:generation_tokens", "Generated tokens", self.generation_tokens.clone());
+        r.register(
+            "vllm:request_success",
+            "Finished requests by finish reason",
+            self.request_success.clone(),
+        );
+        r.register(
+            "vllm:request_prompt_tokens",
+            "Prompt tokens per finished request",
+            self.request_prompt_tokens.clone(),
+        );
+        r.register(
+            "vllm:request_generation_tokens",
+            "Generated tokens per finished request",
+            self.request_generation_tokens.clone(),
+        );
+        r.register(
+            "vllm:request_params_max_tokens",
+            "max_tokens of finished requests",
+            self.request_params_max_tokens.clone(),
+        );
+        r.register(
+            "vllm:iteration_tokens_total",
+            "Tokens the model ran per step",
+            self.iteration_tokens.clone(),
+        );
+        r.register("vllm:time_to_first_token_seconds", "Time to first token", self.ttft.clone());
+        r.register(
+            "vllm:inter_token_latency_seconds",
+            "Time between consecutive output tokens",
+            self.itl.clone(),
+        );
+        r.register(
+            "vllm:request_time_per_output_token_seconds",
+            "Mean time per output token after the first, per request",
+            self.tpot.clone(),
+        );
+        r.register("vllm:e2e_request_latency_seconds", "Arrival to finish", self.e2e.clone());
+        r.register(
+            "vllm:request_queue_time_seconds",
+            "Arrival to first scheduled",
+            self.queue_time.clone(),
+        );
+        r.register(
+            "vllm:request_inference_time_seconds",
+            "First scheduled to finish",
+            self.inference_time.clone(),
+        );
+        r.register(
+            "vllm:request_prefill_time_seconds",
+            "First scheduled to first token",
+            self.prefill_time.clone(),
+        );
+        r.register(
+            "vllm:request_decode_time_seconds",
+            "First token to finish",
+            self.decode_time.clone(),
+        );
+        r.register(
+            "vllm:request_num_preemptions",
+            "Preemptions per finished request",
+            self.request_num_preemptions.clone(),
+        );
+        r.register(
+            "vllm:request_prefill_kv_computed_tokens",
+            "Prompt tokens computed locally per request",
+            self.request_prefill_kv_computed_tokens.clone(),
+        );
+        r.register(
+            "strata:prompt_tokens_by_tier",
+            "Prompt tokens by source, the full partition",
+            self.prompt_tokens_by_tier.clone(),
+        );
+        r.register(
+            "strata:prompt_tokens_recomputed",
+            "Tokens computed a second time, by reason",
+            self.prompt_tokens_recomputed.clone(),
+        );
+        r.register(
+            "strata:prefill_tokens_computed",
+            "Prefill tokens the model ran (recomputes included)",
+            self.prefill_tokens_computed.clone(),
+        );
+        r.register(
+            "strata:accounting_violations",
+            "Records that failed the accounting identity (should stay 0)",
+            self.accounting_violations.clone(),
+        );
+        let info: Family<Labels, Gauge> = Family::default();
+        let block_size = cache.block_size.to_string();
+        let num_blocks = cache.num_blocks.to_string();
+        info.get_or_create(&self.labels(&[
+            ("block_size", &block_size),
+            ("num_blocks", &num_blocks),
+            ("tiers", &cache.tiers),
+        ]))
+        .set(1);
+        self.registry.register("vllm:cache_config_info", "KV cache configuration", info);
+        // Every labelled counter starts at zero, so dashboards see the
+        // whole partition (and rates) before the first request.
+        for s in TokenSource::ALL {
+            let _ =
+                self.prompt_tokens_by_tier.get_or_create(&self.labels(&[("source", s.as_str())]));
+        }
+        for s in ["local_compute", "local_cache_hit", "external_kv_transfer"] {
+            let _ = self.prompt_tokens_by_source.get_or_create(&self.labels(&[("source", s)]));
+        }
+        for r in ["kv_load_failure", "preemption"] {
+            let _ = self.prompt_tokens_recomputed.get_or_create(&self.labels(&[("reason", r)]));
+        }
+        for f in
+            [FinishReason::Stop, FinishReason::Length, FinishReason::Abort, FinishReason::Error]
+        {
+            let _ = self
+                .request_success
+                .get_or_create(&self.labels(&[("finished_reason", f.as_str())]));
+        }
+    }
+
+    /// Updates every family from one step's records, at time `now` (the
+    /// same clock the engine was given).
+    pub fn observe(&mut self, result: &StepResult, now: f64) {
+        let base = self.base.clone();
+        let inc = |f: &Family<Labels, Counter>, labels: &Labels, v: u64| {
+            if v > 0 {
+                f.get_or_create(labels).inc_by(v);
+            }
+        };
+        if let Some(s) = result.step {
+            self.num_requests_running.get_or_create(&base).set(s.num_running as i64);
+            self.num_requests_waiting.get_or_create(&base).set(s.num_waiting as i64);
+            let usage = if s.num_blocks_total == 0 {
+                0.0
+            } else {
+                s.num_blocks_used as f64 / s.num_blocks_total as f64
+            };
+            self.kv_cache_usage_perc.get_or_create(&base).set(usage);
+            inc(&self.prefix_cache_queries, &base, s.prefix_cache_queries.into());
+            inc(&self.prefix_cache_hits, &base, s.prefix_cache_hits.into());
+            inc(&self.external_prefix_cache_queries, &base, s.external_prefix_cache_queries.into());
+            inc(&self.external_prefix_cache_hits, &base, s.external_prefix_cache_hits.into());
+            inc(&self.num_preemptions, &base, s.num_preemptions.into());
+            inc(&self.prefill_tokens_computed, &base, s.num_prefill_tokens.into());
+            if s.num_tokens() > 0 {
+                // Rule 6: tokens the model ran, never transferred or cached ones.
+                self.iteration_tokens.get_or_create(&base).observe(s.num_tokens() as f64);
+            }
+        }
+        inc(&self.accounting_violations, &base, result.accounting_violations.into());
+        for r in &result.prefill_records {
+            inc(&self.prompt_tokens, &base, r.prompt_tokens.into());
+            for s in TokenSource::ALL {
+                inc(
+                    &self.prompt_tokens_by_tier,
+                    &self.labels(&[("source", s.as_str())]),
+                    r.tokens(s).into(),
+                );
+            }
+            let external = u64::from(r.host) + u64::from(r.disk) + u64::from(r.remote);
+            inc(
+                &self.prompt_tokens_by_source,
+                &self.labels(&[("source", "local_compute")]),
+                r.local_compute.into(),
+            );
+            inc(
+                &self.prompt_tokens_by_source,
+                &self.labels(&[("source", "local_cache_hit")]),
+                r.local_cache_hit.into(),
+            );
+            inc(
+                &self.prompt_tokens_by_source,
+                &self.labels(&[("source", "external_kv_transfer")]),
+                external,
+            );
+            inc(&self.prompt_tokens_cached, &base, u64::from(r.local_cache_hit) + external);
+            inc(
+                &self.prompt_tokens_recomputed,
+                &self.labels(&[("reason", "kv_load_failure")]),
+                r.recomputed.kv_load_failure.into(),
+            );
+            inc(
+                &self.prompt_tokens_recomputed,
+                &self.labels(&[("reason", "preemption")]),
+                r.recomputed.preemption.into(),
+            );
+            self.request_prefill_kv_computed_tokens
+                .get_or_create(&base)
+                .observe(r.local_compute as f64);
+        }
+        let mut generated = 0u64;
+        for o in &result.outputs {
+            if o.new_token_id.is_none() {
+                continue;
+            }
+            generated += 1;
+            let t = self.timelines.entry(o.request_id).or_default();
+            if let Some(last) = t.last_token_time {
+                self.itl.get_or_create(&base).observe((now - last).max(0.0));
+            }
+            t.last_token_time = Some(now);
+        }
+        inc(&self.generation_tokens, &base, generated);
+        for f in &result.finish_records {
+            self.timelines.remove(&f.request_id);
+            inc(&self.request_success, &self.labels(&[("finished_reason", f.reason.as_str())]), 1);
+            self.request_prompt_tokens.get_or_create(&base).observe(f.num_prompt_tokens as f64);
+            self.request_generation_tokens
+                .get_or_create(&base)
+                .observe(f.num_generation_tokens as f64);
+            self.request_params_max_tokens.get_or_create(&base).observe(f.max_tokens as f64);
+            self.request_num_preemptions.get_or_create(&base).observe(f.num_preemptions as f64);
+            let since = |a: f64, b: f64| (b - a).max(0.0);
+            self.e2e.get_or_create(&base).observe(since(f.arrival_time, f.finished_time));
+            if let Some(sched) = f.first_scheduled_time {
+                self.queue_time.get_or_create(&base).observe(since(f.arrival_time, sched));
+                self.inference_time.get_or_create(&base).observe(since(sched, f.finished_time));
+                if let Some(first) = f.first_token_time {
+                    self.prefill_time.get_or_create(&base).observe(since(sched, first));
+                }
+            }
+            // A20: TTFT only when a token was produced.
+            if let Some(first) = f.first_token_time {
+                self.ttft.get_or_create(&base).observe(since(f.arrival_time, first));
+                self.decode_time.get_or_create(&base).observe(since(first, f.finished_time));
+                if f.num_generation_tokens > 1 {
+                    let per = since(first, f.finished_time) / (f.num_generation_tokens - 1) as f64;
+                    self.tpot.get_or_create(&base).observe(per);
+                }
+            }
+        }
+    }
+
+    /// The text exposition (OpenMetrics), as served on `/metrics`.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,15 @@
+//! strata-metrics: every metric name, label value and bucket, and the
+//! periodic log line (METRICS.md), fed only by strata-core's records.
+//!
+//! [`EngineMetrics::observe`] takes a step's [`StepResult`] and updates the
+//! Prometheus families; it cannot fail, and it never decreases a counter or
+//! sets a negative value: counters only take unsigned increments from
+//! records, gauges are set from unsigned counts, and durations are clamped
+//! at zero. [`LogReporter`] turns the same records into vLLM's log line.
+
+mod buckets;
+mod engine;
+mod log_line;
+
+pub use engine::{CacheConfigInfo, EngineMetrics};
+pub use log_line::LogReporter;

@@ -1,0 +1,223 @@
+//! Metrics and the log line from a scripted engine run: counters equal the
+//! sums of the records, the partition adds up, iteration tokens are what
+//! the model ran, and nothing decreases between scrapes.
+
+#![allow(clippy::unwrap_used)]
+
+use strata_core::connector::KvLoadFailurePolicy;
+use strata_core::scheduler::{SchedulerConfig, SchedulingPolicy};
+use strata_core::testing::FakeExecutor;
+use strata_core::{EngineCore, NewRequest, PrefillRecord, SamplingParams, StepResult};
+use strata_metrics::{CacheConfigInfo, EngineMetrics, LogReporter};
+
+/// `name{labels} value` lines of the exposition, as (series, value).
+fn series(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k.to_string(), v.parse().unwrap())))
+        .collect()
+}
+
+fn value(text: &str, prefix: &str) -> f64 {
+    series(text).into_iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v).sum()
+}
+
+fn run() -> (Vec<(StepResult, f64)>, EngineMetrics, LogReporter) {
+    let config = SchedulerConfig {
+        max_num_seqs: 8,
+        max_num_batched_tokens: 16,
+        block_size: 4,
+        num_blocks: 24,
+        max_model_len: 256,
+        policy: SchedulingPolicy::Fcfs,
+        enable_prefix_caching: true,
+        kv_load_failure_policy: KvLoadFailurePolicy::Fail,
+    };
+    let mut e = EngineCore::new(FakeExecutor::new(24, 4, 256), config);
+    let cache = CacheConfigInfo { block_size: 4, num_blocks: 24, tiers: "device".into() };
+    let mut m = EngineMetrics::new("builtin", "0", 256, &cache);
+    let mut log = LogReporter::new(0, 5.0);
+    let shared: Vec<u32> = (10..30).collect();
+    let mut results = Vec::new();
+    let mut t = 0.0;
+    for i in 0..6u32 {
+        let mut prompt = shared.clone();
+        prompt.extend(100 + i * 10..105 + i * 10);
+        let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(6) };
+        e.add_request(
+            NewRequest {
+                prompt_token_ids: prompt,
+                params,
+                priority: 0,
+                cache_salt: None,
+                eos_token_ids: vec![],
+            },
+            t,
+        )
+        .unwrap();
+        for _ in 0..3 {
+            t += 1.0;
+            let r = e.step(t);
+            m.observe(&r, t);
+            log.observe(&r);
+            results.push((r, t));
+        }
+    }
+    let id = e
+        .add_request(
+            NewRequest {
+                prompt_token_ids: vec![5; 9],
+                params: SamplingParams::greedy(3),
+                priority: 0,
+                cache_salt: None,
+                eos_token_ids: vec![],
+            },
+            t,
+        )
+        .unwrap();
+    e.abort(id, t);
+    while e.has_unfinished()
+        || results.last().is_some_and(|(r, _)| r.step.is_some_and(|s| s.num_running > 0))
+    {
+        t += 1.0;
+        let r = e.step(t);
+        m.observe(&r, t);
+        log.observe(&r);
+        results.push((r, t));
+        if !e.has_unfinished() {
+            break;
+        }
+    }
+    (results, m, log)
+}
+
+fn records(results: &[(StepResult, f64)]) -> Vec<PrefillRecord> {
+    results.iter().flat_map(|(r, _)| r.prefill_records.iter().copied()).collect()
+}
+
+#[test]
+fn counters_equal_the_sums_of_the_records() {
+    let (results, m, _) = run();
+    let text = m.encode();
+    let recs = records(&results);
+    assert_eq!(recs.len(), 6);
+    let sum = |f: fn(&PrefillRecord) -> u32| recs.iter().map(|r| f(r) as f64).sum::<f64>();
+    assert_eq!(value(&text, "vllm:prompt_tokens_total{"), sum(|r| r.prompt_tokens));
+    assert_eq!(value(&text, "strata:prompt_tokens_by_tier_total{"), sum(|r| r.prompt_tokens));
+    assert_eq!(value(&text, "vllm:prompt_tokens_by_source_total{"), sum(|r| r.prompt_tokens));
+    let hits = sum(|r| r.local_cache_hit);
+    assert!(hits > 0.0, "the shared prefix was hit");
+    assert_eq!(
+        value(
+            &text,
+            r#"strata:prompt_tokens_by_tier_total{model_name="builtin",engine="0",source="local_cache_hit"}"#
+        ),
+        hits
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"vllm:prompt_tokens_by_source_total{model_name="builtin",engine="0",source="local_compute"}"#
+        ),
+        sum(|r| r.local_compute)
+    );
+    assert_eq!(value(&text, "vllm:prompt_tokens_cached_total{"), hits);
+    let generated: usize = results
+        .iter()
+        .map(|(r, _)| r.outputs.iter().filter(|o| o.new_token_id.is_some()).count())
+        .sum();
+    assert_eq!(value(&text, "vllm:generation_tokens_total{"), generated as f64);
+    assert_eq!(
+        value(
+            &text,
+            r#"vllm:request_success_total{model_name="builtin",engine="0",finished_reason="length"}"#
+        ),
+        6.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"vllm:request_success_total{model_name="builtin",engine="0",finished_reason="abort"}"#
+        ),
+        1.0
+    );
+    // A20: six TTFT samples (the aborted request produced no token).
+    assert_eq!(value(&text, "vllm:time_to_first_token_seconds_count{"), 6.0);
+    assert_eq!(value(&text, "vllm:e2e_request_latency_seconds_count{"), 7.0);
+    assert_eq!(value(&text, "strata:accounting_violations_total{"), 0.0);
+    assert!(text.contains(r#"vllm:cache_config_info{model_name="builtin",engine="0",block_size="4",num_blocks="24",tiers="device"} 1"#), "{text}");
+}
+
+#[test]
+fn iteration_tokens_observe_only_what_the_model_ran() {
+    let (results, m, _) = run();
+    let text = m.encode();
+    let steps: Vec<u32> = results
+        .iter()
+        .filter_map(|(r, _)| r.step)
+        .map(|s| s.num_tokens())
+        .filter(|&n| n > 0)
+        .collect();
+    assert_eq!(value(&text, "vllm:iteration_tokens_total_count{"), steps.len() as f64);
+    assert_eq!(
+        value(&text, "vllm:iteration_tokens_total_sum{"),
+        steps.iter().map(|&n| n as f64).sum::<f64>()
+    );
+    assert!(steps.iter().all(|&n| n <= 16), "the budget bounds every step");
+}
+
+#[test]
+fn nothing_decreases_or_goes_negative_between_scrapes() {
+    let (results, _, _) = run();
+    let cache = CacheConfigInfo { block_size: 4, num_blocks: 24, tiers: "device".into() };
+    let mut m = EngineMetrics::new("builtin", "0", 256, &cache);
+    let mut previous: Vec<(String, f64)> = Vec::new();
+    for (r, t) in &results {
+        m.observe(r, *t);
+        let now = series(&m.encode());
+        for (k, v) in &now {
+            assert!(*v >= 0.0, "{k} is negative");
+            let monotone = k.contains("_total")
+                || k.contains("_count")
+                || k.contains("_sum")
+                || k.contains("_bucket");
+            if let Some((_, old)) = previous.iter().find(|(pk, _)| pk == k) {
+                assert!(!monotone || v >= old, "{k} decreased from {old} to {v}");
+            }
+        }
+        previous = now;
+    }
+}
+
+#[test]
+fn the_log_line_reports_the_interval_and_is_quiet_when_idle() {
+    let (results, _, _) = run();
+    let mut log = LogReporter::new(0, 5.0);
+    assert_eq!(log.maybe_log(0.0), None, "the first call starts the interval");
+    let mut lines = Vec::new();
+    for (r, t) in &results {
+        log.observe(r);
+        lines.extend(log.maybe_log(*t));
+    }
+    assert!(!lines.is_empty());
+    let first = &lines[0];
+    assert!(first.starts_with("Engine 000: Avg prompt throughput: "), "{first}");
+    for part in [
+        "Avg generation throughput:",
+        "Running:",
+        "Waiting:",
+        "KV fetch:",
+        "Preemptions:",
+        "KV cache usage:",
+        "Prefix cache hit rate:",
+        "External prefix cache hit rate:",
+        "Prompt sources: compute",
+        "Recomputed:",
+    ] {
+        assert!(first.contains(part), "{part} missing in {first}");
+    }
+    // Idle: nothing observed for a whole interval.
+    let end = results.last().unwrap().1;
+    log.maybe_log(end + 100.0);
+    assert_eq!(log.maybe_log(end + 200.0), None);
+}
