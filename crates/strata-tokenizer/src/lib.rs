@@ -10,6 +10,9 @@
 //! the server must not depend on the model crate (ARCHITECTURE.md).
 
 pub mod builtin;
+pub mod incremental;
+
+pub use incremental::IncrementalDetokenizer;
 
 use std::path::{Path, PathBuf};
 

@@ -503,11 +503,16 @@ fn cache_salt_isolates_tenants() {
     let mut e = engine(64, 4, 64);
     let mut t = 0.0;
     let prompt: Vec<u32> = (10..27).collect();
-    let salted = |salt: &str| NewRequest { cache_salt: Some(salt.into()), ..new_req(prompt.clone(), 2) };
+    let salted =
+        |salt: &str| NewRequest { cache_salt: Some(salt.into()), ..new_req(prompt.clone(), 2) };
     e.add_request(salted("tenant-a"), t).unwrap();
     drain(&mut e, &mut t);
     e.add_request(salted("tenant-b"), t).unwrap();
-    assert_eq!(records(&drain(&mut e, &mut t))[0].local_cache_hit, 0, "another tenant's blocks are invisible");
+    assert_eq!(
+        records(&drain(&mut e, &mut t))[0].local_cache_hit,
+        0,
+        "another tenant's blocks are invisible"
+    );
     e.add_request(salted("tenant-a"), t).unwrap();
     assert_eq!(records(&drain(&mut e, &mut t))[0].local_cache_hit, 16, "the same tenant hits");
 }
