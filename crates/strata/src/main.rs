@@ -3,6 +3,7 @@
 mod bench;
 mod generate;
 mod model_ref;
+mod serve;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -20,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Serve the OpenAI-compatible API (default: the built-in model on 127.0.0.1:8000).
+    Serve(serve::ServeArgs),
     /// Generate text for one prompt or a file of prompts.
     Generate(generate::GenerateArgs),
     /// Measure prefill and decode throughput.
@@ -51,6 +54,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Serve(args) => serve::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
         Command::ExportBuiltin { dir } => model_ref::export_builtin(&dir),

@@ -1,0 +1,333 @@
+//! `POST /v1/completions`, streaming (SSE) and not.
+//!
+//! Each of the `n` choices is its own engine request. Text is built with
+//! the incremental detokenizer; a stop string ends the choice as soon as it
+//! appears (the request is aborted in the engine, the text cut before the
+//! stop string, finish reason `stop`).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{self, Stream, StreamExt};
+use serde_json::{json, Value};
+use strata_core::{FinishReason, NewRequest, PrefillRecord, RequestId, SamplingParams};
+use strata_tokenizer::IncrementalDetokenizer;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::driver::{RequestUpdate, SubmitError};
+use crate::error::ApiError;
+use crate::openai::{CompletionRequest, Prompt, SamplingFields, Usage};
+use crate::AppState;
+
+/// vLLM's default for completions when `max_tokens` is absent.
+const DEFAULT_MAX_TOKENS: i64 = 16;
+pub const MAX_N: u32 = 16;
+
+pub fn sampling_params(
+    f: &SamplingFields,
+    logprobs: Option<u32>,
+    eos_free: bool,
+) -> Result<SamplingParams, ApiError> {
+    let max_tokens = f.max_completion_tokens.or(f.max_tokens).unwrap_or(DEFAULT_MAX_TOKENS);
+    if max_tokens < 1 || max_tokens > u32::MAX as i64 {
+        return Err(ApiError::BadRequest(format!(
+            "max_tokens must be at least 1, got {max_tokens}"
+        )));
+    }
+    let top_k = match f.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k > 0 && k <= u32::MAX as i64 => k as u32,
+        Some(k) => {
+            return Err(ApiError::BadRequest(format!(
+                "top_k must be -1 (disabled) or at least 1, got {k}"
+            )))
+        }
+    };
+    let params = SamplingParams {
+        temperature: f.temperature.unwrap_or(1.0),
+        top_p: f.top_p.unwrap_or(1.0),
+        top_k,
+        min_p: f.min_p.unwrap_or(0.0),
+        presence_penalty: f.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: f.frequency_penalty.unwrap_or(0.0),
+        seed: f.seed,
+        logprobs,
+        max_tokens: max_tokens as u32,
+        min_tokens: f.min_tokens.unwrap_or(0),
+        ignore_eos: f.ignore_eos.unwrap_or(false) || eos_free,
+        stop_token_ids: f.stop_token_ids.clone().unwrap_or_default(),
+    };
+    params.validate().map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(params)
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// One choice's progress.
+#[derive(Debug)]
+pub struct Choice {
+    pub index: usize,
+    pub id: RequestId,
+    pub rx: UnboundedReceiver<RequestUpdate>,
+    pub detok: IncrementalDetokenizer,
+    pub text: String,
+    pub emitted: usize,
+    pub record: Option<PrefillRecord>,
+    pub completion_tokens: u64,
+    pub finish: Option<FinishReason>,
+    pub stop: Vec<String>,
+}
+
+impl Choice {
+    /// Applies one update; returns new text to emit (if any).
+    pub fn apply(&mut self, state: &AppState, update: RequestUpdate) -> String {
+        match update {
+            RequestUpdate::Prefill(r) => self.record = Some(r),
+            RequestUpdate::Token { token_id, .. } => {
+                self.completion_tokens += 1;
+                if let Ok(piece) = self.detok.push(&state.tokenizer, token_id) {
+                    self.text.push_str(&piece);
+                }
+                if let Some(cut) = self.stop.iter().filter_map(|s| self.text.find(s.as_str())).min()
+                {
+                    self.text.truncate(cut);
+                    self.finish = Some(FinishReason::Stop);
+                    state.engine.abort(self.id);
+                }
+            }
+            RequestUpdate::Finished(reason) => {
+                if self.finish.is_none() {
+                    if let Ok(rest) = self.detok.finish(&state.tokenizer) {
+                        self.text.push_str(&rest);
+                    }
+                    self.finish = Some(reason);
+                }
+            }
+        }
+        let new = self.text.get(self.emitted..).unwrap_or("").to_string();
+        // Hold back text that could be the start of a stop string.
+        let hold = if self.finish.is_some() {
+            0
+        } else {
+            self.stop.iter().map(|s| longest_suffix_prefix(&self.text, s)).max().unwrap_or(0)
+        };
+        let keep = new.len().saturating_sub(hold);
+        let mut end = keep;
+        while !new.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.emitted += end;
+        new[..end].to_string()
+    }
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of `stop`.
+fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
+    (1..stop.len())
+        .rev()
+        .find(|&n| stop.is_char_boundary(n) && text.ends_with(&stop[..n]))
+        .unwrap_or(0)
+}
+
+pub async fn submit_choices(
+    state: &AppState,
+    prompt_ids: Vec<u32>,
+    params: SamplingParams,
+    n: u32,
+    stop: Vec<String>,
+) -> Result<Vec<Choice>, ApiError> {
+    if n == 0 || n > MAX_N {
+        return Err(ApiError::BadRequest(format!("n must be between 1 and {MAX_N}, got {n}")));
+    }
+    if state.engine.num_in_flight() + n as usize > state.max_queued_requests {
+        return Err(ApiError::Overloaded(format!(
+            "the server is at its limit of {} requests in flight; retry later",
+            state.max_queued_requests
+        )));
+    }
+    let mut choices = Vec::new();
+    for index in 0..n as usize {
+        let mut p = params.clone();
+        // Distinct samples per choice, reproducible from the request's seed.
+        p.seed = params.seed.map(|s| s.wrapping_add(index as u64));
+        let new = NewRequest {
+            prompt_token_ids: prompt_ids.clone(),
+            params: p,
+            priority: 0,
+            cache_salt: None,
+            eos_token_ids: state.tokenizer.eos_token_ids().to_vec(),
+        };
+        let (id, rx) = state.engine.submit(new).await.map_err(|e| match e {
+            SubmitError::Admission(a) => ApiError::BadRequest(a.to_string()),
+            SubmitError::EngineStopped => {
+                ApiError::Overloaded("the engine is shutting down".into())
+            }
+        })?;
+        choices.push(Choice {
+            index,
+            id,
+            rx,
+            detok: IncrementalDetokenizer::new(true),
+            text: String::new(),
+            emitted: 0,
+            record: None,
+            completion_tokens: 0,
+            finish: None,
+            stop: stop.clone(),
+        });
+    }
+    Ok(choices)
+}
+
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::BadRequest("the body is not valid UTF-8".into()))?;
+    serde_json::from_str(text)
+        .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
+}
+
+pub fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
+    match model {
+        Some(m) if m != state.served_model_name => {
+            Err(ApiError::NotFound(format!("The model `{m}` does not exist.")))
+        }
+        _ => Ok(()),
+    }
+}
+
+pub fn finish_str(f: Option<FinishReason>) -> Value {
+    f.map_or(Value::Null, |f| json!(f.as_str()))
+}
+
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: CompletionRequest = parse_body(&body)?;
+    check_model(&state, req.model.as_deref())?;
+    if req.logprobs.is_some_and(|n| n > strata_core::sampling::MAX_LOGPROBS) {
+        return Err(ApiError::BadRequest(format!(
+            "logprobs must be at most {}",
+            strata_core::sampling::MAX_LOGPROBS
+        )));
+    }
+    let prompt_ids = match &req.prompt {
+        Prompt::Text(t) if t.is_empty() => {
+            return Err(ApiError::BadRequest("the prompt is empty".into()))
+        }
+        Prompt::Text(t) => {
+            state.tokenizer.encode(t, true).map_err(|e| ApiError::BadRequest(e.to_string()))?
+        }
+        Prompt::Tokens(ids) => ids.clone(),
+    };
+    let params = sampling_params(&req.sampling, req.logprobs, false)?;
+    let stop = req.sampling.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
+    let n = req.sampling.n.unwrap_or(1);
+    let choices = submit_choices(&state, prompt_ids, params, n, stop).await?;
+    let id = format!("cmpl-{}", choices[0].id.get());
+    let created = now_secs();
+    let model = state.served_model_name.clone();
+    if req.sampling.stream.unwrap_or(false) {
+        let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let stream_id = id.clone();
+        let chunk = move |index: usize, text: &str, finish: Option<FinishReason>| {
+            json!({"id": stream_id, "object": "text_completion", "created": created, "model": model,
+                   "choices": [{"index": index, "text": text, "logprobs": null, "finish_reason": finish_str(finish)}]})
+        };
+        let usage_chunk = {
+            let (id, model) =
+                (format!("cmpl-{}", choices[0].id.get()), state.served_model_name.clone());
+            move |usage: Usage| json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": [], "usage": usage})
+        };
+        return Ok(sse(state, choices, chunk, usage_chunk, include_usage).into_response());
+    }
+    let mut usage = Usage::default();
+    let mut out = Vec::new();
+    for mut c in choices {
+        while c.finish.is_none() {
+            match c.rx.recv().await {
+                Some(u) => {
+                    c.apply(&state, u);
+                }
+                None => c.finish = Some(FinishReason::Abort),
+            }
+        }
+        usage.add(c.record.as_ref(), c.completion_tokens);
+        out.push(json!({"index": c.index, "text": c.text, "logprobs": null, "finish_reason": finish_str(c.finish)}));
+    }
+    Ok(Json(json!({
+        "id": id, "object": "text_completion", "created": created,
+        "model": state.served_model_name, "choices": out, "usage": usage,
+    }))
+    .into_response())
+}
+
+/// The SSE stream of several choices, then the usage chunk if asked, then
+/// `[DONE]`.
+pub fn sse<C, U>(
+    state: Arc<AppState>,
+    choices: Vec<Choice>,
+    chunk: C,
+    usage_chunk: U,
+    include_usage: bool,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>>
+where
+    C: Fn(usize, &str, Option<FinishReason>) -> Value + Send + 'static,
+    U: Fn(Usage) -> Value + Send + 'static,
+{
+    let total = choices.len();
+    let events = stream::unfold(
+        (state, choices, chunk, usage_chunk, 0usize, Usage::default(), false),
+        move |(state, mut choices, chunk, usage_chunk, mut done, mut usage, finished)| async move {
+            if finished {
+                return None;
+            }
+            if done == total {
+                let mut out = Vec::new();
+                if include_usage {
+                    out.push(Event::default().data(usage_chunk(usage).to_string()));
+                }
+                out.push(Event::default().data("[DONE]"));
+                return Some((out, (state, choices, chunk, usage_chunk, done, usage, true)));
+            }
+            // Wait on whichever choice speaks first.
+            let futures = choices.iter_mut().filter(|c| c.finish.is_none()).map(|c| {
+                Box::pin(async move {
+                    let u = c.rx.recv().await;
+                    (c.index, u)
+                })
+            });
+            let ((index, update), _, _) = futures_util::future::select_all(futures).await;
+            let c = choices
+                .iter_mut()
+                .find(|c| c.index == index)
+                .expect("invariant: index from this list");
+            let mut out = Vec::new();
+            let text = match update {
+                Some(u) => c.apply(&state, u),
+                None => {
+                    c.finish = Some(FinishReason::Abort);
+                    String::new()
+                }
+            };
+            if !text.is_empty() || c.finish.is_some() {
+                out.push(Event::default().data(chunk(index, &text, c.finish).to_string()));
+            }
+            if c.finish.is_some() {
+                usage.add(c.record.as_ref(), c.completion_tokens);
+                done += 1;
+            }
+            Some((out, (state, choices, chunk, usage_chunk, done, usage, false)))
+        },
+    )
+    .flat_map(|events| stream::iter(events.into_iter().map(Ok)));
+    Sse::new(events)
+}

@@ -1,0 +1,216 @@
+//! The engine driver: one OS thread owns the [`EngineCore`] and runs its
+//! blocking step loop; async handlers talk to it through channels
+//! (ARCHITECTURE.md, data flow).
+//!
+//! Each request gets an unbounded channel of [`RequestUpdate`]s. When a
+//! handler drops its receiver (the client went away), the next send fails
+//! and the driver aborts the request, freeing its blocks. Records go to the
+//! metrics and the log line from this thread, after each step, so
+//! exporting never slows or fails a step's bookkeeping.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use strata_core::{
+    AdmissionError, EngineCore, Executor, FinishReason, NewRequest, PrefillRecord, RequestId,
+    TopLogprobs,
+};
+use strata_metrics::{EngineMetrics, LogReporter};
+use tokio::sync::{mpsc as tmpsc, oneshot};
+
+/// What a request's handler receives.
+#[derive(Debug, Clone)]
+pub enum RequestUpdate {
+    /// Where the prompt's KV came from (once, before the first token).
+    Prefill(PrefillRecord),
+    Token {
+        token_id: u32,
+        logprobs: Option<TopLogprobs>,
+    },
+    Finished(FinishReason),
+}
+
+enum Command {
+    Add {
+        new: NewRequest,
+        updates: tmpsc::UnboundedSender<RequestUpdate>,
+        reply: oneshot::Sender<Result<RequestId, AdmissionError>>,
+    },
+    Abort(RequestId),
+    Shutdown,
+}
+
+/// A cheap, cloneable handle to the engine thread.
+#[derive(Clone, Debug)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+    pub metrics: Arc<Mutex<EngineMetrics>>,
+    /// Requests in the engine (for the queue limit).
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("{0}")]
+    Admission(#[from] AdmissionError),
+    #[error("the engine has stopped")]
+    EngineStopped,
+}
+
+impl EngineHandle {
+    /// Starts the engine thread. `log_interval` spaces the stats lines.
+    pub fn spawn<E: Executor + Send + 'static>(
+        engine: EngineCore<E>,
+        metrics: EngineMetrics,
+        log_interval: Duration,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let metrics = Arc::new(Mutex::new(metrics));
+        let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let handle = Self { tx, metrics: metrics.clone(), in_flight: in_flight.clone() };
+        std::thread::Builder::new()
+            .name("strata-engine".into())
+            .spawn(move || run(engine, rx, metrics, in_flight, log_interval))
+            .expect("invariant: the engine thread can be spawned at start-up");
+        handle
+    }
+
+    pub fn num_in_flight(&self) -> usize {
+        self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Queues a request; updates arrive on the returned receiver.
+    pub async fn submit(
+        &self,
+        new: NewRequest,
+    ) -> Result<(RequestId, tmpsc::UnboundedReceiver<RequestUpdate>), SubmitError> {
+        let (updates, rx) = tmpsc::unbounded_channel();
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::Add { new, updates, reply })
+            .map_err(|_| SubmitError::EngineStopped)?;
+        let id = answer.await.map_err(|_| SubmitError::EngineStopped)??;
+        Ok((id, rx))
+    }
+
+    pub fn abort(&self, id: RequestId) {
+        let _ = self.tx.send(Command::Abort(id));
+    }
+
+    /// Asks the thread to stop after aborting what is in flight.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown);
+    }
+}
+
+fn run<E: Executor>(
+    mut engine: EngineCore<E>,
+    rx: mpsc::Receiver<Command>,
+    metrics: Arc<Mutex<EngineMetrics>>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    log_interval: Duration,
+) {
+    let clock = Instant::now();
+    let now = || clock.elapsed().as_secs_f64();
+    let mut log = LogReporter::new(0, log_interval.as_secs_f64());
+    let mut senders: HashMap<RequestId, tmpsc::UnboundedSender<RequestUpdate>> = HashMap::new();
+    let mut stopping = false;
+    loop {
+        // Idle: wait for work (waking up for the log line's interval).
+        if !engine.has_unfinished() {
+            if stopping {
+                return;
+            }
+            match rx.recv_timeout(log_interval) {
+                Ok(cmd) => stopping |= apply(cmd, &mut engine, &mut senders, now()),
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Some(line) = log.maybe_log(now()) {
+                        tracing::info!("{line}");
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        while let Ok(cmd) = rx.try_recv() {
+            stopping |= apply(cmd, &mut engine, &mut senders, now());
+        }
+        if stopping {
+            for id in senders.keys().copied().collect::<Vec<_>>() {
+                engine.abort(id, now());
+            }
+        }
+        let t = now();
+        let result = engine.step(t);
+        if let Some(e) = &result.executor_error {
+            tracing::error!("executor failed a step; its requests end with `error`: {e}");
+        }
+        for r in &result.prefill_records {
+            send(&mut senders, &mut engine, r.request_id, RequestUpdate::Prefill(*r), t);
+        }
+        for o in &result.outputs {
+            if let Some(token_id) = o.new_token_id {
+                send(
+                    &mut senders,
+                    &mut engine,
+                    o.request_id,
+                    RequestUpdate::Token { token_id, logprobs: o.logprobs.clone() },
+                    t,
+                );
+            }
+            if let Some(reason) = o.finish_reason {
+                send(&mut senders, &mut engine, o.request_id, RequestUpdate::Finished(reason), t);
+                senders.remove(&o.request_id);
+            }
+        }
+        in_flight.store(senders.len(), std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut m) = metrics.lock() {
+            m.observe(&result, t);
+        }
+        log.observe(&result);
+        if let Some(line) = log.maybe_log(t) {
+            tracing::info!("{line}");
+        }
+    }
+}
+
+/// Returns `true` when the command asks the thread to stop.
+fn apply<E: Executor>(
+    cmd: Command,
+    engine: &mut EngineCore<E>,
+    senders: &mut HashMap<RequestId, tmpsc::UnboundedSender<RequestUpdate>>,
+    now: f64,
+) -> bool {
+    match cmd {
+        Command::Add { new, updates, reply } => {
+            let result = engine.add_request(new, now);
+            if let Ok(id) = result {
+                senders.insert(id, updates);
+            }
+            let _ = reply.send(result);
+            false
+        }
+        Command::Abort(id) => {
+            engine.abort(id, now);
+            false
+        }
+        Command::Shutdown => true,
+    }
+}
+
+/// Delivers an update; a handler that went away gets its request aborted.
+fn send<E: Executor>(
+    senders: &mut HashMap<RequestId, tmpsc::UnboundedSender<RequestUpdate>>,
+    engine: &mut EngineCore<E>,
+    id: RequestId,
+    update: RequestUpdate,
+    now: f64,
+) {
+    let gone = senders.get(&id).is_some_and(|tx| tx.send(update).is_err());
+    if gone {
+        senders.remove(&id);
+        engine.abort(id, now);
+    }
+}

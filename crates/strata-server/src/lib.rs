@@ -1,0 +1,125 @@
+//! strata-server: the OpenAI-compatible HTTP API over an engine thread.
+//!
+//! [`app`] builds the router from an [`AppState`]; `strata serve` and the
+//! tests share it (axum's habit). The server is generic over the executor
+//! only through [`driver::EngineHandle`], so its tests run on the fake
+//! executor without the model crate.
+
+pub mod completions;
+pub mod driver;
+pub mod error;
+pub mod openai;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use strata_tokenizer::Tokenizer;
+
+pub use driver::EngineHandle;
+use error::ApiError;
+
+/// Largest request body accepted (bytes).
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+
+#[derive(Debug)]
+pub struct AppState {
+    pub engine: EngineHandle,
+    pub tokenizer: Arc<Tokenizer>,
+    pub served_model_name: String,
+    pub max_model_len: usize,
+    /// With a key, `/v1/*` requires `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
+    /// Requests in flight beyond which new ones get 503.
+    pub max_queued_requests: usize,
+}
+
+pub fn app(state: Arc<AppState>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/completions", post(completions::completions))
+        .route("/v1/models", get(models))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .merge(v1)
+        .route("/health", get(|| async { StatusCode::OK }))
+        .route("/metrics", get(metrics))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        let ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| given == key);
+        if !ok {
+            return ApiError::Unauthorized("missing or invalid API key".into()).into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({"object": "list", "data": [{
+        "id": state.served_model_name, "object": "model", "created": completions::now_secs(),
+        "owned_by": "strata", "root": state.served_model_name, "max_model_len": state.max_model_len,
+    }]}))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let text = state.engine.metrics.lock().map(|m| m.encode()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct TokenizeRequest {
+    prompt: String,
+    #[serde(default = "yes")]
+    add_special_tokens: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req: TokenizeRequest = completions::parse_body(&body)?;
+    let tokens = state
+        .tokenizer
+        .encode(&req.prompt, req.add_special_tokens)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(Json(json!({"count": tokens.len(), "max_model_len": state.max_model_len, "tokens": tokens})))
+}
+
+#[derive(Deserialize)]
+struct DetokenizeRequest {
+    tokens: Vec<u32>,
+}
+
+async fn detokenize(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req: DetokenizeRequest = completions::parse_body(&body)?;
+    let prompt = state
+        .tokenizer
+        .decode(&req.tokens, false)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(Json(json!({"prompt": prompt})))
+}

@@ -1,0 +1,239 @@
+//! The HTTP API in process (axum `oneshot`), over the fake executor: usage
+//! reconciles with /metrics, streaming and not, n > 1, stop strings, bad
+//! input gets OpenAI-style errors and leaves the engine serving.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use strata_core::connector::KvLoadFailurePolicy;
+use strata_core::scheduler::{SchedulerConfig, SchedulingPolicy};
+use strata_core::testing::FakeExecutor;
+use strata_core::EngineCore;
+use strata_metrics::{CacheConfigInfo, EngineMetrics};
+use strata_server::{app, AppState, EngineHandle};
+use strata_tokenizer::Tokenizer;
+use tower::ServiceExt;
+
+fn state(api_key: Option<&str>) -> Arc<AppState> {
+    let mut exec = FakeExecutor::new(256, 16, 1024);
+    exec.vocab_size = 512;
+    let config = SchedulerConfig {
+        max_num_seqs: 32,
+        max_num_batched_tokens: 256,
+        block_size: 16,
+        num_blocks: 256,
+        max_model_len: 1024,
+        policy: SchedulingPolicy::Fcfs,
+        enable_prefix_caching: true,
+        kv_load_failure_policy: KvLoadFailurePolicy::Fail,
+    };
+    let engine = EngineCore::new(exec, config);
+    let cache = CacheConfigInfo { block_size: 16, num_blocks: 256, tiers: "device".into() };
+    let metrics = EngineMetrics::new("builtin", "0", 1024, &cache);
+    Arc::new(AppState {
+        engine: EngineHandle::spawn(engine, metrics, Duration::from_secs(10)),
+        tokenizer: Arc::new(Tokenizer::builtin()),
+        served_model_name: "builtin".into(),
+        max_model_len: 1024,
+        api_key: api_key.map(str::to_owned),
+        max_queued_requests: 64,
+    })
+}
+
+async fn call(
+    state: &Arc<AppState>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, String) {
+    let req =
+        Request::builder().method(method).uri(path).header("content-type", "application/json");
+    let req = req.body(body.map_or(Body::empty(), |b| Body::from(b.to_string()))).unwrap();
+    let resp = app(state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(_, v)| v.parse::<f64>().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn completion_usage_reconciles_with_metrics() {
+    let s = state(None);
+    let mut prompt_tokens = 0;
+    let mut cached = 0;
+    for i in 0..4 {
+        let body = json!({"model": "builtin", "prompt": format!("The shared beginning of every prompt here, then {i}"), "max_tokens": 5, "n": 2, "temperature": 0});
+        let (status, text) = call(&s, "POST", "/v1/completions", Some(body)).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["choices"].as_array().unwrap().len(), 2);
+        let u = &v["usage"];
+        let src = &u["prompt_tokens_details"]["sources"];
+        let sum: u64 = ["local_compute", "local_cache_hit", "host", "disk", "remote"]
+            .iter()
+            .map(|k| src[k].as_u64().unwrap())
+            .sum();
+        assert_eq!(sum, u["prompt_tokens"].as_u64().unwrap(), "sources partition the prompt");
+        assert_eq!(u["completion_tokens"], 10);
+        prompt_tokens += u["prompt_tokens"].as_u64().unwrap();
+        cached += u["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    }
+    assert!(cached > 0, "the shared prefix was a cache hit");
+    let (_, text) = call(&s, "GET", "/metrics", None).await;
+    assert_eq!(metric(&text, "vllm:prompt_tokens_total{"), prompt_tokens as f64);
+    assert_eq!(metric(&text, "strata:prompt_tokens_by_tier_total{"), prompt_tokens as f64);
+    assert_eq!(metric(&text, "vllm:prompt_tokens_cached_total{"), cached as f64);
+    assert_eq!(metric(&text, "vllm:generation_tokens_total{"), 40.0);
+}
+
+#[tokio::test]
+async fn streaming_sends_chunks_usage_and_done() {
+    let s = state(None);
+    let body = json!({"prompt": "Hello", "max_tokens": 6, "stream": true, "stream_options": {"include_usage": true}, "temperature": 0});
+    let (status, text) = call(&s, "POST", "/v1/completions", Some(body.clone())).await;
+    assert_eq!(status, StatusCode::OK);
+    let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(*data.last().unwrap(), "[DONE]");
+    let usage: Value = serde_json::from_str(data[data.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 6);
+    let streamed: String = data[..data.len() - 2]
+        .iter()
+        .map(|d| {
+            serde_json::from_str::<Value>(d).unwrap()["choices"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mut plain = body;
+    plain["stream"] = json!(false);
+    let (_, text) = call(&s, "POST", "/v1/completions", Some(plain)).await;
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        streamed,
+        v["choices"][0]["text"].as_str().unwrap(),
+        "streamed text equals the full text"
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_openai_errors_and_the_engine_keeps_serving() {
+    let s = state(None);
+    let cases: Vec<(Value, StatusCode, &str)> = vec![
+        (json!({"prompt": "x", "max_tokens": -1}), StatusCode::BAD_REQUEST, "max_tokens"),
+        (
+            json!({"prompt": "x", "max_tokens": 2000}),
+            StatusCode::BAD_REQUEST,
+            "maximum context length",
+        ),
+        (json!({"prompt": "x", "temperature": -0.5}), StatusCode::BAD_REQUEST, "temperature"),
+        (json!({"prompt": "x", "top_p": 1.5}), StatusCode::BAD_REQUEST, "top_p"),
+        (json!({"prompt": "x", "n": 1000}), StatusCode::BAD_REQUEST, "n must be"),
+        (json!({"prompt": ""}), StatusCode::BAD_REQUEST, "empty"),
+        (json!({"prompt": [1, 2, 99999]}), StatusCode::BAD_REQUEST, "vocabulary"),
+        (json!({"prompt": "x", "model": "gpt-4"}), StatusCode::NOT_FOUND, "does not exist"),
+        (json!({"prompt": 5}), StatusCode::BAD_REQUEST, "invalid request body"),
+        (json!({"max_tokens": 3}), StatusCode::BAD_REQUEST, "invalid request body"),
+    ];
+    for (body, status, needle) in cases {
+        let (got, text) = call(&s, "POST", "/v1/completions", Some(body.clone())).await;
+        assert_eq!(got, status, "{body}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{body}: {text}");
+        assert_eq!(v["error"]["code"], status.as_u16());
+    }
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/completions")
+        .body(Body::from(vec![0xff, 0xfe, b'{']))
+        .unwrap();
+    assert_eq!(app(s.clone()).oneshot(req).await.unwrap().status(), StatusCode::BAD_REQUEST);
+    let (status, _) =
+        call(&s, "POST", "/v1/completions", Some(json!({"prompt": "still fine", "max_tokens": 2})))
+            .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, text) = call(&s, "GET", "/metrics", None).await;
+    assert_eq!(metric(&text, "vllm:kv_cache_usage_perc{"), 0.0, "no blocks leaked");
+}
+
+#[tokio::test]
+async fn api_key_guards_v1_routes_only() {
+    let s = state(Some("sekret"));
+    let (status, _) = call(&s, "GET", "/v1/models", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let req = Request::builder()
+        .uri("/v1/models")
+        .header("authorization", "Bearer sekret")
+        .body(Body::empty())
+        .unwrap();
+    let resp = app(s.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(call(&s, "GET", "/health", None).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn tokenize_and_detokenize_round_trip() {
+    let s = state(None);
+    let (_, text) = call(&s, "POST", "/tokenize", Some(json!({"prompt": "café 日本"}))).await;
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let tokens = v["tokens"].clone();
+    assert_eq!(v["count"].as_u64().unwrap() as usize, tokens.as_array().unwrap().len());
+    let (_, text) = call(&s, "POST", "/detokenize", Some(json!({"tokens": tokens}))).await;
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert!(v["prompt"].as_str().unwrap().ends_with("café 日本"));
+}
+
+#[tokio::test]
+async fn stop_strings_cut_the_text_and_end_the_choice() {
+    let s = state(None);
+    let body = json!({"prompt": "abc", "max_tokens": 12, "temperature": 0, "ignore_eos": true});
+    let (_, text) = call(&s, "POST", "/v1/completions", Some(body.clone())).await;
+    let full = serde_json::from_str::<Value>(&text).unwrap()["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let chars: Vec<char> = full.chars().collect();
+    assert!(chars.len() > 6, "{full:?}");
+    let stop: String = chars[3..5].iter().collect();
+    let expected: String = full[..full.find(&stop).unwrap()].to_string();
+    for stream in [false, true] {
+        let mut b = body.clone();
+        b["stop"] = json!([stop]);
+        b["stream"] = json!(stream);
+        let (_, text) = call(&s, "POST", "/v1/completions", Some(b)).await;
+        let (got, finish) = if stream {
+            let chunks: Vec<Value> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter(|d| *d != "[DONE]")
+                .map(|d| serde_json::from_str(d).unwrap())
+                .collect();
+            let t: String = chunks
+                .iter()
+                .map(|c| c["choices"][0]["text"].as_str().unwrap().to_string())
+                .collect();
+            (t, chunks.last().unwrap()["choices"][0]["finish_reason"].clone())
+        } else {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            (
+                v["choices"][0]["text"].as_str().unwrap().to_string(),
+                v["choices"][0]["finish_reason"].clone(),
+            )
+        };
+        assert_eq!(got, expected, "stream {stream}");
+        assert_eq!(finish, "stop");
+    }
+}
