@@ -249,25 +249,35 @@ pub async fn completions(
         };
         return Ok(sse(state, choices, chunk, usage_chunk, include_usage).into_response());
     }
-    let mut usage = Usage::default();
-    let mut out = Vec::new();
-    for mut c in choices {
-        while c.finish.is_none() {
-            match c.rx.recv().await {
-                Some(u) => {
-                    c.apply(&state, u);
-                }
-                None => c.finish = Some(FinishReason::Abort),
-            }
-        }
-        usage.add(c.record.as_ref(), c.completion_tokens);
-        out.push(json!({"index": c.index, "text": c.text, "logprobs": null, "finish_reason": finish_str(c.finish)}));
-    }
+    let (choices, usage) = collect(&state, choices).await;
+    let out: Vec<Value> = choices
+        .iter()
+        .map(|c| json!({"index": c.index, "text": c.text, "logprobs": null, "finish_reason": finish_str(c.finish)}))
+        .collect();
     Ok(Json(json!({
         "id": id, "object": "text_completion", "created": created,
         "model": state.served_model_name, "choices": out, "usage": usage,
     }))
     .into_response())
+}
+
+/// Waits for every choice to finish (non-streaming responses).
+pub async fn collect(state: &AppState, choices: Vec<Choice>) -> (Vec<Choice>, Usage) {
+    let mut usage = Usage::default();
+    let mut done = Vec::with_capacity(choices.len());
+    for mut c in choices {
+        while c.finish.is_none() {
+            match c.rx.recv().await {
+                Some(u) => {
+                    c.apply(state, u);
+                }
+                None => c.finish = Some(FinishReason::Abort),
+            }
+        }
+        usage.add(c.record.as_ref(), c.completion_tokens);
+        done.push(c);
+    }
+    (done, usage)
 }
 
 /// The SSE stream of several choices, then the usage chunk if asked, then

@@ -5,6 +5,7 @@
 //! only through [`driver::EngineHandle`], so its tests run on the fake
 //! executor without the model crate.
 
+pub mod chat;
 pub mod completions;
 pub mod driver;
 pub mod error;
@@ -44,6 +45,7 @@ pub struct AppState {
 pub fn app(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
         .route("/v1/completions", post(completions::completions))
+        .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(models))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()

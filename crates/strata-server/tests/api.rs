@@ -237,3 +237,32 @@ async fn stop_strings_cut_the_text_and_end_the_choice() {
         assert_eq!(finish, "stop");
     }
 }
+
+#[tokio::test]
+async fn chat_completions_render_the_template_and_report_usage() {
+    let s = state(None);
+    let body = json!({"model": "builtin", "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Tell me "}, {"type": "text", "text": "a story."}]}
+    ], "max_completion_tokens": 5, "temperature": 0});
+    let (status, text) = call(&s, "POST", "/v1/chat/completions", Some(body.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+    // The prompt is the ChatML rendering, tokenized without extra specials.
+    let rendered = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nTell me a story.<|im_end|>\n<|im_start|>assistant\n";
+    let expected = s.tokenizer.encode(rendered, false).unwrap().len();
+    assert_eq!(v["usage"]["prompt_tokens"].as_u64().unwrap() as usize, expected);
+    let mut stream = body;
+    stream["stream"] = json!(true);
+    let (_, text) = call(&s, "POST", "/v1/chat/completions", Some(stream)).await;
+    assert!(
+        text.contains("chat.completion.chunk") && text.trim_end().ends_with("data: [DONE]"),
+        "{text}"
+    );
+    let (status, text) =
+        call(&s, "POST", "/v1/chat/completions", Some(json!({"messages": []}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+}

@@ -33,6 +33,15 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     eos_token_ids: Vec<u32>,
     bos_token_id: Option<u32>,
+    chat: ChatConfig,
+}
+
+/// What a chat template needs from `tokenizer_config.json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChatConfig {
+    pub template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -82,6 +91,11 @@ impl Tokenizer {
             inner,
             eos_token_ids: builtin::EOS_TOKEN_IDS.to_vec(),
             bos_token_id: Some(builtin::BOS_TOKEN_ID),
+            chat: ChatConfig {
+                template: Some(builtin::CHAT_TEMPLATE.to_owned()),
+                bos_token: Some(builtin::SPECIAL_TOKENS[0].to_owned()),
+                eos_token: Some(builtin::SPECIAL_TOKENS[3].to_owned()),
+            },
         }
     }
 
@@ -108,7 +122,22 @@ impl Tokenizer {
         let bos_token_id = [&generation, &config]
             .iter()
             .find_map(|v| ids_of(v.as_ref().and_then(|v| v.get("bos_token_id"))).first().copied());
-        Ok(Self { inner, eos_token_ids: eos, bos_token_id })
+        let field =
+            |k: &str| token_string(tok_config.as_ref().and_then(|v| v.get(k))).map(str::to_owned);
+        // `chat_template` is a string, or a list of named templates.
+        let template = match tok_config.as_ref().and_then(|v| v.get("chat_template")) {
+            Some(Value::String(t)) => Some(t.clone()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .find(|i| i.get("name").and_then(Value::as_str) == Some("default"))
+                .or(items.first())
+                .and_then(|i| i.get("template").and_then(Value::as_str))
+                .map(str::to_owned),
+            _ => None,
+        };
+        let chat =
+            ChatConfig { template, bos_token: field("bos_token"), eos_token: field("eos_token") };
+        Ok(Self { inner, eos_token_ids: eos, bos_token_id, chat })
     }
 
     /// Token ids of `text`; `add_special_tokens` applies the tokenizer's
@@ -137,6 +166,10 @@ impl Tokenizer {
 
     pub fn bos_token_id(&self) -> Option<u32> {
         self.bos_token_id
+    }
+
+    pub fn chat_config(&self) -> &ChatConfig {
+        &self.chat
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {

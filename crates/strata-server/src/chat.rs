@@ -1,0 +1,136 @@
+//! `POST /v1/chat/completions`: messages rendered with the model's chat
+//! template (`tokenizer_config.json`, or the built-in model's ChatML) by
+//! minijinja with Python-compatible string methods, then served like a
+//! completion.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use strata_core::FinishReason;
+
+use crate::completions::{
+    check_model, collect, finish_str, now_secs, parse_body, sampling_params, sse, submit_choices,
+};
+use crate::error::ApiError;
+use crate::openai::{SamplingFields, Usage};
+use crate::AppState;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: Option<Content>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatCompletionRequest {
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessage>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+fn text_of(content: &Option<Content>) -> Result<String, ApiError> {
+    match content {
+        None => Ok(String::new()),
+        Some(Content::Text(t)) => Ok(t.clone()),
+        Some(Content::Parts(parts)) => parts
+            .iter()
+            .map(|p| match (p.kind.as_str(), &p.text) {
+                ("text", Some(t)) => Ok(t.as_str()),
+                (kind, _) => Err(ApiError::BadRequest(format!(
+                    "content part type `{kind}` is not supported (text only)"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|v| v.concat()),
+    }
+}
+
+/// Renders `messages` with the tokenizer's chat template.
+pub fn render(state: &AppState, messages: &[ChatMessage]) -> Result<String, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::BadRequest("messages must not be empty".into()));
+    }
+    let chat = state.tokenizer.chat_config();
+    let template = chat.template.as_deref().ok_or_else(|| {
+        ApiError::BadRequest("this model has no chat template; use /v1/completions".into())
+    })?;
+    let mut env = minijinja::Environment::new();
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    });
+    env.add_template("chat", template)
+        .map_err(|e| ApiError::Internal(format!("the chat template does not compile: {e}")))?;
+    let msgs = messages
+        .iter()
+        .map(|m| Ok(json!({"role": m.role, "content": text_of(&m.content)?})))
+        .collect::<Result<Vec<Value>, ApiError>>()?;
+    let tmpl = env.get_template("chat").map_err(|e| ApiError::Internal(e.to_string()))?;
+    tmpl.render(minijinja::context! {
+        messages => msgs,
+        add_generation_prompt => true,
+        bos_token => chat.bos_token.clone().unwrap_or_default(),
+        eos_token => chat.eos_token.clone().unwrap_or_default(),
+    })
+    .map_err(|e| ApiError::BadRequest(format!("the chat template rejected the messages: {e}")))
+}
+
+pub async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: ChatCompletionRequest = parse_body(&body)?;
+    check_model(&state, req.model.as_deref())?;
+    let prompt = render(&state, &req.messages)?;
+    // The template already holds any BOS the model wants.
+    let prompt_ids =
+        state.tokenizer.encode(&prompt, false).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let params = sampling_params(&req.sampling, None, false)?;
+    let stop = req.sampling.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
+    let choices =
+        submit_choices(&state, prompt_ids, params, req.sampling.n.unwrap_or(1), stop).await?;
+    let id = format!("chatcmpl-{}", choices[0].id.get());
+    let created = now_secs();
+    let model = state.served_model_name.clone();
+    if req.sampling.stream.unwrap_or(false) {
+        let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let (id2, model2) = (id.clone(), model.clone());
+        let chunk = move |index: usize, text: &str, finish: Option<FinishReason>| {
+            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                   "choices": [{"index": index, "delta": {"role": "assistant", "content": text},
+                                "logprobs": null, "finish_reason": finish_str(finish)}]})
+        };
+        let usage_chunk = move |usage: Usage| json!({"id": id2, "object": "chat.completion.chunk", "created": created, "model": model2, "choices": [], "usage": usage});
+        return Ok(sse(state, choices, chunk, usage_chunk, include_usage).into_response());
+    }
+    let (choices, usage) = collect(&state, choices).await;
+    let out: Vec<Value> = choices
+        .iter()
+        .map(|c| {
+            json!({"index": c.index, "message": {"role": "assistant", "content": c.text},
+                   "logprobs": null, "finish_reason": finish_str(c.finish)})
+        })
+        .collect();
+    Ok(Json(json!({"id": id, "object": "chat.completion", "created": created, "model": model, "choices": out, "usage": usage}))
+        .into_response())
+}
