@@ -11,5 +11,5 @@ mod buckets;
 mod engine;
 mod log_line;
 
-pub use engine::{CacheConfigInfo, EngineMetrics};
+pub use engine::{to_prometheus_text, CacheConfigInfo, EngineMetrics};
 pub use log_line::LogReporter;

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -97,9 +98,9 @@ pub fn render(state: &AppState, messages: &[ChatMessage]) -> Result<String, ApiE
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: ChatCompletionRequest = parse_body(&body)?;
+    let req: ChatCompletionRequest = parse_body(body)?;
     check_model(&state, req.model.as_deref())?;
     let prompt = render(&state, &req.messages)?;
     // The template already holds any BOS the model wants.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -187,8 +188,11 @@ pub async fn submit_choices(
     Ok(choices)
 }
 
-pub fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    let text = std::str::from_utf8(body)
+pub fn parse_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body?;
+    let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::BadRequest("the body is not valid UTF-8".into()))?;
     serde_json::from_str(text)
         .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
@@ -209,9 +213,9 @@ pub fn finish_str(f: Option<FinishReason>) -> Value {
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: CompletionRequest = parse_body(&body)?;
+    let req: CompletionRequest = parse_body(body)?;
     check_model(&state, req.model.as_deref())?;
     if req.logprobs.is_some_and(|n| n > strata_core::sampling::MAX_LOGPROBS) {
         return Err(ApiError::BadRequest(format!(

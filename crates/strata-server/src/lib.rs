@@ -14,6 +14,7 @@ pub mod openai;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -81,9 +82,8 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let text = state.engine.metrics.lock().map(|m| m.encode()).unwrap_or_default();
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
-        .into_response()
+    let text = state.engine.metrics.lock().map(|m| m.encode_prometheus()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 #[derive(Deserialize)]
@@ -99,9 +99,9 @@ fn yes() -> bool {
 
 async fn tokenize(
     State(state): State<Arc<AppState>>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let req: TokenizeRequest = completions::parse_body(&body)?;
+    let req: TokenizeRequest = completions::parse_body(body)?;
     let tokens = state
         .tokenizer
         .encode(&req.prompt, req.add_special_tokens)
@@ -116,9 +116,9 @@ struct DetokenizeRequest {
 
 async fn detokenize(
     State(state): State<Arc<AppState>>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let req: DetokenizeRequest = completions::parse_body(&body)?;
+    let req: DetokenizeRequest = completions::parse_body(body)?;
     let prompt = state
         .tokenizer
         .decode(&req.tokens, false)
