@@ -76,6 +76,11 @@ impl<E: Executor> EngineCore<E> {
         self.scheduler.has_unfinished()
     }
 
+    /// Results of adds and aborts that the next `step` will hand out.
+    pub fn has_pending(&self) -> bool {
+        self.scheduler.has_pending()
+    }
+
     /// Runs one step. An executor error ends the step's requests with
     /// finish reason `error` and the engine carries on.
     pub fn step(&mut self, now: f64) -> StepResult {

@@ -195,6 +195,14 @@ impl Scheduler {
         self.waiting.len()
     }
 
+    /// Outputs or records (from adds and aborts) not yet handed out by a
+    /// step.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.outputs.is_empty()
+            || !self.pending.finish_records.is_empty()
+            || !self.pending.events.is_empty()
+    }
+
     /// Requests not yet ended, or ended with transfers still in flight.
     pub fn has_unfinished(&self) -> bool {
         !self.requests.is_empty() || !self.delayed_free.is_empty()

@@ -148,7 +148,7 @@ pub async fn submit_choices(
     if n == 0 || n > MAX_N {
         return Err(ApiError::BadRequest(format!("n must be between 1 and {MAX_N}, got {n}")));
     }
-    if state.engine.num_in_flight() + n as usize > state.max_queued_requests {
+    if !state.engine.try_reserve(n as usize, state.max_queued_requests) {
         return Err(ApiError::Overloaded(format!(
             "the server is at its limit of {} requests in flight; retry later",
             state.max_queued_requests
@@ -166,7 +166,13 @@ pub async fn submit_choices(
             cache_salt: None,
             eos_token_ids: state.tokenizer.eos_token_ids().to_vec(),
         };
-        let (id, rx) = state.engine.submit(new).await.map_err(|e| match e {
+        let submitted = state.engine.submit(new).await;
+        if submitted.is_err() {
+            // This choice's slot was released by the engine thread; the
+            // later ones were never submitted.
+            state.engine.release(n as usize - index - 1);
+        }
+        let (id, rx) = submitted.map_err(|e| match e {
             SubmitError::Admission(a) => ApiError::BadRequest(a.to_string()),
             SubmitError::EngineStopped => {
                 ApiError::Overloaded("the engine is shutting down".into())

@@ -78,7 +78,28 @@ impl EngineHandle {
     }
 
     pub fn num_in_flight(&self) -> usize {
-        self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
+        self.in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Reserves room for `n` requests under `limit`; `false` (and nothing
+    /// reserved) when the queue is full. Each submitted request releases
+    /// its slot when it ends; call `release` for slots never submitted.
+    pub fn try_reserve(&self, n: usize, limit: usize) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut current = self.in_flight.load(SeqCst);
+        loop {
+            if current + n > limit {
+                return false;
+            }
+            match self.in_flight.compare_exchange(current, current + n, SeqCst, SeqCst) {
+                Ok(_) => return true,
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    pub fn release(&self, n: usize) {
+        self.in_flight.fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Queues a request; updates arrive on the returned receiver.
@@ -119,12 +140,12 @@ fn run<E: Executor>(
     let mut stopping = false;
     loop {
         // Idle: wait for work (waking up for the log line's interval).
-        if !engine.has_unfinished() {
+        if !engine.has_unfinished() && !engine.has_pending() {
             if stopping {
                 return;
             }
             match rx.recv_timeout(log_interval) {
-                Ok(cmd) => stopping |= apply(cmd, &mut engine, &mut senders, now()),
+                Ok(cmd) => stopping |= apply(cmd, &mut engine, &mut senders, &in_flight, now()),
                 Err(RecvTimeoutError::Timeout) => {
                     if let Some(line) = log.maybe_log(now()) {
                         tracing::info!("{line}");
@@ -135,7 +156,7 @@ fn run<E: Executor>(
             }
         }
         while let Ok(cmd) = rx.try_recv() {
-            stopping |= apply(cmd, &mut engine, &mut senders, now());
+            stopping |= apply(cmd, &mut engine, &mut senders, &in_flight, now());
         }
         if stopping {
             for id in senders.keys().copied().collect::<Vec<_>>() {
@@ -162,10 +183,11 @@ fn run<E: Executor>(
             }
             if let Some(reason) = o.finish_reason {
                 send(&mut senders, &mut engine, o.request_id, RequestUpdate::Finished(reason), t);
-                senders.remove(&o.request_id);
+                if senders.remove(&o.request_id).is_some() {
+                    in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }
             }
         }
-        in_flight.store(senders.len(), std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut m) = metrics.lock() {
             m.observe(&result, t);
         }
@@ -181,13 +203,19 @@ fn apply<E: Executor>(
     cmd: Command,
     engine: &mut EngineCore<E>,
     senders: &mut HashMap<RequestId, tmpsc::UnboundedSender<RequestUpdate>>,
+    in_flight: &std::sync::atomic::AtomicUsize,
     now: f64,
 ) -> bool {
     match cmd {
         Command::Add { new, updates, reply } => {
             let result = engine.add_request(new, now);
-            if let Ok(id) = result {
-                senders.insert(id, updates);
+            match result {
+                Ok(id) => {
+                    senders.insert(id, updates);
+                }
+                Err(_) => {
+                    in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }
             }
             let _ = reply.send(result);
             false
@@ -210,7 +238,7 @@ fn send<E: Executor>(
 ) {
     let gone = senders.get(&id).is_some_and(|tx| tx.send(update).is_err());
     if gone {
-        senders.remove(&id);
+        // The abort's own finish output releases the request's slot.
         engine.abort(id, now);
     }
 }

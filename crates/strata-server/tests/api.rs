@@ -266,3 +266,169 @@ async fn chat_completions_render_the_template_and_report_usage() {
         call(&s, "POST", "/v1/chat/completions", Some(json!({"messages": []}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
 }
+
+/// Hundreds of generated bad requests: each gets a 4xx with an OpenAI
+/// error body, the server keeps serving, and no KV block leaks.
+#[tokio::test]
+async fn hundreds_of_bad_requests_leave_the_server_healthy() {
+    let s = state(None);
+    let valid = json!({"prompt": "hello there", "max_tokens": 4, "temperature": 0.5, "top_p": 0.9, "n": 2, "stop": ["x"]});
+    let valid_text = valid.to_string();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let bad_values = [
+        json!(-1),
+        json!("abc"),
+        json!(1e30),
+        json!(null),
+        json!([1, "a"]),
+        json!({"k": 1}),
+        json!(true),
+        json!(-1e9),
+    ];
+    let fields = [
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "prompt",
+        "stop",
+        "top_k",
+        "min_p",
+        "presence_penalty",
+        "seed",
+        "logprobs",
+        "model",
+        "min_tokens",
+    ];
+    let mut checked = 0;
+    for i in 0..300 {
+        let (path, body): (&str, Vec<u8>) = match i % 5 {
+            // Truncated JSON.
+            0 => (
+                "/v1/completions",
+                valid_text.as_bytes()[..(next() as usize % (valid_text.len() - 1))].to_vec(),
+            ),
+            // A field set to a value of the wrong type or range.
+            1 | 2 => {
+                let mut v = valid.clone();
+                v[fields[next() as usize % fields.len()]] =
+                    bad_values[next() as usize % bad_values.len()].clone();
+                ("/v1/completions", v.to_string().into_bytes())
+            }
+            // Invalid UTF-8 somewhere in the body.
+            3 => {
+                let mut b = valid_text.clone().into_bytes();
+                let at = next() as usize % b.len();
+                b[at] = 0xff;
+                ("/v1/completions", b)
+            }
+            // Chat with broken messages.
+            _ => {
+                let messages = [
+                    json!([]),
+                    json!([{"role": "user"}]),
+                    json!("hi"),
+                    json!([{"role": "user", "content": [{"type": "image_url"}]}]),
+                ];
+                ("/v1/chat/completions", json!({"messages": messages[next() as usize % messages.len()].clone(), "max_tokens": 2}).to_string().into_bytes())
+            }
+        };
+        let req = Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body.clone()))
+            .unwrap();
+        let resp = app(s.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        if status == StatusCode::OK {
+            // Some mutations are still valid requests (e.g. a null seed).
+            continue;
+        }
+        assert!(status.is_client_error(), "{status} for {}", String::from_utf8_lossy(&body));
+        let v: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)));
+        assert!(v["error"]["message"].is_string(), "{v}");
+        checked += 1;
+    }
+    assert!(checked > 200, "most generated requests are bad ({checked})");
+    let big = vec![b' '; strata_server::MAX_BODY_BYTES + 1];
+    let req =
+        Request::builder().method("POST").uri("/v1/completions").body(Body::from(big)).unwrap();
+    let resp = app(s.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, text) = call(
+        &s,
+        "POST",
+        "/v1/completions",
+        Some(json!({"prompt": "still serving", "max_tokens": 3})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let (_, metrics) = call(&s, "GET", "/metrics", None).await;
+    assert_eq!(metric(&metrics, "vllm:kv_cache_usage_perc{"), 0.0, "no blocks leaked");
+    assert_eq!(metric(&metrics, "vllm:num_requests_running{"), 0.0);
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_aborts_its_request() {
+    let s = state(None);
+    let body =
+        json!({"prompt": "go on and on", "max_tokens": 500, "stream": true, "ignore_eos": true});
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/completions")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = app(s.clone()).oneshot(req).await.unwrap();
+    let mut body = resp.into_body();
+    // Read one chunk, then hang up.
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.is_data());
+    drop(body);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = call(&s, "GET", "/metrics", None).await;
+        let aborted = metric(
+            &metrics,
+            r#"vllm:request_success_total{model_name="builtin",engine="0",finished_reason="abort"}"#,
+        );
+        if aborted == 1.0 {
+            assert_eq!(metric(&metrics, "vllm:kv_cache_usage_perc{"), 0.0, "its blocks were freed");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the request was not aborted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503() {
+    let s = state(None);
+    let mut holders = Vec::new();
+    // Fill the queue (64 in flight) with long streaming requests.
+    for _ in 0..8 {
+        let body = json!({"prompt": "hold", "max_tokens": 1000, "n": 8, "stream": true, "ignore_eos": true});
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/completions")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        holders.push(app(s.clone()).oneshot(req).await.unwrap());
+    }
+    let (status, text) =
+        call(&s, "POST", "/v1/completions", Some(json!({"prompt": "one more", "max_tokens": 2})))
+            .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert!(text.contains("retry later"));
+    drop(holders);
+}
