@@ -12,7 +12,10 @@
 use std::time::Duration;
 
 use crate::connector::{ConnectorMeta, ConnectorOutput, ConnectorWorker};
-use crate::executor::{BatchError, Executor, KvCacheSpec, ModelBatch, ModelOutput, SampledToken};
+use crate::executor::{
+    BatchError, Executor, KvCacheSpec, ModelBatch, ModelOutput, SampledToken, TokenLogprob,
+    TopLogprobs,
+};
 use crate::ids::{RequestId, TokenId};
 
 pub struct FakeExecutor {
@@ -83,10 +86,20 @@ impl Executor for FakeExecutor {
             .seqs
             .iter()
             .filter(|s| s.sample.is_some())
-            .map(|s| SampledToken {
-                request_id: s.request_id,
-                token_id: self.next_token(*s.token_ids.last().expect("validated")),
-                logprobs: None,
+            .map(|s| {
+                let token_id = self.next_token(*s.token_ids.last().expect("validated"));
+                // A made-up but well-formed distribution: the sampled token
+                // is the most likely, the next ids follow.
+                let logprobs = s.sample.and_then(|r| r.params.logprobs).map(|n| TopLogprobs {
+                    sampled: TokenLogprob { token_id, logprob: -0.5 },
+                    top: (0..n)
+                        .map(|i| TokenLogprob {
+                            token_id: self.next_token(token_id + i).saturating_sub(1),
+                            logprob: -0.5 - i as f32,
+                        })
+                        .collect(),
+                });
+                SampledToken { request_id: s.request_id, token_id, logprobs }
             })
             .collect();
         Ok(ModelOutput { sampled })

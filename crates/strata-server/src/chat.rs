@@ -12,10 +12,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use strata_core::FinishReason;
 
 use crate::completions::{
     check_model, collect, finish_str, now_secs, parse_body, sampling_params, sse, submit_choices,
+    Choice,
 };
 use crate::error::ApiError;
 use crate::openai::{SamplingFields, Usage};
@@ -45,6 +45,9 @@ pub struct ChatMessage {
 pub struct ChatCompletionRequest {
     pub model: Option<String>,
     pub messages: Vec<ChatMessage>,
+    #[serde(default)]
+    pub logprobs: bool,
+    pub top_logprobs: Option<u32>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }
@@ -106,7 +109,8 @@ pub async fn chat_completions(
     // The template already holds any BOS the model wants.
     let prompt_ids =
         state.tokenizer.encode(&prompt, false).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let params = sampling_params(&req.sampling, None, false)?;
+    let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
+    let params = sampling_params(&req.sampling, logprobs, false)?;
     let stop = req.sampling.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
     let choices =
         submit_choices(&state, prompt_ids, params, req.sampling.n.unwrap_or(1), stop).await?;
@@ -116,20 +120,22 @@ pub async fn chat_completions(
     if req.sampling.stream.unwrap_or(false) {
         let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let (id2, model2) = (id.clone(), model.clone());
-        let chunk = move |index: usize, text: &str, finish: Option<FinishReason>| {
+        let chunk = move |c: &mut Choice, text: &str| {
+            let (index, finish, logprobs) = (c.index, c.finish, c.take_chat_logprobs());
             json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                    "choices": [{"index": index, "delta": {"role": "assistant", "content": text},
-                                "logprobs": null, "finish_reason": finish_str(finish)}]})
+                                "logprobs": logprobs, "finish_reason": finish_str(finish)}]})
         };
         let usage_chunk = move |usage: Usage| json!({"id": id2, "object": "chat.completion.chunk", "created": created, "model": model2, "choices": [], "usage": usage});
         return Ok(sse(state, choices, chunk, usage_chunk, include_usage).into_response());
     }
     let (choices, usage) = collect(&state, choices).await;
     let out: Vec<Value> = choices
-        .iter()
-        .map(|c| {
+        .into_iter()
+        .map(|mut c| {
+            let logprobs = c.take_chat_logprobs();
             json!({"index": c.index, "message": {"role": "assistant", "content": c.text},
-                   "logprobs": null, "finish_reason": finish_str(c.finish)})
+                   "logprobs": logprobs, "finish_reason": finish_str(c.finish)})
         })
         .collect();
     Ok(Json(json!({"id": id, "object": "chat.completion", "created": created, "model": model, "choices": out, "usage": usage}))

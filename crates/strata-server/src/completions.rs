@@ -85,6 +85,46 @@ pub struct Choice {
     pub completion_tokens: u64,
     pub finish: Option<FinishReason>,
     pub stop: Vec<String>,
+    /// Log-probabilities of tokens not yet reported (when asked for).
+    pub logprobs: Vec<TokenLogprobs>,
+}
+
+/// One sampled token's log-probabilities, with token texts.
+#[derive(Debug, Clone)]
+pub struct TokenLogprobs {
+    pub token: String,
+    pub logprob: f32,
+    pub top: Vec<(String, f32)>,
+}
+
+impl Choice {
+    /// Completions format (`tokens`, `token_logprobs`, `top_logprobs`) of
+    /// the tokens not yet reported, or `null` when none were asked for.
+    pub fn take_completion_logprobs(&mut self) -> Value {
+        if self.logprobs.is_empty() {
+            return Value::Null;
+        }
+        let lps = std::mem::take(&mut self.logprobs);
+        json!({
+            "tokens": lps.iter().map(|l| l.token.clone()).collect::<Vec<_>>(),
+            "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+            "top_logprobs": lps.iter().map(|l| l.top.iter().map(|(t, p)| (t.clone(), json!(p))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Chat format (`content: [{token, logprob, top_logprobs}]`).
+    pub fn take_chat_logprobs(&mut self) -> Value {
+        if self.logprobs.is_empty() {
+            return Value::Null;
+        }
+        let lps = std::mem::take(&mut self.logprobs);
+        let entry = |t: &str, p: f32| json!({"token": t, "logprob": p, "bytes": t.as_bytes()});
+        json!({"content": lps.iter().map(|l| {
+            let mut e = entry(&l.token, l.logprob);
+            e["top_logprobs"] = l.top.iter().map(|(t, p)| entry(t, *p)).collect();
+            e
+        }).collect::<Vec<_>>()})
+    }
 }
 
 impl Choice {
@@ -92,8 +132,16 @@ impl Choice {
     pub fn apply(&mut self, state: &AppState, update: RequestUpdate) -> String {
         match update {
             RequestUpdate::Prefill(r) => self.record = Some(r),
-            RequestUpdate::Token { token_id, .. } => {
+            RequestUpdate::Token { token_id, logprobs } => {
                 self.completion_tokens += 1;
+                if let Some(lp) = logprobs {
+                    let text = |id: u32| state.tokenizer.decode(&[id], false).unwrap_or_default();
+                    self.logprobs.push(TokenLogprobs {
+                        token: text(lp.sampled.token_id),
+                        logprob: lp.sampled.logprob,
+                        top: lp.top.iter().map(|t| (text(t.token_id), t.logprob)).collect(),
+                    });
+                }
                 if let Ok(piece) = self.detok.push(&state.tokenizer, token_id) {
                     self.text.push_str(&piece);
                 }
@@ -189,6 +237,7 @@ pub async fn submit_choices(
             completion_tokens: 0,
             finish: None,
             stop: stop.clone(),
+            logprobs: Vec::new(),
         });
     }
     Ok(choices)
@@ -248,9 +297,10 @@ pub async fn completions(
     if req.sampling.stream.unwrap_or(false) {
         let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let stream_id = id.clone();
-        let chunk = move |index: usize, text: &str, finish: Option<FinishReason>| {
+        let chunk = move |c: &mut Choice, text: &str| {
+            let (index, finish, logprobs) = (c.index, c.finish, c.take_completion_logprobs());
             json!({"id": stream_id, "object": "text_completion", "created": created, "model": model,
-                   "choices": [{"index": index, "text": text, "logprobs": null, "finish_reason": finish_str(finish)}]})
+                   "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_str(finish)}]})
         };
         let usage_chunk = {
             let (id, model) =
@@ -261,8 +311,11 @@ pub async fn completions(
     }
     let (choices, usage) = collect(&state, choices).await;
     let out: Vec<Value> = choices
-        .iter()
-        .map(|c| json!({"index": c.index, "text": c.text, "logprobs": null, "finish_reason": finish_str(c.finish)}))
+        .into_iter()
+        .map(|mut c| {
+            let logprobs = c.take_completion_logprobs();
+            json!({"index": c.index, "text": c.text, "logprobs": logprobs, "finish_reason": finish_str(c.finish)})
+        })
         .collect();
     Ok(Json(json!({
         "id": id, "object": "text_completion", "created": created,
@@ -300,7 +353,7 @@ pub fn sse<C, U>(
     include_usage: bool,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>>
 where
-    C: Fn(usize, &str, Option<FinishReason>) -> Value + Send + 'static,
+    C: Fn(&mut Choice, &str) -> Value + Send + 'static,
     U: Fn(Usage) -> Value + Send + 'static,
 {
     let total = choices.len();
@@ -339,7 +392,7 @@ where
                 }
             };
             if !text.is_empty() || c.finish.is_some() {
-                out.push(Event::default().data(chunk(index, &text, c.finish).to_string()));
+                out.push(Event::default().data(chunk(c, &text).to_string()));
             }
             if c.finish.is_some() {
                 usage.add(c.record.as_ref(), c.completion_tokens);

@@ -432,3 +432,34 @@ async fn a_full_queue_answers_503() {
     assert!(text.contains("retry later"));
     drop(holders);
 }
+
+#[tokio::test]
+async fn logprobs_come_back_in_openai_formats() {
+    let s = state(None);
+    let (_, text) = call(
+        &s,
+        "POST",
+        "/v1/completions",
+        Some(json!({"prompt": "Hi", "max_tokens": 3, "logprobs": 2, "temperature": 0})),
+    )
+    .await;
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let lp = &v["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 3, "{v}");
+    assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), 3);
+    assert!(lp["top_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t.as_object().unwrap().len() <= 2));
+    assert!(lp["token_logprobs"].as_array().unwrap().iter().all(|p| p.as_f64().unwrap() <= 0.0));
+    let body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "logprobs": true, "top_logprobs": 3});
+    let (_, text) = call(&s, "POST", "/v1/chat/completions", Some(body)).await;
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 2, "{v}");
+    assert_eq!(content[0]["top_logprobs"].as_array().unwrap().len(), 3);
+    let (_, text) =
+        call(&s, "POST", "/v1/completions", Some(json!({"prompt": "Hi", "max_tokens": 2}))).await;
+    assert!(serde_json::from_str::<Value>(&text).unwrap()["choices"][0]["logprobs"].is_null());
+}
