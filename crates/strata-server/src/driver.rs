@@ -18,6 +18,8 @@ use strata_core::{
     TopLogprobs,
 };
 use strata_metrics::{EngineMetrics, LogReporter};
+
+use crate::accounting_log::AccountingLog;
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
 /// What a request's handler receives.
@@ -66,13 +68,23 @@ impl EngineHandle {
         metrics: EngineMetrics,
         log_interval: Duration,
     ) -> Self {
+        Self::spawn_with(engine, metrics, log_interval, None)
+    }
+
+    /// As `spawn`, writing an accounting line per finished request.
+    pub fn spawn_with<E: Executor + Send + 'static>(
+        engine: EngineCore<E>,
+        metrics: EngineMetrics,
+        log_interval: Duration,
+        accounting: Option<(AccountingLog, String)>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel();
         let metrics = Arc::new(Mutex::new(metrics));
         let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let handle = Self { tx, metrics: metrics.clone(), in_flight: in_flight.clone() };
         std::thread::Builder::new()
             .name("strata-engine".into())
-            .spawn(move || run(engine, rx, metrics, in_flight, log_interval))
+            .spawn(move || run(engine, rx, metrics, in_flight, log_interval, accounting))
             .expect("invariant: the engine thread can be spawned at start-up");
         handle
     }
@@ -132,7 +144,9 @@ fn run<E: Executor>(
     metrics: Arc<Mutex<EngineMetrics>>,
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
     log_interval: Duration,
+    accounting: Option<(AccountingLog, String)>,
 ) {
+    let mut prefills: HashMap<RequestId, PrefillRecord> = HashMap::new();
     let clock = Instant::now();
     let now = || clock.elapsed().as_secs_f64();
     let mut log = LogReporter::new(0, log_interval.as_secs_f64());
@@ -170,6 +184,14 @@ fn run<E: Executor>(
         }
         for r in &result.prefill_records {
             send(&mut senders, &mut engine, r.request_id, RequestUpdate::Prefill(*r), t);
+            if accounting.is_some() {
+                prefills.insert(r.request_id, *r);
+            }
+        }
+        if let Some((log, model)) = &accounting {
+            for f in &result.finish_records {
+                log.record(model, f, prefills.remove(&f.request_id).as_ref());
+            }
         }
         for o in &result.outputs {
             if let Some(token_id) = o.new_token_id {

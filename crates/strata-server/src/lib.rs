@@ -5,6 +5,7 @@
 //! only through [`driver::EngineHandle`], so its tests run on the fake
 //! executor without the model crate.
 
+pub mod accounting_log;
 pub mod chat;
 pub mod completions;
 pub mod driver;

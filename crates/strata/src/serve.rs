@@ -10,6 +10,7 @@ use strata_core::connector::KvLoadFailurePolicy;
 use strata_core::scheduler::{SchedulerConfig, SchedulingPolicy};
 use strata_core::{EngineCore, Executor};
 use strata_metrics::{CacheConfigInfo, EngineMetrics};
+use strata_server::accounting_log::AccountingLog;
 use strata_server::{app, AppState, EngineHandle};
 
 use crate::model_ref::ModelArgs;
@@ -39,6 +40,9 @@ pub struct ServeArgs {
     /// Requests in flight beyond which new ones get 503.
     #[arg(long, default_value_t = 4096)]
     pub max_queued_requests: usize,
+    /// Append one JSON line per finished request (tokens, sources, times).
+    #[arg(long)]
+    pub accounting_log: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -62,10 +66,19 @@ pub fn run(args: ServeArgs) -> Result<()> {
         tiers: "device".into(),
     };
     let metrics = EngineMetrics::new(&name, "0", spec.max_model_len, &cache);
-    let engine = EngineHandle::spawn(
+    let accounting = match &args.accounting_log {
+        Some(path) => Some((
+            AccountingLog::open(path.clone())
+                .with_context(|| format!("opening {}", path.display()))?,
+            name.clone(),
+        )),
+        None => None,
+    };
+    let engine = EngineHandle::spawn_with(
         EngineCore::new(loaded.executor, config),
         metrics,
         Duration::from_secs_f64(args.log_stats_interval.max(0.1)),
+        accounting,
     );
     let state = Arc::new(AppState {
         engine: engine.clone(),

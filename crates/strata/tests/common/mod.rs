@@ -18,9 +18,14 @@ impl Drop for Server {
 
 /// Starts `strata serve` on a free loopback port; returns it and its URL.
 pub fn serve(key: &str) -> (Server, String) {
+    serve_with(if key.is_empty() { vec![] } else { vec!["--api-key", key] })
+}
+
+/// `strata serve --port 0` with extra arguments.
+pub fn serve_with(extra: Vec<&str>) -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(["serve", "--port", "0"])
-        .args(if key.is_empty() { vec![] } else { vec!["--api-key", key] })
+        .args(extra)
         .env("NO_COLOR", "1")
         .stderr(Stdio::piped())
         .spawn()
