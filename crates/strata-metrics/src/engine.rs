@@ -293,8 +293,44 @@ impl EngineMetrics {
         ]))
         .set(1);
         self.registry.register("vllm:cache_config_info", "KV cache configuration", info);
-        // Every labelled counter starts at zero, so dashboards see the
-        // whole partition (and rates) before the first request.
+        // Every series exists from the start (at zero), so dashboards and
+        // rates see each family before the first request.
+        let base = self.base.clone();
+        for c in [
+            &self.prefix_cache_queries,
+            &self.prefix_cache_hits,
+            &self.external_prefix_cache_queries,
+            &self.external_prefix_cache_hits,
+            &self.num_preemptions,
+            &self.prompt_tokens,
+            &self.prompt_tokens_cached,
+            &self.generation_tokens,
+            &self.prefill_tokens_computed,
+            &self.accounting_violations,
+        ] {
+            let _ = c.get_or_create(&base);
+        }
+        let _ = self.num_requests_running.get_or_create(&base);
+        let _ = self.num_requests_waiting.get_or_create(&base);
+        let _ = self.kv_cache_usage_perc.get_or_create(&base);
+        for h in [
+            &self.request_prompt_tokens,
+            &self.request_generation_tokens,
+            &self.request_params_max_tokens,
+            &self.iteration_tokens,
+            &self.ttft,
+            &self.itl,
+            &self.tpot,
+            &self.e2e,
+            &self.queue_time,
+            &self.inference_time,
+            &self.prefill_time,
+            &self.decode_time,
+            &self.request_num_preemptions,
+            &self.request_prefill_kv_computed_tokens,
+        ] {
+            let _ = h.get_or_create(&base);
+        }
         for s in TokenSource::ALL {
             let _ =
                 self.prompt_tokens_by_tier.get_or_create(&self.labels(&[("source", s.as_str())]));

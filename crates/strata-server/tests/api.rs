@@ -463,3 +463,50 @@ async fn logprobs_come_back_in_openai_formats() {
         call(&s, "POST", "/v1/completions", Some(json!({"prompt": "Hi", "max_tokens": 2}))).await;
     assert!(serde_json::from_str::<Value>(&text).unwrap()["choices"][0]["logprobs"].is_null());
 }
+
+/// Every metric the Grafana dashboard queries is one the server exports.
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_exported_families() {
+    let s = state(None);
+    let (_, exposition) = call(&s, "GET", "/metrics", None).await;
+    let exported: std::collections::BTreeSet<String> = exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/grafana/strata-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    exprs.push(dashboard["templating"]["list"][1]["query"].as_str().unwrap().to_string());
+    let mut checked = 0;
+    for expr in &exprs {
+        for (i, _) in expr
+            .match_indices(':')
+            .filter(|(i, _)| expr[..*i].ends_with("vllm") || expr[..*i].ends_with("strata"))
+        {
+            let start = expr[..i]
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(0, |p| p + 1);
+            let name: String = expr[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+                .collect();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .fold(name.clone(), |n, s| n.strip_suffix(s).map(str::to_owned).unwrap_or(n));
+            assert!(
+                exported.contains(&family),
+                "the dashboard queries `{name}`, which the server does not export"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "{checked} metric references checked");
+}
