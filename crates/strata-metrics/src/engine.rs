@@ -480,6 +480,9 @@ impl EngineMetrics {
 }
 
 /// OpenMetrics text to Prometheus text 0.0.4 (see `encode_prometheus`).
+/// Series of a counter or gauge family are sorted, so the text is the same
+/// for the same values (the registry keeps label sets in hash order);
+/// histogram lines keep their bucket order.
 pub fn to_prometheus_text(open_metrics: &str) -> String {
     let counters: std::collections::HashSet<&str> = open_metrics
         .lines()
@@ -487,9 +490,28 @@ pub fn to_prometheus_text(open_metrics: &str) -> String {
         .filter_map(|l| l.strip_suffix(" counter"))
         .collect();
     let mut out = String::with_capacity(open_metrics.len());
+    let mut samples: Vec<&str> = Vec::new();
+    let mut histogram = false;
+    let flush = |samples: &mut Vec<&str>, histogram: bool, out: &mut String| {
+        if !histogram {
+            samples.sort_unstable();
+        }
+        for s in samples.drain(..) {
+            out.push_str(s);
+            out.push('\n');
+        }
+    };
     for line in open_metrics.lines() {
+        if !line.starts_with('#') {
+            samples.push(line);
+            continue;
+        }
+        flush(&mut samples, histogram, &mut out);
         if line == "# EOF" || line.starts_with("# UNIT ") {
             continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            histogram = rest.ends_with(" histogram");
         }
         let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
             let rest = line.strip_prefix(prefix)?;
@@ -499,5 +521,6 @@ pub fn to_prometheus_text(open_metrics: &str) -> String {
         out.push_str(renamed.as_deref().unwrap_or(line));
         out.push('\n');
     }
+    flush(&mut samples, histogram, &mut out);
     out
 }

@@ -510,3 +510,82 @@ async fn the_grafana_dashboard_queries_only_exported_families() {
     }
     assert!(checked >= 15, "{checked} metric references checked");
 }
+
+/// A19 and A20 through HTTP: n = 4 with a 58-token prompt counts 232
+/// prompt tokens everywhere; an aborted request adds no TTFT sample.
+#[tokio::test]
+async fn a19_and_a20_through_http() {
+    let s = state(None);
+    let prompt: Vec<u32> = (0..58).map(|i| 100 + i).collect();
+    let (_, text) = call(
+        &s,
+        "POST",
+        "/v1/completions",
+        Some(json!({"prompt": prompt, "max_tokens": 2, "n": 4})),
+    )
+    .await;
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["usage"]["prompt_tokens"], 232, "{v}");
+    let src = &v["usage"]["prompt_tokens_details"]["sources"];
+    let sum: u64 = ["local_compute", "local_cache_hit", "host", "disk", "remote"]
+        .iter()
+        .map(|k| src[k].as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, 232);
+    let (_, m) = call(&s, "GET", "/metrics", None).await;
+    assert_eq!(metric(&m, "vllm:prompt_tokens_total{"), 232.0);
+    assert_eq!(metric(&m, "vllm:time_to_first_token_seconds_count{"), 4.0);
+    // A stream that is dropped before its first token: aborted, no TTFT.
+    let body = json!({"prompt": "x", "max_tokens": 5, "stream": true, "n": 16, "min_tokens": 5});
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/completions")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    drop(app(s.clone()).oneshot(req).await.unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, m) = call(&s, "GET", "/metrics", None).await;
+        let finished = metric(&m, "vllm:request_success_total{");
+        if finished == 20.0 {
+            let ttft = metric(&m, "vllm:time_to_first_token_seconds_count{");
+            let aborted = metric(
+                &m,
+                r#"vllm:request_success_total{model_name="builtin",engine="0",finished_reason="abort"}"#,
+            );
+            // Every request with a first token has one TTFT sample; the
+            // aborted ones that never produced a token have none.
+            let with_token = metric(&m, "vllm:request_prefill_kv_computed_tokens_count{");
+            assert_eq!(ttft, with_token);
+            assert!(aborted > 0.0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "requests did not finish: {finished}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The /metrics text after a scripted workload, with time-dependent values
+/// redacted: names, labels, buckets and token counts are part of the API.
+#[tokio::test]
+async fn metrics_exposition_snapshot() {
+    let s = state(None);
+    for i in 0..3 {
+        let body = json!({"prompt": format!("A shared prompt prefix that spans a full block, then {i}"), "max_tokens": 3, "temperature": 0});
+        let (status, _) = call(&s, "POST", "/v1/completions", Some(body)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (_, text) = call(&s, "GET", "/metrics", None).await;
+    let redacted: String = text
+        .lines()
+        .map(|l| {
+            let timing = !l.starts_with('#') && l.contains("_seconds");
+            match (timing, l.rsplit_once(' ')) {
+                (true, Some((series, _))) => format!("{series} [redacted]\n"),
+                _ => format!("{l}\n"),
+            }
+        })
+        .collect();
+    insta::assert_snapshot!(redacted);
+}
