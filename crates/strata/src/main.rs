@@ -2,6 +2,7 @@
 
 mod bench;
 mod generate;
+mod loadgen;
 mod model_ref;
 mod serve;
 
@@ -25,6 +26,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Generate text for one prompt or a file of prompts.
     Generate(generate::GenerateArgs),
+    /// Many concurrent streaming clients against a server on loopback.
+    Loadgen(loadgen::LoadgenArgs),
     /// Measure prefill and decode throughput.
     Bench(bench::BenchArgs),
     /// Write the built-in model as a checkpoint directory (config.json,
@@ -57,6 +60,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Loadgen(args) => loadgen::run(args),
         Command::ExportBuiltin { dir } => model_ref::export_builtin(&dir),
     }
 }

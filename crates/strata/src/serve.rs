@@ -8,10 +8,12 @@ use anyhow::{Context, Result};
 use clap::Args;
 use strata_core::connector::KvLoadFailurePolicy;
 use strata_core::scheduler::{SchedulerConfig, SchedulingPolicy};
+use strata_core::testing::{FakeExecutor, LatencyModel, SimExecutor};
 use strata_core::{EngineCore, Executor};
 use strata_metrics::{CacheConfigInfo, EngineMetrics};
 use strata_server::accounting_log::AccountingLog;
 use strata_server::{app, AppState, EngineHandle};
+use strata_tokenizer::Tokenizer;
 
 use crate::model_ref::ModelArgs;
 
@@ -46,9 +48,30 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    if args.model.model == "sim" {
+        // The simulated executor: the HTTP stack, scheduler and metrics
+        // under load without model math (a latency model instead), with the
+        // built-in tokenizer. For load tests and benchmarks.
+        let mut fake = FakeExecutor::new(65_536, args.model.block_size, 4096);
+        fake.vocab_size = strata_model::builtin::VOCAB_SIZE;
+        let latency = LatencyModel {
+            per_step: Duration::from_micros(500),
+            per_prefill_token: Duration::from_micros(20),
+            per_decode_seq: Duration::from_micros(10),
+        };
+        return serve(args, SimExecutor::new(fake, latency, true), Tokenizer::builtin());
+    }
     let mut loaded = args.model.load()?;
     let tokenizer = loaded.tokenizer.take().context("the server needs a model with a tokenizer")?;
-    let spec = loaded.executor.kv_cache_spec();
+    serve(args, loaded.executor, tokenizer)
+}
+
+fn serve<E: Executor + Send + 'static>(
+    args: ServeArgs,
+    executor: E,
+    tokenizer: Tokenizer,
+) -> Result<()> {
+    let spec = executor.kv_cache_spec();
     let config = SchedulerConfig {
         max_num_seqs: args.max_num_seqs,
         max_num_batched_tokens: args.max_num_batched_tokens,
@@ -75,7 +98,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         None => None,
     };
     let engine = EngineHandle::spawn_with(
-        EngineCore::new(loaded.executor, config),
+        EngineCore::new(executor, config),
         metrics,
         Duration::from_secs_f64(args.log_stats_interval.max(0.1)),
         accounting,

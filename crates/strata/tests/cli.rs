@@ -145,3 +145,33 @@ fn bench_reports_every_batch_size() {
     ]));
     assert!(out.contains("| 1 |") && out.contains("| 2 |") && out.contains("peak RSS"), "{out}");
 }
+
+#[test]
+fn loadgen_streams_from_a_simulated_server_without_errors() {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["serve", "--model", "sim", "--port", "18493"])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    // Wait (bounded) for the port to open.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect("127.0.0.1:18493").is_err() {
+        assert!(std::time::Instant::now() < deadline, "the server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = strata(&[
+        "loadgen",
+        "--addr",
+        "127.0.0.1:18493",
+        "--clients",
+        "20",
+        "--duration-secs",
+        "1",
+        "--max-tokens",
+        "8",
+    ]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = stdout(&out);
+    assert!(text.contains(" 0 errors") && text.contains("streamed tokens"), "{text}");
+}
