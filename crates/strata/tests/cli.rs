@@ -175,3 +175,35 @@ fn loadgen_streams_from_a_simulated_server_without_errors() {
     let text = stdout(&out);
     assert!(text.contains(" 0 errors") && text.contains("streamed tokens"), "{text}");
 }
+
+#[test]
+fn sigterm_finishes_in_flight_streams_and_exits_zero() {
+    use std::io::{Read, Write};
+    let mut server = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["serve", "--port", "18494"])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut conn = loop {
+        if let Ok(c) = std::net::TcpStream::connect("127.0.0.1:18494") {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "the server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let body = r#"{"prompt": "Hello", "max_tokens": 200, "stream": true, "ignore_eos": true}"#;
+    write!(conn, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+    let mut first = [0u8; 64];
+    let _ = conn.read(&mut first).unwrap();
+    assert!(Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let mut rest = String::new();
+    conn.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("data: [DONE]"), "the in-flight stream was finished");
+    let status = server.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+}
