@@ -20,6 +20,8 @@ pub const ITERATION_TOKENS: &[f64] =
 
 pub const PREEMPTIONS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0];
 
+pub const PARAMS_N: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0];
+
 /// 1, 2, 5, 10, 20, 50, ... up to `max` (vLLM's request-token buckets).
 pub fn one_two_five(max: usize) -> Vec<f64> {
     let mut out = Vec::new();

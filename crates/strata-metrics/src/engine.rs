@@ -52,6 +52,7 @@ pub struct EngineMetrics {
     request_prompt_tokens: HistFamily,
     request_generation_tokens: HistFamily,
     request_params_max_tokens: HistFamily,
+    request_params_n: HistFamily,
     iteration_tokens: HistFamily,
     ttft: HistFamily,
     itl: HistFamily,
@@ -115,6 +116,7 @@ impl EngineMetrics {
             request_prompt_tokens: token_family(),
             request_generation_tokens: token_family(),
             request_params_max_tokens: token_family(),
+            request_params_n: histograms(buckets::PARAMS_N),
             iteration_tokens: histograms(buckets::ITERATION_TOKENS),
             ttft: histograms(buckets::TTFT),
             itl: histograms(buckets::ITL),
@@ -217,6 +219,11 @@ impl EngineMetrics {
             self.request_params_max_tokens.clone(),
         );
         r.register(
+            "vllm:request_params_n",
+            "n of API requests (each choice is its own engine request)",
+            self.request_params_n.clone(),
+        );
+        r.register(
             "vllm:iteration_tokens_total",
             "Tokens the model ran per step",
             self.iteration_tokens.clone(),
@@ -317,6 +324,7 @@ impl EngineMetrics {
             &self.request_prompt_tokens,
             &self.request_generation_tokens,
             &self.request_params_max_tokens,
+            &self.request_params_n,
             &self.iteration_tokens,
             &self.ttft,
             &self.itl,
@@ -461,6 +469,12 @@ impl EngineMetrics {
                 }
             }
         }
+    }
+
+    /// An API request asked for `n` choices. The engine sees `n` requests,
+    /// so this one family comes from the server rather than the records.
+    pub fn observe_request_params_n(&self, n: u32) {
+        self.request_params_n.get_or_create(&self.base).observe(f64::from(n));
     }
 
     /// The OpenMetrics text exposition.

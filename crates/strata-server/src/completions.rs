@@ -196,6 +196,9 @@ pub async fn submit_choices(
     if n == 0 || n > MAX_N {
         return Err(ApiError::BadRequest(format!("n must be between 1 and {MAX_N}, got {n}")));
     }
+    if let Ok(m) = state.engine.metrics.lock() {
+        m.observe_request_params_n(n);
+    }
     if !state.engine.try_reserve(n as usize, state.max_queued_requests) {
         return Err(ApiError::Overloaded(format!(
             "the server is at its limit of {} requests in flight; retry later",

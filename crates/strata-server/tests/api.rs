@@ -535,6 +535,8 @@ async fn a19_and_a20_through_http() {
     let (_, m) = call(&s, "GET", "/metrics", None).await;
     assert_eq!(metric(&m, "vllm:prompt_tokens_total{"), 232.0);
     assert_eq!(metric(&m, "vllm:time_to_first_token_seconds_count{"), 4.0);
+    assert_eq!(metric(&m, "vllm:request_params_n_sum{"), 4.0);
+    assert_eq!(metric(&m, "vllm:request_params_n_count{"), 1.0);
     // A stream that is dropped before its first token: aborted, no TTFT.
     let body = json!({"prompt": "x", "max_tokens": 5, "stream": true, "n": 16, "min_tokens": 5});
     let req = Request::builder()
