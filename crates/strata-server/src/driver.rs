@@ -182,6 +182,11 @@ fn run<E: Executor>(
         if let Some(e) = &result.executor_error {
             tracing::error!("executor failed a step; its requests end with `error`: {e}");
         }
+        // Metrics first: a client that reads /metrics after its response
+        // sees its own request counted.
+        if let Ok(mut m) = metrics.lock() {
+            m.observe(&result, t);
+        }
         for r in &result.prefill_records {
             send(&mut senders, &mut engine, r.request_id, RequestUpdate::Prefill(*r), t);
             if accounting.is_some() {
@@ -209,9 +214,6 @@ fn run<E: Executor>(
                     in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 }
             }
-        }
-        if let Ok(mut m) = metrics.lock() {
-            m.observe(&result, t);
         }
         log.observe(&result);
         if let Some(line) = log.maybe_log(t) {

@@ -537,8 +537,10 @@ async fn a19_and_a20_through_http() {
     assert_eq!(metric(&m, "vllm:time_to_first_token_seconds_count{"), 4.0);
     assert_eq!(metric(&m, "vllm:request_params_n_sum{"), 4.0);
     assert_eq!(metric(&m, "vllm:request_params_n_count{"), 1.0);
-    // A stream that is dropped before its first token: aborted, no TTFT.
-    let body = json!({"prompt": "x", "max_tokens": 5, "stream": true, "n": 16, "min_tokens": 5});
+    // Streams dropped at once, long before they could finish: aborted,
+    // and those without a first token have no TTFT sample.
+    let body =
+        json!({"prompt": "x", "max_tokens": 1000, "stream": true, "n": 16, "ignore_eos": true});
     let req = Request::builder()
         .method("POST")
         .uri("/v1/completions")
