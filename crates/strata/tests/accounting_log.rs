@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::serve_with;
+use common::{post_json, serve_with};
 
 #[test]
 fn each_finished_request_gets_a_line_that_matches_its_usage() {
@@ -18,14 +18,7 @@ fn each_finished_request_gets_a_line_that_matches_its_usage() {
     let mut usages = Vec::new();
     for i in 0..3 {
         let body = serde_json::json!({"prompt": format!("An accounting test prompt that is long enough, {i}"), "max_tokens": 3});
-        let resp = ureq::post(format!("{url}/v1/completions"))
-            .header("content-type", "application/json")
-            .send(body.to_string())
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        usages.push(serde_json::from_str::<Value>(&resp).unwrap()["usage"].clone());
+        usages.push(post_json(&format!("{url}/v1/completions"), &body)["usage"].clone());
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     let lines: Vec<Value> = loop {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::serve;
+use common::{post_json, serve};
 
 fn ensure_prometheus() {
     let present =
@@ -89,14 +89,7 @@ fn prometheus_scrapes_counters_that_equal_the_usage_sums() {
     let mut prompt_tokens = 0.0;
     for i in 0..6 {
         let body = serde_json::json!({"prompt": format!("A long shared system prompt for every request in this test, number {i}"), "max_tokens": 4, "n": 2});
-        let resp = ureq::post(format!("{url}/v1/completions"))
-            .header("content-type", "application/json")
-            .send(body.to_string())
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        let v: Value = serde_json::from_str(&resp).unwrap();
+        let v = post_json(&format!("{url}/v1/completions"), &body);
         prompt_tokens += v["usage"]["prompt_tokens"].as_f64().unwrap();
         for (k, n) in v["usage"]["prompt_tokens_details"]["sources"].as_object().unwrap() {
             *sources.entry(k.clone()).or_default() += n.as_f64().unwrap();

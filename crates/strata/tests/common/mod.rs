@@ -48,3 +48,15 @@ pub fn serve_with(extra: Vec<&str>) -> (Server, String) {
         .expect("the server did not report its address in 60 s");
     (Server(child), url)
 }
+
+/// POSTs a JSON body and returns the JSON answer.
+pub fn post_json(url: &str, body: &serde_json::Value) -> serde_json::Value {
+    let text = ureq::post(url)
+        .header("content-type", "application/json")
+        .send(body.to_string())
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
