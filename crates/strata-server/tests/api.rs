@@ -61,6 +61,19 @@ async fn call(
     (status, String::from_utf8(bytes.to_vec()).unwrap())
 }
 
+/// Polls /metrics (bounded: 10 s) until `done` accepts it; returns that text.
+async fn wait_for_metrics(s: &Arc<AppState>, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = call(s, "GET", "/metrics", None).await;
+        if done(&text) {
+            return text;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name))
@@ -394,20 +407,10 @@ async fn a_client_that_disconnects_aborts_its_request() {
     let first = body.frame().await.unwrap().unwrap();
     assert!(first.is_data());
     drop(body);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, metrics) = call(&s, "GET", "/metrics", None).await;
-        let aborted = metric(
-            &metrics,
-            r#"vllm:request_success_total{model_name="builtin",engine="0",finished_reason="abort"}"#,
-        );
-        if aborted == 1.0 {
-            assert_eq!(metric(&metrics, "vllm:kv_cache_usage_perc{"), 0.0, "its blocks were freed");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the request was not aborted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let abort =
+        r#"vllm:request_success_total{model_name="builtin",engine="0",finished_reason="abort"}"#;
+    let metrics = wait_for_metrics(&s, "the abort", |m| metric(m, abort) == 1.0).await;
+    assert_eq!(metric(&metrics, "vllm:kv_cache_usage_perc{"), 0.0, "its blocks were freed");
 }
 
 #[tokio::test]
@@ -548,26 +551,19 @@ async fn a19_and_a20_through_http() {
         .body(Body::from(body.to_string()))
         .unwrap();
     drop(app(s.clone()).oneshot(req).await.unwrap());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, m) = call(&s, "GET", "/metrics", None).await;
-        let finished = metric(&m, "vllm:request_success_total{");
-        if finished == 20.0 {
-            let ttft = metric(&m, "vllm:time_to_first_token_seconds_count{");
-            let aborted = metric(
-                &m,
-                r#"vllm:request_success_total{model_name="builtin",engine="0",finished_reason="abort"}"#,
-            );
-            // Every request with a first token has one TTFT sample; the
-            // aborted ones that never produced a token have none.
-            let with_token = metric(&m, "vllm:request_prefill_kv_computed_tokens_count{");
-            assert_eq!(ttft, with_token);
-            assert!(aborted > 0.0);
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "requests did not finish: {finished}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let m = wait_for_metrics(&s, "all 20 requests to finish", |m| {
+        metric(m, "vllm:request_success_total{") == 20.0
+    })
+    .await;
+    let aborted = metric(
+        &m,
+        r#"vllm:request_success_total{model_name="builtin",engine="0",finished_reason="abort"}"#,
+    );
+    // Every request with a first token has one TTFT sample; the aborted
+    // ones that never produced a token have none.
+    let ttft = metric(&m, "vllm:time_to_first_token_seconds_count{");
+    assert_eq!(ttft, metric(&m, "vllm:request_prefill_kv_computed_tokens_count{"));
+    assert!(aborted > 0.0);
 }
 
 /// The /metrics text after a scripted workload, with time-dependent values
