@@ -49,7 +49,17 @@ fn decoding(n: u32, extra_prefills: u32) -> (Scheduler, FakeExecutor, f64) {
         s.add_request(RequestId::new(i as u64 + 1).unwrap(), request(i, 100), 0.0).unwrap();
     }
     let mut t = 0.0;
-    // Prefill everyone, then a few decode steps.
+    // Prefill everyone (bounded), then a few decode steps.
+    for _ in 0..1000 {
+        if s.num_waiting() == 0 {
+            break;
+        }
+        t += 1.0;
+        let plan = s.schedule(t);
+        let out = ex.execute(&s.batch(&plan)).unwrap();
+        s.update_from_output(&plan, out, t);
+    }
+    assert_eq!((s.num_running(), s.num_waiting()), (n as usize, 0), "every request is decoding");
     for _ in 0..4 {
         t += 1.0;
         let plan = s.schedule(t);

@@ -134,6 +134,9 @@ pub struct Scheduler {
     connector: Option<Box<dyn ConnectorScheduler>>,
     /// Ended requests whose blocks wait for their transfers to finish.
     delayed_free: FxHashSet<RequestId>,
+    /// Waiting requests whose load has finished (so admission looks for
+    /// them first only when there are some).
+    num_loads_done: usize,
     /// Connector counters of the current step.
     num_connector_loads: u32,
     num_connector_load_failures: u32,
@@ -159,6 +162,7 @@ impl Scheduler {
             pending: StepResult::default(),
             connector: None,
             delayed_free: FxHashSet::default(),
+            num_loads_done: 0,
             num_connector_loads: 0,
             num_connector_load_failures: 0,
         }
@@ -247,6 +251,9 @@ impl Scheduler {
     /// Frees a request's blocks and emits its FinishRecord.
     fn finish(&mut self, id: RequestId, reason: FinishReason, now: f64) -> bool {
         let Some(mut req) = self.requests.remove(&id) else { return false };
+        if req.load_done {
+            self.num_loads_done -= 1;
+        }
         let transfers_in_flight = self.connector.as_mut().is_some_and(|c| c.request_finished(&req));
         if transfers_in_flight {
             // A11: blocks are freed only once the transfer reports done.
@@ -315,12 +322,14 @@ impl Scheduler {
     /// so running them needs nothing and frees blocks soonest; behind a
     /// request that cannot get blocks they would wait forever.
     fn next_waiting(&self) -> Option<usize> {
-        let loaded = self.waiting.iter().position(|id| {
-            let r = &self.requests[id];
-            r.status == RequestStatus::WaitingForRemoteKv && r.load_done
-        });
-        if loaded.is_some() {
-            return loaded;
+        if self.num_loads_done > 0 {
+            let loaded = self.waiting.iter().position(|id| {
+                let r = &self.requests[id];
+                r.status == RequestStatus::WaitingForRemoteKv && r.load_done
+            });
+            if loaded.is_some() {
+                return loaded;
+            }
         }
         match self.config.policy {
             SchedulingPolicy::Fcfs => (!self.waiting.is_empty()).then_some(0),
@@ -518,6 +527,9 @@ impl Scheduler {
     /// the prefix cache, and the request is admitted like any other.
     fn finish_load(&mut self, id: RequestId) {
         let req = self.requests.get_mut(&id).expect("invariant: waiting requests exist");
+        if req.load_done {
+            self.num_loads_done -= 1;
+        }
         req.num_computed_tokens += req.num_external_tokens;
         req.num_external_tokens = 0;
         req.load_done = false;
@@ -598,7 +610,10 @@ impl Scheduler {
             if self.delayed_free.remove(&id) {
                 self.kv.free(id);
             } else if let Some(req) = self.requests.get_mut(&id) {
-                req.load_done = true;
+                if !req.load_done {
+                    req.load_done = true;
+                    self.num_loads_done += 1;
+                }
             }
         }
     }
@@ -674,7 +689,10 @@ impl Scheduler {
                 record.num_decode_tokens += s.num_new_tokens as u32;
             }
             req.num_computed_tokens += s.num_new_tokens;
-            self.kv.cache_blocks(req);
+            // Only a step that crosses a block boundary can fill a block.
+            if s.num_computed_tokens / bs != req.num_computed_tokens / bs {
+                self.kv.cache_blocks(req);
+            }
             if !s.samples {
                 continue;
             }
@@ -745,6 +763,13 @@ impl Scheduler {
                     req.num_computed_tokens
                 ));
             }
+        }
+        let loads_done = self.requests.values().filter(|r| r.load_done).count();
+        if loads_done != self.num_loads_done {
+            return Err(format!(
+                "{loads_done} loads done but the counter says {}",
+                self.num_loads_done
+            ));
         }
         if !self.has_unfinished() && self.kv.pool().num_free_blocks() != self.config.num_blocks {
             return Err("blocks leaked after every request ended".into());

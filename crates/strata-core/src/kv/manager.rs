@@ -90,6 +90,10 @@ impl KvCacheManager {
             req.num_computed_tokens + new_computed.len() * self.block_size + num_new_tokens;
         let needed =
             total_tokens.div_ceil(self.block_size).saturating_sub(held + new_computed.len());
+        if needed == 0 && new_computed.is_empty() {
+            // The common decode step: the last block still has room.
+            return AllocOutcome::Allocated;
+        }
         // Hit blocks that are free leave the free queue when touched.
         let free_hits = new_computed.iter().filter(|&&b| self.pool.ref_cnt(b) == 0).count();
         if needed + free_hits > self.pool.num_free_blocks() {
