@@ -15,7 +15,7 @@ use strata_core::kv::hash::extend_block_hashes;
 use strata_core::kv::BlockPool;
 use strata_core::scheduler::{Scheduler, SchedulerConfig, SchedulingPolicy};
 use strata_core::testing::FakeExecutor;
-use strata_core::{Executor, NewRequest, RequestId, SamplingParams};
+use strata_core::{Executor, ModelOutput, NewRequest, RequestId, SampledToken, SamplingParams};
 
 fn config(num_blocks: usize) -> SchedulerConfig {
     SchedulerConfig {
@@ -105,6 +105,39 @@ fn step(c: &mut Criterion) {
             })
         });
     }
+    // The scheduler alone: the model output is made directly from the
+    // plan (one token per sampling sequence), without the fake executor's
+    // batch validation.
+    g.bench_function("1024 decodes, scheduler only", |b| {
+        b.iter_custom(|iters| {
+            let mut measured = std::time::Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let (mut s, _, mut t) = decoding(1024, 0);
+                let chunk = left.min(256);
+                let start = std::time::Instant::now();
+                for _ in 0..chunk {
+                    t += 1.0;
+                    let plan = s.schedule(t);
+                    let sampled = plan
+                        .seqs
+                        .iter()
+                        .filter(|q| q.samples)
+                        .map(|q| SampledToken {
+                            request_id: q.request_id,
+                            token_id: 7,
+                            logprobs: None,
+                        })
+                        .collect();
+                    black_box(s.batch(&plan));
+                    black_box(s.update_from_output(&plan, ModelOutput { sampled }, t));
+                }
+                measured += start.elapsed();
+                left -= chunk;
+            }
+            measured
+        })
+    });
     g.finish();
 }
 

@@ -353,6 +353,20 @@ impl Scheduler {
             let n = (req.num_tokens() - req.num_computed_tokens).min(budget);
             let computed = req.num_computed_tokens;
             let samples = computed + n == req.num_tokens();
+            // A request's blocks always cover its computed tokens, so one
+            // more token fits without allocating unless the last block is
+            // exactly full (the common decode step skips the KV manager).
+            if n == 1 && computed % self.config.block_size != 0 {
+                out.seqs.push(ScheduledSeq {
+                    request_id: id,
+                    num_computed_tokens: computed,
+                    num_new_tokens: n,
+                    samples,
+                });
+                budget -= n;
+                idx += 1;
+                continue;
+            }
             loop {
                 match self.kv.allocate_slots(&self.requests[&id], n, &[]) {
                     AllocOutcome::Allocated => {
