@@ -356,19 +356,14 @@ impl Scheduler {
             // A request's blocks always cover its computed tokens, so one
             // more token fits without allocating unless the last block is
             // exactly full (the common decode step skips the KV manager).
-            if n == 1 && computed % self.config.block_size != 0 {
-                out.seqs.push(ScheduledSeq {
-                    request_id: id,
-                    num_computed_tokens: computed,
-                    num_new_tokens: n,
-                    samples,
-                });
-                budget -= n;
-                idx += 1;
-                continue;
-            }
+            let fits = n == 1 && computed % self.config.block_size != 0;
             loop {
-                match self.kv.allocate_slots(&self.requests[&id], n, &[]) {
+                let outcome = if fits {
+                    AllocOutcome::Allocated
+                } else {
+                    self.kv.allocate_slots(&self.requests[&id], n, &[])
+                };
+                match outcome {
                     AllocOutcome::Allocated => {
                         out.seqs.push(ScheduledSeq {
                             request_id: id,
@@ -767,8 +762,6 @@ impl Scheduler {
     /// Checks the invariants of the module header.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.kv.pool().check_invariants()?;
-        let held: usize = self.requests.keys().map(|&id| self.kv.blocks(id).len()).sum();
-        let _ = held;
         for (&id, req) in &self.requests {
             let blocks = self.kv.blocks(id).len();
             if blocks * self.config.block_size < req.num_computed_tokens {

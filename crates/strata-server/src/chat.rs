@@ -110,7 +110,7 @@ pub async fn chat_completions(
     let prompt_ids =
         state.tokenizer.encode(&prompt, false).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
-    let params = sampling_params(&req.sampling, logprobs, false)?;
+    let params = sampling_params(&req.sampling, logprobs)?;
     let stop = req.sampling.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
     let choices =
         submit_choices(&state, prompt_ids, params, req.sampling.n.unwrap_or(1), stop).await?;

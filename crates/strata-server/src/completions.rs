@@ -33,7 +33,6 @@ pub const MAX_N: u32 = 16;
 pub fn sampling_params(
     f: &SamplingFields,
     logprobs: Option<u32>,
-    eos_free: bool,
 ) -> Result<SamplingParams, ApiError> {
     let max_tokens = f.max_completion_tokens.or(f.max_tokens).unwrap_or(DEFAULT_MAX_TOKENS);
     if max_tokens < 1 || max_tokens > u32::MAX as i64 {
@@ -61,7 +60,7 @@ pub fn sampling_params(
         logprobs,
         max_tokens: max_tokens as u32,
         min_tokens: f.min_tokens.unwrap_or(0),
-        ignore_eos: f.ignore_eos.unwrap_or(false) || eos_free,
+        ignore_eos: f.ignore_eos.unwrap_or(false),
         stop_token_ids: f.stop_token_ids.clone().unwrap_or_default(),
     };
     params.validate().map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -290,7 +289,7 @@ pub async fn completions(
         }
         Prompt::Tokens(ids) => ids.clone(),
     };
-    let params = sampling_params(&req.sampling, req.logprobs, false)?;
+    let params = sampling_params(&req.sampling, req.logprobs)?;
     let stop = req.sampling.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
     let n = req.sampling.n.unwrap_or(1);
     let choices = submit_choices(&state, prompt_ids, params, n, stop).await?;

@@ -46,6 +46,21 @@ fn state(api_key: Option<&str>) -> Arc<AppState> {
     })
 }
 
+/// Sends a JSON POST (the body given as JSON, or raw bytes).
+async fn post(
+    state: &Arc<AppState>,
+    path: &str,
+    body: impl Into<Body>,
+) -> axum::response::Response {
+    let req = Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(body.into())
+        .unwrap();
+    app(state.clone()).oneshot(req).await.unwrap()
+}
+
 async fn call(
     state: &Arc<AppState>,
     method: &str,
@@ -168,12 +183,10 @@ async fn bad_requests_get_openai_errors_and_the_engine_keeps_serving() {
         assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{body}: {text}");
         assert_eq!(v["error"]["code"], status.as_u16());
     }
-    let req = Request::builder()
-        .method("POST")
-        .uri("/v1/completions")
-        .body(Body::from(vec![0xff, 0xfe, b'{']))
-        .unwrap();
-    assert_eq!(app(s.clone()).oneshot(req).await.unwrap().status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        post(&s, "/v1/completions", vec![0xff, 0xfe, b'{']).await.status(),
+        StatusCode::BAD_REQUEST
+    );
     let (status, _) =
         call(&s, "POST", "/v1/completions", Some(json!({"prompt": "still fine", "max_tokens": 2})))
             .await;
@@ -352,13 +365,7 @@ async fn hundreds_of_bad_requests_leave_the_server_healthy() {
                 ("/v1/chat/completions", json!({"messages": messages[next() as usize % messages.len()].clone(), "max_tokens": 2}).to_string().into_bytes())
             }
         };
-        let req = Request::builder()
-            .method("POST")
-            .uri(path)
-            .header("content-type", "application/json")
-            .body(Body::from(body.clone()))
-            .unwrap();
-        let resp = app(s.clone()).oneshot(req).await.unwrap();
+        let resp = post(&s, path, body.clone()).await;
         let status = resp.status();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         if status == StatusCode::OK {
@@ -373,9 +380,7 @@ async fn hundreds_of_bad_requests_leave_the_server_healthy() {
     }
     assert!(checked > 200, "most generated requests are bad ({checked})");
     let big = vec![b' '; strata_server::MAX_BODY_BYTES + 1];
-    let req =
-        Request::builder().method("POST").uri("/v1/completions").body(Body::from(big)).unwrap();
-    let resp = app(s.clone()).oneshot(req).await.unwrap();
+    let resp = post(&s, "/v1/completions", big).await;
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let (status, text) = call(
         &s,
@@ -395,13 +400,7 @@ async fn a_client_that_disconnects_aborts_its_request() {
     let s = state(None);
     let body =
         json!({"prompt": "go on and on", "max_tokens": 500, "stream": true, "ignore_eos": true});
-    let req = Request::builder()
-        .method("POST")
-        .uri("/v1/completions")
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let resp = app(s.clone()).oneshot(req).await.unwrap();
+    let resp = post(&s, "/v1/completions", body.to_string()).await;
     let mut body = resp.into_body();
     // Read one chunk, then hang up.
     let first = body.frame().await.unwrap().unwrap();
@@ -420,13 +419,7 @@ async fn a_full_queue_answers_503() {
     // Fill the queue (64 in flight) with long streaming requests.
     for _ in 0..8 {
         let body = json!({"prompt": "hold", "max_tokens": 1000, "n": 8, "stream": true, "ignore_eos": true});
-        let req = Request::builder()
-            .method("POST")
-            .uri("/v1/completions")
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        holders.push(app(s.clone()).oneshot(req).await.unwrap());
+        holders.push(post(&s, "/v1/completions", body.to_string()).await);
     }
     let (status, text) =
         call(&s, "POST", "/v1/completions", Some(json!({"prompt": "one more", "max_tokens": 2})))
@@ -544,13 +537,7 @@ async fn a19_and_a20_through_http() {
     // and those without a first token have no TTFT sample.
     let body =
         json!({"prompt": "x", "max_tokens": 1000, "stream": true, "n": 16, "ignore_eos": true});
-    let req = Request::builder()
-        .method("POST")
-        .uri("/v1/completions")
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    drop(app(s.clone()).oneshot(req).await.unwrap());
+    drop(post(&s, "/v1/completions", body.to_string()).await);
     let m = wait_for_metrics(&s, "all 20 requests to finish", |m| {
         metric(m, "vllm:request_success_total{") == 20.0
     })
