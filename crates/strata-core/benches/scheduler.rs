@@ -45,6 +45,7 @@ fn decoding(n: u32, extra_prefills: u32) -> (Scheduler, FakeExecutor, f64) {
     let blocks = (n as usize + extra_prefills as usize) * 64 + 64;
     let mut s = Scheduler::new(config(blocks));
     let mut ex = FakeExecutor::new(blocks, 16, 1 << 20);
+    ex.record_steps = false;
     for i in 0..n {
         s.add_request(RequestId::new(i as u64 + 1).unwrap(), request(i, 100), 0.0).unwrap();
     }

@@ -103,7 +103,10 @@ impl ModelBatch<'_> {
         if self.seqs.is_empty() {
             return Err(BatchError::Empty);
         }
-        let mut seen = rustc_hash::FxHashSet::default();
+        let mut seen = rustc_hash::FxHashSet::with_capacity_and_hasher(
+            self.seqs.len(),
+            rustc_hash::FxBuildHasher,
+        );
         for seq in &self.seqs {
             let req = seq.request_id;
             if seq.token_ids.is_empty() {

@@ -6,6 +6,7 @@
 //! engine drives a model (see `ARCHITECTURE.md`, "The step contract").
 
 pub mod connector;
+pub mod dense;
 pub mod engine;
 pub mod executor;
 pub mod ids;

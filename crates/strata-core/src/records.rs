@@ -152,6 +152,10 @@ pub struct StepRecord {
     pub num_blocks_total: u32,
     pub num_connector_loads: u32,
     pub num_connector_load_failures: u32,
+    /// Prompt tokens re-prefilled this step by requests preempted after
+    /// their first token (their PrefillRecord is already out and never
+    /// changes, A21; the work is still counted as recomputed).
+    pub num_recomputed_preemption_tokens: u32,
 }
 
 impl StepRecord {

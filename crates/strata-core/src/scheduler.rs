@@ -27,7 +27,9 @@ mod tests;
 
 use std::collections::VecDeque;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
+
+use crate::dense::DenseMap;
 
 pub use admission::AdmissionError;
 
@@ -72,6 +74,9 @@ pub struct ScheduledSeq {
     /// Whether a token is sampled after this step (the chunk reaches the
     /// end of the request's known tokens).
     pub samples: bool,
+    /// Where the scheduler keeps the request (saves a lookup per request
+    /// in `batch` and `update_from_output`).
+    pub(crate) slot: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -84,6 +89,9 @@ pub struct SchedulerOutput {
     pub prefix_cache_hits: u32,
     pub external_prefix_cache_queries: u32,
     pub external_prefix_cache_hits: u32,
+    /// Prompt tokens re-prefilled by re-admissions of requests whose
+    /// PrefillRecord is already out.
+    pub recomputed_preemption_tokens: u32,
 }
 
 impl SchedulerOutput {
@@ -124,7 +132,7 @@ pub struct Scheduler {
     config: SchedulerConfig,
     kv: KvCacheManager,
     /// Lookups only; nothing depends on its iteration order.
-    requests: FxHashMap<RequestId, Request>,
+    requests: DenseMap<RequestId, Request>,
     waiting: VecDeque<RequestId>,
     running: Vec<RequestId>,
     step: u64,
@@ -155,7 +163,7 @@ impl Scheduler {
         Self {
             config,
             kv,
-            requests: FxHashMap::default(),
+            requests: DenseMap::default(),
             waiting: VecDeque::new(),
             running: Vec::new(),
             step: 0,
@@ -349,6 +357,7 @@ impl Scheduler {
         let mut idx = 0;
         while idx < self.running.len() && budget > 0 {
             let id = self.running[idx];
+            let slot = self.requests.slot(&id).expect("invariant: running requests exist");
             let req = &self.requests[&id];
             let n = (req.num_tokens() - req.num_computed_tokens).min(budget);
             let computed = req.num_computed_tokens;
@@ -370,6 +379,7 @@ impl Scheduler {
                             num_computed_tokens: computed,
                             num_new_tokens: n,
                             samples,
+                            slot,
                         });
                         budget -= n;
                         idx += 1;
@@ -461,11 +471,17 @@ impl Scheduler {
                             (prompt - hit_tokens.min(prompt)) as u32;
                     }
                 }
-                Some(ref mut p) if !req.record_emitted && req.num_preemptions > 0 => {
+                Some(ref mut p) if req.num_preemptions > 0 => {
                     // Re-admission after preemption: what was computed before
                     // and is not found in the cache now is computed again.
+                    // Before the first token it goes in the record; after
+                    // it, the record is out and only the step counts it.
                     let redo = req.num_tokens_to_recompute.min(prompt).saturating_sub(hit_tokens);
-                    p.recomputed_preemption += redo as u32;
+                    if req.record_emitted {
+                        out.recomputed_preemption_tokens += redo as u32;
+                    } else {
+                        p.recomputed_preemption += redo as u32;
+                    }
                     req.num_tokens_to_recompute = 0;
                 }
                 Some(_) => {}
@@ -486,6 +502,7 @@ impl Scheduler {
                 num_computed_tokens: hit_tokens,
                 num_new_tokens: n,
                 samples,
+                slot: self.requests.slot(&id).expect("invariant: admitted requests exist"),
             });
             self.running.push(id);
             budget -= n;
@@ -634,7 +651,10 @@ impl Scheduler {
                 .seqs
                 .iter()
                 .map(|s| {
-                    let req = &self.requests[&s.request_id];
+                    let req = self
+                        .requests
+                        .at(s.slot, &s.request_id)
+                        .expect("invariant: scheduled requests exist");
                     SeqInput {
                         request_id: s.request_id,
                         token_ids: &req.all_token_ids
@@ -685,13 +705,16 @@ impl Scheduler {
             external_prefix_cache_hits: out.external_prefix_cache_hits,
             num_connector_loads: std::mem::take(&mut self.num_connector_loads),
             num_connector_load_failures: std::mem::take(&mut self.num_connector_load_failures),
+            num_recomputed_preemption_tokens: out.recomputed_preemption_tokens,
             ..StepRecord::default()
         };
         let mut sampled = model.sampled.into_iter();
         let mut finished = Vec::new();
         for s in &out.seqs {
-            let req =
-                self.requests.get_mut(&s.request_id).expect("invariant: scheduled requests exist");
+            let req = self
+                .requests
+                .at_mut(s.slot, &s.request_id)
+                .expect("invariant: scheduled requests exist");
             if s.num_computed_tokens < req.num_prompt_tokens() {
                 record.num_prefill_tokens += s.num_new_tokens as u32;
             } else {
@@ -762,7 +785,7 @@ impl Scheduler {
     /// Checks the invariants of the module header.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.kv.pool().check_invariants()?;
-        for (&id, req) in &self.requests {
+        for (&id, req) in self.requests.iter() {
             let blocks = self.kv.blocks(id).len();
             if blocks * self.config.block_size < req.num_computed_tokens {
                 return Err(format!(

@@ -21,8 +21,11 @@ use crate::ids::{RequestId, TokenId};
 pub struct FakeExecutor {
     pub spec: KvCacheSpec,
     pub vocab_size: usize,
-    /// Per step: (request, tokens computed before, tokens run) of each sequence.
+    /// Per step: (request, tokens computed before, tokens run) of each
+    /// sequence, while `record_steps` is set (the default; benches clear it
+    /// so the log does not grow).
     pub steps: Vec<Vec<(RequestId, usize, usize)>>,
+    pub record_steps: bool,
     /// The worker side of a connector, if one is configured.
     pub connector: Option<Box<dyn ConnectorWorker>>,
 }
@@ -42,6 +45,7 @@ impl FakeExecutor {
             spec: KvCacheSpec { block_size, num_blocks, bytes_per_block: 1024, max_model_len },
             vocab_size: 1000,
             steps: Vec::new(),
+            record_steps: true,
             connector: None,
         }
     }
@@ -75,13 +79,15 @@ impl Executor for FakeExecutor {
 
     fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput, BatchError> {
         batch.validate(&self.spec)?;
-        self.steps.push(
-            batch
-                .seqs
-                .iter()
-                .map(|s| (s.request_id, s.num_computed_tokens, s.token_ids.len()))
-                .collect(),
-        );
+        if self.record_steps {
+            self.steps.push(
+                batch
+                    .seqs
+                    .iter()
+                    .map(|s| (s.request_id, s.num_computed_tokens, s.token_ids.len()))
+                    .collect(),
+            );
+        }
         let sampled = batch
             .seqs
             .iter()

@@ -382,6 +382,11 @@ impl EngineMetrics {
             inc(&self.external_prefix_cache_hits, &base, s.external_prefix_cache_hits.into());
             inc(&self.num_preemptions, &base, s.num_preemptions.into());
             inc(&self.prefill_tokens_computed, &base, s.num_prefill_tokens.into());
+            inc(
+                &self.prompt_tokens_recomputed,
+                &self.labels(&[("reason", "preemption")]),
+                s.num_recomputed_preemption_tokens.into(),
+            );
             if s.num_tokens() > 0 {
                 // Rule 6: tokens the model ran, never transferred or cached ones.
                 self.iteration_tokens.get_or_create(&base).observe(s.num_tokens() as f64);

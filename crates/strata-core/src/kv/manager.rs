@@ -8,9 +8,8 @@
 //! - a lookup never returns a hit covering the last token of the request,
 //!   so at least one token is computed to produce logits.
 
-use rustc_hash::FxHashMap;
-
 use super::block_pool::BlockPool;
+use crate::dense::DenseMap;
 use crate::ids::{BlockId, RequestId};
 use crate::request::Request;
 
@@ -26,7 +25,7 @@ pub struct KvCacheManager {
     pool: BlockPool,
     block_size: usize,
     /// Lookups only; nothing depends on its iteration order.
-    req_blocks: FxHashMap<RequestId, ReqBlocks>,
+    req_blocks: DenseMap<RequestId, ReqBlocks>,
 }
 
 #[derive(Debug, Default)]
@@ -41,7 +40,7 @@ impl KvCacheManager {
         Self {
             pool: BlockPool::new(num_blocks, enable_caching),
             block_size,
-            req_blocks: FxHashMap::default(),
+            req_blocks: DenseMap::default(),
         }
     }
 
@@ -101,7 +100,7 @@ impl KvCacheManager {
         }
         self.pool.touch(new_computed);
         let fresh = self.pool.get_new_blocks(needed).expect("invariant: capacity checked above");
-        let entry = self.req_blocks.entry(req.id).or_default();
+        let entry = self.req_blocks.get_or_insert_with(req.id, ReqBlocks::default);
         entry.blocks.extend_from_slice(new_computed);
         entry.blocks.extend(fresh);
         if !new_computed.is_empty() {

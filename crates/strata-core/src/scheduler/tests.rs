@@ -205,6 +205,28 @@ fn a3_first_attribution_stands_across_preemption() {
 }
 
 #[test]
+fn preemption_after_the_first_token_counts_the_reprefill_in_the_step_not_the_record() {
+    let mut e = engine(64, 4, 64);
+    let mut t = 0.0;
+    // 10 prompt tokens: two full blocks (8 tokens) reach the prefix cache.
+    let id = e.add_request(new_req((10..20).collect(), 6), t).unwrap();
+    t += 1.0;
+    let first = e.step(t);
+    assert_eq!(first.prefill_records.len(), 1, "the whole prompt ran and a token came out");
+    e.scheduler_mut().preempt(id, t);
+    let results = drain(&mut e, &mut t);
+    assert!(results.iter().all(|r| r.prefill_records.is_empty()), "the record is never re-emitted");
+    assert_eq!(first.prefill_records[0].recomputed.preemption, 0);
+    // The re-admission finds the 8 cached tokens; the other 2 prompt
+    // tokens are computed again, and only the step says so.
+    let steps: Vec<StepRecord> = results.iter().filter_map(|r| r.step).collect();
+    let recomputed: u32 = steps.iter().map(|s| s.num_recomputed_preemption_tokens).sum();
+    assert_eq!(recomputed, 2);
+    let queries: u32 = steps.iter().map(|s| s.prefix_cache_queries).sum();
+    assert_eq!(queries, 0, "a re-admission is not a prefix-cache query (A13)");
+}
+
+#[test]
 fn chunked_prefill_splits_long_prompts_by_the_budget() {
     // A2: a 5000-token prompt with budget 2048 runs as 2048, 2048, 904.
     let mut e = EngineCore::new(FakeExecutor::new(1024, 16, 8192), config(2048, 64));
