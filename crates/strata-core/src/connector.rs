@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::executor::KvBlockIo;
 use crate::ids::{BlockId, RequestId};
 use crate::kv::BlockHash;
 use crate::records::TokenSource;
@@ -45,19 +46,184 @@ pub struct LoadSpec {
     pub block_hashes: Vec<BlockHash>,
 }
 
+/// One computed device block to copy out to the connector's store. The
+/// scheduler holds the block (it cannot be reused) until the worker
+/// reports the store finished (A17).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreSpec {
+    pub block_id: BlockId,
+    pub block_hash: BlockHash,
+}
+
 /// What the worker side is asked to do this step.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectorMeta {
     pub loads: Vec<LoadSpec>,
+    pub stores: Vec<StoreSpec>,
+}
+
+impl ConnectorMeta {
+    pub fn is_empty(&self) -> bool {
+        self.loads.is_empty() && self.stores.is_empty()
+    }
 }
 
 /// What the worker side reports after a step.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConnectorOutput {
     /// Requests whose loads are complete (successfully or not).
     pub finished_recving: Vec<RequestId>,
     /// Device blocks whose load failed.
     pub invalid_block_ids: Vec<BlockId>,
+    /// Device blocks whose store finished (successfully or not); one entry
+    /// per [`StoreSpec`] handed out.
+    pub finished_storing: Vec<BlockId>,
+    /// What the connector did since the last report (deltas, taken once).
+    pub stats: ConnectorStats,
+}
+
+/// Tiers reached through the offload connector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum OffloadTier {
+    Host,
+    Disk,
+}
+
+impl OffloadTier {
+    pub const ALL: [OffloadTier; 2] = [Self::Host, Self::Disk];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Host => "host",
+            Self::Disk => "disk",
+        }
+    }
+}
+
+/// Direction of an offload transfer (METRICS.md `transfer_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TransferType {
+    HostToDevice,
+    DeviceToHost,
+    DiskToHost,
+    HostToDisk,
+}
+
+impl TransferType {
+    pub const ALL: [TransferType; 4] =
+        [Self::HostToDevice, Self::DeviceToHost, Self::DiskToHost, Self::HostToDisk];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HostToDevice => "host_to_device",
+            Self::DeviceToHost => "device_to_host",
+            Self::DiskToHost => "disk_to_host",
+            Self::HostToDisk => "host_to_disk",
+        }
+    }
+}
+
+/// One transfer job: its bytes and its measured duration.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TransferRecord {
+    pub transfer_type: TransferType,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub num_blocks: u32,
+}
+
+/// Why a tier operation failed (the block is then simply not stored, or
+/// its load is a failed load handled by policy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum OffloadFailure {
+    /// Checksum mismatch.
+    Corrupt,
+    /// Shorter than its header says.
+    Truncated,
+    /// Another model, layout or block than asked for.
+    Foreign,
+    /// The file system said no (unwritable, missing, other I/O error).
+    Io,
+    /// No room left on the device.
+    NoSpace,
+}
+
+impl OffloadFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Corrupt => "corrupt",
+            Self::Truncated => "truncated",
+            Self::Foreign => "foreign",
+            Self::Io => "io",
+            Self::NoSpace => "no_space",
+        }
+    }
+}
+
+/// Whether a failure hit a load or a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum OffloadOp {
+    Load,
+    Store,
+}
+
+impl OffloadOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Load => "load",
+            Self::Store => "store",
+        }
+    }
+}
+
+/// A tier's occupancy, as fractions of its capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TierUsage {
+    pub tier: OffloadTier,
+    /// Holding data (a full idle tier reads 1.0).
+    pub residency: f64,
+    /// Pinned by transfers in flight.
+    pub inflight: f64,
+}
+
+/// Connector activity since the last report. Counters are deltas (each
+/// event reported once); `usage` is the latest reading.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConnectorStats {
+    pub transfers: Vec<TransferRecord>,
+    /// Tokens looked up in each tier at admissions, and those found.
+    pub tier_queries: Vec<(OffloadTier, u32)>,
+    pub tier_hits: Vec<(OffloadTier, u32)>,
+    pub evictions: Vec<(OffloadTier, u32)>,
+    /// Stores skipped because no slot could be made free.
+    pub allocation_failures: u32,
+    pub failures: Vec<(OffloadTier, OffloadOp, OffloadFailure)>,
+    pub usage: Vec<TierUsage>,
+}
+
+impl ConnectorStats {
+    pub fn is_empty(&self) -> bool {
+        self.transfers.is_empty()
+            && self.tier_queries.is_empty()
+            && self.tier_hits.is_empty()
+            && self.evictions.is_empty()
+            && self.allocation_failures == 0
+            && self.failures.is_empty()
+            && self.usage.is_empty()
+    }
+
+    /// Adds `other`'s events to these (usage: the newer reading wins).
+    pub fn merge(&mut self, other: ConnectorStats) {
+        self.transfers.extend(other.transfers);
+        self.tier_queries.extend(other.tier_queries);
+        self.tier_hits.extend(other.tier_hits);
+        self.evictions.extend(other.evictions);
+        self.allocation_failures += other.allocation_failures;
+        self.failures.extend(other.failures);
+        if !other.usage.is_empty() {
+            self.usage = other.usage;
+        }
+    }
 }
 
 /// Scheduler side of a connector.
@@ -74,7 +240,18 @@ pub trait ConnectorScheduler: Send {
         num_local_hit_tokens: usize,
     ) -> (usize, bool);
 
-    /// The device blocks allocated for the external tokens.
+    /// Where the tokens of this request's match come from (a match that
+    /// spans several tiers is booked under the outermost, ACCOUNTING.md
+    /// A14). Called right after `get_num_new_matched_tokens`.
+    fn source_for(&self, req: &Request) -> TokenSource {
+        let _ = req;
+        self.source()
+    }
+
+    /// The device blocks allocated for the external tokens. Called once
+    /// per request at its first admission, with empty slices when the
+    /// connector supplies nothing (so lookups are counted once, for the
+    /// admission that happened: A4, A13).
     fn update_state_after_alloc(
         &mut self,
         req: &Request,
@@ -88,13 +265,27 @@ pub trait ConnectorScheduler: Send {
     /// The request ended (any reason): `true` delays freeing its blocks
     /// until the worker reports its transfers done.
     fn request_finished(&mut self, req: &Request) -> bool;
+
+    /// Blocks of `req` that just became full and computed (and entered
+    /// the prefix cache). Returns those the connector will store; the
+    /// scheduler holds each until its store is reported finished.
+    fn on_blocks_computed(
+        &mut self,
+        req: &Request,
+        block_ids: &[BlockId],
+        block_hashes: &[BlockHash],
+    ) -> Vec<BlockId> {
+        let _ = (req, block_ids, block_hashes);
+        Vec::new()
+    }
 }
 
-/// Worker side of a connector.
+/// Worker side of a connector. `kv` is the executor's device pool.
 pub trait ConnectorWorker: Send {
-    fn start_load_kv(&mut self, meta: &ConnectorMeta);
-    /// Takes the loads finished and the blocks failed since the last call.
-    fn get_finished(&mut self) -> ConnectorOutput;
+    fn start_load_kv(&mut self, meta: &ConnectorMeta, kv: &mut dyn KvBlockIo);
+    /// Takes the loads finished, blocks failed, stores finished and stats
+    /// since the last call.
+    fn get_finished(&mut self, kv: &mut dyn KvBlockIo) -> ConnectorOutput;
 }
 
 #[derive(Debug, Default)]
@@ -110,6 +301,13 @@ struct TestState {
     in_flight: BTreeMap<RequestId, (u32, Vec<BlockId>, Vec<BlockHash>)>,
     /// Loads started, for tests.
     num_loads: u32,
+    /// Store every computed block offered, each taking this many steps
+    /// (`None`: store nothing).
+    store_steps: Option<u32>,
+    /// Stores in flight: block -> steps left.
+    storing: Vec<(BlockId, u32)>,
+    /// Blocks stored so far, by hash.
+    stored: BTreeSet<BlockHash>,
 }
 
 /// An in-process connector for tests: both sides share one state.
@@ -150,6 +348,20 @@ impl TestConnector {
     pub fn num_in_flight(&self) -> usize {
         self.with(|s| s.in_flight.len())
     }
+
+    /// Stores every computed block offered; each store takes `steps`
+    /// steps after the one that hands it to the worker.
+    pub fn store_blocks(&self, steps: u32) {
+        self.with(|s| s.store_steps = Some(steps));
+    }
+
+    pub fn num_stores_in_flight(&self) -> usize {
+        self.with(|s| s.storing.len())
+    }
+
+    pub fn stored(&self) -> BTreeSet<BlockHash> {
+        self.with(|s| s.stored.clone())
+    }
 }
 
 impl ConnectorScheduler for TestConnector {
@@ -179,6 +391,9 @@ impl ConnectorScheduler for TestConnector {
         block_ids: &[BlockId],
         block_hashes: &[BlockHash],
     ) {
+        if block_ids.is_empty() {
+            return;
+        }
         self.with(|s| {
             s.pending_meta.loads.push(LoadSpec {
                 request_id: req.id,
@@ -199,11 +414,33 @@ impl ConnectorScheduler for TestConnector {
             s.in_flight.contains_key(&req.id)
         })
     }
+
+    fn on_blocks_computed(
+        &mut self,
+        _req: &Request,
+        block_ids: &[BlockId],
+        block_hashes: &[BlockHash],
+    ) -> Vec<BlockId> {
+        self.with(|s| {
+            if s.store_steps.is_none() {
+                return Vec::new();
+            }
+            for (&block_id, &block_hash) in block_ids.iter().zip(block_hashes) {
+                s.pending_meta.stores.push(StoreSpec { block_id, block_hash });
+            }
+            block_ids.to_vec()
+        })
+    }
 }
 
 impl ConnectorWorker for TestConnector {
-    fn start_load_kv(&mut self, meta: &ConnectorMeta) {
+    fn start_load_kv(&mut self, meta: &ConnectorMeta, _kv: &mut dyn KvBlockIo) {
         self.with(|s| {
+            let steps = s.store_steps.unwrap_or(0);
+            for store in &meta.stores {
+                s.storing.push((store.block_id, steps));
+                s.stored.insert(store.block_hash);
+            }
             for load in &meta.loads {
                 s.num_loads += 1;
                 let steps = s.delay_steps;
@@ -215,7 +452,7 @@ impl ConnectorWorker for TestConnector {
         });
     }
 
-    fn get_finished(&mut self) -> ConnectorOutput {
+    fn get_finished(&mut self, _kv: &mut dyn KvBlockIo) -> ConnectorOutput {
         self.with(|s| {
             let mut out = ConnectorOutput::default();
             let done: Vec<RequestId> =
@@ -223,6 +460,14 @@ impl ConnectorWorker for TestConnector {
             for (_, v) in s.in_flight.iter_mut() {
                 v.0 = v.0.saturating_sub(1);
             }
+            s.storing.retain_mut(|(block, steps)| {
+                if *steps == 0 {
+                    out.finished_storing.push(*block);
+                    return false;
+                }
+                *steps -= 1;
+                true
+            });
             for id in done {
                 let (_, blocks, hashes) = s.in_flight.remove(&id).expect("invariant: listed above");
                 for (b, h) in blocks.iter().zip(&hashes) {

@@ -171,6 +171,18 @@ pub struct ModelOutput {
     pub sampled: Vec<SampledToken>,
 }
 
+/// Byte access to the device KV pool, one block at a time, for connector
+/// worker sides (stores copy blocks out, loads copy them in). A block's
+/// bytes are `bytes_per_block` long in the executor's own layout; only the
+/// same layout (same model, dtype and block size) may read them back.
+pub trait KvBlockIo {
+    fn bytes_per_block(&self) -> usize;
+    /// Copies the block into `out` (`bytes_per_block` long).
+    fn read_block(&self, block: BlockId, out: &mut [u8]);
+    /// Overwrites the block with `data` (`bytes_per_block` long).
+    fn write_block(&mut self, block: BlockId, data: &[u8]);
+}
+
 /// Runs model steps over a paged KV pool.
 pub trait Executor {
     type Error: std::error::Error + Send + Sync + 'static;

@@ -21,8 +21,8 @@ pub mod testing;
 
 pub use engine::EngineCore;
 pub use executor::{
-    BatchError, Executor, KvCacheSpec, ModelBatch, ModelOutput, SampleRequest, SampledToken,
-    SeqInput, TokenLogprob, TopLogprobs,
+    BatchError, Executor, KvBlockIo, KvCacheSpec, ModelBatch, ModelOutput, SampleRequest,
+    SampledToken, SeqInput, TokenLogprob, TopLogprobs,
 };
 pub use ids::{BlockId, RequestId, TokenId};
 pub use records::{FinishRecord, PrefillRecord, Provenance, RequestEvent, StepRecord, TokenSource};

@@ -156,6 +156,10 @@ pub struct StepRecord {
     /// their first token (their PrefillRecord is already out and never
     /// changes, A21; the work is still counted as recomputed).
     pub num_recomputed_preemption_tokens: u32,
+    /// `external_prefix_cache_hits` by source (they sum to it).
+    pub external_hits_host: u32,
+    pub external_hits_disk: u32,
+    pub external_hits_remote: u32,
 }
 
 impl StepRecord {

@@ -33,7 +33,9 @@ use crate::dense::DenseMap;
 
 pub use admission::AdmissionError;
 
-use crate::connector::{ConnectorMeta, ConnectorOutput, ConnectorScheduler, KvLoadFailurePolicy};
+use crate::connector::{
+    ConnectorMeta, ConnectorOutput, ConnectorScheduler, ConnectorStats, KvLoadFailurePolicy,
+};
 use crate::records::TokenSource;
 
 use crate::executor::{ModelBatch, ModelOutput, SampleRequest, SeqInput, TopLogprobs};
@@ -89,6 +91,10 @@ pub struct SchedulerOutput {
     pub prefix_cache_hits: u32,
     pub external_prefix_cache_queries: u32,
     pub external_prefix_cache_hits: u32,
+    /// `external_prefix_cache_hits` by where they come from.
+    pub external_hits_host: u32,
+    pub external_hits_disk: u32,
+    pub external_hits_remote: u32,
     /// Prompt tokens re-prefilled by re-admissions of requests whose
     /// PrefillRecord is already out.
     pub recomputed_preemption_tokens: u32,
@@ -125,6 +131,8 @@ pub struct StepResult {
     /// Set when the executor failed this step (its requests ended with
     /// `error`); the caller logs it.
     pub executor_error: Option<String>,
+    /// The connector's activity reported during this step.
+    pub connector_stats: ConnectorStats,
 }
 
 #[derive(Debug)]
@@ -145,6 +153,8 @@ pub struct Scheduler {
     /// Waiting requests whose load has finished (so admission looks for
     /// them first only when there are some).
     num_loads_done: usize,
+    /// Blocks held for stores in flight (each entry is one hold).
+    num_store_holds: usize,
     /// Connector counters of the current step.
     num_connector_loads: u32,
     num_connector_load_failures: u32,
@@ -171,6 +181,7 @@ impl Scheduler {
             connector: None,
             delayed_free: FxHashSet::default(),
             num_loads_done: 0,
+            num_store_holds: 0,
             num_connector_loads: 0,
             num_connector_load_failures: 0,
         }
@@ -217,7 +228,7 @@ impl Scheduler {
 
     /// Requests not yet ended, or ended with transfers still in flight.
     pub fn has_unfinished(&self) -> bool {
-        !self.requests.is_empty() || !self.delayed_free.is_empty()
+        !self.requests.is_empty() || !self.delayed_free.is_empty() || self.num_store_holds > 0
     }
 
     /// Admits a request to the waiting queue, or says why it never could run.
@@ -429,12 +440,13 @@ impl Scheduler {
             // Tokens a connector can supply beyond the local hit, leaving at
             // least one token to compute (rule 3). Only at first admission:
             // a preempted request recomputes locally.
-            let external = match (&mut self.connector, first_admission) {
+            let (external, source) = match (&mut self.connector, first_admission) {
                 (Some(c), true) => {
                     let (n, _is_async) = c.get_num_new_matched_tokens(req, hit_tokens);
-                    n.min(req.num_tokens().saturating_sub(1 + hit_tokens))
+                    let n = n.min(req.num_tokens().saturating_sub(1 + hit_tokens));
+                    (n, c.source_for(req))
                 }
-                _ => 0,
+                _ => (0, TokenSource::Remote),
             };
             if external > 0 {
                 // Blocks for the whole prompt, not only the loaded part: a
@@ -445,7 +457,7 @@ impl Scheduler {
                     break;
                 }
                 self.waiting.remove(w);
-                self.start_load(id, hit_tokens, external, &mut out);
+                self.start_load(id, hit_tokens, external, source, &mut out);
                 loading.push(id);
                 continue;
             }
@@ -459,6 +471,10 @@ impl Scheduler {
             let prompt = req.num_prompt_tokens();
             match req.provenance {
                 None => {
+                    if let Some(c) = &mut self.connector {
+                        // The lookup of this admission found nothing to load.
+                        c.update_state_after_alloc(req, &[], &[]);
+                    }
                     // First admission: attribution is fixed here (A3, A4).
                     req.provenance = Some(Provenance {
                         local_cache_hit: hit_tokens as u32,
@@ -520,17 +536,26 @@ impl Scheduler {
         id: RequestId,
         hit_tokens: usize,
         external: usize,
+        source: TokenSource,
         out: &mut SchedulerOutput,
     ) {
         let bs = self.config.block_size;
-        let source = self.connector.as_ref().map_or(TokenSource::Remote, |c| c.source());
         let req = self.requests.get_mut(&id).expect("invariant: waiting requests exist");
         let prompt = req.num_prompt_tokens();
         let mut p = Provenance { local_cache_hit: hit_tokens as u32, ..Provenance::default() };
         match source {
-            TokenSource::Host => p.host = external as u32,
-            TokenSource::Disk => p.disk = external as u32,
-            _ => p.remote = external as u32,
+            TokenSource::Host => {
+                p.host = external as u32;
+                out.external_hits_host += external as u32;
+            }
+            TokenSource::Disk => {
+                p.disk = external as u32;
+                out.external_hits_disk += external as u32;
+            }
+            _ => {
+                p.remote = external as u32;
+                out.external_hits_remote += external as u32;
+            }
         }
         req.provenance = Some(p);
         out.prefix_cache_queries += prompt as u32;
@@ -560,7 +585,25 @@ impl Scheduler {
         req.num_external_tokens = 0;
         req.load_done = false;
         req.status = RequestStatus::Waiting;
-        self.kv.cache_blocks(req);
+        let range = self.kv.cache_blocks(req);
+        self.offer_stores(id, range);
+    }
+
+    /// Offers a request's newly cached blocks to the connector and holds
+    /// those it will store until their stores finish (A17).
+    fn offer_stores(&mut self, id: RequestId, range: std::ops::Range<usize>) {
+        let Some(c) = &mut self.connector else { return };
+        if range.is_empty() {
+            return;
+        }
+        let Some(req) = self.requests.get(&id) else { return };
+        let blocks = &self.kv.blocks(id)[range.clone()];
+        let hashes = &req.block_hashes[range];
+        let stored = c.on_blocks_computed(req, blocks, hashes);
+        if !stored.is_empty() {
+            self.num_store_holds += stored.len();
+            self.kv.hold(&stored);
+        }
     }
 
     /// The connector's instructions for this step's worker side.
@@ -632,6 +675,11 @@ impl Scheduler {
                 }
             }
         }
+        if !output.finished_storing.is_empty() {
+            self.num_store_holds -= output.finished_storing.len().min(self.num_store_holds);
+            self.kv.release(&output.finished_storing);
+        }
+        self.pending.connector_stats.merge(output.stats);
         for id in output.finished_recving {
             if self.delayed_free.remove(&id) {
                 self.kv.free(id);
@@ -706,10 +754,14 @@ impl Scheduler {
             num_connector_loads: std::mem::take(&mut self.num_connector_loads),
             num_connector_load_failures: std::mem::take(&mut self.num_connector_load_failures),
             num_recomputed_preemption_tokens: out.recomputed_preemption_tokens,
+            external_hits_host: out.external_hits_host,
+            external_hits_disk: out.external_hits_disk,
+            external_hits_remote: out.external_hits_remote,
             ..StepRecord::default()
         };
         let mut sampled = model.sampled.into_iter();
         let mut finished = Vec::new();
+        let mut newly_cached = Vec::new();
         for s in &out.seqs {
             let req = self
                 .requests
@@ -723,7 +775,10 @@ impl Scheduler {
             req.num_computed_tokens += s.num_new_tokens;
             // Only a step that crosses a block boundary can fill a block.
             if s.num_computed_tokens / bs != req.num_computed_tokens / bs {
-                self.kv.cache_blocks(req);
+                let range = self.kv.cache_blocks(req);
+                if self.connector.is_some() && !range.is_empty() {
+                    newly_cached.push((s.request_id, range));
+                }
             }
             if !s.samples {
                 continue;
@@ -758,6 +813,10 @@ impl Scheduler {
             if let Some(reason) = reason {
                 finished.push((req.id, reason));
             }
+        }
+        // Stores are offered before finished requests free their blocks.
+        for (id, range) in newly_cached {
+            self.offer_stores(id, range);
         }
         for (id, reason) in finished {
             self.running.retain(|&r| r != id);

@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use crate::connector::{ConnectorMeta, ConnectorOutput, ConnectorWorker};
 use crate::executor::{
-    BatchError, Executor, KvCacheSpec, ModelBatch, ModelOutput, SampledToken, TokenLogprob,
-    TopLogprobs,
+    BatchError, Executor, KvBlockIo, KvCacheSpec, ModelBatch, ModelOutput, SampledToken,
+    TokenLogprob, TopLogprobs,
 };
-use crate::ids::{RequestId, TokenId};
+use crate::ids::{BlockId, RequestId, TokenId};
 
 pub struct FakeExecutor {
     pub spec: KvCacheSpec,
@@ -28,6 +28,33 @@ pub struct FakeExecutor {
     pub record_steps: bool,
     /// The worker side of a connector, if one is configured.
     pub connector: Option<Box<dyn ConnectorWorker>>,
+    /// Block contents as connectors see them (the fake computes no KV:
+    /// blocks hold what connectors wrote, zeros otherwise).
+    pub kv: FakeKv,
+}
+
+/// A sparse byte store standing in for the device pool.
+#[derive(Debug, Default)]
+pub struct FakeKv {
+    pub bytes_per_block: usize,
+    pub blocks: rustc_hash::FxHashMap<BlockId, Vec<u8>>,
+}
+
+impl KvBlockIo for FakeKv {
+    fn bytes_per_block(&self) -> usize {
+        self.bytes_per_block
+    }
+
+    fn read_block(&self, block: BlockId, out: &mut [u8]) {
+        match self.blocks.get(&block) {
+            Some(data) => out.copy_from_slice(data),
+            None => out.fill(0),
+        }
+    }
+
+    fn write_block(&mut self, block: BlockId, data: &[u8]) {
+        self.blocks.insert(block, data.to_vec());
+    }
 }
 
 impl std::fmt::Debug for FakeExecutor {
@@ -47,6 +74,7 @@ impl FakeExecutor {
             steps: Vec::new(),
             record_steps: true,
             connector: None,
+            kv: FakeKv { bytes_per_block: 1024, blocks: Default::default() },
         }
     }
 
@@ -113,12 +141,12 @@ impl Executor for FakeExecutor {
 
     fn start_load_kv(&mut self, meta: &ConnectorMeta) {
         if let Some(c) = &mut self.connector {
-            c.start_load_kv(meta);
+            c.start_load_kv(meta, &mut self.kv);
         }
     }
 
     fn get_finished(&mut self) -> ConnectorOutput {
-        self.connector.as_mut().map(|c| c.get_finished()).unwrap_or_default()
+        self.connector.as_mut().map(|c| c.get_finished(&mut self.kv)).unwrap_or_default()
     }
 }
 

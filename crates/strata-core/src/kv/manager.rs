@@ -111,16 +111,28 @@ impl KvCacheManager {
     }
 
     /// Registers the request's newly full, computed blocks in the prefix
-    /// cache.
-    pub fn cache_blocks(&mut self, req: &Request) {
-        let Some(entry) = self.req_blocks.get_mut(&req.id) else { return };
+    /// cache; returns their indices in the request's block list.
+    pub fn cache_blocks(&mut self, req: &Request) -> std::ops::Range<usize> {
+        let Some(entry) = self.req_blocks.get_mut(&req.id) else { return 0..0 };
         let full = (req.num_computed_tokens / self.block_size)
             .min(req.block_hashes.len())
             .min(entry.blocks.len());
-        for i in entry.num_cached..full {
+        let first = entry.num_cached;
+        for i in first..full {
             self.pool.cache_full_block(entry.blocks[i], req.block_hashes[i]);
         }
         entry.num_cached = entry.num_cached.max(full);
+        first..full.max(first)
+    }
+
+    /// Takes an extra reference on blocks (a connector is copying them
+    /// out), so they cannot be reused until [`Self::release`].
+    pub fn hold(&mut self, blocks: &[BlockId]) {
+        self.pool.touch(blocks);
+    }
+
+    pub fn release(&mut self, blocks: &[BlockId]) {
+        self.pool.free_blocks(blocks.iter().copied());
     }
 
     /// Drops the request's blocks (last block first, so its prefix stays

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::connector::{KvLoadFailurePolicy, TestConnector};
 use crate::engine::EngineCore;
+use crate::ids::BlockId;
 use crate::kv::hash::extend_block_hashes;
 use crate::records::TokenSource;
 use crate::sampling::SamplingParams;
@@ -290,4 +291,69 @@ fn a3_record_set_once_across_preemption_with_local_and_remote_sources() {
     );
     assert_eq!(r.recomputed.preemption, B as u32, "the evicted block is computed again");
     assert_eq!(run.tokens[&id], reference(&p));
+}
+
+#[test]
+fn a17_blocks_with_a_store_in_flight_are_reused_only_after_the_store() {
+    let c = TestConnector::new(TokenSource::Host, B);
+    c.store_blocks(3);
+    let mut e = engine(KvLoadFailurePolicy::Fail, &c);
+    let prompt: Vec<u32> = (10..22).collect(); // three full blocks
+    let id = e.add_request(new_req(prompt.clone()), 0.0).unwrap();
+    e.step(1.0); // prompt computed: its three blocks are offered and held
+    let blocks: Vec<BlockId> = e.scheduler().kv().blocks(id).to_vec();
+    assert_eq!(blocks.len(), 3);
+    // Preempted with the stores still to run: the request lets go of its
+    // blocks, but the three being stored stay out of the free queue.
+    e.scheduler_mut().preempt(id, 1.0);
+    assert_eq!(e.scheduler().kv().pool().num_free_blocks(), 64 - 3);
+    assert!(blocks.iter().all(|&b| e.scheduler().kv().pool().ref_cnt(b) == 1));
+    // A request finished with stores in flight: the same holds.
+    let other = e.add_request(new_req((100..108).collect()), 1.0).unwrap();
+    e.abort(id, 1.0);
+    let run = drain(&mut e);
+    assert!(run.reasons.contains_key(&other));
+    assert_eq!(c.num_stores_in_flight(), 0);
+    assert!(
+        hashes(&prompt).iter().all(|h| c.stored().contains(h)),
+        "the prompt's blocks were stored"
+    );
+    // Every hold was released once its store finished: nothing leaks.
+    assert!(!e.has_unfinished());
+    assert_eq!(e.scheduler().kv().pool().num_free_blocks(), 64);
+    e.scheduler().check_invariants().unwrap();
+}
+
+#[test]
+fn a17_a_held_block_is_not_handed_to_another_request_before_its_store_finishes() {
+    let c = TestConnector::new(TokenSource::Host, B);
+    c.store_blocks(5);
+    let mut e = engine(KvLoadFailurePolicy::Fail, &c);
+    let first = e.add_request(new_req((10..22).collect()), 0.0).unwrap();
+    e.step(1.0);
+    let held: Vec<BlockId> = e.scheduler().kv().blocks(first)[..3].to_vec();
+    e.abort(first, 1.0);
+    // Fill the pool with other requests while the stores are in flight.
+    let mut t = 1.0;
+    // 22 requests of 3 blocks each want more than the 61 blocks not held.
+    for i in 0..22u32 {
+        e.add_request(new_req((500 + i * 8..508 + i * 8).collect()), t).unwrap();
+    }
+    for _ in 0..4 {
+        t += 1.0;
+        e.step(t);
+        if c.num_stores_in_flight() == 0 {
+            break;
+        }
+        for id in (1..=23).filter_map(RequestId::new) {
+            if id == first {
+                continue;
+            }
+            let blocks = e.scheduler().kv().blocks(id);
+            assert!(
+                blocks.iter().all(|b| !held.contains(b)),
+                "a block with a store in flight was reused"
+            );
+        }
+    }
 }
