@@ -269,13 +269,15 @@ pub trait ConnectorScheduler: Send {
     /// Blocks of `req` that just became full and computed (and entered
     /// the prefix cache). Returns those the connector will store; the
     /// scheduler holds each until its store is reported finished.
+    /// `first_block` is the index in the request of `block_ids[0]`.
     fn on_blocks_computed(
         &mut self,
         req: &Request,
+        first_block: usize,
         block_ids: &[BlockId],
         block_hashes: &[BlockHash],
     ) -> Vec<BlockId> {
-        let _ = (req, block_ids, block_hashes);
+        let _ = (req, first_block, block_ids, block_hashes);
         Vec::new()
     }
 }
@@ -418,6 +420,7 @@ impl ConnectorScheduler for TestConnector {
     fn on_blocks_computed(
         &mut self,
         _req: &Request,
+        _first_block: usize,
         block_ids: &[BlockId],
         block_hashes: &[BlockHash],
     ) -> Vec<BlockId> {

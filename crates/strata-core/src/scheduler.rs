@@ -598,8 +598,8 @@ impl Scheduler {
         }
         let Some(req) = self.requests.get(&id) else { return };
         let blocks = &self.kv.blocks(id)[range.clone()];
-        let hashes = &req.block_hashes[range];
-        let stored = c.on_blocks_computed(req, blocks, hashes);
+        let hashes = &req.block_hashes[range.clone()];
+        let stored = c.on_blocks_computed(req, range.start, blocks, hashes);
         if !stored.is_empty() {
             self.num_store_holds += stored.len();
             self.kv.hold(&stored);

@@ -33,11 +33,32 @@ pub struct FakeExecutor {
     pub kv: FakeKv,
 }
 
-/// A sparse byte store standing in for the device pool.
+/// A sparse byte store standing in for the device pool. With
+/// `write_tokens` set, `execute` writes each token id (little-endian u32)
+/// at its slot, so a test can check that a connector moved the right
+/// bytes.
 #[derive(Debug, Default)]
 pub struct FakeKv {
     pub bytes_per_block: usize,
     pub blocks: rustc_hash::FxHashMap<BlockId, Vec<u8>>,
+    pub write_tokens: bool,
+}
+
+impl FakeKv {
+    /// The token ids held by a block (`block_size` slots).
+    pub fn tokens(&self, block: BlockId, block_size: usize) -> Vec<TokenId> {
+        let Some(data) = self.blocks.get(&block) else { return vec![0; block_size] };
+        data.chunks_exact(4)
+            .take(block_size)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    }
+
+    fn write_token(&mut self, block: BlockId, offset: usize, token: TokenId) {
+        let bpb = self.bytes_per_block;
+        let data = self.blocks.entry(block).or_insert_with(|| vec![0; bpb]);
+        data[offset * 4..offset * 4 + 4].copy_from_slice(&token.to_le_bytes());
+    }
 }
 
 impl KvBlockIo for FakeKv {
@@ -74,7 +95,7 @@ impl FakeExecutor {
             steps: Vec::new(),
             record_steps: true,
             connector: None,
-            kv: FakeKv { bytes_per_block: 1024, blocks: Default::default() },
+            kv: FakeKv { bytes_per_block: 1024, ..FakeKv::default() },
         }
     }
 
@@ -107,6 +128,15 @@ impl Executor for FakeExecutor {
 
     fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput, BatchError> {
         batch.validate(&self.spec)?;
+        if self.kv.write_tokens {
+            let bs = self.spec.block_size;
+            for seq in &batch.seqs {
+                for (i, &t) in seq.token_ids.iter().enumerate() {
+                    let pos = seq.num_computed_tokens + i;
+                    self.kv.write_token(seq.block_table[pos / bs], pos % bs, t);
+                }
+            }
+        }
         if self.record_steps {
             self.steps.push(
                 batch

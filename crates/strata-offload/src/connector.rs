@@ -1,0 +1,675 @@
+//! The offload connector: both halves, sharing one state.
+//!
+//! Scheduler side ([`OffloadScheduler`]):
+//! - lookup walks the request's blocks after its local hit, host first
+//!   then disk, stopping at the first block in neither, and never covers
+//!   the last prompt token; a match that needed the disk is booked under
+//!   `disk` (ACCOUNTING.md A14);
+//! - at admission the matched blocks are pinned in their tier (so nothing
+//!   evicts them before the load reads them) and a load is planned; the
+//!   per-tier query and hit counters are committed then, once;
+//! - prompt blocks that become full and computed are offered for storing
+//!   (vLLM's `offload_prompt_only` default); blocks already in the host
+//!   tier are only touched.
+//!
+//! Worker side ([`OffloadWorker`]), once per step before the model runs:
+//! - stores copy device blocks into host slots (evicting the least
+//!   recently used) and queue a copy of each for the disk writer thread
+//!   (write-through, so blocks survive a restart); the scheduler holds each
+//!   stored device block until its store is reported (A17);
+//! - host loads copy slots into the request's device blocks at once; disk
+//!   loads go to the reader thread and finish in a later step, the step
+//!   loop never waits for them. A block read from disk is promoted into the
+//!   host tier on its way to the device;
+//! - a disk file that fails verification is deleted and its block reported
+//!   invalid: the scheduler's load-failure policy does the rest.
+//!
+//! Transfer times are measured around each job's copies (one job per
+//! step for stores, per request for host loads, per block for disk I/O).
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use rustc_hash::FxHashMap;
+use strata_core::connector::{
+    ConnectorMeta, ConnectorOutput, ConnectorScheduler, ConnectorStats, ConnectorWorker, LoadSpec,
+    OffloadFailure, OffloadOp, OffloadTier, StoreSpec, TierUsage, TransferRecord, TransferType,
+};
+use strata_core::kv::BlockHash;
+use strata_core::request::Request;
+use strata_core::{BlockId, KvBlockIo, RequestId, TokenSource};
+
+use crate::disk::{self, DiskIndex};
+use crate::host::HostTier;
+
+/// Disk writes queued beyond this many are skipped (and counted): the
+/// writer is behind, and RAM must not fill with copies waiting for it.
+const MAX_QUEUED_WRITES: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct DiskConfig {
+    pub dir: PathBuf,
+    pub capacity_bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct OffloadConfig {
+    pub host_bytes: u64,
+    pub disk: Option<DiskConfig>,
+    /// Identifies the model and KV layout (see the crate header).
+    pub fingerprint: u64,
+    pub bytes_per_block: usize,
+    pub block_size: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    Host(u32),
+    Disk,
+}
+
+/// What a lookup found for a request not yet admitted.
+#[derive(Clone, Copy, Debug, Default)]
+struct Lookup {
+    num_tokens: usize,
+    uses_disk: bool,
+    host_queried: u32,
+    host_hits: u32,
+    disk_queried: u32,
+    disk_hits: u32,
+}
+
+#[derive(Debug, Default)]
+struct InflightLoad {
+    remaining: usize,
+    cancelled: bool,
+}
+
+enum Job {
+    Read { req: RequestId, block: BlockId, hash: BlockHash },
+    Write { hash: BlockHash, data: Vec<u8> },
+    Delete { hash: BlockHash },
+}
+
+enum Done {
+    Read {
+        req: RequestId,
+        block: BlockId,
+        hash: BlockHash,
+        result: Result<Vec<u8>, OffloadFailure>,
+        seconds: f64,
+    },
+    Write {
+        hash: BlockHash,
+        result: Result<(), OffloadFailure>,
+        seconds: f64,
+    },
+}
+
+#[derive(Debug)]
+struct DiskTier {
+    index: DiskIndex,
+    queued_writes: usize,
+}
+
+#[derive(Debug)]
+struct Shared {
+    block_size: usize,
+    bytes_per_block: usize,
+    host: HostTier,
+    disk: Option<DiskTier>,
+    stats: ConnectorStats,
+    lookups: FxHashMap<RequestId, Lookup>,
+    plans: FxHashMap<RequestId, Vec<(BlockId, BlockHash, Source)>>,
+    pending: ConnectorMeta,
+    inflight: FxHashMap<RequestId, InflightLoad>,
+    /// Store and load results of this step, reported by `get_finished`.
+    out: ConnectorOutput,
+}
+
+impl Shared {
+    fn has_disk(&self) -> bool {
+        self.disk.is_some()
+    }
+
+    fn usage(&self) -> Vec<TierUsage> {
+        let frac = |n: usize, of: usize| if of == 0 { 0.0 } else { n as f64 / of as f64 };
+        let mut usage = vec![TierUsage {
+            tier: OffloadTier::Host,
+            residency: frac(self.host.num_used(), self.host.num_slots()),
+            inflight: frac(self.host.num_pinned(), self.host.num_slots()),
+        }];
+        if let Some(d) = &self.disk {
+            usage.push(TierUsage {
+                tier: OffloadTier::Disk,
+                residency: frac(d.index.len(), d.index.capacity()),
+                inflight: frac(d.index.num_busy(), d.index.capacity()),
+            });
+        }
+        usage
+    }
+
+    /// Puts `data` in a host slot under `hash` (LRU eviction); `false`
+    /// when every slot is pinned.
+    fn host_insert(&mut self, hash: BlockHash, fill: impl FnOnce(&mut [u8])) -> bool {
+        let Some(a) = self.host.allocate(hash) else {
+            self.stats.allocation_failures += 1;
+            return false;
+        };
+        if a.evicted.is_some() {
+            self.stats.evictions.push((OffloadTier::Host, 1));
+        }
+        fill(self.host.slot_mut(a.slot));
+        true
+    }
+
+    /// Queues a write-through of a host-resident block to disk.
+    fn queue_disk_write(&mut self, hash: BlockHash, jobs: &mpsc::Sender<Job>) {
+        let Some(d) = &mut self.disk else { return };
+        if d.index.contains(hash) {
+            d.index.touch(hash);
+            return;
+        }
+        if d.queued_writes >= MAX_QUEUED_WRITES {
+            self.stats.allocation_failures += 1;
+            return;
+        }
+        let Some(slot) = self.host.pin(hash) else { return };
+        let data = self.host.slot(slot).to_vec();
+        self.host.unpin(slot);
+        let Some(evicted) = d.index.begin_write(hash) else {
+            self.stats.allocation_failures += 1;
+            return;
+        };
+        if !evicted.is_empty() {
+            self.stats.evictions.push((OffloadTier::Disk, evicted.len() as u32));
+        }
+        for victim in evicted {
+            let _ = jobs.send(Job::Delete { hash: victim });
+        }
+        d.queued_writes += 1;
+        if jobs.send(Job::Write { hash, data }).is_err() {
+            d.queued_writes -= 1;
+            d.index.finish_write(hash, false);
+        }
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    // A panic while holding the lock is a bug elsewhere; the state itself
+    // stays consistent between calls, so carry on with it.
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Scheduler side.
+#[derive(Debug)]
+pub struct OffloadScheduler {
+    shared: Arc<Mutex<Shared>>,
+}
+
+/// Worker side; owns the disk threads (joined on drop, after the queued
+/// writes are done).
+pub struct OffloadWorker {
+    shared: Arc<Mutex<Shared>>,
+    jobs: Option<mpsc::Sender<Job>>,
+    done: Option<mpsc::Receiver<Done>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for OffloadWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OffloadWorker").field("threads", &self.threads.len()).finish()
+    }
+}
+
+/// Opens the tiers (rebuilding the disk index from `dir`) and returns the
+/// connector's two halves.
+pub fn open(config: OffloadConfig) -> (OffloadScheduler, OffloadWorker) {
+    let bpb = config.bytes_per_block.max(1);
+    let num_slots = (config.host_bytes / bpb as u64) as usize;
+    let mut shared = Shared {
+        block_size: config.block_size.max(1),
+        bytes_per_block: bpb,
+        host: HostTier::new(num_slots, bpb),
+        disk: None,
+        stats: ConnectorStats::default(),
+        lookups: FxHashMap::default(),
+        plans: FxHashMap::default(),
+        pending: ConnectorMeta::default(),
+        inflight: FxHashMap::default(),
+        out: ConnectorOutput::default(),
+    };
+    let mut threads = Vec::new();
+    let (jobs, done) = match &config.disk {
+        None => (None, None),
+        Some(d) => {
+            let dir = disk::model_dir(&d.dir, config.fingerprint);
+            let capacity = (d.capacity_bytes / (disk::HEADER_LEN + bpb) as u64) as usize;
+            let mut index = DiskIndex::new(capacity);
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), "KV disk tier: cannot create the directory ({e}); stores will fail and be counted");
+            }
+            match disk::scan(&dir, bpb) {
+                Ok(disk::Scan { blocks: found, num_removed }) => {
+                    for _ in 0..num_removed {
+                        shared.stats.failures.push((
+                            OffloadTier::Disk,
+                            OffloadOp::Load,
+                            OffloadFailure::Truncated,
+                        ));
+                    }
+                    // Oldest first; past the capacity, the oldest go.
+                    let skip = found.len().saturating_sub(capacity);
+                    for &h in &found[..skip] {
+                        disk::remove_block(&dir, h);
+                    }
+                    for &h in &found[skip..] {
+                        index.insert_ready(h);
+                    }
+                    tracing::info!(dir = %dir.display(), blocks = found.len() - skip, capacity, "KV disk tier opened");
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), "KV disk tier: cannot list the directory ({e})")
+                }
+            }
+            shared.disk = Some(DiskTier { index, queued_writes: 0 });
+            let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+            let (reads_tx, reads_rx) = mpsc::channel::<Job>();
+            let (done_tx, done_rx) = mpsc::channel::<Done>();
+            let fp = config.fingerprint;
+            // One thread reads (loads wait on it), one writes and deletes
+            // (stores never delay loads). The dispatcher splits the queue.
+            let (read_dir, write_dir) = (dir.clone(), dir);
+            let read_done = done_tx.clone();
+            threads.push(std::thread::spawn(move || {
+                for job in reads_rx {
+                    if let Job::Read { req, block, hash } = job {
+                        let start = Instant::now();
+                        let mut buf = vec![0u8; bpb];
+                        let result = disk::read_block(&read_dir, fp, hash, &mut buf);
+                        if result.is_err() {
+                            disk::remove_block(&read_dir, hash);
+                        }
+                        let seconds = start.elapsed().as_secs_f64();
+                        let result = result.map(|()| buf);
+                        if read_done.send(Done::Read { req, block, hash, result, seconds }).is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
+            }));
+            threads.push(std::thread::spawn(move || {
+                for job in jobs_rx {
+                    match job {
+                        Job::Read { .. } => {
+                            if reads_tx.send(job).is_err() {
+                                break;
+                            }
+                        }
+                        Job::Write { hash, data } => {
+                            let start = Instant::now();
+                            let result = disk::write_block(&write_dir, fp, hash, &data);
+                            let seconds = start.elapsed().as_secs_f64();
+                            let _ = done_tx.send(Done::Write { hash, result, seconds });
+                        }
+                        Job::Delete { hash } => disk::remove_block(&write_dir, hash),
+                    }
+                }
+            }));
+            (Some(jobs_tx), Some(done_rx))
+        }
+    };
+    let shared = Arc::new(Mutex::new(shared));
+    (OffloadScheduler { shared: shared.clone() }, OffloadWorker { shared, jobs, done, threads })
+}
+
+impl ConnectorScheduler for OffloadScheduler {
+    fn source(&self) -> TokenSource {
+        TokenSource::Host
+    }
+
+    fn get_num_new_matched_tokens(
+        &mut self,
+        req: &Request,
+        num_local_hit_tokens: usize,
+    ) -> (usize, bool) {
+        let mut s = lock(&self.shared);
+        let bs = s.block_size;
+        let prompt = req.num_tokens();
+        // Rule 3: the last token is always computed.
+        let max_blocks = prompt.saturating_sub(1) / bs;
+        let first = num_local_hit_tokens / bs;
+        let mut look = Lookup {
+            host_queried: prompt.saturating_sub(num_local_hit_tokens) as u32,
+            ..Lookup::default()
+        };
+        let mut blocks = 0;
+        for &h in req.block_hashes.iter().take(max_blocks).skip(first) {
+            if s.host.contains(h) {
+                look.host_hits += bs as u32;
+            } else if s.disk.as_ref().is_some_and(|d| d.index.is_ready(h)) {
+                look.disk_hits += bs as u32;
+                look.uses_disk = true;
+            } else {
+                break;
+            }
+            blocks += 1;
+        }
+        if s.has_disk() {
+            look.disk_queried = look.host_queried - look.host_hits;
+        }
+        look.num_tokens = blocks * bs;
+        s.lookups.insert(req.id, look);
+        (look.num_tokens, true)
+    }
+
+    fn source_for(&self, req: &Request) -> TokenSource {
+        let s = lock(&self.shared);
+        match s.lookups.get(&req.id) {
+            Some(l) if l.uses_disk => TokenSource::Disk,
+            _ => TokenSource::Host,
+        }
+    }
+
+    fn update_state_after_alloc(
+        &mut self,
+        req: &Request,
+        block_ids: &[BlockId],
+        block_hashes: &[BlockHash],
+    ) {
+        let mut s = lock(&self.shared);
+        if let Some(l) = s.lookups.remove(&req.id) {
+            // Counted for the admission that happened (A4, A13).
+            s.stats.tier_queries.push((OffloadTier::Host, l.host_queried));
+            s.stats.tier_hits.push((OffloadTier::Host, l.host_hits));
+            if s.has_disk() {
+                s.stats.tier_queries.push((OffloadTier::Disk, l.disk_queried));
+                s.stats.tier_hits.push((OffloadTier::Disk, l.disk_hits));
+            }
+        }
+        if block_ids.is_empty() {
+            return;
+        }
+        let mut plan = Vec::with_capacity(block_ids.len());
+        for (&b, &h) in block_ids.iter().zip(block_hashes) {
+            let source = if let Some(slot) = s.host.pin(h) {
+                Some(Source::Host(slot))
+            } else if s.disk.as_mut().is_some_and(|d| d.index.pin(h)) {
+                Some(Source::Disk)
+            } else {
+                None
+            };
+            match source {
+                Some(src) => plan.push((b, h, src)),
+                // Gone since the lookup (cannot happen within one step);
+                // reported as a failed block, handled by policy.
+                None => s.out.invalid_block_ids.push(b),
+            }
+        }
+        s.pending.loads.push(LoadSpec {
+            request_id: req.id,
+            block_ids: block_ids.to_vec(),
+            block_hashes: block_hashes.to_vec(),
+        });
+        s.plans.insert(req.id, plan);
+    }
+
+    fn build_connector_meta(&mut self) -> ConnectorMeta {
+        std::mem::take(&mut lock(&self.shared).pending)
+    }
+
+    fn request_finished(&mut self, req: &Request) -> bool {
+        let mut s = lock(&self.shared);
+        s.lookups.remove(&req.id);
+        if let Some(plan) = s.plans.remove(&req.id) {
+            // Planned but not started: unpin and forget.
+            s.pending.loads.retain(|l| l.request_id != req.id);
+            for (_, h, src) in plan {
+                match src {
+                    Source::Host(slot) => s.host.unpin(slot),
+                    Source::Disk => {
+                        if let Some(d) = &mut s.disk {
+                            d.index.unpin(h, true);
+                        }
+                    }
+                }
+            }
+        }
+        match s.inflight.get_mut(&req.id) {
+            Some(load) => {
+                // Its disk reads still target its blocks: free them later.
+                load.cancelled = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn on_blocks_computed(
+        &mut self,
+        req: &Request,
+        first_block: usize,
+        block_ids: &[BlockId],
+        block_hashes: &[BlockHash],
+    ) -> Vec<BlockId> {
+        let mut s = lock(&self.shared);
+        if s.host.num_slots() == 0 {
+            return Vec::new();
+        }
+        let bs = s.block_size;
+        let prompt_blocks = req.num_prompt_tokens() / bs;
+        let mut stored = Vec::new();
+        for (i, (&b, &h)) in block_ids.iter().zip(block_hashes).enumerate() {
+            if first_block + i >= prompt_blocks {
+                break;
+            }
+            if s.host.contains(h) {
+                s.host.touch(h);
+                continue;
+            }
+            if s.pending.stores.iter().any(|st| st.block_hash == h) {
+                continue;
+            }
+            s.pending.stores.push(StoreSpec { block_id: b, block_hash: h });
+            stored.push(b);
+        }
+        stored
+    }
+}
+
+impl OffloadWorker {
+    fn run_stores(&mut self, stores: &[StoreSpec], kv: &mut dyn KvBlockIo) {
+        let mut s = lock(&self.shared);
+        let mut copied = 0u32;
+        let mut seconds = 0.0;
+        for st in stores {
+            s.out.finished_storing.push(st.block_id);
+            if s.host.contains(st.block_hash) {
+                s.host.touch(st.block_hash);
+                continue;
+            }
+            let start = Instant::now();
+            if s.host_insert(st.block_hash, |slot| kv.read_block(st.block_id, slot)) {
+                seconds += start.elapsed().as_secs_f64();
+                copied += 1;
+                // Written through now: the block may leave the host tier
+                // before this loop ends.
+                if let Some(jobs) = &self.jobs {
+                    s.queue_disk_write(st.block_hash, jobs);
+                }
+            }
+        }
+        if copied > 0 {
+            let bytes = u64::from(copied) * s.bytes_per_block as u64;
+            s.stats.transfers.push(TransferRecord {
+                transfer_type: TransferType::DeviceToHost,
+                bytes,
+                seconds,
+                num_blocks: copied,
+            });
+        }
+    }
+
+    fn run_load(&mut self, load: &LoadSpec, kv: &mut dyn KvBlockIo) {
+        let mut s = lock(&self.shared);
+        let Some(plan) = s.plans.remove(&load.request_id) else { return };
+        let start = Instant::now();
+        let mut from_host = 0u32;
+        let mut from_disk = 0usize;
+        for &(b, h, src) in &plan {
+            match src {
+                Source::Host(slot) => {
+                    kv.write_block(b, s.host.slot(slot));
+                    s.host.unpin(slot);
+                    s.host.touch(h);
+                    from_host += 1;
+                }
+                Source::Disk => {
+                    let sent = self.jobs.as_ref().is_some_and(|j| {
+                        j.send(Job::Read { req: load.request_id, block: b, hash: h }).is_ok()
+                    });
+                    if sent {
+                        from_disk += 1;
+                    } else {
+                        if let Some(d) = &mut s.disk {
+                            d.index.unpin(h, true);
+                        }
+                        s.stats.failures.push((
+                            OffloadTier::Disk,
+                            OffloadOp::Load,
+                            OffloadFailure::Io,
+                        ));
+                        s.out.invalid_block_ids.push(b);
+                    }
+                }
+            }
+        }
+        if from_host > 0 {
+            let bytes = u64::from(from_host) * s.bytes_per_block as u64;
+            s.stats.transfers.push(TransferRecord {
+                transfer_type: TransferType::HostToDevice,
+                bytes,
+                seconds: start.elapsed().as_secs_f64(),
+                num_blocks: from_host,
+            });
+        }
+        if from_disk == 0 {
+            s.out.finished_recving.push(load.request_id);
+        } else {
+            s.inflight
+                .insert(load.request_id, InflightLoad { remaining: from_disk, cancelled: false });
+        }
+    }
+
+    fn on_done(&mut self, done: Done, kv: &mut dyn KvBlockIo) {
+        let mut s = lock(&self.shared);
+        let bpb = s.bytes_per_block as u64;
+        match done {
+            Done::Write { hash, result, seconds } => {
+                if let Some(d) = &mut s.disk {
+                    d.queued_writes = d.queued_writes.saturating_sub(1);
+                    d.index.finish_write(hash, result.is_ok());
+                }
+                match result {
+                    Ok(()) => s.stats.transfers.push(TransferRecord {
+                        transfer_type: TransferType::HostToDisk,
+                        bytes: bpb,
+                        seconds,
+                        num_blocks: 1,
+                    }),
+                    Err(f) => s.stats.failures.push((OffloadTier::Disk, OffloadOp::Store, f)),
+                }
+            }
+            Done::Read { req, block, hash, result, seconds } => {
+                if let Some(d) = &mut s.disk {
+                    d.index.unpin(hash, result.is_ok());
+                }
+                let cancelled = s.inflight.get(&req).is_none_or(|l| l.cancelled);
+                match result {
+                    Ok(data) => {
+                        s.stats.transfers.push(TransferRecord {
+                            transfer_type: TransferType::DiskToHost,
+                            bytes: bpb,
+                            seconds,
+                            num_blocks: 1,
+                        });
+                        if !s.host.contains(hash) && s.host.num_slots() > 0 {
+                            // Promotion: the next hit is served from RAM.
+                            s.host_insert(hash, |slot| slot.copy_from_slice(&data));
+                        }
+                        if !cancelled {
+                            let start = Instant::now();
+                            kv.write_block(block, &data);
+                            s.stats.transfers.push(TransferRecord {
+                                transfer_type: TransferType::HostToDevice,
+                                bytes: bpb,
+                                seconds: start.elapsed().as_secs_f64(),
+                                num_blocks: 1,
+                            });
+                        }
+                    }
+                    Err(f) => {
+                        tracing::warn!(
+                            block_hash = hash.0,
+                            reason = f.as_str(),
+                            "KV disk tier: a block failed to load; its file is deleted"
+                        );
+                        s.stats.failures.push((OffloadTier::Disk, OffloadOp::Load, f));
+                        s.out.invalid_block_ids.push(block);
+                    }
+                }
+                if let Some(load) = s.inflight.get_mut(&req) {
+                    load.remaining -= 1;
+                    if load.remaining == 0 {
+                        s.inflight.remove(&req);
+                        s.out.finished_recving.push(req);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl ConnectorWorker for OffloadWorker {
+    fn start_load_kv(&mut self, meta: &ConnectorMeta, kv: &mut dyn KvBlockIo) {
+        // Stores first: they read blocks computed in earlier steps, and a
+        // load never targets a block being stored (the scheduler holds it).
+        if !meta.stores.is_empty() {
+            self.run_stores(&meta.stores, kv);
+        }
+        for load in &meta.loads {
+            self.run_load(load, kv);
+        }
+    }
+
+    fn get_finished(&mut self, kv: &mut dyn KvBlockIo) -> ConnectorOutput {
+        let done: Vec<Done> =
+            self.done.as_ref().map(|rx| rx.try_iter().collect()).unwrap_or_default();
+        for d in done {
+            self.on_done(d, kv);
+        }
+        let mut s = lock(&self.shared);
+        let mut out = std::mem::take(&mut s.out);
+        out.stats = std::mem::take(&mut s.stats);
+        out.stats.usage = s.usage();
+        out
+    }
+}
+
+impl Drop for OffloadWorker {
+    fn drop(&mut self) {
+        // Closing the queue lets the threads finish what is queued (so
+        // blocks written through reach the disk) and exit.
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

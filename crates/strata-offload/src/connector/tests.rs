@@ -1,0 +1,281 @@
+//! The offload connector driven by a real `EngineCore` with the fake
+//! executor (whose "KV" is the token ids at their slots, so a load that
+//! moved the wrong bytes shows).
+
+use std::collections::BTreeMap;
+
+use strata_core::connector::KvLoadFailurePolicy;
+use strata_core::scheduler::{SchedulerConfig, SchedulingPolicy};
+use strata_core::testing::FakeExecutor;
+use strata_core::{EngineCore, NewRequest, PrefillRecord, SamplingParams, StepResult};
+
+use super::*;
+
+const B: usize = 4;
+const BPB: usize = 64;
+
+fn config(policy: KvLoadFailurePolicy) -> SchedulerConfig {
+    SchedulerConfig {
+        max_num_seqs: 16,
+        max_num_batched_tokens: 256,
+        block_size: B,
+        num_blocks: 64,
+        max_model_len: 4096,
+        policy: SchedulingPolicy::Fcfs,
+        // The device cache is off so every repeat goes to the tiers.
+        enable_prefix_caching: false,
+        kv_load_failure_policy: policy,
+    }
+}
+
+fn offload(host_slots: u64, disk: Option<&std::path::Path>) -> OffloadConfig {
+    OffloadConfig {
+        host_bytes: host_slots * BPB as u64,
+        disk: disk.map(|d| DiskConfig { dir: d.to_path_buf(), capacity_bytes: 1 << 20 }),
+        fingerprint: 42,
+        bytes_per_block: BPB,
+        block_size: B,
+    }
+}
+
+fn engine(cfg: OffloadConfig, policy: KvLoadFailurePolicy) -> EngineCore<FakeExecutor> {
+    let (sched, worker) = open(cfg);
+    let mut exec = FakeExecutor::new(64, B, 4096).with_connector(worker);
+    exec.kv.bytes_per_block = BPB;
+    exec.kv.write_tokens = true;
+    EngineCore::with_connector(exec, config(policy), Some(Box::new(sched)))
+}
+
+fn req(prompt: &[u32]) -> NewRequest {
+    NewRequest {
+        prompt_token_ids: prompt.to_vec(),
+        params: SamplingParams { ignore_eos: true, ..SamplingParams::greedy(3) },
+        priority: 0,
+        cache_salt: None,
+        eos_token_ids: vec![],
+    }
+}
+
+#[derive(Default)]
+struct Run {
+    results: Vec<StepResult>,
+    tokens: BTreeMap<RequestId, Vec<u32>>,
+}
+
+impl Run {
+    fn records(&self) -> Vec<PrefillRecord> {
+        self.results.iter().flat_map(|r| r.prefill_records.clone()).collect()
+    }
+
+    fn stats(&self) -> ConnectorStats {
+        let mut all = ConnectorStats::default();
+        for r in &self.results {
+            all.merge(r.connector_stats.clone());
+        }
+        all
+    }
+
+    fn bytes(&self, t: TransferType) -> u64 {
+        self.stats().transfers.iter().filter(|x| x.transfer_type == t).map(|x| x.bytes).sum()
+    }
+}
+
+/// Steps until everything (disk I/O included) is done; bounded in steps
+/// and time.
+fn drain(e: &mut EngineCore<FakeExecutor>, t: &mut f64) -> Run {
+    let mut run = Run::default();
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    for _ in 0..100_000 {
+        if !e.has_unfinished() || Instant::now() > deadline {
+            break;
+        }
+        *t += 1.0;
+        let r = e.step(*t);
+        for o in &r.outputs {
+            run.tokens.entry(o.request_id).or_default().extend(o.new_token_id);
+        }
+        run.results.push(r);
+        if e.scheduler().num_running() == 0 {
+            // Only disk reads to wait for.
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+    assert!(!e.has_unfinished(), "the engine finished within the bound");
+    run
+}
+
+/// One extra step so that write completions and last stats are reported.
+fn settle(e: &mut EngineCore<FakeExecutor>, t: &mut f64) -> StepResult {
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    *t += 1.0;
+    e.step(*t)
+}
+
+fn prompt(seed: u32, len: u32) -> Vec<u32> {
+    (0..len).map(|i| (seed * 31 + i * 7) % 900 + 2).collect()
+}
+
+#[test]
+fn a_repeated_prompt_is_loaded_from_host_with_the_right_bytes() {
+    let mut e = engine(offload(64, None), KvLoadFailurePolicy::Fail);
+    let p = prompt(1, 17); // four full blocks and one token
+    let mut t = 0.0;
+    e.add_request(req(&p), t).unwrap();
+    let cold = drain(&mut e, &mut t);
+    assert_eq!(cold.bytes(TransferType::DeviceToHost), 4 * BPB as u64);
+    let id = e.add_request(req(&p), t).unwrap();
+    let warm = drain(&mut e, &mut t);
+    let rec = warm.records()[0];
+    assert_eq!((rec.host, rec.local_compute, rec.disk), (16, 1, 0), "A10 through the host tier");
+    assert_eq!(warm.bytes(TransferType::HostToDevice), 4 * BPB as u64);
+    assert_eq!(cold.tokens.values().next(), warm.tokens.get(&id), "same output as the cold run");
+    let step_hits: u32 =
+        warm.results.iter().filter_map(|r| r.step).map(|s| s.external_hits_host).sum();
+    assert_eq!(step_hits, 16);
+    let stats = warm.stats();
+    assert_eq!(stats.tier_queries, vec![(OffloadTier::Host, 17)]);
+    assert_eq!(stats.tier_hits, vec![(OffloadTier::Host, 16)]);
+    // The loaded blocks hold the prompt's tokens (the fake's KV). The
+    // first request's blocks were freed; look at what the executor holds.
+    let kv = &e.executor().kv;
+    let mut found = 0;
+    for chunk in p.chunks(B).take(4) {
+        if kv.blocks.keys().any(|&b| kv.tokens(b, B) == chunk) {
+            found += 1;
+        }
+    }
+    assert_eq!(found, 4);
+}
+
+#[test]
+fn blocks_reach_disk_survive_a_restart_and_load_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = prompt(2, 13); // three full blocks
+    let mut t = 0.0;
+    let cold_tokens = {
+        let mut e = engine(offload(8, Some(dir.path())), KvLoadFailurePolicy::Fail);
+        e.add_request(req(&p), t).unwrap();
+        let run = drain(&mut e, &mut t);
+        settle(&mut e, &mut t);
+        run.tokens.into_values().next().unwrap()
+        // Dropping the engine joins the writer after its queue.
+    };
+    let mut e = engine(offload(8, Some(dir.path())), KvLoadFailurePolicy::Fail);
+    e.add_request(req(&p), t).unwrap();
+    let run = drain(&mut e, &mut t);
+    let rec = run.records()[0];
+    assert_eq!((rec.disk, rec.host, rec.local_compute), (12, 0, 1));
+    assert_eq!(run.tokens.values().next().unwrap(), &cold_tokens);
+    assert_eq!(run.bytes(TransferType::DiskToHost), 3 * BPB as u64);
+    assert_eq!(run.bytes(TransferType::HostToDevice), 3 * BPB as u64);
+    let stats = run.stats();
+    assert!(stats.tier_hits.contains(&(OffloadTier::Disk, 12)));
+    // Promoted: the next repeat is a host hit.
+    e.add_request(req(&p), t).unwrap();
+    let again = drain(&mut e, &mut t);
+    assert_eq!(again.records()[0].host, 12);
+}
+
+#[test]
+fn a_mix_of_host_and_disk_blocks_is_booked_under_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    // Host holds 2 blocks: of a 4-block prompt, the first two are evicted
+    // from host by the last two, but all four were written through.
+    let mut e = engine(offload(2, Some(dir.path())), KvLoadFailurePolicy::Fail);
+    let p = prompt(3, 17);
+    let mut t = 0.0;
+    e.add_request(req(&p), t).unwrap();
+    drain(&mut e, &mut t);
+    settle(&mut e, &mut t);
+    e.add_request(req(&p), t).unwrap();
+    let run = drain(&mut e, &mut t);
+    let rec = run.records()[0];
+    assert_eq!((rec.disk, rec.host, rec.local_compute), (16, 0, 1), "A14: outermost tier");
+}
+
+#[test]
+fn corrupt_and_foreign_files_are_never_served() {
+    for damage in ["corrupt", "truncate", "foreign"] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = prompt(4, 13);
+        let mut t = 0.0;
+        let cold = {
+            let mut e = engine(offload(8, Some(dir.path())), KvLoadFailurePolicy::Recompute);
+            e.add_request(req(&p), t).unwrap();
+            let run = drain(&mut e, &mut t);
+            settle(&mut e, &mut t);
+            run.tokens.into_values().next().unwrap()
+        };
+        let model_dir = disk::model_dir(dir.path(), 42);
+        let mut hashes = Vec::new();
+        strata_core::kv::hash::extend_block_hashes(&mut hashes, &p, B, None);
+        let victim = disk::block_path(&model_dir, hashes[1]);
+        let mut bytes = std::fs::read(&victim).unwrap();
+        match damage {
+            "corrupt" => bytes[disk::HEADER_LEN + 3] ^= 0xff,
+            "truncate" => bytes.truncate(bytes.len() - 1),
+            _ => bytes = std::fs::read(disk::block_path(&model_dir, hashes[0])).unwrap(),
+        }
+        // Damaged after start-up (a file cut short before it is caught by
+        // the start-up scan, which drops it and counts it).
+        let mut e = engine(offload(8, Some(dir.path())), KvLoadFailurePolicy::Recompute);
+        std::fs::write(&victim, &bytes).unwrap();
+        e.add_request(req(&p), t).unwrap();
+        let run = drain(&mut e, &mut t);
+        let rec = run.records()[0];
+        // Block 0 loaded; block 1 failed, so it and block 2 are computed.
+        assert_eq!(
+            (rec.disk, rec.local_compute, rec.recomputed.kv_load_failure),
+            (4, 9, 8),
+            "{damage}"
+        );
+        assert_eq!(run.tokens.values().next().unwrap(), &cold, "{damage}: correct output");
+        let failures = run.stats().failures;
+        assert_eq!(failures.len(), 1, "{damage}");
+        assert_eq!((failures[0].0, failures[0].1), (OffloadTier::Disk, OffloadOp::Load));
+        // The bad file was deleted; the recompute may have written the
+        // block again, correctly this time.
+        settle(&mut e, &mut t);
+        if victim.exists() {
+            let mut out = vec![0u8; BPB];
+            disk::read_block(&model_dir, 42, hashes[1], &mut out).unwrap();
+        }
+        assert_eq!(e.scheduler().kv().pool().num_free_blocks(), 64);
+    }
+}
+
+#[test]
+fn an_abort_during_a_disk_load_frees_blocks_only_after_the_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = prompt(5, 33);
+    let mut t = 0.0;
+    {
+        let mut e = engine(offload(16, Some(dir.path())), KvLoadFailurePolicy::Fail);
+        e.add_request(req(&p), t).unwrap();
+        drain(&mut e, &mut t);
+        settle(&mut e, &mut t);
+    }
+    let mut e = engine(offload(16, Some(dir.path())), KvLoadFailurePolicy::Fail);
+    let id = e.add_request(req(&p), t).unwrap();
+    t += 1.0;
+    e.step(t); // admitted into WaitingForRemoteKv; reads queued
+    assert!(e.abort(id, t));
+    let run = drain(&mut e, &mut t);
+    assert!(run.records().is_empty(), "no record for a request that never produced a token");
+    assert_eq!(e.scheduler().kv().pool().num_free_blocks(), 64, "nothing leaks");
+}
+
+#[test]
+fn a_full_idle_host_tier_reads_residency_one_and_nothing_in_flight() {
+    let mut e = engine(offload(4, None), KvLoadFailurePolicy::Fail);
+    let mut t = 0.0;
+    for seed in 0..3 {
+        e.add_request(req(&prompt(10 + seed, 9)), t).unwrap();
+    }
+    let run = drain(&mut e, &mut t);
+    let last = settle(&mut e, &mut t);
+    let usage = last.connector_stats.usage;
+    assert_eq!(usage, vec![TierUsage { tier: OffloadTier::Host, residency: 1.0, inflight: 0.0 }]);
+    let evicted: u32 = run.stats().evictions.iter().map(|e| e.1).sum();
+    assert_eq!(evicted, 2, "six blocks through four slots");
+}

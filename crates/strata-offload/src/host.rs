@@ -1,0 +1,313 @@
+//! The host tier: a fixed pool of block slots in RAM.
+//!
+//! One arena of `num_slots * bytes_per_block` bytes (zeroed lazily by the
+//! OS, so an idle tier costs no resident memory), an index from block hash
+//! to slot, and LRU eviction among slots nobody is reading. A slot pinned
+//! by a load in flight is never evicted or overwritten.
+//!
+//! Invariants (checked by `check_invariants` in tests): every slot is free
+//! or indexed under exactly one hash; a pinned slot is indexed; the LRU set
+//! holds exactly the indexed, unpinned slots.
+
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap;
+use strata_core::kv::BlockHash;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    hash: Option<BlockHash>,
+    pins: u32,
+    /// Recency tick of the last store or hit.
+    last_use: u64,
+}
+
+/// Where a block now lives after [`HostTier::allocate`], and what had to
+/// leave to make room.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Allocation {
+    pub slot: u32,
+    pub evicted: Option<BlockHash>,
+}
+
+pub struct HostTier {
+    bytes_per_block: usize,
+    arena: Vec<u8>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    index: FxHashMap<BlockHash, u32>,
+    /// Evictable slots by recency: (last_use, slot).
+    lru: BTreeSet<(u64, u32)>,
+    tick: u64,
+}
+
+impl std::fmt::Debug for HostTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostTier")
+            .field("num_slots", &self.slots.len())
+            .field("num_used", &self.index.len())
+            .field("bytes_per_block", &self.bytes_per_block)
+            .finish()
+    }
+}
+
+impl HostTier {
+    /// A tier of `num_slots` blocks of `bytes_per_block` bytes.
+    pub fn new(num_slots: usize, bytes_per_block: usize) -> Self {
+        let slots = vec![Slot::default(); num_slots];
+        // Highest slot popped last, so slots fill from 0.
+        let free = (0..num_slots as u32).rev().collect();
+        Self {
+            bytes_per_block,
+            arena: vec![0u8; num_slots * bytes_per_block],
+            slots,
+            free,
+            index: FxHashMap::default(),
+            lru: BTreeSet::new(),
+            tick: 0,
+        }
+    }
+
+    pub fn num_slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn num_used(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn num_pinned(&self) -> usize {
+        self.slots.iter().filter(|s| s.pins > 0).count()
+    }
+
+    pub fn bytes_per_block(&self) -> usize {
+        self.bytes_per_block
+    }
+
+    pub fn contains(&self, hash: BlockHash) -> bool {
+        self.index.contains_key(&hash)
+    }
+
+    fn next_tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
+    }
+
+    /// Marks a block recently used (a hit, or a store of a block already
+    /// here).
+    pub fn touch(&mut self, hash: BlockHash) {
+        let Some(&slot) = self.index.get(&hash) else { return };
+        let tick = self.next_tick();
+        let s = &mut self.slots[slot as usize];
+        if s.pins == 0 {
+            self.lru.remove(&(s.last_use, slot));
+            self.lru.insert((tick, slot));
+        }
+        s.last_use = tick;
+    }
+
+    /// Pins the block's slot for a load; `None` if it is not here.
+    pub fn pin(&mut self, hash: BlockHash) -> Option<u32> {
+        let &slot = self.index.get(&hash)?;
+        let s = &mut self.slots[slot as usize];
+        if s.pins == 0 {
+            self.lru.remove(&(s.last_use, slot));
+        }
+        s.pins += 1;
+        Some(slot)
+    }
+
+    pub fn unpin(&mut self, slot: u32) {
+        let tick = self.next_tick();
+        let s = &mut self.slots[slot as usize];
+        debug_assert!(s.pins > 0, "unpin of an unpinned slot");
+        s.pins = s.pins.saturating_sub(1);
+        if s.pins == 0 && s.hash.is_some() {
+            s.last_use = tick;
+            self.lru.insert((tick, slot));
+        }
+    }
+
+    /// A slot for a new block, evicting the least recently used unpinned
+    /// block if the tier is full. `None` when every slot is pinned (the
+    /// store is skipped and counted). The slot is indexed under `hash`
+    /// at once; the caller fills it with [`Self::slot_mut`].
+    pub fn allocate(&mut self, hash: BlockHash) -> Option<Allocation> {
+        debug_assert!(!self.contains(hash), "allocate of a block already here");
+        let (slot, evicted) = match self.free.pop() {
+            Some(slot) => (slot, None),
+            None => {
+                let &(last_use, slot) = self.lru.iter().next()?;
+                self.lru.remove(&(last_use, slot));
+                let old = self.slots[slot as usize].hash.take();
+                if let Some(old) = old {
+                    self.index.remove(&old);
+                }
+                (slot, old)
+            }
+        };
+        let tick = self.next_tick();
+        self.slots[slot as usize] = Slot { hash: Some(hash), pins: 0, last_use: tick };
+        self.index.insert(hash, slot);
+        self.lru.insert((tick, slot));
+        Some(Allocation { slot, evicted })
+    }
+
+    /// Forgets a block (its contents are no longer wanted). Pinned blocks
+    /// stay until unpinned.
+    pub fn remove(&mut self, hash: BlockHash) -> bool {
+        let Some(&slot) = self.index.get(&hash) else { return false };
+        let s = self.slots[slot as usize];
+        if s.pins > 0 {
+            return false;
+        }
+        self.lru.remove(&(s.last_use, slot));
+        self.index.remove(&hash);
+        self.slots[slot as usize] = Slot::default();
+        self.free.push(slot);
+        true
+    }
+
+    pub fn slot(&self, slot: u32) -> &[u8] {
+        let start = slot as usize * self.bytes_per_block;
+        &self.arena[start..start + self.bytes_per_block]
+    }
+
+    pub fn slot_mut(&mut self, slot: u32) -> &mut [u8] {
+        let start = slot as usize * self.bytes_per_block;
+        &mut self.arena[start..start + self.bytes_per_block]
+    }
+
+    /// Checks the module header's invariants.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (&hash, &slot) in &self.index {
+            if self.slots[slot as usize].hash != Some(hash) {
+                return Err(format!("slot {slot} indexed under {hash:?} holds another block"));
+            }
+        }
+        let used = self.slots.iter().filter(|s| s.hash.is_some()).count();
+        if used != self.index.len() || used + self.free.len() != self.slots.len() {
+            return Err(format!(
+                "{used} slots used, {} indexed, {} free of {}",
+                self.index.len(),
+                self.free.len(),
+                self.slots.len()
+            ));
+        }
+        for (i, s) in self.slots.iter().enumerate() {
+            let in_lru = self.lru.contains(&(s.last_use, i as u32));
+            if s.pins > 0 && s.hash.is_none() {
+                return Err(format!("slot {i} is pinned but holds nothing"));
+            }
+            if in_lru != (s.hash.is_some() && s.pins == 0) {
+                return Err(format!("slot {i}: evictable = {in_lru}, pins = {}", s.pins));
+            }
+        }
+        if self.lru.len() != self.slots.iter().filter(|s| s.hash.is_some() && s.pins == 0).count() {
+            return Err("stale entries in the LRU set".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn evicts_the_least_recently_used_unpinned_block() {
+        let mut t = HostTier::new(2, 4);
+        let (a, b, c) = (BlockHash(1), BlockHash(2), BlockHash(3));
+        t.allocate(a).unwrap();
+        t.allocate(b).unwrap();
+        t.touch(a);
+        assert_eq!(t.allocate(c).unwrap().evicted, Some(b));
+        let slot = t.pin(a).unwrap();
+        // `a` is pinned and `c` the only candidate.
+        let d = t.allocate(BlockHash(4)).unwrap();
+        assert_eq!(d.evicted, Some(c));
+        let pinned_d = t.pin(BlockHash(4)).unwrap();
+        assert_eq!(t.allocate(BlockHash(5)), None, "nothing evictable: every slot pinned");
+        t.unpin(slot);
+        t.unpin(pinned_d);
+        assert_eq!(t.allocate(BlockHash(5)).unwrap().evicted, Some(BlockHash(1)));
+        t.check_invariants().unwrap();
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Store(u8),
+        Pin(u8),
+        Unpin(u8),
+        Touch(u8),
+        Remove(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..12).prop_map(Op::Store),
+            (0u8..12).prop_map(Op::Pin),
+            (0u8..12).prop_map(Op::Unpin),
+            (0u8..12).prop_map(Op::Touch),
+            (0u8..12).prop_map(Op::Remove),
+        ]
+    }
+
+    proptest! {
+        /// Random store / pin / unpin / touch / remove: no slot leaks, a
+        /// block is only ever served under its own key, pinned blocks are
+        /// never evicted.
+        #[test]
+        fn never_leaks_or_serves_a_block_under_a_wrong_key(ops in proptest::collection::vec(op(), 1..200)) {
+            let mut t = HostTier::new(4, 8);
+            let mut pins: Vec<(u8, u32)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Store(k) => {
+                        let h = BlockHash(k as u64);
+                        if !t.contains(h) {
+                            if let Some(a) = t.allocate(h) {
+                                t.slot_mut(a.slot).fill(k);
+                                if let Some(e) = a.evicted {
+                                    prop_assert!(pins.iter().all(|(p, _)| *p as u64 != e.0), "a pinned block was evicted");
+                                }
+                            }
+                        }
+                    }
+                    Op::Pin(k) => {
+                        if let Some(slot) = t.pin(BlockHash(k as u64)) {
+                            pins.push((k, slot));
+                        }
+                    }
+                    Op::Unpin(k) => {
+                        if let Some(i) = pins.iter().position(|(p, _)| *p == k) {
+                            let (_, slot) = pins.remove(i);
+                            t.unpin(slot);
+                        }
+                    }
+                    Op::Touch(k) => t.touch(BlockHash(k as u64)),
+                    Op::Remove(k) => {
+                        t.remove(BlockHash(k as u64));
+                    }
+                }
+                t.check_invariants().map_err(TestCaseError::fail)?;
+                for k in 0u8..12 {
+                    if let Some(slot) = t.pin(BlockHash(k as u64)) {
+                        prop_assert!(t.slot(slot).iter().all(|&b| b == k), "block {} served another's bytes", k);
+                        t.unpin(slot);
+                    }
+                }
+                for (k, slot) in &pins {
+                    prop_assert!(t.slot(*slot).iter().all(|b| b == k));
+                }
+            }
+            for (_, slot) in pins.drain(..) {
+                t.unpin(slot);
+            }
+            prop_assert_eq!(t.num_pinned(), 0);
+            t.check_invariants().map_err(TestCaseError::fail)?;
+        }
+    }
+}
