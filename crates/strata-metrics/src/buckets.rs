@@ -22,6 +22,18 @@ pub const PREEMPTIONS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0];
 
 pub const PARAMS_N: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0];
 
+/// Bytes per offload transfer: vLLM's 1e6 ... 200e6, below which small
+/// blocks (a single block of a small model is a few kB) get buckets of
+/// their own instead of all landing under the first vLLM bound.
+pub const OFFLOAD_SIZE: &[f64] =
+    &[1e3, 4e3, 16e3, 64e3, 256e3, 1e6, 5e6, 10e6, 20e6, 40e6, 60e6, 80e6, 100e6, 150e6, 200e6];
+
+/// Bytes per second of one offload transfer: 1-2.5-5 steps from 1 MB/s
+/// (a slow disk) to 100 GB/s (beyond any host link today), so both tiers'
+/// links land mid-range.
+pub const OFFLOAD_THROUGHPUT: &[f64] =
+    &[1e6, 2.5e6, 5e6, 1e7, 2.5e7, 5e7, 1e8, 2.5e8, 5e8, 1e9, 2.5e9, 5e9, 1e10, 2.5e10, 5e10, 1e11];
+
 /// 1, 2, 5, 10, 20, 50, ... up to `max` (vLLM's request-token buckets).
 pub fn one_two_five(max: usize) -> Vec<f64> {
     let mut out = Vec::new();
@@ -45,5 +57,14 @@ mod tests {
     fn one_two_five_stops_at_the_maximum() {
         assert_eq!(super::one_two_five(100), vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]);
         assert_eq!(super::one_two_five(4096).last(), Some(&2000.0));
+    }
+
+    #[test]
+    fn offload_buckets_increase_and_keep_vllms_bounds() {
+        for b in [super::OFFLOAD_SIZE, super::OFFLOAD_THROUGHPUT] {
+            assert!(b.windows(2).all(|w| w[0] < w[1]), "{b:?}");
+        }
+        let vllm = [1e6, 5e6, 10e6, 20e6, 40e6, 60e6, 80e6, 100e6, 150e6, 200e6];
+        assert!(super::OFFLOAD_SIZE.ends_with(&vllm));
     }
 }

@@ -1,5 +1,8 @@
 //! The engine's Prometheus families (vLLM-compatible names, strata
-//! extensions under `strata:`), updated from step results only.
+//! extensions under `strata:`), updated from step results only. The KV
+//! offload tier families live in [`offload`].
+
+mod offload;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,6 +50,7 @@ pub struct EngineMetrics {
     prompt_tokens: Family<Labels, Counter>,
     prompt_tokens_by_source: Family<Labels, Counter>,
     prompt_tokens_cached: Family<Labels, Counter>,
+    prompt_tokens_cached_by_source: Family<Labels, Counter>,
     generation_tokens: Family<Labels, Counter>,
     request_success: Family<Labels, Counter>,
     request_prompt_tokens: HistFamily,
@@ -68,6 +72,9 @@ pub struct EngineMetrics {
     prompt_tokens_recomputed: Family<Labels, Counter>,
     prefill_tokens_computed: Family<Labels, Counter>,
     accounting_violations: Family<Labels, Counter>,
+    offload: offload::OffloadFamilies,
+    /// Tiers given to `enable_offload_series` (the log line lists them).
+    offload_tiers: Vec<strata_core::connector::OffloadTier>,
 }
 
 /// Makes each labelled histogram of a family with the family's buckets.
@@ -81,6 +88,11 @@ impl MetricConstructor<Histogram> for Buckets {
 }
 
 type HistFamily = Family<Labels, Histogram, Buckets>;
+
+/// `source` values of `vllm:prompt_tokens_cached_by_source`, in the order
+/// of the step record's hit fields: the device prefix cache, the two
+/// offload tiers, and a peer engine (the record's `remote`).
+const CACHED_SOURCES: [&str; 4] = ["device", "host", "disk", "p2p"];
 
 fn histograms(buckets: &[f64]) -> HistFamily {
     Family::new_with_constructor(Buckets(buckets.into()))
@@ -111,6 +123,7 @@ impl EngineMetrics {
             prompt_tokens: Family::default(),
             prompt_tokens_by_source: Family::default(),
             prompt_tokens_cached: Family::default(),
+            prompt_tokens_cached_by_source: Family::default(),
             generation_tokens: Family::default(),
             request_success: Family::default(),
             request_prompt_tokens: token_family(),
@@ -132,9 +145,12 @@ impl EngineMetrics {
             prompt_tokens_recomputed: Family::default(),
             prefill_tokens_computed: Family::default(),
             accounting_violations: Family::default(),
+            offload: offload::OffloadFamilies::new(),
+            offload_tiers: Vec::new(),
             base,
         };
         m.register_all(cache);
+        m.register_offload();
         m
     }
 
@@ -196,6 +212,11 @@ impl EngineMetrics {
             "vllm:prompt_tokens_cached",
             "Prompt tokens not computed here (local cache hit + external)",
             self.prompt_tokens_cached.clone(),
+        );
+        r.register(
+            "vllm:prompt_tokens_cached_by_source",
+            "Prompt tokens found at admission, by the tier that held them",
+            self.prompt_tokens_cached_by_source.clone(),
         );
         r.register("vllm:generation_tokens", "Generated tokens", self.generation_tokens.clone());
         r.register(
@@ -346,6 +367,10 @@ impl EngineMetrics {
         for s in ["local_compute", "local_cache_hit", "external_kv_transfer"] {
             let _ = self.prompt_tokens_by_source.get_or_create(&self.labels(&[("source", s)]));
         }
+        for s in CACHED_SOURCES {
+            let _ =
+                self.prompt_tokens_cached_by_source.get_or_create(&self.labels(&[("source", s)]));
+        }
         for r in ["kv_load_failure", "preemption"] {
             let _ = self.prompt_tokens_recomputed.get_or_create(&self.labels(&[("reason", r)]));
         }
@@ -380,6 +405,20 @@ impl EngineMetrics {
             inc(&self.prefix_cache_hits, &base, s.prefix_cache_hits.into());
             inc(&self.external_prefix_cache_queries, &base, s.external_prefix_cache_queries.into());
             inc(&self.external_prefix_cache_hits, &base, s.external_prefix_cache_hits.into());
+            // A14: the four sources partition local + external hits.
+            let by_source = [
+                s.prefix_cache_hits,
+                s.external_hits_host,
+                s.external_hits_disk,
+                s.external_hits_remote,
+            ];
+            for (source, tokens) in CACHED_SOURCES.into_iter().zip(by_source) {
+                inc(
+                    &self.prompt_tokens_cached_by_source,
+                    &self.labels(&[("source", source)]),
+                    tokens.into(),
+                );
+            }
             inc(&self.num_preemptions, &base, s.num_preemptions.into());
             inc(&self.prefill_tokens_computed, &base, s.num_prefill_tokens.into());
             inc(
@@ -393,6 +432,7 @@ impl EngineMetrics {
             }
         }
         inc(&self.accounting_violations, &base, result.accounting_violations.into());
+        self.observe_offload(&result.connector_stats);
         for r in &result.prefill_records {
             inc(&self.prompt_tokens, &base, r.prompt_tokens.into());
             for s in TokenSource::ALL {

@@ -5,7 +5,10 @@
 //! Prometheus families; it cannot fail, and it never decreases a counter or
 //! sets a negative value: counters only take unsigned increments from
 //! records, gauges are set from unsigned counts, and durations are clamped
-//! at zero. [`LogReporter`] turns the same records into vLLM's log line.
+//! at zero. The connector's float readings (offload transfer seconds, tier
+//! usage fractions) are screened first: a non-finite or negative duration
+//! adds no time, and a fraction is clamped to 0-1 or, if not finite,
+//! ignored. [`LogReporter`] turns the same records into vLLM's log line.
 
 mod buckets;
 mod engine;

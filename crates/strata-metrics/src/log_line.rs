@@ -4,10 +4,21 @@
 //! throughput counts `local_compute` tokens only (a decode engine in a P/D
 //! pair shows about 0 for transferred prompts). Rates are interval hits
 //! over interval queries. Nothing is printed for an idle interval.
+//!
+//! With offloading, a second line follows (see [`LogReporter::maybe_log`]).
+//! Its averages are interval totals over interval totals: milliseconds per
+//! block is total transfer time over total blocks and throughput is total
+//! bytes over total time, never a mean of per-transfer rates (which would
+//! weigh a tiny fast transfer as much as a large slow one).
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use strata_core::connector::{
+    ConnectorStats, OffloadFailure, OffloadOp, OffloadTier, TransferType,
+};
 use strata_core::{StepResult, TokenSource};
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Interval {
     prompt_compute: u64,
     generation: u64,
@@ -18,6 +29,101 @@ struct Interval {
     external_hits: u64,
     sources: [u64; 5],
     recomputed: u64,
+    offload: OffloadInterval,
+}
+
+/// One transfer direction's totals in an interval.
+#[derive(Clone, Copy, Debug, Default)]
+struct TransferTotals {
+    count: u64,
+    bytes: u64,
+    /// Only transfers with a usable duration enter the averages, so a
+    /// clock glitch neither adds time nor inflates bytes per second.
+    timed_seconds: f64,
+    timed_bytes: u64,
+    timed_blocks: u64,
+}
+
+/// Offload connector activity in an interval (deltas summed).
+#[derive(Clone, Debug, Default)]
+struct OffloadInterval {
+    /// Indexed as `TransferType::ALL`.
+    transfers: [TransferTotals; 4],
+    /// Tokens, indexed as `OffloadTier::ALL`.
+    queries: [u64; 2],
+    hits: [u64; 2],
+    evictions: [u64; 2],
+    allocation_failures: u64,
+    failures: BTreeMap<(OffloadTier, OffloadOp, OffloadFailure), u64>,
+}
+
+impl OffloadInterval {
+    /// Anything happened (a usage reading alone is not activity).
+    fn is_active(&self) -> bool {
+        self.transfers.iter().any(|t| t.count > 0)
+            || self.queries.iter().chain(&self.hits).chain(&self.evictions).any(|&n| n > 0)
+            || self.allocation_failures > 0
+            || !self.failures.is_empty()
+    }
+}
+
+/// A tier's latest usage reading (kept across intervals, as `kv_usage`).
+#[derive(Clone, Copy, Debug, Default)]
+struct TierReading {
+    residency: Option<f64>,
+    inflight: Option<f64>,
+}
+
+fn transfer_index(t: TransferType) -> usize {
+    match t {
+        TransferType::HostToDevice => 0,
+        TransferType::DeviceToHost => 1,
+        TransferType::DiskToHost => 2,
+        TransferType::HostToDisk => 3,
+    }
+}
+
+fn tier_index(t: OffloadTier) -> usize {
+    match t {
+        OffloadTier::Host => 0,
+        OffloadTier::Disk => 1,
+    }
+}
+
+/// The tier a transfer touches beyond the device and host memory.
+fn tier_of(t: TransferType) -> OffloadTier {
+    match t {
+        TransferType::HostToDevice | TransferType::DeviceToHost => OffloadTier::Host,
+        TransferType::DiskToHost | TransferType::HostToDisk => OffloadTier::Disk,
+    }
+}
+
+/// A measured duration usable as time (not NaN, infinite or negative).
+fn valid_seconds(s: f64) -> Option<f64> {
+    (s.is_finite() && s >= 0.0).then_some(s)
+}
+
+/// Decimal units, as the size buckets (1 MB = 1e6 bytes).
+fn fmt_bytes(bytes: f64) -> String {
+    match bytes {
+        b if b >= 1e9 => format!("{:.1} GB", b / 1e9),
+        b if b >= 1e6 => format!("{:.1} MB", b / 1e6),
+        b if b >= 1e3 => format!("{:.1} kB", b / 1e3),
+        b => format!("{b:.0} B"),
+    }
+}
+
+fn fmt_rate(bytes_per_second: f64) -> String {
+    match bytes_per_second {
+        r if r >= 1e9 => format!("{:.2} GB/s", r / 1e9),
+        r if r >= 1e6 => format!("{:.2} MB/s", r / 1e6),
+        r if r >= 1e3 => format!("{:.2} kB/s", r / 1e3),
+        r => format!("{r:.0} B/s"),
+    }
+}
+
+fn fmt_fraction(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".to_string(), |v| format!("{:.1}%", 100.0 * v))
 }
 
 #[derive(Debug)]
@@ -30,6 +136,12 @@ pub struct LogReporter {
     waiting: u32,
     loading: u32,
     kv_usage: f64,
+    /// Print the offload line for every logged interval, not only for
+    /// those with offload activity.
+    offload_enabled: bool,
+    /// Tiers enabled or seen so far; each gets its part of the line.
+    offload_tiers: BTreeSet<OffloadTier>,
+    tier_readings: [TierReading; 2],
 }
 
 fn pct(part: u64, whole: u64) -> f64 {
@@ -51,7 +163,120 @@ impl LogReporter {
             waiting: 0,
             loading: 0,
             kv_usage: 0.0,
+            offload_enabled: false,
+            offload_tiers: BTreeSet::new(),
+            tier_readings: [TierReading::default(); 2],
         }
+    }
+
+    /// Prints the offload line with every logged interval, with a part
+    /// for each of `tiers`, also when an interval had no offload activity
+    /// (its usage readings are still news). Without this call the line
+    /// appears only for intervals with offload activity.
+    pub fn enable_offload_line(&mut self, tiers: &[OffloadTier]) {
+        self.offload_enabled = true;
+        self.offload_tiers.extend(tiers.iter().copied());
+    }
+
+    fn observe_offload(&mut self, stats: &ConnectorStats) {
+        let o = &mut self.acc.offload;
+        let tiers = &mut self.offload_tiers;
+        for t in &stats.transfers {
+            tiers.insert(tier_of(t.transfer_type));
+            let totals = &mut o.transfers[transfer_index(t.transfer_type)];
+            totals.count += 1;
+            totals.bytes = totals.bytes.saturating_add(t.bytes);
+            if let Some(seconds) = valid_seconds(t.seconds) {
+                totals.timed_seconds += seconds;
+                totals.timed_bytes = totals.timed_bytes.saturating_add(t.bytes);
+                totals.timed_blocks += u64::from(t.num_blocks);
+            }
+        }
+        for (counts, deltas) in [
+            (&mut o.queries, &stats.tier_queries),
+            (&mut o.hits, &stats.tier_hits),
+            (&mut o.evictions, &stats.evictions),
+        ] {
+            for (tier, n) in deltas {
+                tiers.insert(*tier);
+                counts[tier_index(*tier)] += u64::from(*n);
+            }
+        }
+        o.allocation_failures += u64::from(stats.allocation_failures);
+        for &(tier, op, reason) in &stats.failures {
+            tiers.insert(tier);
+            *o.failures.entry((tier, op, reason)).or_default() += 1;
+        }
+        for u in &stats.usage {
+            tiers.insert(u.tier);
+            let r = &mut self.tier_readings[tier_index(u.tier)];
+            // As the gauges: clamped, -0.0 made 0.0, non-finite ignored.
+            let fraction = |v: f64| v.is_finite().then(|| v.clamp(0.0, 1.0) + 0.0);
+            r.residency = fraction(u.residency).or(r.residency);
+            r.inflight = fraction(u.inflight).or(r.inflight);
+        }
+    }
+
+    /// The offload line for an interval's activity `o`.
+    fn offload_line(&self, o: &OffloadInterval) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        for t in TransferType::ALL {
+            let x = o.transfers[transfer_index(t)];
+            if x.count == 0 {
+                continue;
+            }
+            // Totals over totals (module note).
+            let per_block = if x.timed_blocks > 0 {
+                format!("{:.3} ms/block", 1e3 * x.timed_seconds / x.timed_blocks as f64)
+            } else {
+                "n/a ms/block".to_string()
+            };
+            let rate = if x.timed_seconds > 0.0 {
+                fmt_rate(x.timed_bytes as f64 / x.timed_seconds)
+            } else {
+                "n/a B/s".to_string()
+            };
+            parts.push(format!(
+                "{} {} transfers {} ({per_block}, {rate})",
+                t.as_str(),
+                x.count,
+                fmt_bytes(x.bytes as f64),
+            ));
+        }
+        if parts.is_empty() {
+            parts.push("no transfers".to_string());
+        }
+        for &tier in &self.offload_tiers {
+            let i = tier_index(tier);
+            let r = self.tier_readings[i];
+            let name = match tier {
+                OffloadTier::Host => "Host",
+                OffloadTier::Disk => "Disk",
+            };
+            parts.push(format!(
+                "{name} tier: residency {}, in flight {}, hits {}/{} tokens, evictions {}",
+                fmt_fraction(r.residency),
+                fmt_fraction(r.inflight),
+                o.hits[i],
+                o.queries[i],
+                o.evictions[i],
+            ));
+        }
+        parts.push(format!("Allocation failures: {}", o.allocation_failures));
+        let num_failures: u64 = o.failures.values().sum();
+        let mut failures = format!("Failures: {num_failures}");
+        if num_failures > 0 {
+            let each: Vec<String> = o
+                .failures
+                .iter()
+                .map(|((tier, op, reason), n)| {
+                    format!("{} {} {} {n}", tier.as_str(), op.as_str(), reason.as_str())
+                })
+                .collect();
+            failures.push_str(&format!(" ({})", each.join(", ")));
+        }
+        parts.push(failures);
+        format!("Engine {:03}: KV offload: {}", self.engine_index, parts.join(", "))
     }
 
     pub fn observe(&mut self, result: &StepResult) {
@@ -80,10 +305,21 @@ impl LogReporter {
                 u64::from(r.recomputed.kv_load_failure) + u64::from(r.recomputed.preemption);
         }
         a.generation += result.outputs.iter().filter(|o| o.new_token_id.is_some()).count() as u64;
+        self.observe_offload(&result.connector_stats);
     }
 
     /// The line for the interval ending at `now`, if one is due and the
     /// engine was not idle; starts the next interval either way when due.
+    ///
+    /// Offload activity (transfers, lookups, evictions, failures) counts
+    /// as work, so stores that finish after the last request still get
+    /// logged. When there was some, or after
+    /// [`Self::enable_offload_line`], the offload line follows the main one
+    /// after a newline:
+    ///
+    /// ```text
+    /// Engine 000: KV offload: host_to_device 12 transfers 37.2 MB (0.210 ms/block, 2.40 GB/s), Host tier: residency 41.2%, in flight 0.0%, hits 512/1024 tokens, evictions 0, Allocation failures: 0, Failures: 0
+    /// ```
     pub fn maybe_log(&mut self, now: f64) -> Option<String> {
         let Some(last) = self.last_log else {
             self.last_log = Some(now);
@@ -95,14 +331,18 @@ impl LogReporter {
         }
         self.last_log = Some(now);
         let a = std::mem::take(&mut self.acc);
-        let idle =
-            a.generation == 0 && a.prompt_compute == 0 && self.running == 0 && self.waiting == 0;
+        let offload_active = a.offload.is_active();
+        let idle = a.generation == 0
+            && a.prompt_compute == 0
+            && self.running == 0
+            && self.waiting == 0
+            && !offload_active;
         if idle {
             return None;
         }
         let total: u64 = a.sources.iter().sum();
         let s = |i: usize| pct(a.sources[i], total);
-        Some(format!(
+        let mut line = format!(
             "Engine {:03}: Avg prompt throughput: {:.1} tokens/s, Avg generation throughput: {:.1} tokens/s, \
              Running: {} reqs, Waiting: {} reqs, KV fetch: 0 waiting, {} in progress, Preemptions: {}, \
              KV cache usage: {:.1}%, Prefix cache hit rate: {:.1}%, External prefix cache hit rate: {:.1}%, \
@@ -123,6 +363,11 @@ impl LogReporter {
             s(3),
             s(4),
             a.recomputed,
-        ))
+        );
+        if self.offload_enabled || offload_active {
+            line.push('\n');
+            line.push_str(&self.offload_line(&a.offload));
+        }
+        Some(line)
     }
 }

@@ -8,7 +8,10 @@
 //! at another).
 
 use rayon::prelude::*;
-use strata_core::{Executor, KvCacheSpec, ModelBatch, ModelOutput, SampledToken};
+use strata_core::connector::{ConnectorMeta, ConnectorOutput, ConnectorWorker};
+use strata_core::{
+    BlockId, Executor, KvBlockIo, KvCacheSpec, ModelBatch, ModelOutput, SampledToken,
+};
 
 use crate::backend::{Backend, SeqAttention, StepMetadata};
 use crate::error::{ModelError, Result};
@@ -45,6 +48,42 @@ pub struct ModelExecutor<B: Backend> {
     kv: Vec<B::KvLayer>,
     spec: KvCacheSpec,
     sampler: Sampler,
+    /// Identifies the model's KV bytes (see `ModelSource::kv_fingerprint`).
+    kv_fingerprint: u64,
+    /// A KV connector's worker side, reading and writing `kv`.
+    connector: Option<Box<dyn ConnectorWorker>>,
+}
+
+/// The pool seen block by block, in the layout connectors store: for each
+/// layer, the block's K rows then its V rows.
+struct PoolIo<'a, B: Backend> {
+    backend: &'a B,
+    kv: &'a mut [B::KvLayer],
+    spec: KvCacheSpec,
+}
+
+impl<B: Backend> KvBlockIo for PoolIo<'_, B> {
+    fn bytes_per_block(&self) -> usize {
+        self.spec.bytes_per_block
+    }
+
+    fn read_block(&self, block: BlockId, out: &mut [u8]) {
+        let bs = self.spec.block_size;
+        let slots = block.index() * bs..(block.index() + 1) * bs;
+        let per_layer = self.spec.bytes_per_block / self.kv.len().max(1);
+        for (layer, chunk) in self.kv.iter().zip(out.chunks_exact_mut(per_layer)) {
+            self.backend.read_kv_slots(layer, slots.clone(), chunk);
+        }
+    }
+
+    fn write_block(&mut self, block: BlockId, data: &[u8]) {
+        let bs = self.spec.block_size;
+        let slots = block.index() * bs..(block.index() + 1) * bs;
+        let per_layer = self.spec.bytes_per_block / self.kv.len().max(1);
+        for (layer, chunk) in self.kv.iter_mut().zip(data.chunks_exact(per_layer)) {
+            self.backend.write_kv_slots(layer, slots.clone(), chunk);
+        }
+    }
 }
 
 impl<B: Backend> std::fmt::Debug for ModelExecutor<B> {
@@ -84,7 +123,34 @@ impl<B: Backend> ModelExecutor<B> {
             .collect::<Result<Vec<_>>>()?;
         let spec =
             KvCacheSpec { block_size: pool.block_size, num_blocks, bytes_per_block, max_model_len };
-        Ok(Self { backend, model, kv, spec, sampler: Sampler::new(sampler_seed) })
+        Ok(Self {
+            backend,
+            model,
+            kv,
+            spec,
+            sampler: Sampler::new(sampler_seed),
+            kv_fingerprint: 0,
+            connector: None,
+        })
+    }
+
+    /// Identifies this model's KV bytes across runs (keys the disk tier).
+    pub fn kv_fingerprint(&self) -> u64 {
+        self.kv_fingerprint
+    }
+
+    pub fn set_kv_fingerprint(&mut self, fingerprint: u64) {
+        self.kv_fingerprint = fingerprint;
+    }
+
+    /// Gives the executor a KV connector's worker side.
+    pub fn set_connector(&mut self, worker: Box<dyn ConnectorWorker>) {
+        self.connector = Some(worker);
+    }
+
+    /// Byte access to the pool, block by block (what connectors use).
+    pub fn kv_block_io(&mut self) -> impl KvBlockIo + '_ {
+        PoolIo { backend: &self.backend, kv: &mut self.kv, spec: self.spec }
     }
 
     pub fn model(&self) -> &DecoderModel<B> {
@@ -184,5 +250,18 @@ impl<B: Backend> Executor for ModelExecutor<B> {
             .map(|((id, req), row)| self.sampler.sample(*id, row, req))
             .collect();
         Ok(ModelOutput { sampled })
+    }
+
+    fn start_load_kv(&mut self, meta: &ConnectorMeta) {
+        if let Some(c) = &mut self.connector {
+            let mut io = PoolIo { backend: &self.backend, kv: &mut self.kv, spec: self.spec };
+            c.start_load_kv(meta, &mut io);
+        }
+    }
+
+    fn get_finished(&mut self) -> ConnectorOutput {
+        let Some(c) = &mut self.connector else { return ConnectorOutput::default() };
+        let mut io = PoolIo { backend: &self.backend, kv: &mut self.kv, spec: self.spec };
+        c.get_finished(&mut io)
     }
 }

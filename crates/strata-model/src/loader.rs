@@ -99,7 +99,81 @@ pub fn load_executor<B: Backend>(
         max_model_len,
         &mut on_tensor,
     )?;
-    ModelExecutor::new(backend, model, opts.kv, max_model_len, opts.sampler_seed)
+    let mut executor =
+        ModelExecutor::new(backend, model, opts.kv, max_model_len, opts.sampler_seed)?;
+    executor.set_kv_fingerprint(source.kv_fingerprint(opts)?);
+    Ok(executor)
+}
+
+/// FNV-1a, 64-bit: stable across runs and builds (unlike std's hasher),
+/// which a fingerprint stored on disk needs.
+#[derive(Debug)]
+struct Fnv64(u64);
+
+impl Fnv64 {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+impl ModelSource {
+    /// Identifies the KV this model computes, for caches that outlive the
+    /// process (the disk tier): the config, the KV layout, the weight
+    /// dtype, and the weights themselves (for a checkpoint: each
+    /// safetensors file's size, header and samples of its data, so two
+    /// fine-tunes of one architecture differ).
+    pub fn kv_fingerprint(&self, opts: &LoadOptions) -> Result<u64> {
+        let mut h = Fnv64::new();
+        h.write(b"strata-kv-f32-v1");
+        h.write(self.config()?.to_json().to_string().as_bytes());
+        h.write(&(opts.kv.block_size as u64).to_le_bytes());
+        h.write(opts.dtype.map_or("stored", |d| d.torch_name()).as_bytes());
+        match self {
+            Self::Builtin => h.write(concat!("builtin-", env!("CARGO_PKG_VERSION")).as_bytes()),
+            Self::Dummy { seed, dtype, .. } => {
+                h.write(&seed.to_le_bytes());
+                h.write(dtype.torch_name().as_bytes());
+            }
+            Self::Dir(dir) => {
+                let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                    .map_err(|e| ModelError::io(dir, e))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                    .collect();
+                files.sort();
+                for path in files {
+                    sample_file(&mut h, &path).map_err(|e| ModelError::io(&path, e))?;
+                }
+            }
+        }
+        Ok(h.0)
+    }
+}
+
+/// Hashes a file's name, size, first 64 KiB (the safetensors header) and
+/// 4 KiB at a quarter, half, three quarters and the end.
+fn sample_file(h: &mut Fnv64, path: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    h.write(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+    h.write(&len.to_le_bytes());
+    let mut buf = Vec::with_capacity(64 << 10);
+    let samples = [(0, 64 << 10), (len / 4, 4096), (len / 2, 4096), (len * 3 / 4, 4096)];
+    for (at, size) in samples.into_iter().chain([(len.saturating_sub(4096), 4096)]) {
+        f.seek(SeekFrom::Start(at))?;
+        buf.clear();
+        (&mut f).take(size).read_to_end(&mut buf)?;
+        h.write(&buf);
+    }
+    Ok(())
 }
 
 pub fn load_cpu_executor(

@@ -150,6 +150,11 @@ fn run<E: Executor>(
     let clock = Instant::now();
     let now = || clock.elapsed().as_secs_f64();
     let mut log = LogReporter::new(0, log_interval.as_secs_f64());
+    if let Ok(m) = metrics.lock() {
+        if !m.offload_tiers().is_empty() {
+            log.enable_offload_line(m.offload_tiers());
+        }
+    }
     let mut senders: HashMap<RequestId, tmpsc::UnboundedSender<RequestUpdate>> = HashMap::new();
     let mut stopping = false;
     loop {
@@ -158,8 +163,14 @@ fn run<E: Executor>(
             if stopping {
                 return;
             }
-            match rx.recv_timeout(log_interval) {
+            // With a connector, idle steps still collect its background
+            // work (disk writes finishing, tier gauges).
+            let connector = engine.scheduler().has_connector();
+            let wait =
+                if connector { log_interval.min(Duration::from_millis(250)) } else { log_interval };
+            match rx.recv_timeout(wait) {
                 Ok(cmd) => stopping |= apply(cmd, &mut engine, &mut senders, &in_flight, now()),
+                Err(RecvTimeoutError::Timeout) if connector => {}
                 Err(RecvTimeoutError::Timeout) => {
                     if let Some(line) = log.maybe_log(now()) {
                         tracing::info!("{line}");
@@ -218,6 +229,10 @@ fn run<E: Executor>(
         log.observe(&result);
         if let Some(line) = log.maybe_log(t) {
             tracing::info!("{line}");
+        }
+        if result.step.is_some_and(|s| s.num_tokens() == 0) && engine.has_unfinished() {
+            // Only loads in flight: do not spin on the connector.
+            std::thread::sleep(Duration::from_micros(200));
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use strata_core::connector::KvLoadFailurePolicy;
+use strata_core::connector::{ConnectorScheduler, KvLoadFailurePolicy, OffloadTier};
 use strata_core::scheduler::{SchedulerConfig, SchedulingPolicy};
 use strata_core::testing::{FakeExecutor, LatencyModel, SimExecutor};
 use strata_core::{EngineCore, Executor};
@@ -45,6 +45,83 @@ pub struct ServeArgs {
     /// Append one JSON line per finished request (tokens, sources, times).
     #[arg(long)]
     pub accounting_log: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub offload: OffloadArgs,
+}
+
+/// The KV offload tiers (host RAM, local disk).
+#[derive(Args, Debug, Clone, Default)]
+pub struct OffloadArgs {
+    /// Host-RAM tier size in GB (0: no offloading). Blocks computed on the
+    /// device are copied here and loaded back on a later prefix hit.
+    #[arg(long, default_value_t = 0.0)]
+    pub kv_offload_host_gb: f64,
+    /// Directory of the disk tier (needs a host tier). Blocks are written
+    /// through to it and survive restarts.
+    #[arg(long)]
+    pub kv_offload_disk_dir: Option<std::path::PathBuf>,
+    /// Disk tier size in GB.
+    #[arg(long, default_value_t = 10.0)]
+    pub kv_offload_disk_gb: f64,
+    /// What a failed KV load does to its request: `fail` ends it with
+    /// finish_reason `error`; `recompute` computes the failed blocks.
+    #[arg(long, value_enum, default_value_t = FailurePolicy::Fail)]
+    pub kv_load_failure_policy: FailurePolicy,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FailurePolicy {
+    #[default]
+    Fail,
+    Recompute,
+}
+
+impl OffloadArgs {
+    fn enabled(&self) -> bool {
+        self.kv_offload_host_gb > 0.0 || self.kv_offload_disk_dir.is_some()
+    }
+
+    /// The connector's halves for a pool of this shape, if offloading is on.
+    fn open(
+        &self,
+        spec: &strata_core::KvCacheSpec,
+        fingerprint: u64,
+    ) -> Result<Option<(strata_offload::OffloadScheduler, strata_offload::OffloadWorker)>> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let gb = |x: f64| (x.max(0.0) * 1e9) as u64;
+        let host_bytes = gb(self.kv_offload_host_gb);
+        if host_bytes < spec.bytes_per_block as u64 {
+            anyhow::bail!(
+                "--kv-offload-host-gb {} holds no block of {} bytes (the disk tier is reached through the host tier)",
+                self.kv_offload_host_gb,
+                spec.bytes_per_block
+            );
+        }
+        let disk = self.kv_offload_disk_dir.as_ref().map(|dir| strata_offload::DiskConfig {
+            dir: dir.clone(),
+            capacity_bytes: gb(self.kv_offload_disk_gb),
+        });
+        Ok(Some(strata_offload::open(strata_offload::OffloadConfig {
+            host_bytes,
+            disk,
+            fingerprint,
+            bytes_per_block: spec.bytes_per_block,
+            block_size: spec.block_size,
+        })))
+    }
+
+    fn tiers(&self) -> String {
+        let mut t = String::from("device");
+        if self.enabled() {
+            t.push_str(",host");
+        }
+        if self.kv_offload_disk_dir.is_some() {
+            t.push_str(",disk");
+        }
+        t
+    }
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -54,21 +131,38 @@ pub fn run(args: ServeArgs) -> Result<()> {
         // built-in tokenizer. For load tests and benchmarks.
         let mut fake = FakeExecutor::new(65_536, args.model.block_size, 4096);
         fake.vocab_size = strata_model::builtin::VOCAB_SIZE;
+        let connector = match args.offload.open(&fake.spec, 0)? {
+            Some((sched, worker)) => {
+                fake.connector = Some(Box::new(worker));
+                Some(Box::new(sched) as Box<dyn ConnectorScheduler>)
+            }
+            None => None,
+        };
         let latency = LatencyModel {
             per_step: Duration::from_micros(500),
             per_prefill_token: Duration::from_micros(20),
             per_decode_seq: Duration::from_micros(10),
         };
-        return serve(args, SimExecutor::new(fake, latency, true), Tokenizer::builtin());
+        return serve(args, SimExecutor::new(fake, latency, true), connector, Tokenizer::builtin());
     }
     let mut loaded = args.model.load()?;
     let tokenizer = loaded.tokenizer.take().context("the server needs a model with a tokenizer")?;
-    serve(args, loaded.executor, tokenizer)
+    let mut executor = loaded.executor;
+    let spec = executor.kv_cache_spec();
+    let connector = match args.offload.open(&spec, executor.kv_fingerprint())? {
+        Some((sched, worker)) => {
+            executor.set_connector(Box::new(worker));
+            Some(Box::new(sched) as Box<dyn ConnectorScheduler>)
+        }
+        None => None,
+    };
+    serve(args, executor, connector, tokenizer)
 }
 
 fn serve<E: Executor + Send + 'static>(
     args: ServeArgs,
     executor: E,
+    connector: Option<Box<dyn ConnectorScheduler>>,
     tokenizer: Tokenizer,
 ) -> Result<()> {
     let spec = executor.kv_cache_spec();
@@ -80,15 +174,25 @@ fn serve<E: Executor + Send + 'static>(
         max_model_len: spec.max_model_len,
         policy: SchedulingPolicy::Fcfs,
         enable_prefix_caching: true,
-        kv_load_failure_policy: KvLoadFailurePolicy::Fail,
+        kv_load_failure_policy: match args.offload.kv_load_failure_policy {
+            FailurePolicy::Fail => KvLoadFailurePolicy::Fail,
+            FailurePolicy::Recompute => KvLoadFailurePolicy::Recompute,
+        },
     };
     let name = args.served_model_name.clone().unwrap_or_else(|| args.model.model.clone());
     let cache = CacheConfigInfo {
         block_size: spec.block_size,
         num_blocks: spec.num_blocks,
-        tiers: "device".into(),
+        tiers: args.offload.tiers(),
     };
-    let metrics = EngineMetrics::new(&name, "0", spec.max_model_len, &cache);
+    let mut metrics = EngineMetrics::new(&name, "0", spec.max_model_len, &cache);
+    if args.offload.enabled() {
+        let mut tiers = vec![OffloadTier::Host];
+        if args.offload.kv_offload_disk_dir.is_some() {
+            tiers.push(OffloadTier::Disk);
+        }
+        metrics.enable_offload_series(&tiers);
+    }
     let accounting = match &args.accounting_log {
         Some(path) => Some((
             AccountingLog::open(path.clone())
@@ -98,7 +202,7 @@ fn serve<E: Executor + Send + 'static>(
         None => None,
     };
     let engine = EngineHandle::spawn_with(
-        EngineCore::new(executor, config),
+        EngineCore::with_connector(executor, config, connector),
         metrics,
         Duration::from_secs_f64(args.log_stats_interval.max(0.1)),
         accounting,

@@ -129,6 +129,11 @@ pub trait Backend: Send + Sync + 'static {
         shape: AttentionShape,
         step: &Self::Step,
     ) -> Self::Tensor;
+    /// Copies the K and V of `slots` (K first, then V, each slot's row
+    /// contiguous) into `out`, for KV connectors.
+    fn read_kv_slots(&self, layer: &Self::KvLayer, slots: std::ops::Range<usize>, out: &mut [u8]);
+    /// The inverse of [`Self::read_kv_slots`].
+    fn write_kv_slots(&self, layer: &mut Self::KvLayer, slots: std::ops::Range<usize>, data: &[u8]);
     fn select_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Self::Tensor;
     fn to_host(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
 }

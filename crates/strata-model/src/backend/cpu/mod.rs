@@ -273,6 +273,25 @@ impl Backend for CpuBackend {
         attention::paged_attention(q, layer, shape, step)
     }
 
+    fn read_kv_slots(&self, layer: &CpuKvLayer, slots: std::ops::Range<usize>, out: &mut [u8]) {
+        let w = layer.kv_width;
+        let range = slots.start * w..slots.end * w;
+        let half = range.len() * 4;
+        out[..half].copy_from_slice(bytemuck::cast_slice(&layer.k[range.clone()]));
+        out[half..2 * half].copy_from_slice(bytemuck::cast_slice(&layer.v[range]));
+    }
+
+    fn write_kv_slots(&self, layer: &mut CpuKvLayer, slots: std::ops::Range<usize>, data: &[u8]) {
+        let w = layer.kv_width;
+        let range = slots.start * w..slots.end * w;
+        let half = range.len() * 4;
+        // The pool is f32; `data` may be unaligned, so copy bytes.
+        bytemuck::cast_slice_mut::<f32, u8>(&mut layer.k[range.clone()])
+            .copy_from_slice(&data[..half]);
+        bytemuck::cast_slice_mut::<f32, u8>(&mut layer.v[range])
+            .copy_from_slice(&data[half..2 * half]);
+    }
+
     fn select_rows(&self, x: &CpuTensor, rows: &[usize]) -> CpuTensor {
         let mut data = Vec::with_capacity(rows.len() * x.cols);
         for &r in rows {

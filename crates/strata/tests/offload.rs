@@ -1,0 +1,175 @@
+//! The KV offload tiers end to end: a real server on the built-in model
+//! with a small device pool, a host tier and a disk tier in a temporary
+//! directory; repeated prompts come back from host, then from disk, then
+//! from disk after a restart, and a damaged block file is never served.
+//! Outputs are compared with the cold run (greedy).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{post_json, serve_with, Server};
+use serde_json::{json, Value};
+
+/// Bytes of one KV block of the built-in model (4 layers, K and V, 16
+/// slots of 2 heads x 64, f32).
+const BLOCK_BYTES: f64 = (4 * 2 * 16 * 128 * 4) as f64;
+
+fn start(disk: &Path, policy: &str) -> (Server, String) {
+    let host_gb = format!("{}", 100.0 * BLOCK_BYTES / 1e9);
+    let dir = disk.to_str().unwrap().to_owned();
+    serve_with(vec![
+        "--num-kv-blocks",
+        "48",
+        "--kv-offload-host-gb",
+        &host_gb,
+        "--kv-offload-disk-dir",
+        &dir,
+        "--kv-offload-disk-gb",
+        "1",
+        "--kv-load-failure-policy",
+        policy,
+    ])
+}
+
+/// A distinct prompt of about 280 tokens (18 blocks).
+fn prompt(seed: u32) -> String {
+    (0..70).map(|i| format!("w{}x{} ", seed, (i * 7 + seed) % 97)).collect()
+}
+
+fn complete(url: &str, prompt: &str) -> (String, Value) {
+    let r = post_json(
+        &format!("{url}/v1/completions"),
+        &json!({"model": "builtin", "prompt": prompt, "max_tokens": 8, "temperature": 0}),
+    );
+    (r["choices"][0]["text"].as_str().unwrap().to_owned(), r["usage"].clone())
+}
+
+fn source(usage: &Value, name: &str) -> u64 {
+    usage["prompt_tokens_details"]["sources"][name].as_u64().unwrap()
+}
+
+fn block_files(disk: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for model in std::fs::read_dir(disk).unwrap().flatten() {
+        for f in std::fs::read_dir(model.path()).unwrap().flatten() {
+            if f.path().extension().is_some_and(|x| x == "kv") {
+                files.push(f.path());
+            }
+        }
+    }
+    files
+}
+
+/// Waits (bounded) until the writer has put at least `n` blocks on disk.
+fn wait_for_files(disk: &Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while block_files(disk).len() < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(block_files(disk).len() >= n, "{} block files, wanted {n}", block_files(disk).len());
+}
+
+fn metric(url: &str, line_start: &str) -> f64 {
+    let text =
+        ureq::get(&format!("{url}/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(line_start))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn repeated_prompts_come_back_from_host_then_disk_then_disk_after_a_restart() {
+    let disk = tempfile::tempdir().unwrap();
+    let a = prompt(1);
+    let (server, url) = start(disk.path(), "fail");
+    let (cold, usage) = complete(&url, &a);
+    let p = usage["prompt_tokens"].as_u64().unwrap();
+    assert!(p > 200, "the prompt spans many blocks ({p} tokens)");
+    assert_eq!(source(&usage, "local_compute"), p);
+
+    // Three other prompts push A out of the 48-block device pool; the
+    // 100-block host tier still has it.
+    for seed in 2..5 {
+        complete(&url, &prompt(seed));
+    }
+    let (text, usage) = complete(&url, &a);
+    assert_eq!(text, cold, "a host hit gives the cold run's output");
+    let full = (p - 1) / 16 * 16;
+    assert_eq!(source(&usage, "host"), full, "{usage}");
+    assert_eq!(source(&usage, "local_compute"), p - full);
+    assert_eq!(usage["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap(), full);
+
+    // Five more prompts overflow the host tier too; A is on disk (every
+    // block is written through).
+    for seed in 5..10 {
+        complete(&url, &prompt(seed));
+    }
+    let (text, usage) = complete(&url, &a);
+    assert_eq!(text, cold, "a disk hit gives the cold run's output");
+    assert_eq!(source(&usage, "disk"), full, "{usage}");
+    assert!(metric(&url, "vllm:kv_offload_total_bytes_total{") > 0.0);
+    wait_for_files(disk.path(), 9 * 17);
+    drop(server);
+
+    // A restart rebuilds the disk index: the first request hits disk.
+    let (_server, url) = start(disk.path(), "fail");
+    let (text, usage) = complete(&url, &a);
+    assert_eq!(text, cold);
+    assert_eq!(source(&usage, "disk"), full, "{usage}");
+    assert_eq!(source(&usage, "local_compute"), p - full);
+}
+
+#[test]
+fn damaged_block_files_are_never_served_and_output_stays_correct() {
+    let disk = tempfile::tempdir().unwrap();
+    let a = prompt(20);
+    let (server, url) = start(disk.path(), "recompute");
+    let (cold, usage) = complete(&url, &a);
+    let p = usage["prompt_tokens"].as_u64().unwrap();
+    wait_for_files(disk.path(), (p as usize) / 16);
+    drop(server);
+
+    // Damage every file in a different way: flip a byte in some, cut
+    // others short, swap in another block's file for the rest.
+    let files = block_files(disk.path());
+    let donor = std::fs::read(&files[0]).unwrap();
+    for (i, f) in files.iter().enumerate().skip(1) {
+        let mut bytes = std::fs::read(f).unwrap();
+        match i % 3 {
+            0 => bytes[100] ^= 0x5a,
+            1 => bytes.truncate(bytes.len() - 7),
+            _ => bytes = donor.clone(),
+        }
+        std::fs::write(f, &bytes).unwrap();
+    }
+    let (server, url) = start(disk.path(), "recompute");
+    let (text, usage) = complete(&url, &a);
+    assert_eq!(text, cold, "correct output with every block but one damaged");
+    let loaded = source(&usage, "disk");
+    assert!(loaded <= 16, "at most the one intact block is served: {usage}");
+    assert_eq!(source(&usage, "local_compute") + loaded, p);
+    drop(server);
+}
+
+#[test]
+fn an_unwritable_disk_directory_is_counted_and_serving_goes_on() {
+    let parent = tempfile::tempdir().unwrap();
+    // A file where the directory should be: nothing can be created in it.
+    let blocked = parent.path().join("not-a-dir");
+    std::fs::write(&blocked, b"x").unwrap();
+    let (_server, url) = start(&blocked, "fail");
+    let a = prompt(30);
+    let (cold, _) = complete(&url, &a);
+    let (again, _) = complete(&url, &a);
+    assert_eq!(cold, again);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&url, "strata:kv_offload_failures_total{") == 0.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(metric(&url, "strata:kv_offload_failures_total{") > 0.0, "failed stores are counted");
+}
