@@ -106,13 +106,20 @@ enum Done {
         hash: BlockHash,
         result: Result<(), OffloadFailure>,
         seconds: f64,
+        /// The copy that was written, for reuse.
+        buffer: Vec<u8>,
     },
 }
+
+/// Write buffers kept for reuse: a fresh block-sized allocation costs page
+/// faults on every store.
+const MAX_SPARE_BUFFERS: usize = 64;
 
 #[derive(Debug)]
 struct DiskTier {
     index: DiskIndex,
     queued_writes: usize,
+    spare: Vec<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -178,7 +185,9 @@ impl Shared {
             return;
         }
         let Some(slot) = self.host.pin(hash) else { return };
-        let data = self.host.slot(slot).to_vec();
+        let mut data = d.spare.pop().unwrap_or_default();
+        data.clear();
+        data.extend_from_slice(self.host.slot(slot));
         self.host.unpin(slot);
         let Some(evicted) = d.index.begin_write(hash) else {
             self.stats.allocation_failures += 1;
@@ -275,7 +284,7 @@ pub fn open(config: OffloadConfig) -> (OffloadScheduler, OffloadWorker) {
                     tracing::warn!(dir = %dir.display(), "KV disk tier: cannot list the directory ({e})")
                 }
             }
-            shared.disk = Some(DiskTier { index, queued_writes: 0 });
+            shared.disk = Some(DiskTier { index, queued_writes: 0, spare: Vec::new() });
             let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
             let (reads_tx, reads_rx) = mpsc::channel::<Job>();
             let (done_tx, done_rx) = mpsc::channel::<Done>();
@@ -314,7 +323,8 @@ pub fn open(config: OffloadConfig) -> (OffloadScheduler, OffloadWorker) {
                             let start = Instant::now();
                             let result = disk::write_block(&write_dir, fp, hash, &data);
                             let seconds = start.elapsed().as_secs_f64();
-                            let _ = done_tx.send(Done::Write { hash, result, seconds });
+                            let _ =
+                                done_tx.send(Done::Write { hash, result, seconds, buffer: data });
                         }
                         Job::Delete { hash } => disk::remove_block(&write_dir, hash),
                     }
@@ -569,10 +579,13 @@ impl OffloadWorker {
         let mut s = lock(&self.shared);
         let bpb = s.bytes_per_block as u64;
         match done {
-            Done::Write { hash, result, seconds } => {
+            Done::Write { hash, result, seconds, buffer } => {
                 if let Some(d) = &mut s.disk {
                     d.queued_writes = d.queued_writes.saturating_sub(1);
                     d.index.finish_write(hash, result.is_ok());
+                    if d.spare.len() < MAX_SPARE_BUFFERS {
+                        d.spare.push(buffer);
+                    }
                 }
                 match result {
                     Ok(()) => s.stats.transfers.push(TransferRecord {
