@@ -7,6 +7,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{series, value};
 use strata_core::connector::{
     ConnectorStats, KvLoadFailurePolicy, OffloadFailure, OffloadOp, OffloadTier, TestConnector,
     TierUsage, TransferRecord, TransferType,
@@ -16,19 +19,6 @@ use strata_core::scheduler::{SchedulerConfig, SchedulingPolicy};
 use strata_core::testing::FakeExecutor;
 use strata_core::{EngineCore, NewRequest, SamplingParams, StepRecord, StepResult, TokenSource};
 use strata_metrics::{CacheConfigInfo, EngineMetrics, LogReporter};
-
-/// `name{labels} value` lines of the exposition, as (series, value).
-fn series(text: &str) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k.to_string(), v.parse().unwrap())))
-        .collect()
-}
-
-/// Sum of the series whose name and labels start with `prefix`.
-fn value(text: &str, prefix: &str) -> f64 {
-    series(text).into_iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v).sum()
-}
 
 /// The one series `name{model_name="m",engine="0",<labels>}`, if present.
 fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {

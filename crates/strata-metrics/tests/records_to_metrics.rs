@@ -4,23 +4,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{series, value};
 use strata_core::connector::KvLoadFailurePolicy;
 use strata_core::scheduler::{SchedulerConfig, SchedulingPolicy};
 use strata_core::testing::FakeExecutor;
 use strata_core::{EngineCore, NewRequest, PrefillRecord, SamplingParams, StepResult};
 use strata_metrics::{CacheConfigInfo, EngineMetrics, LogReporter};
-
-/// `name{labels} value` lines of the exposition, as (series, value).
-fn series(text: &str) -> Vec<(String, f64)> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k.to_string(), v.parse().unwrap())))
-        .collect()
-}
-
-fn value(text: &str, prefix: &str) -> f64 {
-    series(text).into_iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v).sum()
-}
 
 fn run() -> (Vec<(StepResult, f64)>, EngineMetrics, LogReporter) {
     let config = SchedulerConfig {
