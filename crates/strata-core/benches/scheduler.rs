@@ -37,6 +37,7 @@ fn request(i: u32, prompt_len: u32) -> NewRequest {
         priority: 0,
         cache_salt: None,
         eos_token_ids: vec![],
+        kv_transfer_params: None,
     }
 }
 

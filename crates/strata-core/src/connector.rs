@@ -27,7 +27,7 @@ use crate::executor::KvBlockIo;
 use crate::ids::{BlockId, RequestId};
 use crate::kv::BlockHash;
 use crate::records::TokenSource;
-use crate::request::Request;
+use crate::request::{KvTransferParams, Request};
 
 /// What happens to a request whose promised KV failed to load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +78,9 @@ pub struct ConnectorOutput {
     /// Device blocks whose store finished (successfully or not); one entry
     /// per [`StoreSpec`] handed out.
     pub finished_storing: Vec<BlockId>,
+    /// Ended requests whose blocks were held for a peer (a P/D lease) and
+    /// may now be freed: pulled, released, or expired.
+    pub finished_sending: Vec<RequestId>,
     /// What the connector did since the last report (deltas, taken once).
     pub stats: ConnectorStats,
 }
@@ -199,6 +202,78 @@ pub struct ConnectorStats {
     pub allocation_failures: u32,
     pub failures: Vec<(OffloadTier, OffloadOp, OffloadFailure)>,
     pub usage: Vec<TierUsage>,
+    /// P/D: one entry per finished KV transfer between engines.
+    pub kv_transfers: Vec<KvTransferRecord>,
+    /// P/D: failed transfers by reason, and the prompt tokens they cost.
+    pub kv_transfer_failures: Vec<KvTransferFailure>,
+    pub kv_transfer_failed_tokens: u32,
+    /// P/D: tokens held under leases for pulls (latest reading).
+    pub kv_leases_held_tokens: Option<u64>,
+    /// P/D: leases that expired without a pull.
+    pub kv_leases_expired: u32,
+}
+
+/// Direction of a KV transfer between engines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum KvTransferDirection {
+    Send,
+    Recv,
+}
+
+impl KvTransferDirection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Send => "send",
+            Self::Recv => "recv",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KvTransferRecord {
+    pub direction: KvTransferDirection,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub num_blocks: u32,
+}
+
+/// Why a KV transfer between engines failed (METRICS.md reasons, plus the
+/// refusals of the handshake).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum KvTransferFailure {
+    /// Connection refused, reset or closed early.
+    Transport,
+    Timeout,
+    /// The prefill engine's lease had expired (or never existed).
+    LeaseExpired,
+    /// A frame failed its checksum or did not parse.
+    Invalid,
+    /// Model, block size, dtype or layout differ between the engines.
+    Handshake,
+    /// Wrong or missing shared secret.
+    Auth,
+}
+
+impl KvTransferFailure {
+    pub const ALL: [KvTransferFailure; 6] = [
+        Self::Transport,
+        Self::Timeout,
+        Self::LeaseExpired,
+        Self::Invalid,
+        Self::Handshake,
+        Self::Auth,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transport => "transport",
+            Self::Timeout => "timeout",
+            Self::LeaseExpired => "lease_expired",
+            Self::Invalid => "invalid",
+            Self::Handshake => "handshake",
+            Self::Auth => "auth",
+        }
+    }
 }
 
 impl ConnectorStats {
@@ -210,6 +285,11 @@ impl ConnectorStats {
             && self.allocation_failures == 0
             && self.failures.is_empty()
             && self.usage.is_empty()
+            && self.kv_transfers.is_empty()
+            && self.kv_transfer_failures.is_empty()
+            && self.kv_transfer_failed_tokens == 0
+            && self.kv_leases_held_tokens.is_none()
+            && self.kv_leases_expired == 0
     }
 
     /// Adds `other`'s events to these (usage: the newer reading wins).
@@ -223,6 +303,30 @@ impl ConnectorStats {
         if !other.usage.is_empty() {
             self.usage = other.usage;
         }
+        self.kv_transfers.extend(other.kv_transfers);
+        self.kv_transfer_failures.extend(other.kv_transfer_failures);
+        self.kv_transfer_failed_tokens += other.kv_transfer_failed_tokens;
+        if other.kv_leases_held_tokens.is_some() {
+            self.kv_leases_held_tokens = other.kv_leases_held_tokens;
+        }
+        self.kv_leases_expired += other.kv_leases_expired;
+    }
+}
+
+/// What a connector does with an ended request's blocks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestFinished {
+    pub delay_free: bool,
+    pub kv_transfer_params: Option<KvTransferParams>,
+}
+
+impl RequestFinished {
+    pub fn free_now() -> Self {
+        Self::default()
+    }
+
+    pub fn delay(delay_free: bool) -> Self {
+        Self { delay_free, kv_transfer_params: None }
     }
 }
 
@@ -262,9 +366,11 @@ pub trait ConnectorScheduler: Send {
     /// The worker's instructions for this step (takes what is pending).
     fn build_connector_meta(&mut self) -> ConnectorMeta;
 
-    /// The request ended (any reason): `true` delays freeing its blocks
-    /// until the worker reports its transfers done.
-    fn request_finished(&mut self, req: &Request) -> bool;
+    /// The request ended (its status says why). `delay_free` keeps its
+    /// blocks until the worker reports its transfers done (in
+    /// `finished_recving` or `finished_sending`); `kv_transfer_params` go
+    /// back to the client with the request's last output.
+    fn request_finished(&mut self, req: &Request, block_ids: &[BlockId]) -> RequestFinished;
 
     /// Blocks of `req` that just became full and computed (and entered
     /// the prefix cache). Returns those the connector will store; the
@@ -409,11 +515,11 @@ impl ConnectorScheduler for TestConnector {
         self.with(|s| std::mem::take(&mut s.pending_meta))
     }
 
-    fn request_finished(&mut self, req: &Request) -> bool {
+    fn request_finished(&mut self, req: &Request, _block_ids: &[BlockId]) -> RequestFinished {
         self.with(|s| {
             // A load not yet handed to the worker is simply cancelled.
             s.pending_meta.loads.retain(|l| l.request_id != req.id);
-            s.in_flight.contains_key(&req.id)
+            RequestFinished::delay(s.in_flight.contains_key(&req.id))
         })
     }
 

@@ -26,6 +26,6 @@ pub use executor::{
 };
 pub use ids::{BlockId, RequestId, TokenId};
 pub use records::{FinishRecord, PrefillRecord, Provenance, RequestEvent, StepRecord, TokenSource};
-pub use request::{FinishReason, NewRequest, RequestStatus};
+pub use request::{FinishReason, KvTransferParams, NewRequest, RequestStatus};
 pub use sampling::{SamplingError, SamplingParams};
 pub use scheduler::{AdmissionError, SchedulerConfig, SchedulingPolicy, StepResult};

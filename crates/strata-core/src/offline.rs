@@ -72,6 +72,7 @@ pub fn run_offline<E: Executor>(
             priority: 0,
             cache_salt: None,
             eos_token_ids: eos_token_ids.to_vec(),
+            kv_transfer_params: None,
         };
         let id = engine
             .add_request(new, 0.0)

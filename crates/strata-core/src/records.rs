@@ -160,6 +160,12 @@ pub struct StepRecord {
     pub external_hits_host: u32,
     pub external_hits_disk: u32,
     pub external_hits_remote: u32,
+    /// Requests by KV-fetch stage (vLLM's `num_requests_kv_fetch_by_stage`):
+    /// waiting with a remote prefill not yet started, loading, and loaded
+    /// but not yet running.
+    pub kv_fetch_waiting_to_start: u32,
+    pub kv_fetch_in_progress: u32,
+    pub kv_fetch_completed_waiting: u32,
 }
 
 impl StepRecord {

@@ -58,6 +58,40 @@ impl RequestStatus {
     }
 }
 
+/// vLLM's `kv_transfer_params`, the P/D handshake carried by a request
+/// and returned with its answer (field names as vLLM's, so routers that
+/// drive vLLM P/D engines drive strata's).
+///
+/// - To a prefill engine: `do_remote_decode: true`. It computes the
+///   prompt, holds the KV under a lease, and answers with the fields a
+///   decode engine needs to pull it.
+/// - To a decode engine: `do_remote_prefill: true` plus those fields. It
+///   pulls the KV (what it does not have locally) and decodes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvTransferParams {
+    #[serde(default)]
+    pub do_remote_decode: bool,
+    #[serde(default)]
+    pub do_remote_prefill: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_engine_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remote_block_ids: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_port: Option<u16>,
+    /// strata: the prefill engine's lease on the KV (what a pull names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_id: Option<String>,
+    /// strata: prompt tokens whose KV the lease holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_num_tokens: Option<u32>,
+    /// strata: tokens per block on the prefill engine (must match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_block_size: Option<u32>,
+}
+
 /// What a caller submits.
 #[derive(Clone, Debug)]
 pub struct NewRequest {
@@ -70,6 +104,8 @@ pub struct NewRequest {
     pub cache_salt: Option<String>,
     /// Token ids that end generation besides `params.stop_token_ids`.
     pub eos_token_ids: Vec<TokenId>,
+    /// P/D disaggregation (see [`KvTransferParams`]).
+    pub kv_transfer_params: Option<KvTransferParams>,
 }
 
 #[derive(Debug)]
@@ -102,6 +138,7 @@ pub struct Request {
     pub load_done: bool,
     pub first_token_time: Option<f64>,
     pub scheduled_time: Option<f64>,
+    pub kv_transfer_params: Option<KvTransferParams>,
 }
 
 impl Request {
@@ -134,6 +171,7 @@ impl Request {
             load_done: false,
             first_token_time: None,
             scheduled_time: None,
+            kv_transfer_params: new.kv_transfer_params,
         }
     }
 

@@ -27,7 +27,7 @@ mod tests;
 
 use std::collections::VecDeque;
 
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::dense::DenseMap;
 
@@ -115,6 +115,9 @@ pub struct RequestOutput {
     pub new_token_id: Option<TokenId>,
     pub logprobs: Option<TopLogprobs>,
     pub finish_reason: Option<FinishReason>,
+    /// With the last output of a request whose connector answers for it
+    /// (a P/D prefill engine's lease).
+    pub kv_transfer_params: Option<crate::request::KvTransferParams>,
 }
 
 /// Everything a step produced.
@@ -155,6 +158,9 @@ pub struct Scheduler {
     num_loads_done: usize,
     /// Blocks held for stores in flight (each entry is one hold).
     num_store_holds: usize,
+    /// Params a connector returned for ended requests, attached to their
+    /// last output.
+    finish_params: FxHashMap<RequestId, crate::request::KvTransferParams>,
     /// Connector counters of the current step.
     num_connector_loads: u32,
     num_connector_load_failures: u32,
@@ -182,6 +188,7 @@ impl Scheduler {
             delayed_free: FxHashSet::default(),
             num_loads_done: 0,
             num_store_holds: 0,
+            finish_params: FxHashMap::default(),
             num_connector_loads: 0,
             num_connector_load_failures: 0,
         }
@@ -263,6 +270,7 @@ impl Scheduler {
             new_token_id: None,
             logprobs: None,
             finish_reason: Some(FinishReason::Abort),
+            kv_transfer_params: None,
         });
         result
     }
@@ -273,14 +281,20 @@ impl Scheduler {
         if req.load_done {
             self.num_loads_done -= 1;
         }
-        let transfers_in_flight = self.connector.as_mut().is_some_and(|c| c.request_finished(&req));
-        if transfers_in_flight {
+        req.status = RequestStatus::Finished(reason);
+        let finished = match &mut self.connector {
+            Some(c) => c.request_finished(&req, self.kv.blocks(id)),
+            None => crate::connector::RequestFinished::free_now(),
+        };
+        if let Some(params) = finished.kv_transfer_params {
+            self.finish_params.insert(id, params);
+        }
+        if finished.delay_free {
             // A11: blocks are freed only once the transfer reports done.
             self.delayed_free.insert(id);
         } else {
             self.kv.free(id);
         }
-        req.status = RequestStatus::Finished(reason);
         self.pending.finish_records.push(FinishRecord {
             request_id: id,
             reason,
@@ -645,6 +659,7 @@ impl Scheduler {
                             new_token_id: None,
                             logprobs: None,
                             finish_reason: Some(FinishReason::Error),
+                            kv_transfer_params: None,
                         });
                     }
                     KvLoadFailurePolicy::Recompute => {
@@ -680,6 +695,11 @@ impl Scheduler {
             self.kv.release(&output.finished_storing);
         }
         self.pending.connector_stats.merge(output.stats);
+        for id in output.finished_sending {
+            if self.delayed_free.remove(&id) {
+                self.kv.free(id);
+            }
+        }
         for id in output.finished_recving {
             if self.delayed_free.remove(&id) {
                 self.kv.free(id);
@@ -731,10 +751,11 @@ impl Scheduler {
                     new_token_id: None,
                     logprobs: None,
                     finish_reason: Some(FinishReason::Error),
+                    kv_transfer_params: None,
                 });
             }
         }
-        std::mem::take(&mut self.pending)
+        self.take_pending()
     }
 
     pub fn update_from_output(
@@ -809,6 +830,7 @@ impl Scheduler {
                 new_token_id: Some(tok.token_id),
                 logprobs: tok.logprobs,
                 finish_reason: reason,
+                kv_transfer_params: None,
             });
             if let Some(reason) = reason {
                 finished.push((req.id, reason));
@@ -824,20 +846,49 @@ impl Scheduler {
         }
         record.num_running = self.running.len() as u32;
         record.num_waiting = self.waiting.len() as u32;
-        record.num_waiting_for_remote_kv = self
-            .waiting
-            .iter()
-            .filter(|id| self.requests[id].status == RequestStatus::WaitingForRemoteKv)
-            .count() as u32;
+        if self.connector.is_some() {
+            for id in &self.waiting {
+                let r = &self.requests[id];
+                match r.status {
+                    RequestStatus::WaitingForRemoteKv if r.load_done => {
+                        record.kv_fetch_completed_waiting += 1
+                    }
+                    RequestStatus::WaitingForRemoteKv => record.kv_fetch_in_progress += 1,
+                    _ if r.provenance.is_none()
+                        && r.kv_transfer_params.as_ref().is_some_and(|p| p.do_remote_prefill) =>
+                    {
+                        record.kv_fetch_waiting_to_start += 1
+                    }
+                    _ => {}
+                }
+            }
+        }
+        record.num_waiting_for_remote_kv =
+            record.kv_fetch_in_progress + record.kv_fetch_completed_waiting;
         record.num_blocks_total = self.config.num_blocks as u32;
         record.num_blocks_used = (self.config.num_blocks - self.kv.pool().num_free_blocks()) as u32;
-        let mut result = std::mem::take(&mut self.pending);
+        let mut result = self.take_pending();
         result.step = Some(record);
         result
     }
 
+    /// Hands a connector's params to the last output of their request.
+    fn attach_finish_params(&mut self) {
+        if self.finish_params.is_empty() {
+            return;
+        }
+        for o in &mut self.pending.outputs {
+            if o.finish_reason.is_some() {
+                if let Some(p) = self.finish_params.remove(&o.request_id) {
+                    o.kv_transfer_params = Some(p);
+                }
+            }
+        }
+    }
+
     /// Takes what adds and aborts produced since the last step.
     pub fn take_pending(&mut self) -> StepResult {
+        self.attach_finish_params();
         std::mem::take(&mut self.pending)
     }
 

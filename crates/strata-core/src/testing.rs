@@ -281,6 +281,7 @@ mod tests {
                 priority: 0,
                 cache_salt: None,
                 eos_token_ids: vec![],
+                kv_transfer_params: None,
             };
             e.add_request(new, 0.0).unwrap();
         }

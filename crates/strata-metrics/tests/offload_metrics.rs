@@ -109,6 +109,7 @@ fn a14_cached_by_source_from_an_engine_with_a_host_connector() {
         priority: 0,
         cache_salt: None,
         eos_token_ids: vec![],
+        kv_transfer_params: None,
     };
     let mut t = 0.0;
     let mut drain = |e: &mut EngineCore<FakeExecutor>, m: &mut EngineMetrics| {
@@ -236,6 +237,7 @@ fn deltas_are_applied_once_per_observation() {
         allocation_failures: 1,
         failures: vec![(OffloadTier::Disk, OffloadOp::Load, OffloadFailure::Corrupt)],
         usage: vec![],
+        ..ConnectorStats::default()
     };
     let r = with_stats(stats);
     m.observe(&r, 1.0);

@@ -42,6 +42,7 @@ fn run() -> (Vec<(StepResult, f64)>, EngineMetrics, LogReporter) {
                 priority: 0,
                 cache_salt: None,
                 eos_token_ids: vec![],
+                kv_transfer_params: None,
             },
             t,
         )
@@ -62,6 +63,7 @@ fn run() -> (Vec<(StepResult, f64)>, EngineMetrics, LogReporter) {
                 priority: 0,
                 cache_salt: None,
                 eos_token_ids: vec![],
+                kv_transfer_params: None,
             },
             t,
         )

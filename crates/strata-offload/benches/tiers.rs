@@ -63,6 +63,7 @@ fn request(id: u64, tokens: &[u32], bs: usize) -> Request {
         priority: 0,
         cache_salt: None,
         eos_token_ids: vec![],
+        kv_transfer_params: None,
     };
     Request::new(RequestId::new(id).unwrap(), new, 0.0, bs)
 }
@@ -238,6 +239,7 @@ fn ttft() {
             priority: 0,
             cache_salt: None,
             eos_token_ids: vec![],
+            kv_transfer_params: None,
         };
         let t = Instant::now();
         e.add_request(new, 0.0).unwrap();

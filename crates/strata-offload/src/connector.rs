@@ -36,7 +36,8 @@ use std::time::Instant;
 use rustc_hash::FxHashMap;
 use strata_core::connector::{
     ConnectorMeta, ConnectorOutput, ConnectorScheduler, ConnectorStats, ConnectorWorker, LoadSpec,
-    OffloadFailure, OffloadOp, OffloadTier, StoreSpec, TierUsage, TransferRecord, TransferType,
+    OffloadFailure, OffloadOp, OffloadTier, RequestFinished, StoreSpec, TierUsage, TransferRecord,
+    TransferType,
 };
 use strata_core::kv::BlockHash;
 use strata_core::request::Request;
@@ -432,7 +433,7 @@ impl ConnectorScheduler for OffloadScheduler {
         std::mem::take(&mut lock(&self.shared).pending)
     }
 
-    fn request_finished(&mut self, req: &Request) -> bool {
+    fn request_finished(&mut self, req: &Request, _block_ids: &[BlockId]) -> RequestFinished {
         let mut s = lock(&self.shared);
         s.lookups.remove(&req.id);
         if let Some(plan) = s.plans.remove(&req.id) {
@@ -453,9 +454,9 @@ impl ConnectorScheduler for OffloadScheduler {
             Some(load) => {
                 // Its disk reads still target its blocks: free them later.
                 load.cancelled = true;
-                true
+                RequestFinished::delay(true)
             }
-            None => false,
+            None => RequestFinished::free_now(),
         }
     }
 

@@ -215,6 +215,7 @@ pub async fn submit_choices(
             priority: 0,
             cache_salt: None,
             eos_token_ids: state.tokenizer.eos_token_ids().to_vec(),
+            kv_transfer_params: None,
         };
         let submitted = state.engine.submit(new).await;
         if submitted.is_err() {

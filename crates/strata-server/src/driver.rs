@@ -36,7 +36,7 @@ pub enum RequestUpdate {
 
 enum Command {
     Add {
-        new: NewRequest,
+        new: Box<NewRequest>,
         updates: tmpsc::UnboundedSender<RequestUpdate>,
         reply: oneshot::Sender<Result<RequestId, AdmissionError>>,
     },
@@ -122,7 +122,7 @@ impl EngineHandle {
         let (updates, rx) = tmpsc::unbounded_channel();
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Command::Add { new, updates, reply })
+            .send(Command::Add { new: Box::new(new), updates, reply })
             .map_err(|_| SubmitError::EngineStopped)?;
         let id = answer.await.map_err(|_| SubmitError::EngineStopped)??;
         Ok((id, rx))
@@ -247,7 +247,7 @@ fn apply<E: Executor>(
 ) -> bool {
     match cmd {
         Command::Add { new, updates, reply } => {
-            let result = engine.add_request(new, now);
+            let result = engine.add_request(*new, now);
             match result {
                 Ok(id) => {
                     senders.insert(id, updates);

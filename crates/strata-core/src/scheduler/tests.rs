@@ -38,6 +38,7 @@ fn new_req(prompt: Vec<u32>, max_tokens: u32) -> NewRequest {
         priority: 0,
         cache_salt: None,
         eos_token_ids: vec![],
+        kv_transfer_params: None,
     }
 }
 

@@ -53,6 +53,7 @@ fn req(prompt: &[u32]) -> NewRequest {
         priority: 0,
         cache_salt: None,
         eos_token_ids: vec![],
+        kv_transfer_params: None,
     }
 }
 
