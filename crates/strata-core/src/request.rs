@@ -90,6 +90,11 @@ pub struct KvTransferParams {
     /// strata: tokens per block on the prefill engine (must match).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_block_size: Option<u32>,
+    /// strata, to a prefill engine: how many decode requests will pull
+    /// this KV (the `n` of the client's request; default 1). The lease
+    /// ends after that many pulls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_pulls: Option<u32>,
 }
 
 /// What a caller submits.

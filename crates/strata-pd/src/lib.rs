@@ -1,0 +1,1 @@
+//! strata-pd: prefill/decode disaggregation (in progress).
