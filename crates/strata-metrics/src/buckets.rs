@@ -34,6 +34,20 @@ pub const OFFLOAD_SIZE: &[f64] =
 pub const OFFLOAD_THROUGHPUT: &[f64] =
     &[1e6, 2.5e6, 5e6, 1e7, 2.5e7, 5e7, 1e8, 2.5e8, 5e8, 1e9, 2.5e9, 5e9, 1e10, 2.5e10, 5e10, 1e11];
 
+/// Bytes per KV transfer between engines: 1-2.5-5 steps from 1 kB (one
+/// block of a tiny model) to 10 GB (a long prompt of a large model).
+pub const KV_TRANSFER_BYTES: &[f64] = &[
+    1e3, 2.5e3, 5e3, 1e4, 2.5e4, 5e4, 1e5, 2.5e5, 5e5, 1e6, 2.5e6, 5e6, 1e7, 2.5e7, 5e7, 1e8,
+    2.5e8, 5e8, 1e9, 2.5e9, 5e9, 1e10,
+];
+
+/// Seconds per KV transfer between engines: 0.1 ms (a few blocks over a
+/// fast link) to a minute (about where a transfer times out).
+pub const KV_TRANSFER_SECONDS: &[f64] = &[
+    1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    20.0, 30.0, 60.0,
+];
+
 /// 1, 2, 5, 10, 20, 50, ... up to `max` (vLLM's request-token buckets).
 pub fn one_two_five(max: usize) -> Vec<f64> {
     let mut out = Vec::new();
@@ -66,5 +80,15 @@ mod tests {
         }
         let vllm = [1e6, 5e6, 10e6, 20e6, 40e6, 60e6, 80e6, 100e6, 150e6, 200e6];
         assert!(super::OFFLOAD_SIZE.ends_with(&vllm));
+    }
+
+    #[test]
+    fn kv_transfer_buckets_increase_over_their_span() {
+        for (b, first, last) in
+            [(super::KV_TRANSFER_BYTES, 1e3, 1e10), (super::KV_TRANSFER_SECONDS, 1e-4, 60.0)]
+        {
+            assert!(b.windows(2).all(|w| w[0] < w[1]), "{b:?}");
+            assert_eq!((b[0], b[b.len() - 1]), (first, last));
+        }
     }
 }

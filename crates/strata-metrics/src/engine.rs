@@ -1,8 +1,10 @@
 //! The engine's Prometheus families (vLLM-compatible names, strata
 //! extensions under `strata:`), updated from step results only. The KV
-//! offload tier families live in [`offload`].
+//! offload tier families live in [`offload`], the prefill/decode transfer
+//! families in [`pd`].
 
 mod offload;
+mod pd;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,6 +43,7 @@ pub struct EngineMetrics {
     timelines: HashMap<RequestId, Timeline>,
     num_requests_running: Family<Labels, Gauge>,
     num_requests_waiting: Family<Labels, Gauge>,
+    num_requests_kv_fetch_by_stage: Family<Labels, Gauge>,
     kv_cache_usage_perc: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     prefix_cache_queries: Family<Labels, Counter>,
     prefix_cache_hits: Family<Labels, Counter>,
@@ -75,6 +78,7 @@ pub struct EngineMetrics {
     offload: offload::OffloadFamilies,
     /// Tiers given to `enable_offload_series` (the log line lists them).
     offload_tiers: Vec<strata_core::connector::OffloadTier>,
+    pd: pd::PdFamilies,
 }
 
 /// Makes each labelled histogram of a family with the family's buckets.
@@ -93,6 +97,9 @@ type HistFamily = Family<Labels, Histogram, Buckets>;
 /// of the step record's hit fields: the device prefix cache, the two
 /// offload tiers, and a peer engine (the record's `remote`).
 const CACHED_SOURCES: [&str; 4] = ["device", "host", "disk", "p2p"];
+
+/// `stage` values of `vllm:num_requests_kv_fetch_by_stage`.
+const KV_FETCH_STAGES: [&str; 3] = ["waiting_to_start", "in_progress", "completed_waiting"];
 
 fn histograms(buckets: &[f64]) -> HistFamily {
     Family::new_with_constructor(Buckets(buckets.into()))
@@ -114,6 +121,7 @@ impl EngineMetrics {
             timelines: HashMap::new(),
             num_requests_running: Family::default(),
             num_requests_waiting: Family::default(),
+            num_requests_kv_fetch_by_stage: Family::default(),
             kv_cache_usage_perc: Family::default(),
             prefix_cache_queries: Family::default(),
             prefix_cache_hits: Family::default(),
@@ -147,10 +155,12 @@ impl EngineMetrics {
             accounting_violations: Family::default(),
             offload: offload::OffloadFamilies::new(),
             offload_tiers: Vec::new(),
+            pd: pd::PdFamilies::new(),
             base,
         };
         m.register_all(cache);
         m.register_offload();
+        m.register_pd();
         m
     }
 
@@ -171,6 +181,11 @@ impl EngineMetrics {
             "vllm:num_requests_waiting",
             "Requests waiting (including those waiting for remote KV)",
             self.num_requests_waiting.clone(),
+        );
+        r.register(
+            "vllm:num_requests_kv_fetch_by_stage",
+            "Requests fetching KV from a peer, by stage",
+            self.num_requests_kv_fetch_by_stage.clone(),
         );
         r.register(
             "vllm:kv_cache_usage_perc",
@@ -341,6 +356,11 @@ impl EngineMetrics {
         let _ = self.num_requests_running.get_or_create(&base);
         let _ = self.num_requests_waiting.get_or_create(&base);
         let _ = self.kv_cache_usage_perc.get_or_create(&base);
+        for stage in KV_FETCH_STAGES {
+            let _ = self
+                .num_requests_kv_fetch_by_stage
+                .get_or_create(&self.labels(&[("stage", stage)]));
+        }
         for h in [
             &self.request_prompt_tokens,
             &self.request_generation_tokens,
@@ -401,6 +421,13 @@ impl EngineMetrics {
                 s.num_blocks_used as f64 / s.num_blocks_total as f64
             };
             self.kv_cache_usage_perc.get_or_create(&base).set(usage);
+            let stages =
+                [s.kv_fetch_waiting_to_start, s.kv_fetch_in_progress, s.kv_fetch_completed_waiting];
+            for (stage, n) in KV_FETCH_STAGES.into_iter().zip(stages) {
+                self.num_requests_kv_fetch_by_stage
+                    .get_or_create(&self.labels(&[("stage", stage)]))
+                    .set(n.into());
+            }
             inc(&self.prefix_cache_queries, &base, s.prefix_cache_queries.into());
             inc(&self.prefix_cache_hits, &base, s.prefix_cache_hits.into());
             inc(&self.external_prefix_cache_queries, &base, s.external_prefix_cache_queries.into());
@@ -433,6 +460,7 @@ impl EngineMetrics {
         }
         inc(&self.accounting_violations, &base, result.accounting_violations.into());
         self.observe_offload(&result.connector_stats);
+        self.observe_pd(&result.connector_stats);
         for r in &result.prefill_records {
             inc(&self.prompt_tokens, &base, r.prompt_tokens.into());
             for s in TokenSource::ALL {

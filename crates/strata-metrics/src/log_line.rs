@@ -10,11 +10,19 @@
 //! block is total transfer time over total blocks and throughput is total
 //! bytes over total time, never a mean of per-transfer rates (which would
 //! weigh a tiny fast transfer as much as a large slow one).
+//!
+//! In a prefill/decode pair, a `KV Transfer metrics:` line follows (see
+//! [`LogReporter::maybe_log`]), with the same rule: the average time is
+//! total seconds over transfers and the throughput total bytes over total
+//! seconds. Its p90 is over the interval's transfer times (the latest
+//! `MAX_TIME_SAMPLES` of each direction, so a busy interval cannot grow
+//! the reporter without bound).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use strata_core::connector::{
-    ConnectorStats, OffloadFailure, OffloadOp, OffloadTier, TransferType,
+    ConnectorStats, KvTransferDirection, KvTransferFailure, OffloadFailure, OffloadOp, OffloadTier,
+    TransferType,
 };
 use strata_core::{StepResult, TokenSource};
 
@@ -30,6 +38,7 @@ struct Interval {
     sources: [u64; 5],
     recomputed: u64,
     offload: OffloadInterval,
+    kv_transfer: KvTransferInterval,
 }
 
 /// One transfer direction's totals in an interval.
@@ -64,6 +73,80 @@ impl OffloadInterval {
             || self.queries.iter().chain(&self.hits).chain(&self.evictions).any(|&n| n > 0)
             || self.allocation_failures > 0
             || !self.failures.is_empty()
+    }
+}
+
+/// Transfer times kept per direction and interval for the p90.
+const MAX_TIME_SAMPLES: usize = 10_000;
+
+/// The directions in the order of the KV transfer line.
+const KV_DIRECTIONS: [KvTransferDirection; 2] =
+    [KvTransferDirection::Recv, KvTransferDirection::Send];
+
+fn kv_direction_index(d: KvTransferDirection) -> usize {
+    match d {
+        KvTransferDirection::Recv => 0,
+        KvTransferDirection::Send => 1,
+    }
+}
+
+/// One direction's KV transfers between engines in an interval.
+#[derive(Clone, Debug, Default)]
+struct KvTransferTotals {
+    count: u64,
+    bytes: u64,
+    /// As for offload transfers, only those with a usable duration enter
+    /// the time and throughput figures.
+    timed_count: u64,
+    timed_seconds: f64,
+    timed_bytes: u64,
+    /// The latest usable durations (at most `MAX_TIME_SAMPLES`).
+    seconds: VecDeque<f64>,
+}
+
+/// P/D connector activity in an interval (deltas summed).
+#[derive(Clone, Debug, Default)]
+struct KvTransferInterval {
+    /// Indexed as `KV_DIRECTIONS`.
+    directions: [KvTransferTotals; 2],
+    failures: BTreeMap<KvTransferFailure, u64>,
+    failed_tokens: u64,
+    leases_expired: u64,
+}
+
+impl KvTransferInterval {
+    /// Anything happened (a lease reading alone is not activity).
+    fn is_active(&self) -> bool {
+        self.directions.iter().any(|d| d.count > 0)
+            || !self.failures.is_empty()
+            || self.failed_tokens > 0
+            || self.leases_expired > 0
+    }
+}
+
+/// The `q` quantile (0-1) of `samples`, interpolating linearly between
+/// the two nearest ranks (numpy's default, which vLLM's line uses).
+fn quantile(samples: &VecDeque<f64>, q: f64) -> Option<f64> {
+    let mut v: Vec<f64> = samples.iter().copied().collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let lo = rank.floor() as usize;
+    let hi = rank.ceil() as usize;
+    Some(v[lo] + (v[hi] - v[lo]) * (rank - lo as f64))
+}
+
+/// A number for the KV transfer line, in its fixed unit: one decimal,
+/// three below 1 (so sub-millisecond transfers and sub-MB sizes do not all
+/// read 0.0); "n/a" for what cannot be computed.
+fn fmt_fixed(v: Option<f64>) -> String {
+    match v {
+        Some(v) if !v.is_finite() => "n/a".to_string(),
+        Some(v) if v == 0.0 || v >= 1.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.3}"),
+        None => "n/a".to_string(),
     }
 }
 
@@ -142,6 +225,13 @@ pub struct LogReporter {
     /// Tiers enabled or seen so far; each gets its part of the line.
     offload_tiers: BTreeSet<OffloadTier>,
     tier_readings: [TierReading; 2],
+    /// Requests waiting for a remote prefill that has not started.
+    kv_fetch_waiting: u32,
+    /// Print the KV transfer line for every logged interval, not only for
+    /// those with P/D activity.
+    kv_transfer_enabled: bool,
+    /// The latest lease reading (kept across intervals).
+    kv_leases_held_tokens: Option<u64>,
 }
 
 fn pct(part: u64, whole: u64) -> f64 {
@@ -166,7 +256,84 @@ impl LogReporter {
             offload_enabled: false,
             offload_tiers: BTreeSet::new(),
             tier_readings: [TierReading::default(); 2],
+            kv_fetch_waiting: 0,
+            kv_transfer_enabled: false,
+            kv_leases_held_tokens: None,
         }
+    }
+
+    /// Prints the KV transfer line with every logged interval, also when
+    /// an interval had no P/D activity. Without this call the line appears
+    /// only for intervals with P/D activity.
+    pub fn enable_kv_transfer_line(&mut self) {
+        self.kv_transfer_enabled = true;
+    }
+
+    fn observe_kv_transfers(&mut self, stats: &ConnectorStats) {
+        let x = &mut self.acc.kv_transfer;
+        for t in &stats.kv_transfers {
+            let d = &mut x.directions[kv_direction_index(t.direction)];
+            d.count += 1;
+            d.bytes = d.bytes.saturating_add(t.bytes);
+            if let Some(seconds) = valid_seconds(t.seconds) {
+                d.timed_count += 1;
+                d.timed_seconds += seconds;
+                d.timed_bytes = d.timed_bytes.saturating_add(t.bytes);
+                if d.seconds.len() == MAX_TIME_SAMPLES {
+                    d.seconds.pop_front();
+                }
+                d.seconds.push_back(seconds);
+            }
+        }
+        for &reason in &stats.kv_transfer_failures {
+            *x.failures.entry(reason).or_default() += 1;
+        }
+        x.failed_tokens += u64::from(stats.kv_transfer_failed_tokens);
+        x.leases_expired += u64::from(stats.kv_leases_expired);
+        if stats.kv_leases_held_tokens.is_some() {
+            self.kv_leases_held_tokens = stats.kv_leases_held_tokens;
+        }
+    }
+
+    /// The KV transfer line for an interval's activity `x`.
+    fn kv_transfer_line(&self, x: &KvTransferInterval) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        for d in KV_DIRECTIONS {
+            let t = &x.directions[kv_direction_index(d)];
+            let mut part = format!("{} {} transfers", d.as_str(), t.count);
+            if t.count > 0 {
+                // Totals over totals (module note).
+                let avg_ms =
+                    (t.timed_count > 0).then(|| 1e3 * t.timed_seconds / t.timed_count as f64);
+                let p90_ms = quantile(&t.seconds, 0.9).map(|s| 1e3 * s);
+                let avg_mb = t.bytes as f64 / t.count as f64 / 1e6;
+                let mb_per_s =
+                    (t.timed_seconds > 0.0).then(|| t.timed_bytes as f64 / t.timed_seconds / 1e6);
+                part.push_str(&format!(
+                    ", avg {} ms, p90 {} ms, avg {} MB, {} MB/s",
+                    fmt_fixed(avg_ms),
+                    fmt_fixed(p90_ms),
+                    fmt_fixed(Some(avg_mb)),
+                    fmt_fixed(mb_per_s),
+                ));
+            }
+            parts.push(part);
+        }
+        let num_failures: u64 = x.failures.values().sum();
+        let mut tail = format!("failures {num_failures}");
+        if num_failures > 0 {
+            let each: Vec<String> =
+                x.failures.iter().map(|(reason, n)| format!("{} {n}", reason.as_str())).collect();
+            tail.push_str(&format!(" ({})", each.join(", ")));
+        }
+        let held =
+            self.kv_leases_held_tokens.map_or_else(|| "n/a".to_string(), |n| format!("{n} tokens"));
+        tail.push_str(&format!(
+            ", failed tokens {}, leases held {held}, expired {}",
+            x.failed_tokens, x.leases_expired
+        ));
+        parts.push(tail);
+        format!("Engine {:03}: KV Transfer metrics: {}", self.engine_index, parts.join("; "))
     }
 
     /// Prints the offload line with every logged interval, with a part
@@ -290,6 +457,7 @@ impl LogReporter {
             self.running = s.num_running;
             self.waiting = s.num_waiting;
             self.loading = s.num_waiting_for_remote_kv;
+            self.kv_fetch_waiting = s.kv_fetch_waiting_to_start;
             self.kv_usage = if s.num_blocks_total == 0 {
                 0.0
             } else {
@@ -306,6 +474,7 @@ impl LogReporter {
         }
         a.generation += result.outputs.iter().filter(|o| o.new_token_id.is_some()).count() as u64;
         self.observe_offload(&result.connector_stats);
+        self.observe_kv_transfers(&result.connector_stats);
     }
 
     /// The line for the interval ending at `now`, if one is due and the
@@ -320,6 +489,14 @@ impl LogReporter {
     /// ```text
     /// Engine 000: KV offload: host_to_device 12 transfers 37.2 MB (0.210 ms/block, 2.40 GB/s), Host tier: residency 41.2%, in flight 0.0%, hits 512/1024 tokens, evictions 0, Allocation failures: 0, Failures: 0
     /// ```
+    ///
+    /// P/D activity (transfers, failures, failed tokens, expired leases)
+    /// is work too. When there was some, or after
+    /// [`Self::enable_kv_transfer_line`], the KV transfer line comes last:
+    ///
+    /// ```text
+    /// Engine 000: KV Transfer metrics: recv 12 transfers, avg 3.1 ms, p90 5.0 ms, avg 2.4 MB, 780.2 MB/s; send 0 transfers; failures 1 (timeout 1), failed tokens 64, leases held 1024 tokens, expired 0
+    /// ```
     pub fn maybe_log(&mut self, now: f64) -> Option<String> {
         let Some(last) = self.last_log else {
             self.last_log = Some(now);
@@ -332,11 +509,13 @@ impl LogReporter {
         self.last_log = Some(now);
         let a = std::mem::take(&mut self.acc);
         let offload_active = a.offload.is_active();
+        let kv_transfer_active = a.kv_transfer.is_active();
         let idle = a.generation == 0
             && a.prompt_compute == 0
             && self.running == 0
             && self.waiting == 0
-            && !offload_active;
+            && !offload_active
+            && !kv_transfer_active;
         if idle {
             return None;
         }
@@ -344,7 +523,7 @@ impl LogReporter {
         let s = |i: usize| pct(a.sources[i], total);
         let mut line = format!(
             "Engine {:03}: Avg prompt throughput: {:.1} tokens/s, Avg generation throughput: {:.1} tokens/s, \
-             Running: {} reqs, Waiting: {} reqs, KV fetch: 0 waiting, {} in progress, Preemptions: {}, \
+             Running: {} reqs, Waiting: {} reqs, KV fetch: {} waiting, {} in progress, Preemptions: {}, \
              KV cache usage: {:.1}%, Prefix cache hit rate: {:.1}%, External prefix cache hit rate: {:.1}%, \
              Prompt sources: compute {:.1}%, cache {:.1}%, host {:.1}%, disk {:.1}%, remote {:.1}%, Recomputed: {} tokens",
             self.engine_index,
@@ -352,6 +531,7 @@ impl LogReporter {
             a.generation as f64 / elapsed,
             self.running,
             self.waiting.saturating_sub(self.loading),
+            self.kv_fetch_waiting,
             self.loading,
             a.preemptions,
             100.0 * self.kv_usage,
@@ -367,6 +547,10 @@ impl LogReporter {
         if self.offload_enabled || offload_active {
             line.push('\n');
             line.push_str(&self.offload_line(&a.offload));
+        }
+        if self.kv_transfer_enabled || kv_transfer_active {
+            line.push('\n');
+            line.push_str(&self.kv_transfer_line(&a.kv_transfer));
         }
         Some(line)
     }

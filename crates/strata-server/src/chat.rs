@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::completions::{
-    check_model, collect, finish_str, now_secs, parse_body, sampling_params, sse, submit_choices,
-    Choice,
+    check_model, collect, finish_str, kv_transfer_json, now_secs, parse_body, sampling_params, sse,
+    submit_choices, Choice,
 };
 use crate::error::ApiError;
 use crate::openai::{SamplingFields, Usage};
@@ -112,8 +112,15 @@ pub async fn chat_completions(
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
     let params = sampling_params(&req.sampling, logprobs)?;
     let stop = req.sampling.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
-    let choices =
-        submit_choices(&state, prompt_ids, params, req.sampling.n.unwrap_or(1), stop).await?;
+    let choices = submit_choices(
+        &state,
+        prompt_ids,
+        params,
+        req.sampling.n.unwrap_or(1),
+        stop,
+        req.sampling.kv_transfer_params.clone(),
+    )
+    .await?;
     let id = format!("chatcmpl-{}", choices[0].id.get());
     let created = now_secs();
     let model = state.served_model_name.clone();
@@ -130,6 +137,7 @@ pub async fn chat_completions(
         return Ok(sse(state, choices, chunk, usage_chunk, include_usage).into_response());
     }
     let (choices, usage) = collect(&state, choices).await;
+    let kv = kv_transfer_json(&choices);
     let out: Vec<Value> = choices
         .into_iter()
         .map(|mut c| {
@@ -138,6 +146,9 @@ pub async fn chat_completions(
                    "logprobs": logprobs, "finish_reason": finish_str(c.finish)})
         })
         .collect();
-    Ok(Json(json!({"id": id, "object": "chat.completion", "created": created, "model": model, "choices": out, "usage": usage}))
-        .into_response())
+    let mut body = json!({"id": id, "object": "chat.completion", "created": created, "model": model, "choices": out, "usage": usage});
+    if let Some(kv) = kv {
+        body["kv_transfer_params"] = kv;
+    }
+    Ok(Json(body).into_response())
 }

@@ -86,6 +86,8 @@ pub struct Choice {
     pub stop: Vec<String>,
     /// Log-probabilities of tokens not yet reported (when asked for).
     pub logprobs: Vec<TokenLogprobs>,
+    /// What a P/D prefill engine answers with (the lease on the KV).
+    pub kv_transfer_params: Option<strata_core::KvTransferParams>,
 }
 
 /// One sampled token's log-probabilities, with token texts.
@@ -131,6 +133,7 @@ impl Choice {
     pub fn apply(&mut self, state: &AppState, update: RequestUpdate) -> String {
         match update {
             RequestUpdate::Prefill(r) => self.record = Some(r),
+            RequestUpdate::KvTransfer(p) => self.kv_transfer_params = Some(p),
             RequestUpdate::Token { token_id, logprobs } => {
                 self.completion_tokens += 1;
                 if let Some(lp) = logprobs {
@@ -191,6 +194,7 @@ pub async fn submit_choices(
     params: SamplingParams,
     n: u32,
     stop: Vec<String>,
+    kv_transfer_params: Option<strata_core::KvTransferParams>,
 ) -> Result<Vec<Choice>, ApiError> {
     if n == 0 || n > MAX_N {
         return Err(ApiError::BadRequest(format!("n must be between 1 and {MAX_N}, got {n}")));
@@ -215,7 +219,7 @@ pub async fn submit_choices(
             priority: 0,
             cache_salt: None,
             eos_token_ids: state.tokenizer.eos_token_ids().to_vec(),
-            kv_transfer_params: None,
+            kv_transfer_params: kv_transfer_params.clone(),
         };
         let submitted = state.engine.submit(new).await;
         if submitted.is_err() {
@@ -241,6 +245,7 @@ pub async fn submit_choices(
             finish: None,
             stop: stop.clone(),
             logprobs: Vec::new(),
+            kv_transfer_params: None,
         });
     }
     Ok(choices)
@@ -293,7 +298,8 @@ pub async fn completions(
     let params = sampling_params(&req.sampling, req.logprobs)?;
     let stop = req.sampling.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
     let n = req.sampling.n.unwrap_or(1);
-    let choices = submit_choices(&state, prompt_ids, params, n, stop).await?;
+    let kv = req.sampling.kv_transfer_params.clone();
+    let choices = submit_choices(&state, prompt_ids, params, n, stop, kv).await?;
     let id = format!("cmpl-{}", choices[0].id.get());
     let created = now_secs();
     let model = state.served_model_name.clone();
@@ -313,6 +319,7 @@ pub async fn completions(
         return Ok(sse(state, choices, chunk, usage_chunk, include_usage).into_response());
     }
     let (choices, usage) = collect(&state, choices).await;
+    let kv = kv_transfer_json(&choices);
     let out: Vec<Value> = choices
         .into_iter()
         .map(|mut c| {
@@ -320,11 +327,21 @@ pub async fn completions(
             json!({"index": c.index, "text": c.text, "logprobs": logprobs, "finish_reason": finish_str(c.finish)})
         })
         .collect();
-    Ok(Json(json!({
+    let mut body = json!({
         "id": id, "object": "text_completion", "created": created,
         "model": state.served_model_name, "choices": out, "usage": usage,
-    }))
-    .into_response())
+    });
+    if let Some(kv) = kv {
+        body["kv_transfer_params"] = kv;
+    }
+    Ok(Json(body).into_response())
+}
+
+/// The top-level `kv_transfer_params` of a non-streaming answer (vLLM's
+/// place for it): the first choice's, when a connector gave one.
+pub fn kv_transfer_json(choices: &[Choice]) -> Option<Value> {
+    let p = choices.iter().find_map(|c| c.kv_transfer_params.as_ref())?;
+    serde_json::to_value(p).ok()
 }
 
 /// Waits for every choice to finish (non-streaming responses).

@@ -27,6 +27,9 @@ use tokio::sync::{mpsc as tmpsc, oneshot};
 pub enum RequestUpdate {
     /// Where the prompt's KV came from (once, before the first token).
     Prefill(PrefillRecord),
+    /// A connector's params for the client (a P/D prefill engine's lease),
+    /// just before `Finished`.
+    KvTransfer(strata_core::KvTransferParams),
     Token {
         token_id: u32,
         logprobs: Option<TopLogprobs>,
@@ -154,6 +157,9 @@ fn run<E: Executor>(
         if !m.offload_tiers().is_empty() {
             log.enable_offload_line(m.offload_tiers());
         }
+        if m.pd_enabled() {
+            log.enable_kv_transfer_line();
+        }
     }
     let mut senders: HashMap<RequestId, tmpsc::UnboundedSender<RequestUpdate>> = HashMap::new();
     let mut stopping = false;
@@ -220,6 +226,10 @@ fn run<E: Executor>(
                 );
             }
             if let Some(reason) = o.finish_reason {
+                if let Some(p) = &o.kv_transfer_params {
+                    let update = RequestUpdate::KvTransfer(p.clone());
+                    send(&mut senders, &mut engine, o.request_id, update, t);
+                }
                 send(&mut senders, &mut engine, o.request_id, RequestUpdate::Finished(reason), t);
                 if senders.remove(&o.request_id).is_some() {
                     in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);

@@ -38,6 +38,8 @@ pub struct StreamOptions {
 pub struct SamplingFields {
     pub max_tokens: Option<i64>,
     pub max_completion_tokens: Option<i64>,
+    /// P/D disaggregation (vLLM's field): see `KvTransferParams`.
+    pub kv_transfer_params: Option<strata_core::KvTransferParams>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<i64>,

@@ -47,6 +47,122 @@ pub struct ServeArgs {
     pub accounting_log: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub offload: OffloadArgs,
+    #[command(flatten)]
+    pub pd: PdArgs,
+}
+
+/// Prefill/decode disaggregation.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PdArgs {
+    /// `pd`: this engine takes part in P/D (with --kv-role). Offloading is
+    /// configured with the --kv-offload-* flags.
+    #[arg(long, value_parser = ["pd"])]
+    pub kv_connector: Option<String>,
+    #[arg(long, value_enum, default_value_t = KvRole::Both)]
+    pub kv_role: KvRole,
+    /// Port this engine serves KV on (prefill role; 0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub kv_transfer_port: u16,
+    /// Address the KV port binds to and that decode engines are told to
+    /// pull from.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub kv_transfer_host: String,
+    /// Shared secret both engines must know (HMAC challenge; nobody
+    /// without it can read or inject KV).
+    #[arg(long)]
+    pub kv_transfer_secret: Option<String>,
+    /// Seconds a prefill engine holds KV for a pull before freeing it.
+    #[arg(long, default_value_t = 30.0)]
+    pub kv_lease_timeout: f64,
+    /// Seconds a pull may take before it counts as failed.
+    #[arg(long, default_value_t = 30.0)]
+    pub kv_transfer_timeout: f64,
+    /// This engine's name in `kv_transfer_params` (default: a random id).
+    #[arg(long)]
+    pub engine_id: Option<String>,
+    /// Fault injection for tests: `drop-after=N,corrupt=N,delay-ms=N`.
+    #[arg(long, hide = true)]
+    pub kv_transfer_fault: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvRole {
+    Prefill,
+    Decode,
+    #[default]
+    Both,
+}
+
+impl PdArgs {
+    fn enabled(&self) -> bool {
+        self.kv_connector.as_deref() == Some("pd")
+    }
+
+    fn open(
+        &self,
+        spec: &strata_core::KvCacheSpec,
+        fingerprint: u64,
+    ) -> Result<Option<(strata_pd::PdScheduler, strata_pd::PdWorker)>> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let fault = match &self.kv_transfer_fault {
+            Some(f) => strata_pd::Fault::parse(f).map_err(anyhow::Error::msg)?,
+            None => strata_pd::Fault::default(),
+        };
+        let listen: SocketAddr = format!("{}:{}", self.kv_transfer_host, self.kv_transfer_port)
+            .parse()
+            .context("invalid --kv-transfer-host/--kv-transfer-port")?;
+        let engine_id = self.engine_id.clone().unwrap_or_else(|| {
+            let mut n = [0u8; 4];
+            let _ = getrandom::fill(&mut n);
+            format!("engine-{:08x}", u32::from_le_bytes(n))
+        });
+        let config = strata_pd::PdConfig {
+            role: match self.kv_role {
+                KvRole::Prefill => strata_pd::Role::Prefill,
+                KvRole::Decode => strata_pd::Role::Decode,
+                KvRole::Both => strata_pd::Role::Both,
+            },
+            engine_id,
+            listen,
+            advertise_host: self.kv_transfer_host.clone(),
+            secret: self.kv_transfer_secret.clone(),
+            lease_timeout: Duration::from_secs_f64(self.kv_lease_timeout.max(0.001)),
+            transfer_timeout: Duration::from_secs_f64(self.kv_transfer_timeout.max(0.001)),
+            layout: strata_pd::Layout {
+                fingerprint,
+                block_size: spec.block_size as u32,
+                bytes_per_block: spec.bytes_per_block as u32,
+            },
+            fault,
+        };
+        let (sched, worker, _port) =
+            strata_pd::open(config).context("starting the KV transfer server")?;
+        Ok(Some((sched, worker)))
+    }
+}
+
+/// The connector configured by the flags (offload or P/D), as its two
+/// halves.
+fn connector(
+    args: &ServeArgs,
+    spec: &strata_core::KvCacheSpec,
+    fingerprint: u64,
+) -> Result<Option<(Box<dyn ConnectorScheduler>, Box<dyn strata_core::connector::ConnectorWorker>)>>
+{
+    if args.pd.enabled() && args.offload.enabled() {
+        anyhow::bail!(
+            "--kv-connector pd with the offload tiers (vLLM's MultiConnector) is not supported yet; use one of them"
+        );
+    }
+    if let Some((s, w)) = args.pd.open(spec, fingerprint)? {
+        return Ok(Some((Box::new(s), Box::new(w))));
+    }
+    if let Some((s, w)) = args.offload.open(spec, fingerprint)? {
+        return Ok(Some((Box::new(s), Box::new(w))));
+    }
+    Ok(None)
 }
 
 /// The KV offload tiers (host RAM, local disk).
@@ -131,10 +247,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         // built-in tokenizer. For load tests and benchmarks.
         let mut fake = FakeExecutor::new(65_536, args.model.block_size, 4096);
         fake.vocab_size = strata_model::builtin::VOCAB_SIZE;
-        let connector = match args.offload.open(&fake.spec, 0)? {
+        let connector = match connector(&args, &fake.spec, 0)? {
             Some((sched, worker)) => {
-                fake.connector = Some(Box::new(worker));
-                Some(Box::new(sched) as Box<dyn ConnectorScheduler>)
+                fake.connector = Some(worker);
+                Some(sched)
             }
             None => None,
         };
@@ -149,10 +265,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let tokenizer = loaded.tokenizer.take().context("the server needs a model with a tokenizer")?;
     let mut executor = loaded.executor;
     let spec = executor.kv_cache_spec();
-    let connector = match args.offload.open(&spec, executor.kv_fingerprint())? {
+    let connector = match connector(&args, &spec, executor.kv_fingerprint())? {
         Some((sched, worker)) => {
-            executor.set_connector(Box::new(worker));
-            Some(Box::new(sched) as Box<dyn ConnectorScheduler>)
+            executor.set_connector(worker);
+            Some(sched)
         }
         None => None,
     };
@@ -192,6 +308,9 @@ fn serve<E: Executor + Send + 'static>(
             tiers.push(OffloadTier::Disk);
         }
         metrics.enable_offload_series(&tiers);
+    }
+    if args.pd.enabled() {
+        metrics.enable_pd_series();
     }
     let accounting = match &args.accounting_log {
         Some(path) => Some((

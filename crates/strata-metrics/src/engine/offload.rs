@@ -69,7 +69,7 @@ fn fraction(v: f64) -> Option<f64> {
 
 /// A measured duration usable as time, or `None` (NaN, infinite,
 /// negative: a clock bug, which must not move a counter).
-fn valid_seconds(s: f64) -> Option<f64> {
+pub(super) fn valid_seconds(s: f64) -> Option<f64> {
     (s.is_finite() && s >= 0.0).then_some(s)
 }
 
@@ -110,8 +110,9 @@ impl OffloadFamilies {
 
 impl EngineMetrics {
     /// Registers the offload families without any series: an engine
-    /// without offloading shows their HELP and TYPE only, and a series
-    /// appears on its first event (or in [`Self::enable_offload_series`]).
+    /// without offloading exports none of them (the encoder skips a family
+    /// with no series), and a series appears on its first event (or in
+    /// [`Self::enable_offload_series`]).
     pub(super) fn register_offload(&mut self) {
         let o = &self.offload;
         let r = &mut self.registry;
@@ -178,11 +179,6 @@ impl EngineMetrics {
     /// for tiers it does not have. Observing offload stats works without
     /// this call (series are then created on their first event).
     /// Calling it again, or after events, changes no value.
-    /// The tiers enabled with [`Self::enable_offload_series`].
-    pub fn offload_tiers(&self) -> &[OffloadTier] {
-        &self.offload_tiers
-    }
-
     pub fn enable_offload_series(&mut self, tiers: &[OffloadTier]) {
         for t in tiers {
             if !self.offload_tiers.contains(t) {
@@ -218,6 +214,11 @@ impl EngineMetrics {
                 }
             }
         }
+    }
+
+    /// The tiers enabled with [`Self::enable_offload_series`].
+    pub fn offload_tiers(&self) -> &[OffloadTier] {
+        &self.offload_tiers
     }
 
     /// Adds one step's connector deltas and takes its latest usage reading.

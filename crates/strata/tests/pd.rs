@@ -1,0 +1,141 @@
+//! P/D between two real `strata serve` processes over loopback TCP: the
+//! two hops a router makes, done by hand (the router has its own tests).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{post_json, serve_with};
+use serde_json::{json, Value};
+
+fn metric(url: &str, prefix: &str) -> f64 {
+    let text =
+        ureq::get(&format!("{url}/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn sources(usage: &Value) -> (u64, u64, u64) {
+    let s = &usage["prompt_tokens_details"]["sources"];
+    (
+        s["local_compute"].as_u64().unwrap(),
+        s["local_cache_hit"].as_u64().unwrap(),
+        s["remote"].as_u64().unwrap(),
+    )
+}
+
+/// Waits (bounded) until a gauge reads `want`.
+fn wait_metric(url: &str, prefix: &str, want: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = metric(url, prefix);
+        if v == want || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_prompt_prefilled_on_one_engine_decodes_on_another_with_the_same_output() {
+    let (_p, prefill) = serve_with(vec![
+        "--kv-connector",
+        "pd",
+        "--kv-role",
+        "prefill",
+        "--kv-transfer-secret",
+        "s",
+    ]);
+    let (_d, decode) = serve_with(vec![
+        "--kv-connector",
+        "pd",
+        "--kv-role",
+        "decode",
+        "--kv-transfer-secret",
+        "s",
+    ]);
+    let (_s, single) = serve_with(vec![]);
+    let prompt: String = (0..120).map(|i| format!("t{} ", i * 13 % 101)).collect();
+    let body = |extra: Value| {
+        let mut b =
+            json!({"model": "builtin", "prompt": prompt, "max_tokens": 12, "temperature": 0});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b
+    };
+    let alone = post_json(&format!("{single}/v1/completions"), &body(json!({})));
+
+    // Hop 1: prefill only, holding the KV under a lease.
+    let first = post_json(
+        &format!("{prefill}/v1/completions"),
+        &body(json!({"max_tokens": 1, "kv_transfer_params": {"do_remote_decode": true}})),
+    );
+    let params = first["kv_transfer_params"].clone();
+    assert_eq!(params["do_remote_prefill"], json!(true), "{first}");
+    assert!(params["remote_port"].as_u64().unwrap() > 0);
+    let p = first["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(sources(&first["usage"]), (p, 0, 0));
+    assert_eq!(wait_metric(&prefill, "strata:kv_leases_held_tokens{", p as f64), p as f64);
+
+    // Hop 2: decode pulls everything but the last prompt token (A1).
+    let second = post_json(
+        &format!("{decode}/v1/completions"),
+        &body(json!({"kv_transfer_params": params})),
+    );
+    assert_eq!(
+        second["choices"][0]["text"], alone["choices"][0]["text"],
+        "P/D output equals one engine's"
+    );
+    assert_eq!(sources(&second["usage"]), (1, 0, p - 1), "A1: {}", second["usage"]);
+    // A18 on the engines: the decode engine's remote tokens are not cached tokens.
+    assert_eq!(second["usage"]["prompt_tokens_details"]["cached_tokens"], json!(0));
+    // The lease ended with the pull: the prefill engine's blocks are free.
+    assert_eq!(wait_metric(&prefill, "vllm:kv_cache_usage_perc{", 0.0), 0.0);
+    assert_eq!(wait_metric(&decode, "vllm:kv_cache_usage_perc{", 0.0), 0.0);
+    assert_eq!(metric(&decode, "vllm:prompt_tokens_by_source_total{model_name=\"builtin\",engine=\"0\",source=\"external_kv_transfer\"}"), (p - 1) as f64);
+}
+
+#[test]
+fn a_decode_engine_with_a_wrong_secret_recomputes_and_counts_it() {
+    let (_p, prefill) = serve_with(vec![
+        "--kv-connector",
+        "pd",
+        "--kv-role",
+        "prefill",
+        "--kv-transfer-secret",
+        "right",
+        "--kv-lease-timeout",
+        "1",
+    ]);
+    let (_d, decode) = serve_with(vec![
+        "--kv-connector",
+        "pd",
+        "--kv-role",
+        "decode",
+        "--kv-transfer-secret",
+        "wrong",
+        "--kv-load-failure-policy",
+        "recompute",
+    ]);
+    let prompt =
+        "a prompt long enough to span a few blocks of sixteen tokens each, twice over and more";
+    let first = post_json(
+        &format!("{prefill}/v1/completions"),
+        &json!({"prompt": prompt, "max_tokens": 1, "temperature": 0, "kv_transfer_params": {"do_remote_decode": true}}),
+    );
+    let second = post_json(
+        &format!("{decode}/v1/completions"),
+        &json!({"prompt": prompt, "max_tokens": 4, "temperature": 0, "kv_transfer_params": first["kv_transfer_params"]}),
+    );
+    let p = second["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(sources(&second["usage"]), (p, 0, 0), "nothing from an unauthenticated peer");
+    assert!(second["usage"]["prompt_tokens_details"]["recomputed_tokens"].as_u64().unwrap() > 0);
+    assert!(metric(&decode, "strata:kv_transfer_failures_total{model_name=\"builtin\",engine=\"0\",reason=\"auth\"}") >= 1.0);
+    assert_eq!(metric(&prefill, "strata:kv_transfer_failures_total{model_name=\"builtin\",engine=\"0\",reason=\"auth\"}"), 1.0);
+    // The refused lease expires on the prefill side and frees its blocks.
+    assert_eq!(wait_metric(&prefill, "vllm:kv_cache_usage_perc{", 0.0), 0.0);
+    assert_eq!(wait_metric(&prefill, "strata:kv_leases_expired_total{", 1.0), 1.0);
+}
