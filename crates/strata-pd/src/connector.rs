@@ -135,6 +135,7 @@ impl std::fmt::Debug for PdWorker {
 /// Binds the KV port (prefill role) and returns the connector's halves and
 /// the bound port.
 pub fn open(config: PdConfig) -> std::io::Result<(PdScheduler, PdWorker, u16)> {
+    let buffers = transport::BufferPool::default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("strata-kv-transfer")
@@ -151,6 +152,7 @@ pub fn open(config: PdConfig) -> std::io::Result<(PdScheduler, PdWorker, u16)> {
             layout: config.layout,
             secret: config.secret.clone(),
             fault: config.fault.clone(),
+            buffers: buffers.clone(),
         };
         let listener = {
             let _guard = runtime.enter();
@@ -165,6 +167,7 @@ pub fn open(config: PdConfig) -> std::io::Result<(PdScheduler, PdWorker, u16)> {
         layout: config.layout,
         secret: config.secret.clone(),
         timeout: config.transfer_timeout,
+        buffers,
     };
     let block_size = config.layout.block_size;
     Ok((
@@ -362,7 +365,8 @@ impl PdWorker {
                     let data: Vec<Vec<u8>> = indices
                         .iter()
                         .map(|&i| {
-                            let mut buf = vec![0u8; bpb];
+                            let mut buf = self.client.buffers.take();
+                            buf.resize(bpb, 0);
                             kv.read_block(lease.block_ids[i as usize], &mut buf);
                             buf
                         })
@@ -403,10 +407,11 @@ impl PdWorker {
     fn on_pull(&mut self, req: RequestId, result: PullResult, kv: &mut dyn KvBlockIo) {
         let mut s = lock(&self.shared);
         let Some(inflight) = s.inflight.remove(&req) else { return };
-        for (b, data) in inflight.block_ids.iter().zip(&result.blocks) {
-            kv.write_block(*b, data);
-        }
         let got = result.blocks.len().min(inflight.block_ids.len());
+        for (b, block) in inflight.block_ids.iter().zip(result.blocks) {
+            kv.write_block(*b, block.data());
+            self.client.buffers.give(block.0);
+        }
         if got > 0 {
             s.stats.kv_transfers.push(KvTransferRecord {
                 direction: KvTransferDirection::Recv,

@@ -17,6 +17,29 @@ use tokio::sync::oneshot;
 
 use crate::wire::{self, Layout, Reader, WireError};
 
+/// Block-sized buffers kept for reuse: a fresh allocation per block costs
+/// page faults comparable to the copy itself.
+#[derive(Clone, Debug, Default)]
+pub struct BufferPool(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+/// Enough for a few 8k-token transfers of a small model in flight.
+const MAX_POOLED: usize = 1024;
+
+impl BufferPool {
+    pub fn take(&self) -> Vec<u8> {
+        self.0.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default()
+    }
+
+    pub fn give(&self, mut v: Vec<u8>) {
+        if let Ok(mut p) = self.0.lock() {
+            if p.len() < MAX_POOLED {
+                v.clear();
+                p.push(v);
+            }
+        }
+    }
+}
+
 /// Handshake and idle limits (a stranger cannot hold a connection open).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -78,6 +101,8 @@ pub struct ServerConfig {
     pub layout: Layout,
     pub secret: Option<String>,
     pub fault: Fault,
+    /// Where sent blocks' buffers go back to.
+    pub buffers: BufferPool,
 }
 
 /// Accepts connections until the listener fails or the engine side goes.
@@ -239,6 +264,7 @@ async fn handle(
                     )
                     .await?;
                     bytes += data.len() as u64;
+                    config.buffers.give(data);
                 }
                 wire::write_frame(&mut w, wire::END, &[]).await?;
                 w.flush().await?;
@@ -262,10 +288,21 @@ pub struct PullSpec {
     pub indices: Vec<u32>,
 }
 
+/// One received block: its whole frame payload (index and CRC first), so
+/// no copy is made to strip them.
+#[derive(Debug)]
+pub struct Block(pub Vec<u8>);
+
+impl Block {
+    pub fn data(&self) -> &[u8] {
+        &self.0[8..]
+    }
+}
+
 #[derive(Debug)]
 pub struct PullResult {
     /// Verified blocks, in order, from the first index on.
-    pub blocks: Vec<Vec<u8>>,
+    pub blocks: Vec<Block>,
     pub error: Option<KvTransferFailure>,
     pub bytes: u64,
     pub seconds: f64,
@@ -276,6 +313,7 @@ pub struct ClientConfig {
     pub layout: Layout,
     pub secret: Option<String>,
     pub timeout: Duration,
+    pub buffers: BufferPool,
 }
 
 fn classify(e: &WireError) -> KvTransferFailure {
@@ -362,11 +400,12 @@ pub async fn pull(spec: PullSpec, config: ClientConfig) -> PullResult {
             .map_err(|_| KvTransferFailure::Transport)?;
         w.flush().await.map_err(|_| KvTransferFailure::Transport)?;
         loop {
+            let mut frame = config.buffers.take();
             let kind =
-                wire::read_frame(&mut r, &mut buf, bpb + 16).await.map_err(|e| classify(&e))?;
+                wire::read_frame(&mut r, &mut frame, bpb + 16).await.map_err(|e| classify(&e))?;
             match kind {
                 wire::BLOCK => {
-                    let mut rd = Reader(&buf);
+                    let mut rd = Reader(&frame);
                     let index = rd.u32().map_err(|e| classify(&e))?;
                     let crc = rd.u32().map_err(|e| classify(&e))?;
                     let data = rd.0;
@@ -376,12 +415,12 @@ pub async fn pull(spec: PullSpec, config: ClientConfig) -> PullResult {
                         return Err(KvTransferFailure::Invalid);
                     }
                     result.bytes += data.len() as u64;
-                    result.blocks.push(data.to_vec());
+                    result.blocks.push(Block(frame));
                 }
                 wire::END if result.blocks.len() == spec.indices.len() => return Ok(()),
                 wire::END => return Err(KvTransferFailure::Invalid),
                 wire::ERROR => {
-                    let code = buf.first().copied().unwrap_or(0);
+                    let code = frame.first().copied().unwrap_or(0);
                     return Err(if code == wire::CODE_EXPIRED {
                         KvTransferFailure::LeaseExpired
                     } else {

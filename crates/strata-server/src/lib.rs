@@ -11,6 +11,7 @@ pub mod completions;
 pub mod driver;
 pub mod error;
 pub mod openai;
+pub mod router;
 
 use std::sync::Arc;
 

@@ -4,6 +4,7 @@ mod bench;
 mod generate;
 mod loadgen;
 mod model_ref;
+mod router;
 mod serve;
 
 use anyhow::Result;
@@ -23,7 +24,10 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve the OpenAI-compatible API (default: the built-in model on 127.0.0.1:8000).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
+    /// Front prefill and decode engines (P/D disaggregation) with one
+    /// OpenAI-compatible API.
+    Router(router::RouterArgs),
     /// Generate text for one prompt or a file of prompts.
     Generate(generate::GenerateArgs),
     /// Many concurrent streaming clients against a server on loopback.
@@ -57,7 +61,8 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
+        Command::Router(args) => router::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Loadgen(args) => loadgen::run(args),

@@ -145,12 +145,15 @@ impl PdArgs {
 
 /// The connector configured by the flags (offload or P/D), as its two
 /// halves.
+/// A connector's scheduler side and worker side.
+type ConnectorPair =
+    (Box<dyn ConnectorScheduler>, Box<dyn strata_core::connector::ConnectorWorker>);
+
 fn connector(
     args: &ServeArgs,
     spec: &strata_core::KvCacheSpec,
     fingerprint: u64,
-) -> Result<Option<(Box<dyn ConnectorScheduler>, Box<dyn strata_core::connector::ConnectorWorker>)>>
-{
+) -> Result<Option<ConnectorPair>> {
     if args.pd.enabled() && args.offload.enabled() {
         anyhow::bail!(
             "--kv-connector pd with the offload tiers (vLLM's MultiConnector) is not supported yet; use one of them"
