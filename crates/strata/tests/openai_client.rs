@@ -9,46 +9,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::serve;
-
-const OPENAI_VERSION: &str = "3.51.0";
-
-fn venv_python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openai-venv");
-    let python = venv.join("bin/python");
-    let ready = |p: &Path| {
-        Command::new(p)
-            .args([
-                "-c",
-                &format!("import openai, sys; sys.exit(openai.__version__ != '{OPENAI_VERSION}')"),
-            ])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ready(&python) {
-        let ok =
-            Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap().success();
-        assert!(ok, "python3 -m venv failed");
-        let ok = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                &format!("openai=={OPENAI_VERSION}"),
-            ])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok && ready(&python), "installing openai=={OPENAI_VERSION} failed");
-    }
-    python
-}
+use common::{serve, venv_python};
 
 #[test]
 fn official_openai_client_against_a_live_server() {

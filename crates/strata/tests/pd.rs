@@ -139,3 +139,120 @@ fn a_decode_engine_with_a_wrong_secret_recomputes_and_counts_it() {
     assert_eq!(wait_metric(&prefill, "vllm:kv_cache_usage_perc{", 0.0), 0.0);
     assert_eq!(wait_metric(&prefill, "strata:kv_leases_expired_total{", 1.0), 1.0);
 }
+
+/// Hop 1 on `prefill`, optional `between` (e.g. kill it), hop 2 on
+/// `decode`; returns the decode answer.
+fn two_hops(prefill: &str, decode: &str, prompt: &str, between: impl FnOnce()) -> Value {
+    let first = post_json(
+        &format!("{prefill}/v1/completions"),
+        &json!({"prompt": prompt, "max_tokens": 1, "temperature": 0, "kv_transfer_params": {"do_remote_decode": true}}),
+    );
+    between();
+    post_json(
+        &format!("{decode}/v1/completions"),
+        &json!({"prompt": prompt, "max_tokens": 6, "temperature": 0, "kv_transfer_params": first["kv_transfer_params"]}),
+    )
+}
+
+const FAULT_PROMPT: &str = "Faults are injected into the KV transfer between the two engines here; the answer must not change.";
+
+#[test]
+fn transport_faults_between_real_processes_recompute_or_fail_cleanly() {
+    let (_s, single) = serve_with(vec![]);
+    let expected = post_json(
+        &format!("{single}/v1/completions"),
+        &json!({"prompt": FAULT_PROMPT, "max_tokens": 6, "temperature": 0}),
+    )["choices"][0]["text"]
+        .clone();
+    for (fault, reason) in
+        [("drop-after=2", "transport"), ("corrupt=1", "invalid"), ("delay-ms=1500", "timeout")]
+    {
+        let (_p, prefill) = serve_with(vec![
+            "--kv-connector",
+            "pd",
+            "--kv-role",
+            "prefill",
+            "--kv-transfer-fault",
+            fault,
+            "--kv-lease-timeout",
+            "3",
+        ]);
+        for policy in ["recompute", "fail"] {
+            let (_d, decode) = serve_with(vec![
+                "--kv-connector",
+                "pd",
+                "--kv-role",
+                "decode",
+                "--kv-load-failure-policy",
+                policy,
+                "--kv-transfer-timeout",
+                "1",
+            ]);
+            let answer = two_hops(&prefill, &decode, FAULT_PROMPT, || {});
+            let label = format!("{fault} / {policy}");
+            if policy == "recompute" {
+                assert_eq!(answer["choices"][0]["text"], expected, "{label}: correct output");
+                assert!(
+                    answer["usage"]["prompt_tokens_details"]["recomputed_tokens"].as_u64().unwrap()
+                        > 0,
+                    "{label}"
+                );
+            } else {
+                assert_eq!(answer["choices"][0]["finish_reason"], json!("error"), "{label}: A5");
+            }
+            let failures = metric(&decode, &format!("strata:kv_transfer_failures_total{{model_name=\"builtin\",engine=\"0\",reason=\"{reason}\"}}"));
+            assert_eq!(failures, 1.0, "{label}");
+            assert_eq!(
+                wait_metric(&decode, "vllm:kv_cache_usage_perc{", 0.0),
+                0.0,
+                "{label}: nothing leaks on decode"
+            );
+        }
+        assert_eq!(
+            wait_metric(&prefill, "vllm:kv_cache_usage_perc{", 0.0),
+            0.0,
+            "{fault}: nothing leaks on prefill"
+        );
+    }
+}
+
+#[test]
+fn a_prefill_engine_killed_before_the_pull_costs_a_recompute_not_the_request() {
+    let (_s, single) = serve_with(vec![]);
+    let expected = post_json(
+        &format!("{single}/v1/completions"),
+        &json!({"prompt": FAULT_PROMPT, "max_tokens": 6, "temperature": 0}),
+    )["choices"][0]["text"]
+        .clone();
+    for policy in ["recompute", "fail"] {
+        let (mut p, prefill) = serve_with(vec!["--kv-connector", "pd", "--kv-role", "prefill"]);
+        let (_d, decode) = serve_with(vec![
+            "--kv-connector",
+            "pd",
+            "--kv-role",
+            "decode",
+            "--kv-load-failure-policy",
+            policy,
+            "--kv-transfer-timeout",
+            "2",
+        ]);
+        let answer = two_hops(&prefill, &decode, FAULT_PROMPT, || p.kill());
+        if policy == "recompute" {
+            assert_eq!(answer["choices"][0]["text"], expected);
+            let p_tokens = answer["usage"]["prompt_tokens"].as_u64().unwrap();
+            assert_eq!(
+                sources(&answer["usage"]),
+                (p_tokens, 0, 0),
+                "nothing is attributed to the dead peer"
+            );
+        } else {
+            assert_eq!(answer["choices"][0]["finish_reason"], json!("error"));
+        }
+        assert_eq!(
+            metric(&decode, "strata:kv_transfer_failures_total{model_name=\"builtin\",engine=\"0\",reason=\"transport\"}"),
+            1.0
+        );
+        assert!(metric(&decode, "strata:kv_transfer_failed_tokens_total{") > 0.0);
+        assert_eq!(wait_metric(&decode, "vllm:kv_cache_usage_perc{", 0.0), 0.0);
+    }
+}

@@ -3,11 +3,24 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 pub struct Server(Child);
+
+impl Server {
+    pub fn new(child: Child) -> Self {
+        Self(child)
+    }
+
+    /// Kills the process now (a crash, as far as its peers can tell).
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -59,4 +72,41 @@ pub fn post_json(url: &str, body: &serde_json::Value) -> serde_json::Value {
         .read_to_string()
         .unwrap();
     serde_json::from_str(&text).unwrap()
+}
+
+/// The pinned official OpenAI client, installed into a venv under the
+/// target directory the first time (idempotent).
+pub const OPENAI_VERSION: &str = "3.51.0";
+
+pub fn venv_python() -> PathBuf {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openai-venv");
+    let python = venv.join("bin/python");
+    let ready = |p: &Path| {
+        Command::new(p)
+            .args([
+                "-c",
+                &format!("import openai, sys; sys.exit(openai.__version__ != '{OPENAI_VERSION}')"),
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ready(&python) {
+        let ok =
+            Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap().success();
+        assert!(ok, "python3 -m venv failed");
+        let ok = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                &format!("openai=={OPENAI_VERSION}"),
+            ])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok && ready(&python), "installing openai=={OPENAI_VERSION} failed");
+    }
+    python
 }
