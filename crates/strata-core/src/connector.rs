@@ -18,6 +18,10 @@
 //! to delay or fail specific blocks, so every path runs in tests before a
 //! real transport exists.
 
+mod multi;
+
+pub use multi::{multi, MultiConnector, MultiWorker};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 

@@ -55,7 +55,8 @@ pub struct ServeArgs {
 #[derive(Args, Debug, Clone, Default)]
 pub struct PdArgs {
     /// `pd`: this engine takes part in P/D (with --kv-role). Offloading is
-    /// configured with the --kv-offload-* flags.
+    /// configured with the --kv-offload-* flags; with both, P/D requests
+    /// use their peer and every other request the offload tiers.
     #[arg(long, value_parser = ["pd"])]
     pub kv_connector: Option<String>,
     #[arg(long, value_enum, default_value_t = KvRole::Both)]
@@ -154,18 +155,23 @@ fn connector(
     spec: &strata_core::KvCacheSpec,
     fingerprint: u64,
 ) -> Result<Option<ConnectorPair>> {
-    if args.pd.enabled() && args.offload.enabled() {
-        anyhow::bail!(
-            "--kv-connector pd with the offload tiers (vLLM's MultiConnector) is not supported yet; use one of them"
-        );
-    }
+    let mut parts: Vec<ConnectorPair> = Vec::new();
+    // P/D first: a request with remote KV takes it from its peer; every
+    // other request looks in the offload tiers (vLLM's MultiConnector).
     if let Some((s, w)) = args.pd.open(spec, fingerprint)? {
-        return Ok(Some((Box::new(s), Box::new(w))));
+        parts.push((Box::new(s), Box::new(w)));
     }
     if let Some((s, w)) = args.offload.open(spec, fingerprint)? {
-        return Ok(Some((Box::new(s), Box::new(w))));
+        parts.push((Box::new(s), Box::new(w)));
     }
-    Ok(None)
+    Ok(match parts.len() {
+        0 => None,
+        1 => parts.pop(),
+        _ => {
+            let (s, w) = strata_core::connector::multi(parts);
+            Some((Box::new(s), Box::new(w)))
+        }
+    })
 }
 
 /// The KV offload tiers (host RAM, local disk).

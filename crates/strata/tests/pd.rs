@@ -256,3 +256,52 @@ fn a_prefill_engine_killed_before_the_pull_costs_a_recompute_not_the_request() {
         assert_eq!(wait_metric(&decode, "vllm:kv_cache_usage_perc{", 0.0), 0.0);
     }
 }
+
+#[test]
+fn a_prefill_engine_with_offload_tiers_serves_repeats_from_host_and_still_hands_off() {
+    let host_gb = format!("{}", 100.0 * (4 * 2 * 16 * 128 * 4) as f64 / 1e9);
+    let (_p, prefill) = serve_with(vec![
+        "--kv-connector",
+        "pd",
+        "--kv-role",
+        "prefill",
+        "--num-kv-blocks",
+        "48",
+        "--kv-offload-host-gb",
+        &host_gb,
+    ]);
+    let (_d, decode) = serve_with(vec!["--kv-connector", "pd", "--kv-role", "decode"]);
+    let (_s, single) = serve_with(vec![]);
+    let prompt: String = (0..70).map(|i| format!("m{} ", (i * 7 + 1) % 97)).collect();
+    let expected = post_json(
+        &format!("{single}/v1/completions"),
+        &json!({"prompt": prompt, "max_tokens": 6, "temperature": 0}),
+    )["choices"][0]["text"]
+        .clone();
+    let cold = two_hops(&prefill, &decode, &prompt, || {});
+    assert_eq!(cold["choices"][0]["text"], expected);
+    // Other prompts push it out of the prefill engine's 48-block pool.
+    for seed in 0..3 {
+        let other: String = (0..70).map(|i| format!("o{seed}x{} ", i * 3 % 89)).collect();
+        post_json(&format!("{prefill}/v1/completions"), &json!({"prompt": other, "max_tokens": 1}));
+    }
+    let first = post_json(
+        &format!("{prefill}/v1/completions"),
+        &json!({"prompt": prompt, "max_tokens": 1, "temperature": 0, "kv_transfer_params": {"do_remote_decode": true}}),
+    );
+    let usage = &first["usage"]["prompt_tokens_details"];
+    assert!(
+        usage["sources"]["host"].as_u64().unwrap() > 0,
+        "the repeat came from the host tier: {usage}"
+    );
+    assert_eq!(usage["cached_tokens"], usage["sources"]["host"], "host hits are cached tokens");
+    let second = post_json(
+        &format!("{decode}/v1/completions"),
+        &json!({"prompt": prompt, "max_tokens": 6, "temperature": 0, "kv_transfer_params": first["kv_transfer_params"]}),
+    );
+    assert_eq!(
+        second["choices"][0]["text"], expected,
+        "KV loaded from host, then pulled, gives the same answer"
+    );
+    assert_eq!(wait_metric(&prefill, "vllm:kv_cache_usage_perc{", 0.0), 0.0);
+}

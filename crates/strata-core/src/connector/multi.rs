@@ -1,0 +1,245 @@
+//! [`MultiConnector`]: several connectors in order, as vLLM's
+//! `MultiConnector` (e.g. P/D and the offload tiers in one engine).
+//!
+//! - A request's external match comes from the first connector, in order,
+//!   that has one; that connector loads it and books its source. The
+//!   others are told of the admission with no blocks (so they count their
+//!   lookups, and a P/D decode side releases a lease it will not pull).
+//! - Every connector hears every ended request; blocks are freed late if
+//!   any of them asks, and the first params returned go to the client.
+//! - Computed blocks are offered to every connector (each stores its own).
+//! - Each connector's worker gets its own part of the step's metadata;
+//!   their reports are merged.
+
+use std::sync::{Arc, Mutex};
+
+use rustc_hash::FxHashMap;
+
+use super::{ConnectorMeta, ConnectorOutput, ConnectorScheduler, ConnectorWorker, RequestFinished};
+use crate::executor::KvBlockIo;
+use crate::ids::{BlockId, RequestId};
+use crate::kv::BlockHash;
+use crate::records::TokenSource;
+use crate::request::Request;
+
+/// The step's metadata, one part per connector, from the scheduler side
+/// to the worker side.
+type Parts = Arc<Mutex<Vec<ConnectorMeta>>>;
+
+pub struct MultiConnector {
+    parts: Vec<Box<dyn ConnectorScheduler>>,
+    /// Which connector matched each request not yet admitted or loading.
+    chosen: FxHashMap<RequestId, usize>,
+    metas: Parts,
+}
+
+pub struct MultiWorker {
+    parts: Vec<Box<dyn ConnectorWorker>>,
+    metas: Parts,
+}
+
+impl std::fmt::Debug for MultiConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MultiConnector").field("parts", &self.parts.len()).finish()
+    }
+}
+
+impl std::fmt::Debug for MultiWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MultiWorker").field("parts", &self.parts.len()).finish()
+    }
+}
+
+/// Combines connectors (scheduler side and worker side of each), first
+/// match wins.
+pub fn multi(
+    parts: Vec<(Box<dyn ConnectorScheduler>, Box<dyn ConnectorWorker>)>,
+) -> (MultiConnector, MultiWorker) {
+    let metas = Parts::default();
+    let (scheds, workers) = parts.into_iter().unzip();
+    (
+        MultiConnector { parts: scheds, chosen: FxHashMap::default(), metas: metas.clone() },
+        MultiWorker { parts: workers, metas },
+    )
+}
+
+impl ConnectorScheduler for MultiConnector {
+    fn source(&self) -> TokenSource {
+        self.parts.first().map_or(TokenSource::Remote, |c| c.source())
+    }
+
+    fn get_num_new_matched_tokens(
+        &mut self,
+        req: &Request,
+        num_local_hit_tokens: usize,
+    ) -> (usize, bool) {
+        self.chosen.remove(&req.id);
+        for (i, c) in self.parts.iter_mut().enumerate() {
+            let (n, is_async) = c.get_num_new_matched_tokens(req, num_local_hit_tokens);
+            if n > 0 {
+                self.chosen.insert(req.id, i);
+                return (n, is_async);
+            }
+        }
+        (0, false)
+    }
+
+    fn source_for(&self, req: &Request) -> TokenSource {
+        match self.chosen.get(&req.id) {
+            Some(&i) => self.parts[i].source_for(req),
+            None => self.source(),
+        }
+    }
+
+    fn update_state_after_alloc(
+        &mut self,
+        req: &Request,
+        block_ids: &[BlockId],
+        block_hashes: &[BlockHash],
+    ) {
+        let chosen = self.chosen.get(&req.id).copied();
+        for (i, c) in self.parts.iter_mut().enumerate() {
+            if Some(i) == chosen {
+                c.update_state_after_alloc(req, block_ids, block_hashes);
+            } else {
+                c.update_state_after_alloc(req, &[], &[]);
+            }
+        }
+    }
+
+    fn build_connector_meta(&mut self) -> ConnectorMeta {
+        let metas: Vec<ConnectorMeta> =
+            self.parts.iter_mut().map(|c| c.build_connector_meta()).collect();
+        let mut merged = ConnectorMeta::default();
+        for m in &metas {
+            merged.loads.extend(m.loads.iter().cloned());
+            merged.stores.extend(m.stores.iter().copied());
+        }
+        *self.metas.lock().unwrap_or_else(|e| e.into_inner()) = metas;
+        merged
+    }
+
+    fn request_finished(&mut self, req: &Request, block_ids: &[BlockId]) -> RequestFinished {
+        self.chosen.remove(&req.id);
+        let mut out = RequestFinished::free_now();
+        for c in &mut self.parts {
+            let r = c.request_finished(req, block_ids);
+            out.delay_free |= r.delay_free;
+            if out.kv_transfer_params.is_none() {
+                out.kv_transfer_params = r.kv_transfer_params;
+            }
+        }
+        out
+    }
+
+    fn on_blocks_computed(
+        &mut self,
+        req: &Request,
+        first_block: usize,
+        block_ids: &[BlockId],
+        block_hashes: &[BlockHash],
+    ) -> Vec<BlockId> {
+        self.parts
+            .iter_mut()
+            .flat_map(|c| c.on_blocks_computed(req, first_block, block_ids, block_hashes))
+            .collect()
+    }
+}
+
+impl ConnectorWorker for MultiWorker {
+    fn start_load_kv(&mut self, _meta: &ConnectorMeta, kv: &mut dyn KvBlockIo) {
+        let metas = std::mem::take(&mut *self.metas.lock().unwrap_or_else(|e| e.into_inner()));
+        let empty = ConnectorMeta::default();
+        for (i, w) in self.parts.iter_mut().enumerate() {
+            w.start_load_kv(metas.get(i).unwrap_or(&empty), kv);
+        }
+    }
+
+    fn get_finished(&mut self, kv: &mut dyn KvBlockIo) -> ConnectorOutput {
+        let mut out = ConnectorOutput::default();
+        for w in &mut self.parts {
+            let o = w.get_finished(kv);
+            out.finished_recving.extend(o.finished_recving);
+            out.invalid_block_ids.extend(o.invalid_block_ids);
+            out.finished_storing.extend(o.finished_storing);
+            out.finished_sending.extend(o.finished_sending);
+            out.stats.merge(o.stats);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connector::{KvLoadFailurePolicy, TestConnector};
+    use crate::engine::EngineCore;
+    use crate::kv::hash::extend_block_hashes;
+    use crate::request::NewRequest;
+    use crate::sampling::SamplingParams;
+    use crate::scheduler::{SchedulerConfig, SchedulingPolicy};
+    use crate::testing::FakeExecutor;
+
+    const B: usize = 4;
+
+    fn req(prompt: Vec<u32>) -> NewRequest {
+        NewRequest {
+            prompt_token_ids: prompt,
+            params: SamplingParams { ignore_eos: true, ..SamplingParams::greedy(2) },
+            priority: 0,
+            cache_salt: None,
+            eos_token_ids: vec![],
+            kv_transfer_params: None,
+        }
+    }
+
+    /// Two test connectors (remote first, host second) behind one engine:
+    /// each request's match comes from the first that has it, booked
+    /// under that connector's source; stores go to the one that stores.
+    #[test]
+    fn the_first_connector_with_a_match_loads_and_books_it() {
+        let remote = TestConnector::new(TokenSource::Remote, B);
+        let host = TestConnector::new(TokenSource::Host, B);
+        host.store_blocks(0);
+        let a: Vec<u32> = (10..23).collect();
+        let b: Vec<u32> = (100..113).collect();
+        let hashes = |p: &[u32]| {
+            let mut h = Vec::new();
+            extend_block_hashes(&mut h, p, B, None);
+            h
+        };
+        remote.offer(&hashes(&a));
+        host.offer(&hashes(&a));
+        host.offer(&hashes(&b));
+        let (sched, worker) = multi(vec![
+            (Box::new(remote.clone()), Box::new(remote.clone())),
+            (Box::new(host.clone()), Box::new(host.clone())),
+        ]);
+        let exec = FakeExecutor::new(64, B, 4096).with_connector(worker);
+        let config = SchedulerConfig {
+            max_num_seqs: 8,
+            max_num_batched_tokens: 64,
+            block_size: B,
+            num_blocks: 64,
+            max_model_len: 4096,
+            policy: SchedulingPolicy::Fcfs,
+            enable_prefix_caching: false,
+            kv_load_failure_policy: KvLoadFailurePolicy::Fail,
+        };
+        let mut e = EngineCore::with_connector(exec, config, Some(Box::new(sched)));
+        e.add_request(req(a), 0.0).unwrap();
+        e.add_request(req(b), 0.0).unwrap();
+        let mut records = Vec::new();
+        for t in 1..100 {
+            if !e.has_unfinished() {
+                break;
+            }
+            records.extend(e.step(t as f64).prefill_records);
+        }
+        records.sort_by_key(|r| r.request_id);
+        assert_eq!((records[0].remote, records[0].host, records[0].local_compute), (12, 0, 1));
+        assert_eq!((records[1].remote, records[1].host, records[1].local_compute), (0, 12, 1));
+        assert_eq!((remote.num_loads(), host.num_loads()), (1, 1));
+        assert_eq!(e.scheduler().kv().pool().num_free_blocks(), 64, "every hold released");
+    }
+}
