@@ -280,3 +280,106 @@ fn a_full_idle_host_tier_reads_residency_one_and_nothing_in_flight() {
     let evicted: u32 = run.stats().evictions.iter().map(|e| e.1).sum();
     assert_eq!(evicted, 2, "six blocks through four slots");
 }
+
+mod random {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Submit prompt k of a small set (repeats make hits).
+        Add(u8),
+        /// Abort the i-th live request.
+        Abort(u8),
+        Step,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0u8..6).prop_map(Op::Add),
+            1 => any::<u8>().prop_map(Op::Abort),
+            4 => Just(Op::Step),
+        ]
+    }
+
+    /// Prompts sharing prefixes, of 5 to 21 tokens.
+    fn prompt_of(k: u8) -> Vec<u32> {
+        let base = prompt(100, 21);
+        let len = 5 + (k as usize * 3) % 17;
+        let mut p = base[..len].to_vec();
+        if k % 2 == 1 {
+            p[len - 1] += 1;
+        }
+        p
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Random adds, aborts and steps through a small host tier and a
+        /// disk tier: every loaded block holds its own prompt's tokens
+        /// (never a block under a wrong key), records sum, and when all
+        /// ends nothing is held: device blocks, host pins, disk pins.
+        #[test]
+        fn random_traffic_through_the_tiers_serves_only_the_right_blocks(ops in proptest::collection::vec(op(), 1..60)) {
+            let dir = tempfile::tempdir().unwrap();
+            let (sched, worker) = open(offload(3, Some(dir.path())));
+            let shared = sched.shared.clone();
+            let mut exec = FakeExecutor::new(64, B, 4096).with_connector(worker);
+            exec.kv.bytes_per_block = BPB;
+            exec.kv.write_tokens = true;
+            let mut e = EngineCore::with_connector(exec, config(KvLoadFailurePolicy::Fail), Some(Box::new(sched)));
+            let mut live: Vec<(RequestId, Vec<u32>)> = Vec::new();
+            let mut t = 0.0;
+            let check = |e: &mut EngineCore<FakeExecutor>, live: &mut Vec<(RequestId, Vec<u32>)>, t: &mut f64| -> Result<(), TestCaseError> {
+                *t += 1.0;
+                let r = e.step(*t);
+                for rec in &r.prefill_records {
+                    prop_assert_eq!(rec.local_compute + rec.local_cache_hit + rec.host + rec.disk + rec.remote, rec.prompt_tokens);
+                    let p = &live.iter().find(|(id, _)| *id == rec.request_id).expect("a live request").1;
+                    let blocks = e.scheduler().kv().blocks(rec.request_id);
+                    for (i, chunk) in p.chunks(B).enumerate().take(p.len() / B) {
+                        prop_assert_eq!(&e.executor().kv.tokens(blocks[i], B), chunk, "block {} of a request holds another prompt's KV", i);
+                    }
+                }
+                for o in &r.outputs {
+                    if o.finish_reason.is_some() {
+                        live.retain(|(id, _)| *id != o.request_id);
+                    }
+                }
+                Ok(())
+            };
+            for op in ops {
+                match op {
+                    Op::Add(k) => {
+                        let p = prompt_of(k);
+                        let id = e.add_request(req(&p), t).unwrap();
+                        live.push((id, p));
+                    }
+                    Op::Abort(i) => {
+                        if !live.is_empty() {
+                            let (id, _) = live.remove(i as usize % live.len());
+                            e.abort(id, t);
+                        }
+                    }
+                    Op::Step => check(&mut e, &mut live, &mut t)?,
+                }
+            }
+            let deadline = Instant::now() + std::time::Duration::from_secs(10);
+            while e.has_unfinished() && Instant::now() < deadline {
+                check(&mut e, &mut live, &mut t)?;
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            prop_assert!(!e.has_unfinished());
+            prop_assert_eq!(e.scheduler().kv().pool().num_free_blocks(), 64);
+            let s = lock(&shared);
+            prop_assert_eq!(s.host.num_pinned(), 0);
+            prop_assert!(s.plans.is_empty() && s.inflight.is_empty() && s.lookups.is_empty());
+            s.host.check_invariants().map_err(TestCaseError::fail)?;
+            if let Some(d) = &s.disk {
+                d.index.check_invariants().map_err(TestCaseError::fail)?;
+            }
+        }
+    }
+}
