@@ -91,7 +91,7 @@ struct InflightLoad {
 
 enum Job {
     Read { req: RequestId, block: BlockId, hash: BlockHash },
-    Write { hash: BlockHash, data: Vec<u8> },
+    Write { hash: BlockHash, data: Arc<Vec<u8>> },
     Delete { hash: BlockHash },
 }
 
@@ -107,20 +107,13 @@ enum Done {
         hash: BlockHash,
         result: Result<(), OffloadFailure>,
         seconds: f64,
-        /// The copy that was written, for reuse.
-        buffer: Vec<u8>,
     },
 }
-
-/// Write buffers kept for reuse: a fresh block-sized allocation costs page
-/// faults on every store.
-const MAX_SPARE_BUFFERS: usize = 64;
 
 #[derive(Debug)]
 struct DiskTier {
     index: DiskIndex,
     queued_writes: usize,
-    spare: Vec<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -186,9 +179,9 @@ impl Shared {
             return;
         }
         let Some(slot) = self.host.pin(hash) else { return };
-        let mut data = d.spare.pop().unwrap_or_default();
-        data.clear();
-        data.extend_from_slice(self.host.slot(slot));
+        // Shared, not copied: the slot is copied only if it is refilled
+        // before the writer is done with it.
+        let data = self.host.slot_shared(slot);
         self.host.unpin(slot);
         let Some(evicted) = d.index.begin_write(hash) else {
             self.stats.allocation_failures += 1;
@@ -285,7 +278,7 @@ pub fn open(config: OffloadConfig) -> (OffloadScheduler, OffloadWorker) {
                     tracing::warn!(dir = %dir.display(), "KV disk tier: cannot list the directory ({e})")
                 }
             }
-            shared.disk = Some(DiskTier { index, queued_writes: 0, spare: Vec::new() });
+            shared.disk = Some(DiskTier { index, queued_writes: 0 });
             let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
             let (reads_tx, reads_rx) = mpsc::channel::<Job>();
             let (done_tx, done_rx) = mpsc::channel::<Done>();
@@ -324,8 +317,7 @@ pub fn open(config: OffloadConfig) -> (OffloadScheduler, OffloadWorker) {
                             let start = Instant::now();
                             let result = disk::write_block(&write_dir, fp, hash, &data);
                             let seconds = start.elapsed().as_secs_f64();
-                            let _ =
-                                done_tx.send(Done::Write { hash, result, seconds, buffer: data });
+                            let _ = done_tx.send(Done::Write { hash, result, seconds });
                         }
                         Job::Delete { hash } => disk::remove_block(&write_dir, hash),
                     }
@@ -580,13 +572,10 @@ impl OffloadWorker {
         let mut s = lock(&self.shared);
         let bpb = s.bytes_per_block as u64;
         match done {
-            Done::Write { hash, result, seconds, buffer } => {
+            Done::Write { hash, result, seconds } => {
                 if let Some(d) = &mut s.disk {
                     d.queued_writes = d.queued_writes.saturating_sub(1);
                     d.index.finish_write(hash, result.is_ok());
-                    if d.spare.len() < MAX_SPARE_BUFFERS {
-                        d.spare.push(buffer);
-                    }
                 }
                 match result {
                     Ok(()) => s.stats.transfers.push(TransferRecord {

@@ -1,7 +1,9 @@
 //! The host tier: a fixed pool of block slots in RAM.
 //!
-//! One arena of `num_slots * bytes_per_block` bytes (zeroed lazily by the
-//! OS, so an idle tier costs no resident memory), an index from block hash
+//! One buffer per slot, allocated when the slot is first filled (an idle
+//! tier costs no memory) and shared by reference with the disk writer (a
+//! write-through costs no copy; refilling a slot whose write is still
+//! queued copies it first), an index from block hash
 //! to slot, and LRU eviction among slots nobody is reading. A slot pinned
 //! by a load in flight is never evicted or overwritten.
 //!
@@ -32,7 +34,7 @@ pub struct Allocation {
 
 pub struct HostTier {
     bytes_per_block: usize,
-    arena: Vec<u8>,
+    data: Vec<std::sync::Arc<Vec<u8>>>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     index: FxHashMap<BlockHash, u32>,
@@ -59,7 +61,7 @@ impl HostTier {
         let free = (0..num_slots as u32).rev().collect();
         Self {
             bytes_per_block,
-            arena: vec![0u8; num_slots * bytes_per_block],
+            data: (0..num_slots).map(|_| std::sync::Arc::new(Vec::new())).collect(),
             slots,
             free,
             index: FxHashMap::default(),
@@ -169,13 +171,19 @@ impl HostTier {
     }
 
     pub fn slot(&self, slot: u32) -> &[u8] {
-        let start = slot as usize * self.bytes_per_block;
-        &self.arena[start..start + self.bytes_per_block]
+        &self.data[slot as usize]
+    }
+
+    /// The slot's buffer, shared (for the disk writer).
+    pub fn slot_shared(&self, slot: u32) -> std::sync::Arc<Vec<u8>> {
+        self.data[slot as usize].clone()
     }
 
     pub fn slot_mut(&mut self, slot: u32) -> &mut [u8] {
-        let start = slot as usize * self.bytes_per_block;
-        &mut self.arena[start..start + self.bytes_per_block]
+        let bpb = self.bytes_per_block;
+        let v = std::sync::Arc::make_mut(&mut self.data[slot as usize]);
+        v.resize(bpb, 0);
+        v
     }
 
     /// Checks the module header's invariants.
