@@ -185,12 +185,7 @@ pub fn router_app(state: Arc<RouterState>) -> axum::Router {
 /// The server's key check (`lib.rs`), counting refusals.
 async fn require_key(State(state): State<Arc<RouterState>>, req: Request, next: Next) -> Response {
     if let Some(key) = &state.api_key {
-        let ok = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| given == key);
+        let ok = crate::has_bearer_key(&req, key);
         if !ok {
             let e = RouterError::from(ApiError::Unauthorized("missing or invalid API key".into()));
             return state.respond(Err(e));

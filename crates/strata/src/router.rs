@@ -62,29 +62,10 @@ pub fn run(args: RouterArgs) -> Result<()> {
             "P/D router"
         );
         tracing::info!("serving on http://{}", listener.local_addr()?);
-        axum::serve(listener, router_app(state)).with_graceful_shutdown(shutdown_signal()).await?;
+        axum::serve(listener, router_app(state))
+            .with_graceful_shutdown(crate::serve::shutdown_signal())
+            .await?;
         tracing::info!("stopped");
         Ok(())
     })
-}
-
-/// SIGINT or SIGTERM: stop accepting, let in-flight responses finish (as
-/// `strata serve` does).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            s.recv().await;
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

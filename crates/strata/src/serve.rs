@@ -358,7 +358,7 @@ fn serve<E: Executor + Send + 'static>(
 }
 
 /// SIGINT or SIGTERM: stop accepting, let in-flight responses finish.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

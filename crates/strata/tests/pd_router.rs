@@ -6,37 +6,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
-use common::{serve_with, venv_python, Server};
+use common::{serve_with, spawn_strata, venv_python, Server};
 
 /// `strata router` on a free loopback port.
 fn router(prefill: &str, decode: &str) -> (Server, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["router", "--port", "0", "--prefill", prefill, "--decode", decode])
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("http://127.0.0.1:") {
-                let url: String = line[i..]
-                    .chars()
-                    .take_while(|c| !c.is_whitespace() && *c != '\u{1b}')
-                    .collect();
-                let _ = tx.send(url);
-            }
-        }
-    });
-    let url = rx.recv_timeout(Duration::from_secs(60)).expect("the router reported its address");
-    (Server::new(child), url)
+    spawn_strata(&["router", "--port", "0", "--prefill", prefill, "--decode", decode])
 }
 
 #[test]

@@ -11,10 +11,6 @@ use std::time::Duration;
 pub struct Server(Child);
 
 impl Server {
-    pub fn new(child: Child) -> Self {
-        Self(child)
-    }
-
     /// Kills the process now (a crash, as far as its peers can tell).
     pub fn kill(&mut self) {
         let _ = self.0.kill();
@@ -36,9 +32,15 @@ pub fn serve(key: &str) -> (Server, String) {
 
 /// `strata serve --port 0` with extra arguments.
 pub fn serve_with(extra: Vec<&str>) -> (Server, String) {
+    let mut args = vec!["serve", "--port", "0"];
+    args.extend(extra);
+    spawn_strata(&args)
+}
+
+/// Runs `strata ARGS` and waits (bounded) for the URL it says it serves on.
+pub fn spawn_strata(args: &[&str]) -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
-        .args(["serve", "--port", "0"])
-        .args(extra)
+        .args(args)
         .env("NO_COLOR", "1")
         .stderr(Stdio::piped())
         .spawn()
