@@ -115,14 +115,22 @@ pub struct PdScheduler {
     port: u16,
 }
 
+/// What a pull task reports, in order on one channel (so every block of a
+/// pull is seen before its end).
+#[derive(Debug)]
+enum PullEvent {
+    Block(RequestId, usize, transport::Block),
+    Done(RequestId, PullResult),
+}
+
 pub struct PdWorker {
     shared: Arc<Mutex<Shared>>,
     client: ClientConfig,
     runtime: Option<tokio::runtime::Runtime>,
     jobs: std_mpsc::Receiver<EngineJob>,
     events: std_mpsc::Receiver<SendEvent>,
-    pulls_tx: std_mpsc::Sender<(RequestId, PullResult)>,
-    pulls: std_mpsc::Receiver<(RequestId, PullResult)>,
+    pulls_tx: std_mpsc::Sender<PullEvent>,
+    pulls: std_mpsc::Receiver<PullEvent>,
     block_size: u32,
 }
 
@@ -350,8 +358,8 @@ impl PdWorker {
         }
         let mut s = lock(&self.shared);
         for job in jobs {
-            let (transfer_id, pulled) = match job {
-                EngineJob::Release { transfer_id } => (transfer_id, None),
+            let transfer_id = match job {
+                EngineJob::Release { transfer_id } => transfer_id,
                 EngineJob::Pull { transfer_id, indices, reply } => {
                     let Some(lease) = s.leases.get(&transfer_id) else {
                         let _ = reply.send(Err(wire::CODE_EXPIRED));
@@ -362,16 +370,17 @@ impl PdWorker {
                         continue;
                     }
                     let bpb = kv.bytes_per_block();
-                    let data: Vec<Vec<u8>> = indices
-                        .iter()
-                        .map(|&i| {
-                            let mut buf = self.client.buffers.take();
-                            buf.resize(bpb, 0);
-                            kv.read_block(lease.block_ids[i as usize], &mut buf);
-                            buf
-                        })
-                        .collect();
-                    (transfer_id, Some((reply, data)))
+                    for &i in &indices {
+                        let mut buf = self.client.buffers.take();
+                        buf.resize(bpb, 0);
+                        kv.read_block(lease.block_ids[i as usize], &mut buf);
+                        // Sent at once: the network starts on the first
+                        // block while the rest are copied.
+                        if reply.send(Ok(buf)).is_err() {
+                            break;
+                        }
+                    }
+                    transfer_id
                 }
             };
             let Some(lease) = s.leases.get_mut(&transfer_id) else { continue };
@@ -379,9 +388,6 @@ impl PdWorker {
             let done = lease.pulls_left == 0;
             // The bytes are copied out: the blocks can go once every pull
             // has its copy.
-            if let Some((reply, data)) = pulled {
-                let _ = reply.send(Ok(data));
-            }
             if done {
                 let lease = s.leases.remove(&transfer_id).expect("invariant: present above");
                 s.out.finished_sending.push(lease.request_id);
@@ -404,14 +410,28 @@ impl PdWorker {
         s.stats.kv_leases_held_tokens = Some(held);
     }
 
-    fn on_pull(&mut self, req: RequestId, result: PullResult, kv: &mut dyn KvBlockIo) {
+    /// Copies arrived blocks into the pool and ends finished pulls.
+    fn on_pull_events(&mut self, kv: &mut dyn KvBlockIo) {
+        let events: Vec<PullEvent> = self.pulls.try_iter().collect();
+        for e in events {
+            match e {
+                PullEvent::Block(req, pos, block) => {
+                    let s = lock(&self.shared);
+                    if let Some(b) = s.inflight.get(&req).and_then(|i| i.block_ids.get(pos)) {
+                        kv.write_block(*b, block.data());
+                    }
+                    drop(s);
+                    self.client.buffers.give(block.0);
+                }
+                PullEvent::Done(req, result) => self.on_pull(req, result),
+            }
+        }
+    }
+
+    fn on_pull(&mut self, req: RequestId, result: PullResult) {
         let mut s = lock(&self.shared);
         let Some(inflight) = s.inflight.remove(&req) else { return };
-        let got = result.blocks.len().min(inflight.block_ids.len());
-        for (b, block) in inflight.block_ids.iter().zip(result.blocks) {
-            kv.write_block(*b, block.data());
-            self.client.buffers.give(block.0);
-        }
+        let got = result.num_blocks.min(inflight.block_ids.len());
         if got > 0 {
             s.stats.kv_transfers.push(KvTransferRecord {
                 direction: KvTransferDirection::Recv,
@@ -434,6 +454,7 @@ impl PdWorker {
 impl ConnectorWorker for PdWorker {
     fn start_load_kv(&mut self, meta: &ConnectorMeta, kv: &mut dyn KvBlockIo) {
         self.serve_jobs(kv);
+        self.on_pull_events(kv);
         let Some(rt) = &self.runtime else { return };
         let mut s = lock(&self.shared);
         for load in &meta.loads {
@@ -445,8 +466,12 @@ impl ConnectorWorker for PdWorker {
             s.pulled.insert(load.request_id);
             let (tx, client, id) = (self.pulls_tx.clone(), self.client.clone(), load.request_id);
             rt.spawn(async move {
-                let result = transport::pull(plan.spec, client).await;
-                let _ = tx.send((id, result));
+                let blocks = tx.clone();
+                let result = transport::pull(plan.spec, client, |pos, block| {
+                    let _ = blocks.send(PullEvent::Block(id, pos, block));
+                })
+                .await;
+                let _ = tx.send(PullEvent::Done(id, result));
             });
         }
         for (addr, transfer_id) in std::mem::take(&mut s.releases) {
@@ -464,10 +489,7 @@ impl ConnectorWorker for PdWorker {
 
     fn get_finished(&mut self, kv: &mut dyn KvBlockIo) -> ConnectorOutput {
         self.serve_jobs(kv);
-        let done: Vec<(RequestId, PullResult)> = self.pulls.try_iter().collect();
-        for (req, result) in done {
-            self.on_pull(req, result, kv);
-        }
+        self.on_pull_events(kv);
         let events: Vec<SendEvent> = self.events.try_iter().collect();
         {
             let mut s = lock(&self.shared);

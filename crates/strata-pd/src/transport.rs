@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use strata_core::connector::KvTransferFailure;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
 
 use crate::wire::{self, Layout, Reader, WireError};
 
@@ -83,7 +82,9 @@ pub enum EngineJob {
     Pull {
         transfer_id: String,
         indices: Vec<u32>,
-        reply: oneshot::Sender<Result<Vec<Vec<u8>>, u8>>,
+        /// Each block as soon as it is copied out (so sending starts while
+        /// the rest are copied), or one error code.
+        reply: tokio::sync::mpsc::UnboundedSender<Result<Vec<u8>, u8>>,
     },
     /// The decode side will not pull: end the lease.
     Release { transfer_id: String },
@@ -220,16 +221,16 @@ async fn handle(
                     tokio::time::sleep(d).await;
                 }
                 let start = Instant::now();
-                let (tx, rx) = oneshot::channel();
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
                 if jobs
                     .send(EngineJob::Pull { transfer_id, indices: indices.clone(), reply: tx })
                     .is_err()
                 {
                     return Ok(());
                 }
-                let blocks = match rx.await {
-                    Ok(Ok(blocks)) => blocks,
-                    Ok(Err(code)) => {
+                let first = match rx.recv().await {
+                    Some(Ok(block)) => block,
+                    Some(Err(code)) => {
                         let mut payload = vec![code];
                         wire::put_string(
                             &mut payload,
@@ -243,10 +244,18 @@ async fn handle(
                         w.flush().await?;
                         continue;
                     }
-                    Err(_) => return Ok(()),
+                    None => return Ok(()),
                 };
                 let mut bytes = 0u64;
-                for (pos, (index, mut data)) in indices.iter().zip(blocks).enumerate() {
+                let mut next = Some(first);
+                for (pos, index) in indices.iter().enumerate() {
+                    let Some(mut data) = next.take() else { return Ok(()) };
+                    if pos + 1 < indices.len() {
+                        next = match rx.recv().await {
+                            Some(Ok(block)) => Some(block),
+                            _ => None,
+                        };
+                    }
                     if config.fault.drop_after_blocks == Some(pos as u32) {
                         let _ = events.send(SendEvent::Failed(KvTransferFailure::Transport));
                         // What was sent arrives; then the connection dies.
@@ -301,8 +310,9 @@ impl Block {
 
 #[derive(Debug)]
 pub struct PullResult {
-    /// Verified blocks, in order, from the first index on.
-    pub blocks: Vec<Block>,
+    /// Verified blocks handed to `on_block`, in order, from the first
+    /// index on.
+    pub num_blocks: usize,
     pub error: Option<KvTransferFailure>,
     pub bytes: u64,
     pub seconds: f64,
@@ -382,9 +392,15 @@ async fn connect(
 }
 
 /// Pulls blocks; never fails as a whole: what arrived is kept.
-pub async fn pull(spec: PullSpec, config: ClientConfig) -> PullResult {
+/// Each verified block goes to `on_block` (its position in the pull) as it
+/// arrives, so the engine can copy it in while the rest are on the wire.
+pub async fn pull(
+    spec: PullSpec,
+    config: ClientConfig,
+    mut on_block: impl FnMut(usize, Block),
+) -> PullResult {
     let start = Instant::now();
-    let mut result = PullResult { blocks: Vec::new(), error: None, bytes: 0, seconds: 0.0 };
+    let mut result = PullResult { num_blocks: 0, error: None, bytes: 0, seconds: 0.0 };
     let bpb = config.layout.bytes_per_block as usize;
     let run = async {
         let mut buf = Vec::new();
@@ -409,15 +425,16 @@ pub async fn pull(spec: PullSpec, config: ClientConfig) -> PullResult {
                     let index = rd.u32().map_err(|e| classify(&e))?;
                     let crc = rd.u32().map_err(|e| classify(&e))?;
                     let data = rd.0;
-                    let expected = spec.indices.get(result.blocks.len());
+                    let expected = spec.indices.get(result.num_blocks);
                     if expected != Some(&index) || data.len() != bpb || crc32fast::hash(data) != crc
                     {
                         return Err(KvTransferFailure::Invalid);
                     }
                     result.bytes += data.len() as u64;
-                    result.blocks.push(Block(frame));
+                    on_block(result.num_blocks, Block(frame));
+                    result.num_blocks += 1;
                 }
-                wire::END if result.blocks.len() == spec.indices.len() => return Ok(()),
+                wire::END if result.num_blocks == spec.indices.len() => return Ok(()),
                 wire::END => return Err(KvTransferFailure::Invalid),
                 wire::ERROR => {
                     let code = frame.first().copied().unwrap_or(0);
