@@ -9,13 +9,12 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::completions::{
-    check_model, collect, finish_str, kv_transfer_json, now_secs, parse_body, sampling_params, sse,
-    submit_choices, Choice,
+    check_model, collect, finish_str, json_answer, kv_transfer_json, now_secs, parse_body,
+    sampling_params, sse, submit_choices, Choice,
 };
 use crate::error::ApiError;
 use crate::openai::{SamplingFields, Usage};
@@ -146,9 +145,6 @@ pub async fn chat_completions(
                    "logprobs": logprobs, "finish_reason": finish_str(c.finish)})
         })
         .collect();
-    let mut body = json!({"id": id, "object": "chat.completion", "created": created, "model": model, "choices": out, "usage": usage});
-    if let Some(kv) = kv {
-        body["kv_transfer_params"] = kv;
-    }
-    Ok(Json(body).into_response())
+    let body = json!({"id": id, "object": "chat.completion", "created": created, "model": model, "choices": out, "usage": usage});
+    Ok(json_answer(body, kv))
 }

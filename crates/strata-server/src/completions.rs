@@ -327,14 +327,11 @@ pub async fn completions(
             json!({"index": c.index, "text": c.text, "logprobs": logprobs, "finish_reason": finish_str(c.finish)})
         })
         .collect();
-    let mut body = json!({
+    let body = json!({
         "id": id, "object": "text_completion", "created": created,
         "model": state.served_model_name, "choices": out, "usage": usage,
     });
-    if let Some(kv) = kv {
-        body["kv_transfer_params"] = kv;
-    }
-    Ok(Json(body).into_response())
+    Ok(json_answer(body, kv))
 }
 
 /// The top-level `kv_transfer_params` of a non-streaming answer (vLLM's
@@ -342,6 +339,15 @@ pub async fn completions(
 pub fn kv_transfer_json(choices: &[Choice]) -> Option<Value> {
     let p = choices.iter().find_map(|c| c.kv_transfer_params.as_ref())?;
     serde_json::to_value(p).ok()
+}
+
+/// A non-streaming answer, with `kv_transfer_params` (from
+/// [`kv_transfer_json`]) at its top level when there are some.
+pub fn json_answer(mut body: Value, kv: Option<Value>) -> Response {
+    if let Some(kv) = kv {
+        body["kv_transfer_params"] = kv;
+    }
+    Json(body).into_response()
 }
 
 /// Waits for every choice to finish (non-streaming responses).
