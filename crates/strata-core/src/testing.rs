@@ -11,12 +11,14 @@
 
 use std::time::Duration;
 
-use crate::connector::{ConnectorMeta, ConnectorOutput, ConnectorWorker};
+use crate::connector::{ConnectorMeta, ConnectorOutput, ConnectorStats, ConnectorWorker};
 use crate::executor::{
     BatchError, Executor, KvBlockIo, KvCacheSpec, ModelBatch, ModelOutput, SampledToken,
     TokenLogprob, TopLogprobs,
 };
 use crate::ids::{BlockId, RequestId, TokenId};
+use crate::records::PrefillRecord;
+use crate::scheduler::StepResult;
 
 pub struct FakeExecutor {
     pub spec: KvCacheSpec,
@@ -178,6 +180,44 @@ impl Executor for FakeExecutor {
     fn get_finished(&mut self) -> ConnectorOutput {
         self.connector.as_mut().map(|c| c.get_finished(&mut self.kv)).unwrap_or_default()
     }
+}
+
+/// A contiguous byte pool standing in for a device pool (benches of
+/// connectors, where the bytes are what is measured).
+#[derive(Debug)]
+pub struct VecKv {
+    pub bytes_per_block: usize,
+    pub data: Vec<u8>,
+}
+
+impl KvBlockIo for VecKv {
+    fn bytes_per_block(&self) -> usize {
+        self.bytes_per_block
+    }
+
+    fn read_block(&self, block: BlockId, out: &mut [u8]) {
+        let start = block.index() * self.bytes_per_block;
+        out.copy_from_slice(&self.data[start..start + self.bytes_per_block]);
+    }
+
+    fn write_block(&mut self, block: BlockId, data: &[u8]) {
+        let start = block.index() * self.bytes_per_block;
+        self.data[start..start + self.bytes_per_block].copy_from_slice(data);
+    }
+}
+
+/// Every PrefillRecord of a run's steps, in order.
+pub fn prefill_records(results: &[StepResult]) -> Vec<PrefillRecord> {
+    results.iter().flat_map(|r| r.prefill_records.iter().copied()).collect()
+}
+
+/// The connector stats of a run's steps, merged.
+pub fn connector_stats(results: &[StepResult]) -> ConnectorStats {
+    let mut all = ConnectorStats::default();
+    for r in results {
+        all.merge(r.connector_stats.clone());
+    }
+    all
 }
 
 /// Cost model of one step.

@@ -23,9 +23,8 @@ use strata_core::kv::hash::extend_block_hashes;
 use strata_core::kv::BlockHash;
 use strata_core::request::Request;
 use strata_core::scheduler::{SchedulerConfig, SchedulingPolicy};
-use strata_core::{
-    BlockId, EngineCore, Executor, KvBlockIo, NewRequest, RequestId, SamplingParams,
-};
+use strata_core::testing::VecKv;
+use strata_core::{BlockId, EngineCore, Executor, NewRequest, RequestId, SamplingParams};
 use strata_model::weights::DType;
 use strata_model::{load_cpu_executor, KvPoolConfig, LoadOptions, ModelSource};
 use strata_offload::{open, DiskConfig, OffloadConfig};
@@ -34,18 +33,9 @@ const BPB: usize = 24 * 2 * 16 * 128 * 4;
 const N: usize = 256;
 const REPS: usize = 5;
 
-struct Pool(Vec<u8>);
-
-impl KvBlockIo for Pool {
-    fn bytes_per_block(&self) -> usize {
-        BPB
-    }
-    fn read_block(&self, block: BlockId, out: &mut [u8]) {
-        out.copy_from_slice(&self.0[block.index() * BPB..(block.index() + 1) * BPB]);
-    }
-    fn write_block(&mut self, block: BlockId, data: &[u8]) {
-        self.0[block.index() * BPB..(block.index() + 1) * BPB].copy_from_slice(data);
-    }
+/// A device pool of `BPB`-byte blocks.
+fn pool(data: Vec<u8>) -> VecKv {
+    VecKv { bytes_per_block: BPB, data }
 }
 
 fn best(mut f: impl FnMut() -> Duration) -> Duration {
@@ -70,11 +60,11 @@ fn request(id: u64, tokens: &[u32], bs: usize) -> Request {
 
 fn tiers() {
     let bytes = N * BPB;
-    let mut pool = Pool((0..bytes).map(|i| (i % 251) as u8).collect());
+    let mut pool = pool((0..bytes).map(|i| (i % 251) as u8).collect());
     let mut dst = vec![0u8; bytes];
     let memcpy = best(|| {
         let t = Instant::now();
-        dst.copy_from_slice(std::hint::black_box(&pool.0));
+        dst.copy_from_slice(std::hint::black_box(&pool.data));
         t.elapsed()
     });
 
@@ -85,7 +75,7 @@ fn tiers() {
     {
         use std::io::Write;
         let mut f = std::fs::File::create(&file).unwrap();
-        f.write_all(&pool.0).unwrap();
+        f.write_all(&pool.data).unwrap();
         f.sync_all().unwrap();
     }
     let cfg = OffloadConfig {
@@ -99,7 +89,7 @@ fn tiers() {
     // without a disk tier, then with write-through to disk (the writer
     // thread shares the host slot; the step copies nothing more).
     let mut round = 0u64;
-    let mut store_into = |worker: &mut strata_offload::OffloadWorker, pool: &mut Pool| {
+    let mut store_into = |worker: &mut strata_offload::OffloadWorker, pool: &mut VecKv| {
         best(|| {
             round += 1;
             let stores = (0..N)

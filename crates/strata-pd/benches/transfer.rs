@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 use strata_core::connector::{ConnectorScheduler, ConnectorWorker, KvLoadFailurePolicy};
 use strata_core::request::Request;
 use strata_core::scheduler::{SchedulerConfig, SchedulingPolicy};
+use strata_core::testing::VecKv;
 use strata_core::{
-    BlockId, EngineCore, Executor, FinishReason, KvBlockIo, KvTransferParams, NewRequest,
-    RequestId, RequestStatus, SamplingParams,
+    BlockId, EngineCore, Executor, FinishReason, KvTransferParams, NewRequest, RequestId,
+    RequestStatus, SamplingParams,
 };
 use strata_model::weights::DType;
 use strata_model::{load_cpu_executor, KvPoolConfig, LoadOptions, ModelExecutor, ModelSource};
@@ -30,18 +31,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const BPB: usize = 24 * 2 * 16 * 128 * 4;
 const REPS: usize = 9;
 
-struct Pool(Vec<u8>);
-
-impl KvBlockIo for Pool {
-    fn bytes_per_block(&self) -> usize {
-        BPB
-    }
-    fn read_block(&self, block: BlockId, out: &mut [u8]) {
-        out.copy_from_slice(&self.0[block.index() * BPB..(block.index() + 1) * BPB]);
-    }
-    fn write_block(&mut self, block: BlockId, data: &[u8]) {
-        self.0[block.index() * BPB..(block.index() + 1) * BPB].copy_from_slice(data);
-    }
+/// A device pool of `BPB`-byte blocks.
+fn pool(data: Vec<u8>) -> VecKv {
+    VecKv { bytes_per_block: BPB, data }
 }
 
 fn config(role: Role, layout: Layout) -> PdConfig {
@@ -102,8 +94,8 @@ struct Pair {
     p_worker: strata_pd::PdWorker,
     d_sched: strata_pd::PdScheduler,
     d_worker: strata_pd::PdWorker,
-    p_pool: Pool,
-    d_pool: Pool,
+    p_pool: VecKv,
+    d_pool: VecKv,
     blocks: usize,
     next_id: u64,
 }
@@ -118,8 +110,8 @@ impl Pair {
             p_worker,
             d_sched,
             d_worker,
-            p_pool: Pool((0..blocks * BPB).map(|i| (i % 253) as u8).collect()),
-            d_pool: Pool(vec![0u8; blocks * BPB]),
+            p_pool: pool((0..blocks * BPB).map(|i| (i % 253) as u8).collect()),
+            d_pool: pool(vec![0u8; blocks * BPB]),
             blocks,
             next_id: 0,
         }
@@ -139,7 +131,7 @@ impl Pair {
         req.num_external_tokens = n;
         self.d_sched.update_state_after_alloc(&req, &ids, &[]);
         let meta = self.d_sched.build_connector_meta();
-        self.d_pool.0.fill(0);
+        self.d_pool.data.fill(0);
         let t = Instant::now();
         self.d_worker.start_load_kv(&meta, &mut self.d_pool);
         loop {
@@ -154,7 +146,7 @@ impl Pair {
         }
         let d = t.elapsed();
         let last = (self.blocks - 1) * BPB;
-        assert_eq!(self.p_pool.0[..last], self.d_pool.0[..last], "the bytes arrived intact");
+        assert_eq!(self.p_pool.data[..last], self.d_pool.data[..last], "the bytes arrived intact");
         d
     }
 }

@@ -65,15 +65,11 @@ struct Run {
 
 impl Run {
     fn records(&self) -> Vec<PrefillRecord> {
-        self.results.iter().flat_map(|r| r.prefill_records.clone()).collect()
+        strata_core::testing::prefill_records(&self.results)
     }
 
     fn stats(&self) -> ConnectorStats {
-        let mut all = ConnectorStats::default();
-        for r in &self.results {
-            all.merge(r.connector_stats.clone());
-        }
-        all
+        strata_core::testing::connector_stats(&self.results)
     }
 
     fn bytes(&self, t: TransferType) -> u64 {
