@@ -158,29 +158,20 @@ async fn handle(
     let client_nonce: [u8; 16] = rd.bytes(16)?.try_into().expect("16 bytes");
     let their_mac = rd.bytes(32)?.to_vec();
     let secret = config.secret.as_deref();
-    let refuse = |code: u8, message: String| async move {
-        let mut payload = vec![code];
-        wire::put_string(&mut payload, &message);
-        (code, payload)
-    };
     let expected =
         wire::mac(secret, &[b"strata-pd hello", &server_nonce, &client_nonce, &layout_bytes]);
     let refusal = if secret.is_some() && !wire::mac_eq(&expected, &their_mac) {
-        Some(refuse(wire::CODE_AUTH, "wrong or missing KV transfer secret".into()).await)
+        let why = "wrong or missing KV transfer secret".to_owned();
+        Some((KvTransferFailure::Auth, wire::CODE_AUTH, why))
     } else {
-        match config.layout.mismatch(&theirs) {
-            Some(why) => Some(refuse(wire::CODE_HANDSHAKE, why).await),
-            None => None,
-        }
+        config
+            .layout
+            .mismatch(&theirs)
+            .map(|why| (KvTransferFailure::Handshake, wire::CODE_HANDSHAKE, why))
     };
-    if let Some((code, payload)) = refusal {
-        let reason = if code == wire::CODE_AUTH {
-            KvTransferFailure::Auth
-        } else {
-            KvTransferFailure::Handshake
-        };
+    if let Some((reason, code, why)) = refusal {
         let _ = events.send(SendEvent::Failed(reason));
-        wire::write_frame(&mut w, wire::REFUSE, &[&payload]).await?;
+        wire::write_frame(&mut w, wire::REFUSE, &[&wire::coded(code, &why)]).await?;
         w.flush().await?;
         return Ok(());
     }
@@ -231,16 +222,12 @@ async fn handle(
                 let first = match rx.recv().await {
                     Some(Ok(block)) => block,
                     Some(Err(code)) => {
-                        let mut payload = vec![code];
-                        wire::put_string(
-                            &mut payload,
-                            if code == wire::CODE_EXPIRED {
-                                "lease expired or unknown"
-                            } else {
-                                "invalid pull"
-                            },
-                        );
-                        wire::write_frame(&mut w, wire::ERROR, &[&payload]).await?;
+                        let why = if code == wire::CODE_EXPIRED {
+                            "lease expired or unknown"
+                        } else {
+                            "invalid pull"
+                        };
+                        wire::write_frame(&mut w, wire::ERROR, &[&wire::coded(code, why)]).await?;
                         w.flush().await?;
                         continue;
                     }

@@ -126,6 +126,13 @@ pub fn put_string(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// The payload of `Refuse` and `Error`: a code and a message.
+pub fn coded(code: u8, message: &str) -> Vec<u8> {
+    let mut payload = vec![code];
+    put_string(&mut payload, message);
+    payload
+}
+
 /// What both ends must agree on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
