@@ -178,11 +178,9 @@ impl Shared {
             self.stats.allocation_failures += 1;
             return;
         }
-        let Some(slot) = self.host.pin(hash) else { return };
         // Shared, not copied: the slot is copied only if it is refilled
         // before the writer is done with it.
-        let data = self.host.slot_shared(slot);
-        self.host.unpin(slot);
+        let Some(data) = self.host.shared(hash) else { return };
         let Some(evicted) = d.index.begin_write(hash) else {
             self.stats.allocation_failures += 1;
             return;

@@ -174,9 +174,10 @@ impl HostTier {
         &self.data[slot as usize]
     }
 
-    /// The slot's buffer, shared (for the disk writer).
-    pub fn slot_shared(&self, slot: u32) -> std::sync::Arc<Vec<u8>> {
-        self.data[slot as usize].clone()
+    /// A block's buffer, shared (for the disk writer); its recency is
+    /// left as it is.
+    pub fn shared(&self, hash: BlockHash) -> Option<std::sync::Arc<Vec<u8>>> {
+        self.index.get(&hash).map(|&slot| self.data[slot as usize].clone())
     }
 
     pub fn slot_mut(&mut self, slot: u32) -> &mut [u8] {
