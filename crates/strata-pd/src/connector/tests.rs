@@ -51,6 +51,18 @@ fn engine(config: PdConfig, policy: KvLoadFailurePolicy) -> EngineCore<FakeExecu
     EngineCore::with_connector(exec, config, Some(Box::new(sched)))
 }
 
+/// A prefill and a decode engine that agree on everything (no secret,
+/// no fault, a 30 s lease).
+fn pair(
+    decode_policy: KvLoadFailurePolicy,
+) -> (EngineCore<FakeExecutor>, EngineCore<FakeExecutor>) {
+    let lease = Duration::from_secs(30);
+    (
+        engine(pd(Role::Prefill, 9, None, Fault::default(), lease), KvLoadFailurePolicy::Fail),
+        engine(pd(Role::Decode, 9, None, Fault::default(), lease), decode_policy),
+    )
+}
+
 fn req(prompt: &[u32], max_tokens: u32, params: Option<KvTransferParams>) -> NewRequest {
     NewRequest {
         prompt_token_ids: prompt.to_vec(),
@@ -136,14 +148,7 @@ fn free_blocks(e: &EngineCore<FakeExecutor>) -> usize {
 
 #[test]
 fn a1_decode_pulls_the_prompt_and_attributes_it_to_remote() {
-    let mut p_eng = engine(
-        pd(Role::Prefill, 9, None, Fault::default(), Duration::from_secs(30)),
-        KvLoadFailurePolicy::Fail,
-    );
-    let mut d_eng = engine(
-        pd(Role::Decode, 9, None, Fault::default(), Duration::from_secs(30)),
-        KvLoadFailurePolicy::Fail,
-    );
+    let (mut p_eng, mut d_eng) = pair(KvLoadFailurePolicy::Fail);
     let p = prompt(1, 30);
     let params = prefill(&mut p_eng, &p, 1);
     assert_eq!(params.remote_num_tokens, Some(30));
@@ -180,14 +185,7 @@ fn a1_decode_pulls_the_prompt_and_attributes_it_to_remote() {
 
 #[test]
 fn a_decode_side_prefix_hit_is_not_pulled_again() {
-    let mut p_eng = engine(
-        pd(Role::Prefill, 9, None, Fault::default(), Duration::from_secs(30)),
-        KvLoadFailurePolicy::Fail,
-    );
-    let mut d_eng = engine(
-        pd(Role::Decode, 9, None, Fault::default(), Duration::from_secs(30)),
-        KvLoadFailurePolicy::Fail,
-    );
+    let (mut p_eng, mut d_eng) = pair(KvLoadFailurePolicy::Fail);
     let p = prompt(2, 30);
     // The decode engine computed the first 16 tokens itself earlier.
     d_eng.add_request(req(&p[..17], 1, None), 0.0).unwrap();
@@ -291,14 +289,7 @@ fn a12_an_unpulled_lease_expires_and_a_late_pull_fails_cleanly() {
 
 #[test]
 fn a11_a_decode_abort_before_admission_releases_the_lease_at_once() {
-    let mut p_eng = engine(
-        pd(Role::Prefill, 9, None, Fault::default(), Duration::from_secs(30)),
-        KvLoadFailurePolicy::Fail,
-    );
-    let mut d_eng = engine(
-        pd(Role::Decode, 9, None, Fault::default(), Duration::from_secs(30)),
-        KvLoadFailurePolicy::Fail,
-    );
+    let (mut p_eng, mut d_eng) = pair(KvLoadFailurePolicy::Fail);
     let p = prompt(5, 20);
     let params = prefill(&mut p_eng, &p, 1);
     let id = d_eng.add_request(req(&p, 2, Some(params)), 0.0).unwrap();
@@ -342,14 +333,7 @@ fn mismatched_engines_and_wrong_secrets_are_refused_and_counted() {
 
 #[test]
 fn n_pulls_share_one_lease() {
-    let mut p_eng = engine(
-        pd(Role::Prefill, 9, None, Fault::default(), Duration::from_secs(30)),
-        KvLoadFailurePolicy::Fail,
-    );
-    let mut d_eng = engine(
-        pd(Role::Decode, 9, None, Fault::default(), Duration::from_secs(30)),
-        KvLoadFailurePolicy::Fail,
-    );
+    let (mut p_eng, mut d_eng) = pair(KvLoadFailurePolicy::Fail);
     let p = prompt(7, 24);
     let params = prefill(&mut p_eng, &p, 3);
     for _ in 0..3 {
