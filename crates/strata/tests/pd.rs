@@ -154,16 +154,21 @@ fn two_hops(prefill: &str, decode: &str, prompt: &str, between: impl FnOnce()) -
     )
 }
 
+/// A single engine's greedy answer (6 tokens), the reference for P/D.
+fn one_engine_text(prompt: &str) -> Value {
+    let (_s, single) = serve_with(vec![]);
+    post_json(
+        &format!("{single}/v1/completions"),
+        &json!({"prompt": prompt, "max_tokens": 6, "temperature": 0}),
+    )["choices"][0]["text"]
+        .clone()
+}
+
 const FAULT_PROMPT: &str = "Faults are injected into the KV transfer between the two engines here; the answer must not change.";
 
 #[test]
 fn transport_faults_between_real_processes_recompute_or_fail_cleanly() {
-    let (_s, single) = serve_with(vec![]);
-    let expected = post_json(
-        &format!("{single}/v1/completions"),
-        &json!({"prompt": FAULT_PROMPT, "max_tokens": 6, "temperature": 0}),
-    )["choices"][0]["text"]
-        .clone();
+    let expected = one_engine_text(FAULT_PROMPT);
     for (fault, reason) in
         [("drop-after=2", "transport"), ("corrupt=1", "invalid"), ("delay-ms=1500", "timeout")]
     {
@@ -218,12 +223,7 @@ fn transport_faults_between_real_processes_recompute_or_fail_cleanly() {
 
 #[test]
 fn a_prefill_engine_killed_before_the_pull_costs_a_recompute_not_the_request() {
-    let (_s, single) = serve_with(vec![]);
-    let expected = post_json(
-        &format!("{single}/v1/completions"),
-        &json!({"prompt": FAULT_PROMPT, "max_tokens": 6, "temperature": 0}),
-    )["choices"][0]["text"]
-        .clone();
+    let expected = one_engine_text(FAULT_PROMPT);
     for policy in ["recompute", "fail"] {
         let (mut p, prefill) = serve_with(vec!["--kv-connector", "pd", "--kv-role", "prefill"]);
         let (_d, decode) = serve_with(vec![
@@ -271,13 +271,8 @@ fn a_prefill_engine_with_offload_tiers_serves_repeats_from_host_and_still_hands_
         &host_gb,
     ]);
     let (_d, decode) = serve_with(vec!["--kv-connector", "pd", "--kv-role", "decode"]);
-    let (_s, single) = serve_with(vec![]);
     let prompt: String = (0..70).map(|i| format!("m{} ", (i * 7 + 1) % 97)).collect();
-    let expected = post_json(
-        &format!("{single}/v1/completions"),
-        &json!({"prompt": prompt, "max_tokens": 6, "temperature": 0}),
-    )["choices"][0]["text"]
-        .clone();
+    let expected = one_engine_text(&prompt);
     let cold = two_hops(&prefill, &decode, &prompt, || {});
     assert_eq!(cold["choices"][0]["text"], expected);
     // Other prompts push it out of the prefill engine's 48-block pool.
