@@ -44,7 +44,7 @@ pub struct EngineMetrics {
     num_requests_running: Family<Labels, Gauge>,
     num_requests_waiting: Family<Labels, Gauge>,
     num_requests_kv_fetch_by_stage: Family<Labels, Gauge>,
-    kv_cache_usage_perc: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    kv_cache_usage_perc: Family<Labels, F64Gauge>,
     prefix_cache_queries: Family<Labels, Counter>,
     prefix_cache_hits: Family<Labels, Counter>,
     external_prefix_cache_queries: Family<Labels, Counter>,
@@ -92,6 +92,8 @@ impl MetricConstructor<Histogram> for Buckets {
 }
 
 type HistFamily = Family<Labels, Histogram, Buckets>;
+/// A gauge of fractions (usage, residency).
+type F64Gauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
 /// `source` values of `vllm:prompt_tokens_cached_by_source`, in the order
 /// of the step record's hit fields: the device prefix cache, the two

@@ -21,12 +21,11 @@ use std::sync::atomic::AtomicU64;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use strata_core::connector::{
     ConnectorStats, OffloadFailure, OffloadOp, OffloadTier, TransferType,
 };
 
-use super::{histograms, EngineMetrics, HistFamily, Labels};
+use super::{histograms, EngineMetrics, F64Gauge, HistFamily, Labels};
 use crate::buckets;
 
 /// Every [`OffloadFailure`], for series created before the first failure
@@ -72,8 +71,6 @@ fn fraction(v: f64) -> Option<f64> {
 pub(super) fn valid_seconds(s: f64) -> Option<f64> {
     (s.is_finite() && s >= 0.0).then_some(s)
 }
-
-type F64Gauge = Gauge<f64, AtomicU64>;
 
 #[derive(Debug)]
 pub(super) struct OffloadFamilies {
