@@ -225,8 +225,11 @@ impl DiskIndex {
         self.entries.is_empty()
     }
 
+    /// Blocks being written or read: those not in the LRU set of ready,
+    /// unpinned blocks (checked by `check_invariants`), without a scan
+    /// (this is read every step).
     pub fn num_busy(&self) -> usize {
-        self.entries.values().filter(|e| e.pins > 0 || e.state == State::Writing).count()
+        self.entries.len() - self.lru.len()
     }
 
     fn next_tick(&mut self) -> u64 {
@@ -346,6 +349,11 @@ impl DiskIndex {
                 Some(e) if e.last_use == t => {}
                 _ => return Err(format!("stale LRU entry for {h:?}")),
             }
+        }
+        let busy =
+            self.entries.values().filter(|e| e.pins > 0 || e.state == State::Writing).count();
+        if busy != self.num_busy() {
+            return Err(format!("{busy} blocks busy, {} counted", self.num_busy()));
         }
         Ok(())
     }

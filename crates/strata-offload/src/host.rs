@@ -78,8 +78,10 @@ impl HostTier {
         self.index.len()
     }
 
+    /// Slots a load is reading: the indexed ones not in the LRU set (the
+    /// module's invariant), without a scan (this is read every step).
     pub fn num_pinned(&self) -> usize {
-        self.slots.iter().filter(|s| s.pins > 0).count()
+        self.index.len() - self.lru.len()
     }
 
     pub fn bytes_per_block(&self) -> usize {
@@ -214,6 +216,10 @@ impl HostTier {
         }
         if self.lru.len() != self.slots.iter().filter(|s| s.hash.is_some() && s.pins == 0).count() {
             return Err("stale entries in the LRU set".into());
+        }
+        let pinned = self.slots.iter().filter(|s| s.pins > 0).count();
+        if pinned != self.num_pinned() {
+            return Err(format!("{pinned} slots pinned, {} counted", self.num_pinned()));
         }
         Ok(())
     }
