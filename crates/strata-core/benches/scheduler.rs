@@ -31,14 +31,10 @@ fn config(num_blocks: usize) -> SchedulerConfig {
 }
 
 fn request(i: u32, prompt_len: u32) -> NewRequest {
-    NewRequest {
-        prompt_token_ids: (0..prompt_len).map(|t| (i * 7919 + t) % 900 + 2).collect(),
-        params: SamplingParams { ignore_eos: true, ..SamplingParams::greedy(500) },
-        priority: 0,
-        cache_salt: None,
-        eos_token_ids: vec![],
-        kv_transfer_params: None,
-    }
+    NewRequest::new(
+        (0..prompt_len).map(|t| (i * 7919 + t) % 900 + 2).collect(),
+        SamplingParams { ignore_eos: true, ..SamplingParams::greedy(500) },
+    )
 }
 
 /// A scheduler with `n` requests already decoding, and its executor.
@@ -59,14 +55,14 @@ fn decoding(n: u32, extra_prefills: u32) -> (Scheduler, FakeExecutor, f64) {
         t += 1.0;
         let plan = s.schedule(t);
         let out = ex.execute(&s.batch(&plan)).unwrap();
-        s.update_from_output(&plan, out, t);
+        s.update_from_output(&plan, Ok(out), t);
     }
     assert_eq!((s.num_running(), s.num_waiting()), (n as usize, 0), "every request is decoding");
     for _ in 0..4 {
         t += 1.0;
         let plan = s.schedule(t);
         let out = ex.execute(&s.batch(&plan)).unwrap();
-        s.update_from_output(&plan, out, t);
+        s.update_from_output(&plan, Ok(out), t);
     }
     for i in 0..extra_prefills {
         s.add_request(RequestId::new((n + i) as u64 + 1).unwrap(), request(n + i, 2000), t)
@@ -98,7 +94,7 @@ fn step(c: &mut Criterion) {
                         t += 1.0;
                         let plan = s.schedule(t);
                         let out = ex.execute(&s.batch(&plan)).unwrap();
-                        black_box(s.update_from_output(&plan, out, t));
+                        black_box(s.update_from_output(&plan, Ok(out), t));
                     }
                     measured += start.elapsed();
                     left -= chunk;
@@ -132,7 +128,11 @@ fn step(c: &mut Criterion) {
                         })
                         .collect();
                     black_box(s.batch(&plan));
-                    black_box(s.update_from_output(&plan, ModelOutput { sampled }, t));
+                    black_box(s.update_from_output(
+                        &plan,
+                        Ok(ModelOutput { sampled, kv_connector_output: None }),
+                        t,
+                    ));
                 }
                 measured += start.elapsed();
                 left -= chunk;

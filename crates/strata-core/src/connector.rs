@@ -1,29 +1,31 @@
 //! KV connectors: how KV blocks reach this engine from elsewhere (host or
-//! disk tiers, a peer engine), as two traits, as in vLLM v1.
+//! disk tiers, a peer engine) and leave it, as two traits, as in vLLM v1.
 //!
 //! - [`ConnectorScheduler`] lives with the scheduler: at admission it says
-//!   how many tokens beyond the local prefix hit it can supply (and whether
-//!   the load is asynchronous), learns which device blocks to fill, and
-//!   builds the per-step [`ConnectorMeta`] for the worker side.
-//! - [`ConnectorWorker`] lives with the executor: it starts the loads the
-//!   metadata asks for and reports which requests finished loading and
-//!   which blocks failed.
+//!   how many tokens beyond the local prefix hit it can supply, learns
+//!   which device blocks to fill, picks computed blocks to store, and
+//!   builds the per-step [`ConnectorMeta`] that `schedule()` attaches to
+//!   its output.
+//! - [`ConnectorWorker`] lives with the executor: it starts the loads and
+//!   stores the metadata asks for and reports ([`ConnectorOutput`], carried
+//!   by the model output) which requests finished loading or sending,
+//!   which stores finished, which blocks failed, and its statistics.
 //!
-//! The scheduler owns the consequences: a request whose load is
-//! asynchronous waits in `WaitingForRemoteKv` and the step loop never
-//! blocks on it; a failed block is handled by [`KvLoadFailurePolicy`]
-//! (ACCOUNTING.md rules 3 and 4, scenarios A5-A8).
+//! The scheduler owns the consequences: a request with a match waits in
+//! `WaitingForRemoteKv` and the step loop never blocks on it; a failed
+//! block is handled by [`KvLoadFailurePolicy`] (docs/accounting.md, rules
+//! 3 and 4, scenarios A5-A8). Statistics are opaque here
+//! ([`ConnectorStats`]): the core carries them, the metrics layer reads
+//! them.
 //!
-//! [`TestConnector`] serves blocks from an in-process map and can be told
-//! to delay or fail specific blocks, so every path runs in tests before a
-//! real transport exists.
+//! Test doubles (`TestConnector`) live in `crate::testing`.
 
 mod multi;
 
 pub use multi::{multi, MultiConnector, MultiWorker};
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::any::Any;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -72,8 +74,9 @@ impl ConnectorMeta {
     }
 }
 
-/// What the worker side reports after a step.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// What the worker side reports after a step (vLLM's `KVConnectorOutput`,
+/// carried by the model output to `update_from_output`).
+#[derive(Clone, Debug, Default)]
 pub struct ConnectorOutput {
     /// Requests whose loads are complete (successfully or not).
     pub finished_recving: Vec<RequestId>,
@@ -89,231 +92,76 @@ pub struct ConnectorOutput {
     pub stats: ConnectorStats,
 }
 
-/// Tiers reached through the offload connector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum OffloadTier {
-    Host,
-    Disk,
-}
+impl ConnectorOutput {
+    pub fn is_empty(&self) -> bool {
+        self.finished_recving.is_empty()
+            && self.invalid_block_ids.is_empty()
+            && self.finished_storing.is_empty()
+            && self.finished_sending.is_empty()
+            && self.stats.is_empty()
+    }
 
-impl OffloadTier {
-    pub const ALL: [OffloadTier; 2] = [Self::Host, Self::Disk];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Host => "host",
-            Self::Disk => "disk",
-        }
+    /// Adds `other`'s reports to these (several workers, or a report kept
+    /// back from a failed step).
+    pub fn merge(&mut self, other: ConnectorOutput) {
+        self.finished_recving.extend(other.finished_recving);
+        self.invalid_block_ids.extend(other.invalid_block_ids);
+        self.finished_storing.extend(other.finished_storing);
+        self.finished_sending.extend(other.finished_sending);
+        self.stats.merge(other.stats);
     }
 }
 
-/// Direction of an offload transfer (METRICS.md `transfer_type`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum TransferType {
-    HostToDevice,
-    DeviceToHost,
-    DiskToHost,
-    HostToDisk,
+/// One connector's statistics report. Any `Debug + Send + Sync` type is
+/// one: each connector crate defines its own (the offload tiers'
+/// `OffloadStats`, P/D's `PdStats`), and only the consumers that know the
+/// type read it.
+pub trait ConnectorReport: Any + Send + Sync + std::fmt::Debug {
+    fn as_any(&self) -> &dyn Any;
 }
 
-impl TransferType {
-    pub const ALL: [TransferType; 4] =
-        [Self::HostToDevice, Self::DeviceToHost, Self::DiskToHost, Self::HostToDisk];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::HostToDevice => "host_to_device",
-            Self::DeviceToHost => "device_to_host",
-            Self::DiskToHost => "disk_to_host",
-            Self::HostToDisk => "host_to_disk",
-        }
+impl<T: Any + Send + Sync + std::fmt::Debug> ConnectorReport for T {
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 
-/// One transfer job: its bytes and its measured duration.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TransferRecord {
-    pub transfer_type: TransferType,
-    pub bytes: u64,
-    pub seconds: f64,
-    pub num_blocks: u32,
-}
-
-/// Why a tier operation failed (the block is then simply not stored, or
-/// its load is a failed load handled by policy).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum OffloadFailure {
-    /// Checksum mismatch.
-    Corrupt,
-    /// Shorter than its header says.
-    Truncated,
-    /// Another model, layout or block than asked for.
-    Foreign,
-    /// The file system said no (unwritable, missing, other I/O error).
-    Io,
-    /// No room left on the device.
-    NoSpace,
-}
-
-impl OffloadFailure {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Corrupt => "corrupt",
-            Self::Truncated => "truncated",
-            Self::Foreign => "foreign",
-            Self::Io => "io",
-            Self::NoSpace => "no_space",
-        }
-    }
-}
-
-/// Whether a failure hit a load or a store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum OffloadOp {
-    Load,
-    Store,
-}
-
-impl OffloadOp {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Load => "load",
-            Self::Store => "store",
-        }
-    }
-}
-
-/// A tier's occupancy, as fractions of its capacity.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TierUsage {
-    pub tier: OffloadTier,
-    /// Holding data (a full idle tier reads 1.0).
-    pub residency: f64,
-    /// Pinned by transfers in flight.
-    pub inflight: f64,
-}
-
-/// Connector activity since the last report. Counters are deltas (each
-/// event reported once); `usage` is the latest reading.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// Connector statistics since the last step, opaque to the core (vLLM's
+/// `KVConnectorStats`): a list of reports, in the order they were made.
+/// The scheduler only carries them from the worker's output to the step's
+/// result; the metrics layer reads the types it knows with
+/// [`ConnectorStats::reports`].
+#[derive(Clone, Debug, Default)]
 pub struct ConnectorStats {
-    pub transfers: Vec<TransferRecord>,
-    /// Tokens looked up in each tier at admissions, and those found.
-    pub tier_queries: Vec<(OffloadTier, u32)>,
-    pub tier_hits: Vec<(OffloadTier, u32)>,
-    pub evictions: Vec<(OffloadTier, u32)>,
-    /// Stores skipped because no slot could be made free.
-    pub allocation_failures: u32,
-    pub failures: Vec<(OffloadTier, OffloadOp, OffloadFailure)>,
-    pub usage: Vec<TierUsage>,
-    /// P/D: one entry per finished KV transfer between engines.
-    pub kv_transfers: Vec<KvTransferRecord>,
-    /// P/D: failed transfers by reason, and the prompt tokens they cost.
-    pub kv_transfer_failures: Vec<KvTransferFailure>,
-    pub kv_transfer_failed_tokens: u32,
-    /// P/D: tokens held under leases for pulls (latest reading).
-    pub kv_leases_held_tokens: Option<u64>,
-    /// P/D: leases that expired without a pull.
-    pub kv_leases_expired: u32,
-}
-
-/// Direction of a KV transfer between engines.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum KvTransferDirection {
-    Send,
-    Recv,
-}
-
-impl KvTransferDirection {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Send => "send",
-            Self::Recv => "recv",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct KvTransferRecord {
-    pub direction: KvTransferDirection,
-    pub bytes: u64,
-    pub seconds: f64,
-    pub num_blocks: u32,
-}
-
-/// Why a KV transfer between engines failed (METRICS.md reasons, plus the
-/// refusals of the handshake).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum KvTransferFailure {
-    /// Connection refused, reset or closed early.
-    Transport,
-    Timeout,
-    /// The prefill engine's lease had expired (or never existed).
-    LeaseExpired,
-    /// A frame failed its checksum or did not parse.
-    Invalid,
-    /// Model, block size, dtype or layout differ between the engines.
-    Handshake,
-    /// Wrong or missing shared secret.
-    Auth,
-}
-
-impl KvTransferFailure {
-    pub const ALL: [KvTransferFailure; 6] = [
-        Self::Transport,
-        Self::Timeout,
-        Self::LeaseExpired,
-        Self::Invalid,
-        Self::Handshake,
-        Self::Auth,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Transport => "transport",
-            Self::Timeout => "timeout",
-            Self::LeaseExpired => "lease_expired",
-            Self::Invalid => "invalid",
-            Self::Handshake => "handshake",
-            Self::Auth => "auth",
-        }
-    }
+    reports: Vec<Arc<dyn ConnectorReport>>,
 }
 
 impl ConnectorStats {
-    pub fn is_empty(&self) -> bool {
-        self.transfers.is_empty()
-            && self.tier_queries.is_empty()
-            && self.tier_hits.is_empty()
-            && self.evictions.is_empty()
-            && self.allocation_failures == 0
-            && self.failures.is_empty()
-            && self.usage.is_empty()
-            && self.kv_transfers.is_empty()
-            && self.kv_transfer_failures.is_empty()
-            && self.kv_transfer_failed_tokens == 0
-            && self.kv_leases_held_tokens.is_none()
-            && self.kv_leases_expired == 0
+    /// Stats holding one report.
+    pub fn of<T: ConnectorReport>(report: T) -> Self {
+        Self { reports: vec![Arc::new(report)] }
     }
 
-    /// Adds `other`'s events to these (usage: the newer reading wins).
+    pub fn push<T: ConnectorReport>(&mut self, report: T) {
+        self.reports.push(Arc::new(report));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.reports.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.reports.len()
+    }
+
+    /// Appends `other`'s reports after these.
     pub fn merge(&mut self, other: ConnectorStats) {
-        self.transfers.extend(other.transfers);
-        self.tier_queries.extend(other.tier_queries);
-        self.tier_hits.extend(other.tier_hits);
-        self.evictions.extend(other.evictions);
-        self.allocation_failures += other.allocation_failures;
-        self.failures.extend(other.failures);
-        if !other.usage.is_empty() {
-            self.usage = other.usage;
-        }
-        self.kv_transfers.extend(other.kv_transfers);
-        self.kv_transfer_failures.extend(other.kv_transfer_failures);
-        self.kv_transfer_failed_tokens += other.kv_transfer_failed_tokens;
-        if other.kv_leases_held_tokens.is_some() {
-            self.kv_leases_held_tokens = other.kv_leases_held_tokens;
-        }
-        self.kv_leases_expired += other.kv_leases_expired;
+        self.reports.extend(other.reports);
+    }
+
+    /// The reports of type `T`, in order.
+    pub fn reports<T: Any>(&self) -> impl Iterator<Item = &T> {
+        self.reports.iter().filter_map(|r| r.as_ref().as_any().downcast_ref::<T>())
     }
 }
 
@@ -340,13 +188,11 @@ pub trait ConnectorScheduler: Send {
     fn source(&self) -> TokenSource;
 
     /// Tokens beyond `num_local_hit_tokens` (a multiple of the block size)
-    /// that the connector can supply, and whether they load
-    /// asynchronously.
-    fn get_num_new_matched_tokens(
-        &mut self,
-        req: &Request,
-        num_local_hit_tokens: usize,
-    ) -> (usize, bool);
+    /// that the connector can supply. Every load is asynchronous (vLLM's
+    /// `load_kv_async = True`): the request waits in `WaitingForRemoteKv`
+    /// until the worker reports it in `finished_recving`. vLLM's second
+    /// return value (synchronous loads within the step) is not offered.
+    fn get_num_new_matched_tokens(&mut self, req: &Request, num_local_hit_tokens: usize) -> usize;
 
     /// Where the tokens of this request's match come from (a match that
     /// spans several tiers is booked under the outermost, ACCOUNTING.md
@@ -400,197 +246,52 @@ pub trait ConnectorWorker: Send {
     fn get_finished(&mut self, kv: &mut dyn KvBlockIo) -> ConnectorOutput;
 }
 
-#[derive(Debug, Default)]
-struct TestState {
-    /// Blocks the connector "has", by hash.
-    available: BTreeSet<BlockHash>,
-    /// Blocks whose load fails.
-    failing: BTreeSet<BlockHash>,
-    /// Steps a load takes to complete (0: within the step it starts).
-    delay_steps: u32,
-    pending_meta: ConnectorMeta,
-    /// In-flight loads: request -> (steps left, blocks, hashes).
-    in_flight: BTreeMap<RequestId, (u32, Vec<BlockId>, Vec<BlockHash>)>,
-    /// Loads started, for tests.
-    num_loads: u32,
-    /// Store every computed block offered, each taking this many steps
-    /// (`None`: store nothing).
-    store_steps: Option<u32>,
-    /// Stores in flight: block -> steps left.
-    storing: Vec<(BlockId, u32)>,
-    /// Blocks stored so far, by hash.
-    stored: BTreeSet<BlockHash>,
+/// A connector's worker side as an executor holds it (or none): runs it
+/// around the forward pass, and keeps back the report of a step that
+/// failed so that it goes out with the next step (a finished load or store
+/// is never lost).
+#[derive(Default)]
+pub struct WorkerHandle {
+    worker: Option<Box<dyn ConnectorWorker>>,
+    kept: Option<ConnectorOutput>,
 }
 
-/// An in-process connector for tests: both sides share one state.
-#[derive(Clone, Debug, Default)]
-pub struct TestConnector {
-    state: Arc<Mutex<TestState>>,
-    source: Option<TokenSource>,
-    block_size: usize,
-}
-
-impl TestConnector {
-    pub fn new(source: TokenSource, block_size: usize) -> Self {
-        Self { state: Arc::default(), source: Some(source), block_size }
-    }
-
-    fn with<T>(&self, f: impl FnOnce(&mut TestState) -> T) -> T {
-        f(&mut self.state.lock().expect("invariant: test connector lock is never poisoned"))
-    }
-
-    /// Makes these block hashes available.
-    pub fn offer(&self, hashes: &[BlockHash]) {
-        self.with(|s| s.available.extend(hashes.iter().copied()));
-    }
-
-    /// Makes loads of these blocks fail.
-    pub fn fail(&self, hashes: &[BlockHash]) {
-        self.with(|s| s.failing.extend(hashes.iter().copied()));
-    }
-
-    pub fn set_delay_steps(&self, steps: u32) {
-        self.with(|s| s.delay_steps = steps);
-    }
-
-    pub fn num_loads(&self) -> u32 {
-        self.with(|s| s.num_loads)
-    }
-
-    pub fn num_in_flight(&self) -> usize {
-        self.with(|s| s.in_flight.len())
-    }
-
-    /// Stores every computed block offered; each store takes `steps`
-    /// steps after the one that hands it to the worker.
-    pub fn store_blocks(&self, steps: u32) {
-        self.with(|s| s.store_steps = Some(steps));
-    }
-
-    pub fn num_stores_in_flight(&self) -> usize {
-        self.with(|s| s.storing.len())
-    }
-
-    pub fn stored(&self) -> BTreeSet<BlockHash> {
-        self.with(|s| s.stored.clone())
+impl std::fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerHandle").field("configured", &self.worker.is_some()).finish()
     }
 }
 
-impl ConnectorScheduler for TestConnector {
-    fn source(&self) -> TokenSource {
-        self.source.unwrap_or(TokenSource::Remote)
+impl WorkerHandle {
+    pub fn new(worker: Box<dyn ConnectorWorker>) -> Self {
+        Self { worker: Some(worker), kept: None }
     }
 
-    fn get_num_new_matched_tokens(
-        &mut self,
-        req: &Request,
-        num_local_hit_tokens: usize,
-    ) -> (usize, bool) {
-        let block_size = self.block_size.max(1);
-        let first = num_local_hit_tokens / block_size;
-        let hits = self.with(|s| {
-            req.block_hashes[first.min(req.block_hashes.len())..]
-                .iter()
-                .take_while(|h| s.available.contains(h))
-                .count()
-        });
-        (hits * block_size, true)
+    pub fn is_configured(&self) -> bool {
+        self.worker.is_some()
     }
 
-    fn update_state_after_alloc(
-        &mut self,
-        req: &Request,
-        block_ids: &[BlockId],
-        block_hashes: &[BlockHash],
-    ) {
-        if block_ids.is_empty() {
-            return;
+    /// Before the forward pass: hands the step's metadata to the worker
+    /// (`start_load_kv`).
+    pub fn start(&mut self, meta: Option<&ConnectorMeta>, kv: &mut dyn KvBlockIo) {
+        if let (Some(w), Some(meta)) = (&mut self.worker, meta) {
+            w.start_load_kv(meta, kv);
         }
-        self.with(|s| {
-            s.pending_meta.loads.push(LoadSpec {
-                request_id: req.id,
-                block_ids: block_ids.to_vec(),
-                block_hashes: block_hashes.to_vec(),
-            })
-        });
     }
 
-    fn build_connector_meta(&mut self) -> ConnectorMeta {
-        self.with(|s| std::mem::take(&mut s.pending_meta))
+    /// After the forward pass: what the worker reports (`get_finished`),
+    /// with anything kept back from a failed step.
+    pub fn finish(&mut self, kv: &mut dyn KvBlockIo) -> Option<ConnectorOutput> {
+        let w = self.worker.as_mut()?;
+        let mut out = self.kept.take().unwrap_or_default();
+        out.merge(w.get_finished(kv));
+        Some(out)
     }
 
-    fn request_finished(&mut self, req: &Request, _block_ids: &[BlockId]) -> RequestFinished {
-        self.with(|s| {
-            // A load not yet handed to the worker is simply cancelled.
-            s.pending_meta.loads.retain(|l| l.request_id != req.id);
-            RequestFinished::delay(s.in_flight.contains_key(&req.id))
-        })
-    }
-
-    fn on_blocks_computed(
-        &mut self,
-        _req: &Request,
-        _first_block: usize,
-        block_ids: &[BlockId],
-        block_hashes: &[BlockHash],
-    ) -> Vec<BlockId> {
-        self.with(|s| {
-            if s.store_steps.is_none() {
-                return Vec::new();
-            }
-            for (&block_id, &block_hash) in block_ids.iter().zip(block_hashes) {
-                s.pending_meta.stores.push(StoreSpec { block_id, block_hash });
-            }
-            block_ids.to_vec()
-        })
-    }
-}
-
-impl ConnectorWorker for TestConnector {
-    fn start_load_kv(&mut self, meta: &ConnectorMeta, _kv: &mut dyn KvBlockIo) {
-        self.with(|s| {
-            let steps = s.store_steps.unwrap_or(0);
-            for store in &meta.stores {
-                s.storing.push((store.block_id, steps));
-                s.stored.insert(store.block_hash);
-            }
-            for load in &meta.loads {
-                s.num_loads += 1;
-                let steps = s.delay_steps;
-                s.in_flight.insert(
-                    load.request_id,
-                    (steps, load.block_ids.clone(), load.block_hashes.clone()),
-                );
-            }
-        });
-    }
-
-    fn get_finished(&mut self, _kv: &mut dyn KvBlockIo) -> ConnectorOutput {
-        self.with(|s| {
-            let mut out = ConnectorOutput::default();
-            let done: Vec<RequestId> =
-                s.in_flight.iter().filter(|(_, v)| v.0 == 0).map(|(k, _)| *k).collect();
-            for (_, v) in s.in_flight.iter_mut() {
-                v.0 = v.0.saturating_sub(1);
-            }
-            s.storing.retain_mut(|(block, steps)| {
-                if *steps == 0 {
-                    out.finished_storing.push(*block);
-                    return false;
-                }
-                *steps -= 1;
-                true
-            });
-            for id in done {
-                let (_, blocks, hashes) = s.in_flight.remove(&id).expect("invariant: listed above");
-                for (b, h) in blocks.iter().zip(&hashes) {
-                    if s.failing.contains(h) {
-                        out.invalid_block_ids.push(*b);
-                    }
-                }
-                out.finished_recving.push(id);
-            }
-            out
-        })
+    /// The step failed after `finish`: its report goes with the next one.
+    pub fn keep(&mut self, output: Option<ConnectorOutput>) {
+        if let Some(o) = output {
+            self.kept.get_or_insert_with(ConnectorOutput::default).merge(o);
+        }
     }
 }

@@ -1,13 +1,16 @@
 //! `EngineCore`: the scheduler and an executor, one step at a time.
 //!
-//! The step is three lines (schedule, execute, update), as in nano-vllm.
+//! The step is three lines, as vLLM's `EngineCore.step`: `schedule`
+//! (which attaches the connector's metadata), `execute` (the executor runs
+//! the connector's worker side and the model, and returns the worker's
+//! report with the sampled tokens), `update_from_output`.
 //! Time comes from the caller (`now`, seconds on any monotonic clock), so
 //! the core stays deterministic and testable.
 
-use crate::executor::Executor;
+use crate::executor::{Executor, ModelOutput};
 use crate::ids::RequestId;
 use crate::request::NewRequest;
-use crate::scheduler::{AdmissionError, Scheduler, SchedulerConfig, StepResult};
+use crate::scheduler::{AdmissionError, Scheduler, SchedulerConfig, SchedulerOutput, StepResult};
 
 #[derive(Debug)]
 pub struct EngineCore<E: Executor> {
@@ -81,45 +84,25 @@ impl<E: Executor> EngineCore<E> {
         self.scheduler.has_pending()
     }
 
-    /// Runs one step. An executor error ends the step's requests with
-    /// finish reason `error` and the engine carries on.
+    /// Runs one step: vLLM's `EngineCore.step`. An executor error ends
+    /// the step's requests with finish reason `error` and the engine
+    /// carries on.
     pub fn step(&mut self, now: f64) -> StepResult {
-        let plan = self.scheduler.schedule(now);
-        // The connector's worker side runs every step, even one that runs
-        // no token, so loads progress while requests wait for them.
-        let meta = self.scheduler.build_connector_meta();
-        if let Some(meta) = &meta {
-            self.executor.start_load_kv(meta);
+        let scheduler_output = self.scheduler.schedule(now);
+        let model_output = self.execute_model(&scheduler_output);
+        self.scheduler.update_from_output(&scheduler_output, model_output, now)
+    }
+
+    /// The executor's part of a step; a step with neither tokens nor
+    /// connector work does not reach it.
+    fn execute_model(&mut self, out: &SchedulerOutput) -> Result<ModelOutput, String> {
+        if out.is_empty() {
+            return Ok(ModelOutput::default());
         }
-        let result = if plan.seqs.is_empty() {
-            None
-        } else {
-            let batch = self.scheduler.batch(&plan);
-            let result = self.executor.execute(&batch);
-            drop(batch);
-            Some(result)
-        };
-        if meta.is_some() {
-            let finished = self.executor.get_finished();
-            self.scheduler.update_connector_output(finished, now);
-        }
-        let Some(result) = result else {
-            // Nothing ran, but admissions and loads may have happened: the
-            // step still gets its record (with zero tokens).
-            return self.scheduler.update_from_output(
-                &plan,
-                crate::executor::ModelOutput::default(),
-                now,
-            );
-        };
-        match result {
-            Ok(output) => self.scheduler.update_from_output(&plan, output, now),
-            Err(e) => {
-                self.num_executor_errors += 1;
-                let mut result = self.scheduler.fail_step(&plan, now);
-                result.executor_error = Some(e.to_string());
-                result
-            }
-        }
+        let batch = self.scheduler.batch(out);
+        self.executor.execute(&batch).map_err(|e| {
+            self.num_executor_errors += 1;
+            e.to_string()
+        })
     }
 }

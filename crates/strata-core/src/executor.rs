@@ -10,8 +10,17 @@
 //! that asks for it (a sequence whose prefill chunk does not reach the end
 //! of its prompt asks for none).
 //!
+//! With a KV connector configured, the batch also carries the step's
+//! connector metadata (vLLM's `kv_connector_metadata` in the scheduler
+//! output): the executor hands it to the connector's worker side before
+//! the forward pass and returns the worker's report in
+//! [`ModelOutput::kv_connector_output`] (vLLM's `kv_connector_output` in
+//! `ModelRunnerOutput`). A step in which no token runs but the connector
+//! has work is a batch with no sequences and only metadata.
+//!
 //! Invariants the executor relies on, checked by [`ModelBatch::validate`]:
-//! every sequence runs at least one token; its block table covers
+//! a batch runs at least one sequence or carries connector metadata; every
+//! sequence runs at least one token; its block table covers
 //! `num_computed_tokens + token_ids.len()` slots; every block id is inside
 //! the pool; no request appears twice in a batch.
 
@@ -74,11 +83,13 @@ impl SeqInput<'_> {
 #[derive(Clone, Debug, Default)]
 pub struct ModelBatch<'a> {
     pub seqs: Vec<SeqInput<'a>>,
+    /// The connector's work for this step (`None` without a connector).
+    pub kv_connector_metadata: Option<&'a ConnectorMeta>,
 }
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum BatchError {
-    #[error("the batch is empty")]
+    #[error("the batch runs nothing (no sequence and no connector metadata)")]
     Empty,
     #[error("{0} runs no tokens")]
     NoTokens(RequestId),
@@ -100,7 +111,7 @@ impl ModelBatch<'_> {
 
     /// Checks the invariants listed in the module header against `spec`.
     pub fn validate(&self, spec: &KvCacheSpec) -> Result<(), BatchError> {
-        if self.seqs.is_empty() {
+        if self.seqs.is_empty() && self.kv_connector_metadata.is_none() {
             return Err(BatchError::Empty);
         }
         let mut seen = rustc_hash::FxHashSet::with_capacity_and_hasher(
@@ -165,10 +176,12 @@ pub struct SampledToken {
 }
 
 /// What one step produced: a token for each sequence that asked for one,
-/// in batch order.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// in batch order, and the connector worker's report (`Some` whenever a
+/// connector is configured).
+#[derive(Clone, Debug, Default)]
 pub struct ModelOutput {
     pub sampled: Vec<SampledToken>,
+    pub kv_connector_output: Option<ConnectorOutput>,
 }
 
 /// Byte access to the device KV pool, one block at a time, for connector
@@ -192,21 +205,14 @@ pub trait Executor {
     /// Token ids must be below this.
     fn vocab_size(&self) -> usize;
 
-    /// Runs one step. A batch that fails [`ModelBatch::validate`] is an
-    /// error, never a panic.
+    /// Runs one step: the connector's worker side (if any) with the
+    /// batch's metadata, then the model over the batch's sequences. A
+    /// batch that fails [`ModelBatch::validate`] is an error, never a
+    /// panic. An executor that fails a step after its connector reported
+    /// keeps the report for the next step ([`WorkerHandle::keep`]).
+    ///
+    /// [`WorkerHandle::keep`]: crate::connector::WorkerHandle::keep
     fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput, Self::Error>;
-
-    /// Hands this step's connector work to the connector's worker side
-    /// (called every step a connector is configured, before `execute`,
-    /// even when no token runs). Executors without one ignore it.
-    fn start_load_kv(&mut self, meta: &ConnectorMeta) {
-        let _ = meta;
-    }
-
-    /// Loads finished and blocks failed since the last call.
-    fn get_finished(&mut self) -> ConnectorOutput {
-        ConnectorOutput::default()
-    }
 }
 
 /// A borrowed executor drives an engine as well as an owned one.
@@ -223,14 +229,6 @@ impl<E: Executor> Executor for &mut E {
 
     fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput, Self::Error> {
         (**self).execute(batch)
-    }
-
-    fn start_load_kv(&mut self, meta: &ConnectorMeta) {
-        (**self).start_load_kv(meta)
-    }
-
-    fn get_finished(&mut self) -> ConnectorOutput {
-        (**self).get_finished()
     }
 }
 
@@ -267,6 +265,7 @@ mod tests {
                     sample: Some(SampleRequest { params: &params, output_token_ids: &[] }),
                 },
             ],
+            kv_connector_metadata: None,
         };
         assert_eq!(batch.validate(&spec()), Ok(()));
         assert_eq!(batch.num_tokens(), 6);
@@ -283,8 +282,13 @@ mod tests {
             block_table: table,
             sample: None,
         };
-        let check = |seqs: Vec<SeqInput<'_>>| ModelBatch { seqs }.validate(&spec()).unwrap_err();
+        let check = |seqs: Vec<SeqInput<'_>>| {
+            ModelBatch { seqs, kv_connector_metadata: None }.validate(&spec()).unwrap_err()
+        };
         assert_eq!(ModelBatch::default().validate(&spec()), Err(BatchError::Empty));
+        let meta = ConnectorMeta::default();
+        let connector_only = ModelBatch { seqs: vec![], kv_connector_metadata: Some(&meta) };
+        assert_eq!(connector_only.validate(&spec()), Ok(()), "a connector-only step is valid");
         assert!(matches!(check(vec![seq(1, &[], 0, &one)]), BatchError::NoTokens(_)));
         assert!(matches!(
             check(vec![seq(1, &[1], 0, &one), seq(1, &[2], 0, &one)]),

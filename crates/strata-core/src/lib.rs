@@ -3,7 +3,7 @@
 //! This crate holds no tensors, no async runtime, no metrics client and no
 //! wall clock. It defines the vocabulary shared by every other crate: ids,
 //! sampling parameters, and the [`Executor`] contract through which the
-//! engine drives a model (see `ARCHITECTURE.md`, "The step contract").
+//! engine drives a model (see docs/architecture.md, "The step").
 
 pub mod connector;
 pub mod dense;
@@ -16,6 +16,8 @@ pub mod records;
 pub mod request;
 pub mod sampling;
 pub mod scheduler;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -25,7 +27,11 @@ pub use executor::{
     SampledToken, SeqInput, TokenLogprob, TopLogprobs,
 };
 pub use ids::{BlockId, RequestId, TokenId};
-pub use records::{FinishRecord, PrefillRecord, Provenance, RequestEvent, StepRecord, TokenSource};
+pub use records::{
+    AccountingViolation, FinishRecord, PrefillRecord, Provenance, StepRecord, TokenSource,
+};
 pub use request::{FinishReason, KvTransferParams, NewRequest, RequestStatus};
 pub use sampling::{SamplingError, SamplingParams};
-pub use scheduler::{AdmissionError, SchedulerConfig, SchedulingPolicy, StepResult};
+pub use scheduler::{
+    AdmissionError, SchedulerConfig, SchedulerOutput, SchedulerStats, SchedulingPolicy, StepResult,
+};

@@ -129,16 +129,30 @@ mod tests {
         OfflineRequest { prompt_token_ids: prompt, params: SamplingParams::greedy(max_tokens) }
     }
 
+    /// The `n` tokens the fake generates after `prompt` when nothing stops
+    /// it.
+    fn generated(ex: &FakeExecutor, prompt: &[u32], n: usize) -> Vec<u32> {
+        let mut context = prompt.to_vec();
+        for _ in 0..n {
+            context.push(ex.expected_next(&context));
+        }
+        context.split_off(prompt.len())
+    }
+
     #[test]
     fn chunks_prefill_under_the_budget_and_stops_at_eos_or_length() {
         let mut ex = echo(32);
         let reqs = [req((10..20).collect(), 3), req(vec![40], 5)];
-        // EOS is 43: the second request stops after 41, 42, 43.
-        let out = run_offline(&mut ex, &reqs, &[43], 4).unwrap();
+        let first = generated(&ex, &reqs[0].prompt_token_ids, 3);
+        let second = generated(&ex, &reqs[1].prompt_token_ids, 5);
+        // EOS is the second request's third token: it stops there.
+        let eos = second[2];
+        assert!(!second[..2].contains(&eos) && !first.contains(&eos), "pick another prompt");
+        let out = run_offline(&mut ex, &reqs, &[eos], 4).unwrap();
         assert!(out.iter().all(|o| o.prefill.is_some_and(|p| p.local_compute == p.prompt_tokens)));
-        assert_eq!(out[0].token_ids, vec![20, 21, 22]);
+        assert_eq!(out[0].token_ids, first);
         assert_eq!(out[0].finish_reason, FinishReason::Length);
-        assert_eq!(out[1].token_ids, vec![41, 42, 43]);
+        assert_eq!(out[1].token_ids, second[..3]);
         assert_eq!(out[1].finish_reason, FinishReason::Stop);
         assert!(ex.steps.iter().all(|s| s.iter().map(|&(_, _, n)| n).sum::<usize>() <= 4));
         // The 10-token prompt was split into chunks of at most 4.
@@ -148,13 +162,13 @@ mod tests {
     #[test]
     fn a_small_pool_runs_everything_to_completion() {
         // Each request needs 2 blocks (5 tokens + 3 outputs); 3 blocks hold
-        // one and a half: requests wait or are preempted, and all finish.
+        // one and a half: requests wait or are preempted, and all finish
+        // with the tokens of an unconstrained run.
         let mut ex = echo(3);
-        let reqs: Vec<_> = (0..4).map(|i| req(vec![i * 10; 5], 3)).collect();
+        let reqs: Vec<_> = (0..4).map(|i| req(vec![i * 10 + 2; 5], 3)).collect();
         let out = run_offline(&mut ex, &reqs, &[], 64).unwrap();
-        for (i, o) in out.iter().enumerate() {
-            let last = i as u32 * 10;
-            assert_eq!(o.token_ids, vec![last + 1, last + 2, last + 3]);
+        for (r, o) in reqs.iter().zip(&out) {
+            assert_eq!(o.token_ids, generated(&ex, &r.prompt_token_ids, 3));
         }
     }
 
@@ -178,15 +192,17 @@ mod tests {
     #[test]
     fn stop_token_ids_and_ignore_eos() {
         let mut ex = echo(8);
+        let expected = generated(&ex, &[1], 3);
+        assert!(!expected[..2].contains(&expected[2]), "pick another prompt");
+        // EOS is the first token (ignored); the third is a stop token.
         let params = SamplingParams {
             ignore_eos: true,
-            stop_token_ids: vec![4],
+            stop_token_ids: vec![expected[2]],
             ..SamplingParams::greedy(10)
         };
-        let out =
-            run_offline(&mut ex, &[OfflineRequest { prompt_token_ids: vec![1], params }], &[2], 8)
-                .unwrap();
-        assert_eq!(out[0].token_ids, vec![2, 3, 4]);
+        let request = OfflineRequest { prompt_token_ids: vec![1], params };
+        let out = run_offline(&mut ex, &[request], &[expected[0]], 8).unwrap();
+        assert_eq!(out[0].token_ids, expected);
         assert_eq!(out[0].finish_reason, FinishReason::Stop);
     }
 }

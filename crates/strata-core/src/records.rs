@@ -1,5 +1,5 @@
 //! Plain records a step produces, for the metrics layer and logs
-//! (ACCOUNTING.md, "The record"). The scheduler builds them and never reads
+//! (docs/accounting.md, "The record"). The scheduler builds them and never reads
 //! them back; once emitted they are immutable (scenario A21).
 
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,23 @@ pub struct Provenance {
     pub remote: u32,
     pub recomputed_kv_load_failure: u32,
     pub recomputed_preemption: u32,
+}
+
+impl Provenance {
+    /// Rule 4: `failed` tokens promised by the connector failed to load and
+    /// are computed locally instead. They leave the connector's source and
+    /// count as recomputed (`kv_load_failure`); a request's match comes
+    /// from one source, so at most one of host, disk, remote is non-zero.
+    pub fn fail_external(&mut self, failed: u32) {
+        for slot in [&mut self.host, &mut self.disk, &mut self.remote] {
+            if *slot > 0 {
+                let moved = (*slot).min(failed);
+                *slot -= moved;
+                self.recomputed_kv_load_failure += moved;
+                break;
+            }
+        }
+    }
 }
 
 /// Tokens computed a second time, by reason. Not a source.
@@ -124,11 +141,29 @@ impl PrefillRecord {
     pub fn cached_tokens(&self) -> u32 {
         self.local_cache_hit + self.host + self.disk
     }
+
+    /// Tokens a connector supplied (host + disk + remote): the prompt
+    /// tokens this engine neither computed nor found in its device cache.
+    pub fn external_tokens(&self) -> u32 {
+        self.host + self.disk + self.remote
+    }
+
+    /// Prompt tokens computed a second time, whatever the reason (not a
+    /// source: they are part of `local_compute` or of a later step).
+    pub fn recomputed_tokens(&self) -> u32 {
+        self.recomputed.kv_load_failure + self.recomputed.preemption
+    }
+
+    /// Tokens whose KV this engine did not compute (device hit or any
+    /// connector): `prompt_tokens - local_compute`.
+    pub fn not_computed_tokens(&self) -> u32 {
+        self.local_cache_hit + self.external_tokens()
+    }
 }
 
 /// What the scheduler did in one step. Every step has one, also a step in
 /// which no token ran (requests only waiting for KV loads); consumers of
-/// per-iteration token counts skip those (ACCOUNTING.md rule 6).
+/// per-iteration token counts skip those (docs/accounting.md, rule 6).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRecord {
     pub step: u64,
@@ -169,7 +204,7 @@ pub struct StepRecord {
 }
 
 impl StepRecord {
-    /// Tokens the model ran (ACCOUNTING.md rule 6).
+    /// Tokens the model ran (docs/accounting.md, rule 6).
     pub fn num_tokens(&self) -> u32 {
         self.num_prefill_tokens + self.num_decode_tokens
     }
@@ -191,23 +226,6 @@ pub struct FinishRecord {
     pub finished_time: f64,
 }
 
-/// Timestamped lifecycle events, from the injected clock.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub enum RequestEventKind {
-    Queued,
-    Scheduled,
-    FirstToken,
-    Preempted,
-    Finished,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RequestEvent {
-    pub request_id: RequestId,
-    pub kind: RequestEventKind,
-    pub time: f64,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +242,8 @@ mod tests {
         let sum: u32 = TokenSource::ALL.iter().map(|&s| r.tokens(s)).sum();
         assert_eq!(sum, 1000);
         assert_eq!(r.cached_tokens(), 512);
+        assert_eq!(r.external_tokens(), 400);
+        assert_eq!(r.not_computed_tokens(), 912);
     }
 
     #[test]

@@ -102,8 +102,8 @@ pub struct KvTransferParams {
 pub struct NewRequest {
     pub prompt_token_ids: Vec<TokenId>,
     pub params: SamplingParams,
-    /// Higher runs first under the priority policy (vLLM: lower value
-    /// first; strata keeps vLLM's convention, see `SchedulingPolicy`).
+    /// Under the priority policy a lower value runs first (vLLM's
+    /// convention, see `SchedulingPolicy::Priority`); ignored under FCFS.
     pub priority: i32,
     /// Tenant isolation for the prefix cache.
     pub cache_salt: Option<String>,
@@ -111,6 +111,50 @@ pub struct NewRequest {
     pub eos_token_ids: Vec<TokenId>,
     /// P/D disaggregation (see [`KvTransferParams`]).
     pub kv_transfer_params: Option<KvTransferParams>,
+}
+
+impl NewRequest {
+    /// A request for `prompt` with `params` and nothing else set (priority
+    /// 0, no cache salt, no EOS ids, no KV transfer); the `with_*` methods
+    /// set the rest.
+    ///
+    /// ```
+    /// use strata_core::{NewRequest, SamplingParams};
+    /// let r = NewRequest::new(vec![1, 2, 3], SamplingParams::greedy(4))
+    ///     .with_priority(-1)
+    ///     .with_eos(vec![2]);
+    /// assert_eq!((r.priority, r.eos_token_ids.as_slice()), (-1, &[2][..]));
+    /// ```
+    pub fn new(prompt_token_ids: Vec<TokenId>, params: SamplingParams) -> Self {
+        Self {
+            prompt_token_ids,
+            params,
+            priority: 0,
+            cache_salt: None,
+            eos_token_ids: Vec::new(),
+            kv_transfer_params: None,
+        }
+    }
+
+    pub fn with_priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    pub fn with_cache_salt(mut self, salt: impl Into<String>) -> Self {
+        self.cache_salt = Some(salt.into());
+        self
+    }
+
+    pub fn with_eos(mut self, eos_token_ids: Vec<TokenId>) -> Self {
+        self.eos_token_ids = eos_token_ids;
+        self
+    }
+
+    pub fn with_kv_transfer_params(mut self, params: KvTransferParams) -> Self {
+        self.kv_transfer_params = Some(params);
+        self
+    }
 }
 
 #[derive(Debug)]

@@ -9,15 +9,31 @@
 //! preemption, in policy order, with prefix-cache hits, while the budget,
 //! `max_num_seqs` and free blocks allow.
 //!
-//! `update_from_output` advances `num_computed_tokens`, registers newly
-//! full blocks in the prefix cache, appends sampled tokens, checks stops,
-//! frees finished requests and builds the step's records.
+//! With a connector, `schedule` also attaches the connector's metadata for
+//! this step to its output (`kv_connector_metadata`), every step, even one
+//! that runs no token, so loads and stores progress while requests wait.
 //!
-//! Invariants (checked by `check_invariants` in tests): the budget is never
-//! exceeded; every scheduled token has a slot; `num_computed_tokens` only
-//! grows, except by preemption (to 0); each request finishes exactly once;
-//! free + held blocks = total; a PrefillRecord is emitted at most once per
-//! request, at its first output token.
+//! `update_from_output` first applies the connector worker's report that
+//! the model output carries (finished loads become admissible, failed
+//! blocks go by the load-failure policy, finished stores and sends release
+//! their blocks), then advances `num_computed_tokens`, registers newly
+//! full blocks in the prefix cache, appends sampled tokens, checks stops,
+//! frees finished requests and builds the step's records. Admission
+//! counters (prefix-cache and connector lookups and hits) are gathered in
+//! [`SchedulerStats`] while scheduling and handed to the step's
+//! [`StepRecord`]; the plan itself carries only the work.
+//!
+//! A request's prompt-token sources are set in one place,
+//! `book_admission`, at its first admission (and adjusted only by a failed
+//! load, rule 4, through [`Provenance::fail_external`]).
+//!
+//! Invariants: the budget is never exceeded; every scheduled token has a
+//! slot; `num_computed_tokens` only grows, except by preemption (to 0);
+//! each request finishes exactly once; free + held blocks = total; a
+//! PrefillRecord is emitted at most once per request, at its first output
+//! token. `check_invariants` checks the block and counter invariants after
+//! a step (the scheduler and property tests call it every step); the
+//! others are checked by those tests on the step results.
 
 mod admission;
 mod connector_io;
@@ -34,25 +50,32 @@ use crate::dense::DenseMap;
 
 pub use admission::AdmissionError;
 
-use crate::connector::{ConnectorScheduler, ConnectorStats, KvLoadFailurePolicy};
-use crate::records::TokenSource;
-
+use crate::connector::{ConnectorMeta, ConnectorScheduler, ConnectorStats, KvLoadFailurePolicy};
 use crate::executor::{ModelBatch, ModelOutput, SampleRequest, SeqInput, TopLogprobs};
 use crate::ids::{RequestId, TokenId};
 use crate::kv::{AllocOutcome, KvCacheManager};
 use crate::records::{
-    FinishRecord, PrefillRecord, Provenance, RequestEvent, RequestEventKind, StepRecord,
+    AccountingViolation, FinishRecord, PrefillRecord, Provenance, StepRecord, TokenSource,
 };
 use crate::request::{FinishReason, NewRequest, Request, RequestStatus};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SchedulingPolicy {
     /// First come, first served.
+    #[default]
     Fcfs,
-    /// Lower `priority` value first (vLLM's convention), then arrival.
+    /// Lower `priority` value first (vLLM's convention: a request with
+    /// priority 0 runs before one with priority 1), then earlier arrival.
+    /// Preemption picks the opposite end: the highest value, latest
+    /// arrival.
     Priority,
 }
 
+/// The scheduler's limits. `Default` gives vLLM's defaults where they
+/// exist (`max_num_seqs` 256, `max_num_batched_tokens` 8192, block size
+/// 16, prefix caching on, load failures fail the request) and a small pool
+/// (64 blocks, 4096 tokens of context) that an engine replaces with its
+/// executor's.
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
     pub max_num_seqs: usize,
@@ -65,13 +88,29 @@ pub struct SchedulerConfig {
     pub kv_load_failure_policy: KvLoadFailurePolicy,
 }
 
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            max_num_seqs: 256,
+            max_num_batched_tokens: 8192,
+            block_size: 16,
+            num_blocks: 64,
+            max_model_len: 4096,
+            policy: SchedulingPolicy::Fcfs,
+            enable_prefix_caching: true,
+            kv_load_failure_policy: KvLoadFailurePolicy::Fail,
+        }
+    }
+}
+
 /// One request's work in a step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ScheduledSeq {
     pub request_id: RequestId,
     /// Tokens of the request already in the KV cache before this step.
     pub num_computed_tokens: usize,
-    pub num_new_tokens: usize,
+    /// Tokens that run this step (vLLM's `num_scheduled_tokens[req_id]`).
+    pub num_scheduled_tokens: usize,
     /// Whether a token is sampled after this step (the chunk reaches the
     /// end of the request's known tokens).
     pub samples: bool,
@@ -80,14 +119,39 @@ pub struct ScheduledSeq {
     pub(crate) slot: u32,
 }
 
+/// What `schedule` decided for one step (vLLM's `SchedulerOutput`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SchedulerOutput {
     pub step: u64,
     pub seqs: Vec<ScheduledSeq>,
     pub preempted: Vec<RequestId>,
-    /// Prefix-cache counters of this step's admissions.
+    /// The connector's work for this step; `Some` every step a connector
+    /// is configured.
+    pub kv_connector_metadata: Option<ConnectorMeta>,
+}
+
+impl SchedulerOutput {
+    /// Tokens scheduled this step (vLLM's `total_num_scheduled_tokens`).
+    pub fn num_tokens(&self) -> usize {
+        self.seqs.iter().map(|s| s.num_scheduled_tokens).sum()
+    }
+
+    /// Nothing for the executor to do: no token and no connector work.
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty() && self.kv_connector_metadata.is_none()
+    }
+}
+
+/// Admission and connector counters gathered while scheduling, handed to
+/// the next [`StepRecord`] by `update_from_output` (vLLM's prefix-cache
+/// stats, which the scheduler likewise makes into the iteration's stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedulerStats {
+    /// Prompt tokens looked up in the device prefix cache at first
+    /// admissions, and those found.
     pub prefix_cache_queries: u32,
     pub prefix_cache_hits: u32,
+    /// Tokens looked up beyond the local hit, and those a connector had.
     pub external_prefix_cache_queries: u32,
     pub external_prefix_cache_hits: u32,
     /// `external_prefix_cache_hits` by where they come from.
@@ -97,12 +161,9 @@ pub struct SchedulerOutput {
     /// Prompt tokens re-prefilled by re-admissions of requests whose
     /// PrefillRecord is already out.
     pub recomputed_preemption_tokens: u32,
-}
-
-impl SchedulerOutput {
-    pub fn num_tokens(&self) -> usize {
-        self.seqs.iter().map(|s| s.num_new_tokens).sum()
-    }
+    /// Loads handed to the connector's worker, and loads that failed.
+    pub num_connector_loads: u32,
+    pub num_connector_load_failures: u32,
 }
 
 /// One request's progress in a step.
@@ -120,20 +181,21 @@ pub struct RequestOutput {
 }
 
 /// Everything a step produced.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct StepResult {
     pub outputs: Vec<RequestOutput>,
     pub step: Option<StepRecord>,
     pub prefill_records: Vec<PrefillRecord>,
     pub finish_records: Vec<FinishRecord>,
-    pub events: Vec<RequestEvent>,
-    /// Records that failed the accounting identity (a bug; counted, never
-    /// exported as increments).
-    pub accounting_violations: u32,
+    /// Records that failed the accounting identity (a bug): no record is
+    /// emitted for them; the metrics layer counts each and the server logs
+    /// each once.
+    pub accounting_violations: Vec<AccountingViolation>,
     /// Set when the executor failed this step (its requests ended with
     /// `error`); the caller logs it.
     pub executor_error: Option<String>,
-    /// The connector's activity reported during this step.
+    /// The connector's statistics reported during this step (opaque here;
+    /// each connector crate defines its report types).
     pub connector_stats: ConnectorStats,
 }
 
@@ -160,9 +222,8 @@ pub struct Scheduler {
     /// Params a connector returned for ended requests, attached to their
     /// last output.
     finish_params: FxHashMap<RequestId, crate::request::KvTransferParams>,
-    /// Connector counters of the current step.
-    num_connector_loads: u32,
-    num_connector_load_failures: u32,
+    /// Counters for the next step record.
+    stats: SchedulerStats,
 }
 
 impl std::fmt::Debug for dyn ConnectorScheduler {
@@ -188,8 +249,7 @@ impl Scheduler {
             num_loads_done: 0,
             num_store_holds: 0,
             finish_params: FxHashMap::default(),
-            num_connector_loads: 0,
-            num_connector_load_failures: 0,
+            stats: SchedulerStats::default(),
         }
     }
 
@@ -227,9 +287,7 @@ impl Scheduler {
     /// Outputs or records (from adds and aborts) not yet handed out by a
     /// step.
     pub fn has_pending(&self) -> bool {
-        !self.pending.outputs.is_empty()
-            || !self.pending.finish_records.is_empty()
-            || !self.pending.events.is_empty()
+        !self.pending.outputs.is_empty() || !self.pending.finish_records.is_empty()
     }
 
     /// Requests not yet ended, or ended with transfers still in flight.
@@ -248,11 +306,6 @@ impl Scheduler {
         let req = Request::new(id, new, now, self.config.block_size);
         self.requests.insert(id, req);
         self.waiting.push_back(id);
-        self.pending.events.push(RequestEvent {
-            request_id: id,
-            kind: RequestEventKind::Queued,
-            time: now,
-        });
         Ok(())
     }
 
@@ -306,11 +359,6 @@ impl Scheduler {
             first_token_time: req.first_token_time,
             finished_time: now,
         });
-        self.pending.events.push(RequestEvent {
-            request_id: id,
-            kind: RequestEventKind::Finished,
-            time: now,
-        });
         true
     }
 
@@ -332,7 +380,7 @@ impl Scheduler {
             .expect("invariant: a victim exists while running")
     }
 
-    fn preempt(&mut self, id: RequestId, now: f64) {
+    fn preempt(&mut self, id: RequestId) {
         self.running.retain(|&r| r != id);
         self.kv.free(id);
         let req = self.requests.get_mut(&id).expect("invariant: running requests exist");
@@ -342,11 +390,6 @@ impl Scheduler {
         req.num_preemptions += 1;
         req.status = RequestStatus::Preempted;
         self.waiting.push_front(id);
-        self.pending.events.push(RequestEvent {
-            request_id: id,
-            kind: RequestEventKind::Preempted,
-            time: now,
-        });
     }
 
     /// Index in `waiting` of the next request to admit. Requests whose KV
@@ -372,18 +415,31 @@ impl Scheduler {
         }
     }
 
+    /// Picks this step's work (see the module header) and attaches the
+    /// connector's metadata.
     pub fn schedule(&mut self, now: f64) -> SchedulerOutput {
         self.step += 1;
         let mut out = SchedulerOutput { step: self.step, ..SchedulerOutput::default() };
         let mut budget = self.config.max_num_batched_tokens;
+        self.schedule_running(&mut out, &mut budget);
+        // Waiting requests are admitted only if nobody was preempted.
+        if out.preempted.is_empty() {
+            self.schedule_waiting(&mut out, &mut budget, now);
+        }
+        out.kv_connector_metadata = self.build_connector_meta();
+        out
+    }
 
-        // Running requests, in order; preempt from the back when blocks run out.
+    /// Running requests, in order, each taking what it needs; when blocks
+    /// run out, the victim is preempted (and gives back any work it was
+    /// given earlier in this step).
+    fn schedule_running(&mut self, out: &mut SchedulerOutput, budget: &mut usize) {
         let mut idx = 0;
-        while idx < self.running.len() && budget > 0 {
+        while idx < self.running.len() && *budget > 0 {
             let id = self.running[idx];
             let slot = self.requests.slot(&id).expect("invariant: running requests exist");
             let req = &self.requests[&id];
-            let n = (req.num_tokens() - req.num_computed_tokens).min(budget);
+            let n = (req.num_tokens() - req.num_computed_tokens).min(*budget);
             let computed = req.num_computed_tokens;
             let samples = computed + n == req.num_tokens();
             // A request's blocks always cover its computed tokens, so one
@@ -401,22 +457,21 @@ impl Scheduler {
                         out.seqs.push(ScheduledSeq {
                             request_id: id,
                             num_computed_tokens: computed,
-                            num_new_tokens: n,
+                            num_scheduled_tokens: n,
                             samples,
                             slot,
                         });
-                        budget -= n;
+                        *budget -= n;
                         idx += 1;
                         break;
                     }
                     AllocOutcome::NoCapacity => {
                         let victim = self.pick_victim();
-                        // A victim scheduled earlier this step gives its work back.
                         if let Some(pos) = out.seqs.iter().position(|s| s.request_id == victim) {
-                            budget += out.seqs.remove(pos).num_new_tokens;
+                            *budget += out.seqs.remove(pos).num_scheduled_tokens;
                             idx -= 1;
                         }
-                        self.preempt(victim, now);
+                        self.preempt(victim);
                         out.preempted.push(victim);
                         if victim == id {
                             break;
@@ -425,14 +480,15 @@ impl Scheduler {
                 }
             }
         }
+    }
 
-        // Waiting requests, only if nobody was preempted this step.
-        // Requests still loading KV are set aside and keep their place.
+    /// Waiting requests, in policy order, while the budget, `max_num_seqs`
+    /// and free blocks allow. A request with a connector match gets blocks
+    /// for its whole prompt and waits for its load (set aside, keeping its
+    /// place); one whose load finished is admitted first.
+    fn schedule_waiting(&mut self, out: &mut SchedulerOutput, budget: &mut usize, now: f64) {
         let mut loading: Vec<RequestId> = Vec::new();
-        while out.preempted.is_empty()
-            && budget > 0
-            && self.running.len() < self.config.max_num_seqs
-        {
+        while *budget > 0 && self.running.len() < self.config.max_num_seqs {
             let Some(w) = self.next_waiting() else { break };
             let id = self.waiting[w];
             if self.requests[&id].status == RequestStatus::WaitingForRemoteKv {
@@ -455,7 +511,7 @@ impl Scheduler {
             // a preempted request recomputes locally.
             let (external, source) = match (&mut self.connector, first_admission) {
                 (Some(c), true) => {
-                    let (n, _is_async) = c.get_num_new_matched_tokens(req, hit_tokens);
+                    let n = c.get_num_new_matched_tokens(req, hit_tokens);
                     let n = n.min(req.num_tokens().saturating_sub(1 + hit_tokens));
                     (n, c.source_for(req))
                 }
@@ -470,81 +526,97 @@ impl Scheduler {
                     break;
                 }
                 self.waiting.remove(w);
-                self.start_load(id, hit_tokens, external, source, &mut out);
+                self.book_admission(id, hit_tokens, external, source);
+                self.start_load(id, hit_tokens, external);
                 loading.push(id);
                 continue;
             }
-            let n = (req.num_tokens() - hit_tokens).min(budget);
+            let n = (req.num_tokens() - hit_tokens).min(*budget);
             if self.kv.allocate_slots(req, n, &hit_blocks) == AllocOutcome::NoCapacity {
                 break;
             }
             self.waiting.remove(w);
-            let has_connector = self.connector.is_some();
+            self.book_admission(id, hit_tokens, 0, source);
             let req = self.requests.get_mut(&id).expect("invariant: waiting requests exist");
-            let prompt = req.num_prompt_tokens();
-            match req.provenance {
-                None => {
-                    if let Some(c) = &mut self.connector {
-                        // The lookup of this admission found nothing to load.
-                        c.update_state_after_alloc(req, &[], &[]);
-                    }
-                    // First admission: attribution is fixed here (A3, A4).
-                    req.provenance = Some(Provenance {
-                        local_cache_hit: hit_tokens as u32,
-                        ..Provenance::default()
-                    });
-                    out.prefix_cache_queries += prompt as u32;
-                    out.prefix_cache_hits += hit_tokens as u32;
-                    if has_connector {
-                        out.external_prefix_cache_queries +=
-                            (prompt - hit_tokens.min(prompt)) as u32;
-                    }
-                }
-                Some(ref mut p) if req.num_preemptions > 0 => {
-                    // Re-admission after preemption: what was computed before
-                    // and is not found in the cache now is computed again.
-                    // Before the first token it goes in the record; after
-                    // it, the record is out and only the step counts it.
-                    let redo = req.num_tokens_to_recompute.min(prompt).saturating_sub(hit_tokens);
-                    if req.record_emitted {
-                        out.recomputed_preemption_tokens += redo as u32;
-                    } else {
-                        p.recomputed_preemption += redo as u32;
-                    }
-                    req.num_tokens_to_recompute = 0;
-                }
-                Some(_) => {}
-            }
             req.num_computed_tokens = hit_tokens;
             req.status = RequestStatus::Running;
-            if req.scheduled_time.is_none() {
-                req.scheduled_time = Some(now);
-                self.pending.events.push(RequestEvent {
-                    request_id: id,
-                    kind: RequestEventKind::Scheduled,
-                    time: now,
-                });
-            }
-            let samples = hit_tokens + n == req.num_tokens();
+            req.scheduled_time.get_or_insert(now);
             out.seqs.push(ScheduledSeq {
                 request_id: id,
                 num_computed_tokens: hit_tokens,
-                num_new_tokens: n,
-                samples,
+                num_scheduled_tokens: n,
+                samples: hit_tokens + n == req.num_tokens(),
                 slot: self.requests.slot(&id).expect("invariant: admitted requests exist"),
             });
             self.running.push(id);
-            budget -= n;
+            *budget -= n;
         }
         for id in loading.into_iter().rev() {
             self.waiting.push_front(id);
         }
-        out
+    }
+
+    /// Where an admitted request's prompt tokens come from: the one place
+    /// sources are set. At first admission: `hit_tokens` from the device
+    /// prefix cache, `external` from the connector (booked under `source`),
+    /// the rest computed here (A3, A4, A10, A13, A14); the lookups are
+    /// counted once. At a re-admission after preemption: the prompt tokens
+    /// computed before and not found in the cache now are recomputed, in
+    /// the record if it is not out yet, else in the step's counters (A9,
+    /// A21).
+    fn book_admission(
+        &mut self,
+        id: RequestId,
+        hit_tokens: usize,
+        external: usize,
+        source: TokenSource,
+    ) {
+        let has_connector = self.connector.is_some();
+        let req = self.requests.get_mut(&id).expect("invariant: admitted requests exist");
+        let prompt = req.num_prompt_tokens();
+        match req.provenance {
+            None => {
+                let mut p =
+                    Provenance { local_cache_hit: hit_tokens as u32, ..Provenance::default() };
+                let stats = &mut self.stats;
+                let (slot, hits) = match source {
+                    TokenSource::Host => (&mut p.host, &mut stats.external_hits_host),
+                    TokenSource::Disk => (&mut p.disk, &mut stats.external_hits_disk),
+                    _ => (&mut p.remote, &mut stats.external_hits_remote),
+                };
+                *slot = external as u32;
+                *hits += external as u32;
+                req.provenance = Some(p);
+                stats.prefix_cache_queries += prompt as u32;
+                stats.prefix_cache_hits += hit_tokens as u32;
+                if has_connector {
+                    stats.external_prefix_cache_queries += (prompt - hit_tokens.min(prompt)) as u32;
+                    stats.external_prefix_cache_hits += external as u32;
+                }
+                if external == 0 {
+                    if let Some(c) = &mut self.connector {
+                        // The lookup of this admission found nothing to load.
+                        c.update_state_after_alloc(req, &[], &[]);
+                    }
+                }
+            }
+            Some(ref mut p) if req.num_preemptions > 0 => {
+                let redo = req.num_tokens_to_recompute.min(prompt).saturating_sub(hit_tokens);
+                if req.record_emitted {
+                    self.stats.recomputed_preemption_tokens += redo as u32;
+                } else {
+                    p.recomputed_preemption += redo as u32;
+                }
+                req.num_tokens_to_recompute = 0;
+            }
+            Some(_) => {}
+        }
     }
 
     /// The executor's view of a schedule.
-    pub fn batch<'a>(&'a self, out: &SchedulerOutput) -> ModelBatch<'a> {
+    pub fn batch<'a>(&'a self, out: &'a SchedulerOutput) -> ModelBatch<'a> {
         ModelBatch {
+            kv_connector_metadata: out.kv_connector_metadata.as_ref(),
             seqs: out
                 .seqs
                 .iter()
@@ -556,7 +628,7 @@ impl Scheduler {
                     SeqInput {
                         request_id: s.request_id,
                         token_ids: &req.all_token_ids
-                            [s.num_computed_tokens..s.num_computed_tokens + s.num_new_tokens],
+                            [s.num_computed_tokens..s.num_computed_tokens + s.num_scheduled_tokens],
                         num_computed_tokens: s.num_computed_tokens,
                         block_table: self.kv.blocks(s.request_id),
                         sample: s.samples.then_some(SampleRequest {
@@ -570,8 +642,9 @@ impl Scheduler {
     }
 
     /// Ends every scheduled request with `error` (the executor failed the
-    /// step); the engine keeps serving the rest.
-    pub fn fail_step(&mut self, out: &SchedulerOutput, now: f64) -> StepResult {
+    /// step); the engine keeps serving the rest. The step gets no record:
+    /// its admission counters go to the next step's.
+    fn fail_step(&mut self, out: &SchedulerOutput, error: String, now: f64) -> StepResult {
         for s in &out.seqs {
             if self.requests.contains_key(&s.request_id) {
                 self.running.retain(|&r| r != s.request_id);
@@ -585,29 +658,43 @@ impl Scheduler {
                 });
             }
         }
-        self.take_pending()
+        let mut result = self.take_pending();
+        result.executor_error = Some(error);
+        result
     }
 
+    /// Applies what the executor returned for `out`: the connector
+    /// worker's report first, then the sampled tokens; builds the step's
+    /// records. `Err` is an executor failure (its message): the step's
+    /// requests end with `error` and the engine carries on.
     pub fn update_from_output(
         &mut self,
         out: &SchedulerOutput,
-        model: ModelOutput,
+        model: Result<ModelOutput, String>,
         now: f64,
     ) -> StepResult {
+        let model = match model {
+            Ok(model) => model,
+            Err(error) => return self.fail_step(out, error, now),
+        };
+        if let Some(kv_out) = model.kv_connector_output {
+            self.update_connector_output(kv_out, now);
+        }
         let bs = self.config.block_size;
+        let stats = std::mem::take(&mut self.stats);
         let mut record = StepRecord {
             step: out.step,
             num_preemptions: out.preempted.len() as u32,
-            prefix_cache_queries: out.prefix_cache_queries,
-            prefix_cache_hits: out.prefix_cache_hits,
-            external_prefix_cache_queries: out.external_prefix_cache_queries,
-            external_prefix_cache_hits: out.external_prefix_cache_hits,
-            num_connector_loads: std::mem::take(&mut self.num_connector_loads),
-            num_connector_load_failures: std::mem::take(&mut self.num_connector_load_failures),
-            num_recomputed_preemption_tokens: out.recomputed_preemption_tokens,
-            external_hits_host: out.external_hits_host,
-            external_hits_disk: out.external_hits_disk,
-            external_hits_remote: out.external_hits_remote,
+            prefix_cache_queries: stats.prefix_cache_queries,
+            prefix_cache_hits: stats.prefix_cache_hits,
+            external_prefix_cache_queries: stats.external_prefix_cache_queries,
+            external_prefix_cache_hits: stats.external_prefix_cache_hits,
+            num_connector_loads: stats.num_connector_loads,
+            num_connector_load_failures: stats.num_connector_load_failures,
+            num_recomputed_preemption_tokens: stats.recomputed_preemption_tokens,
+            external_hits_host: stats.external_hits_host,
+            external_hits_disk: stats.external_hits_disk,
+            external_hits_remote: stats.external_hits_remote,
             ..StepRecord::default()
         };
         let mut sampled = model.sampled.into_iter();
@@ -619,11 +706,11 @@ impl Scheduler {
                 .at_mut(s.slot, &s.request_id)
                 .expect("invariant: scheduled requests exist");
             if s.num_computed_tokens < req.num_prompt_tokens() {
-                record.num_prefill_tokens += s.num_new_tokens as u32;
+                record.num_prefill_tokens += s.num_scheduled_tokens as u32;
             } else {
-                record.num_decode_tokens += s.num_new_tokens as u32;
+                record.num_decode_tokens += s.num_scheduled_tokens as u32;
             }
-            req.num_computed_tokens += s.num_new_tokens;
+            req.num_computed_tokens += s.num_scheduled_tokens;
             // Only a step that crosses a block boundary can fill a block.
             if s.num_computed_tokens / bs != req.num_computed_tokens / bs {
                 let range = self.kv.cache_blocks(req);
@@ -640,17 +727,12 @@ impl Scheduler {
             if !req.record_emitted {
                 req.record_emitted = true;
                 req.first_token_time = Some(now);
-                self.pending.events.push(RequestEvent {
-                    request_id: req.id,
-                    kind: RequestEventKind::FirstToken,
-                    time: now,
-                });
                 let provenance = req.provenance.unwrap_or_default();
                 match PrefillRecord::new(req.id, req.num_prompt_tokens() as u32, &provenance) {
                     Ok(r) => self.pending.prefill_records.push(r),
                     Err(e) => {
                         debug_assert!(false, "accounting violation: {e}");
-                        self.pending.accounting_violations += 1;
+                        self.pending.accounting_violations.push(e);
                     }
                 }
             }

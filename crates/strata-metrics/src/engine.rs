@@ -77,7 +77,7 @@ pub struct EngineMetrics {
     accounting_violations: Family<Labels, Counter>,
     offload: offload::OffloadFamilies,
     /// Tiers given to `enable_offload_series` (the log line lists them).
-    offload_tiers: Vec<strata_core::connector::OffloadTier>,
+    offload_tiers: Vec<strata_offload::OffloadTier>,
     pd: pd::PdFamilies,
 }
 
@@ -460,7 +460,7 @@ impl EngineMetrics {
                 self.iteration_tokens.get_or_create(&base).observe(s.num_tokens() as f64);
             }
         }
-        inc(&self.accounting_violations, &base, result.accounting_violations.into());
+        inc(&self.accounting_violations, &base, result.accounting_violations.len() as u64);
         self.observe_offload(&result.connector_stats);
         self.observe_pd(&result.connector_stats);
         for r in &result.prefill_records {
@@ -472,7 +472,7 @@ impl EngineMetrics {
                     r.tokens(s).into(),
                 );
             }
-            let external = u64::from(r.host) + u64::from(r.disk) + u64::from(r.remote);
+            let external = u64::from(r.external_tokens());
             inc(
                 &self.prompt_tokens_by_source,
                 &self.labels(&[("source", "local_compute")]),

@@ -20,11 +20,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use strata_core::connector::{
-    ConnectorStats, KvTransferDirection, KvTransferFailure, OffloadFailure, OffloadOp, OffloadTier,
-    TransferType,
-};
+use strata_core::connector::ConnectorStats;
 use strata_core::{StepResult, TokenSource};
+use strata_offload::{OffloadFailure, OffloadOp, OffloadStats, OffloadTier, TransferType};
+use strata_pd::{KvTransferDirection, KvTransferFailure, PdStats};
 
 #[derive(Clone, Debug, Default)]
 struct Interval {
@@ -269,9 +268,15 @@ impl LogReporter {
         self.kv_transfer_enabled = true;
     }
 
-    fn observe_kv_transfers(&mut self, stats: &ConnectorStats) {
+    fn observe_kv_transfers(&mut self, all: &ConnectorStats) {
+        for stats in all.reports::<PdStats>() {
+            self.observe_kv_transfer_report(stats);
+        }
+    }
+
+    fn observe_kv_transfer_report(&mut self, stats: &PdStats) {
         let x = &mut self.acc.kv_transfer;
-        for t in &stats.kv_transfers {
+        for t in &stats.transfers {
             let d = &mut x.directions[kv_direction_index(t.direction)];
             d.count += 1;
             d.bytes = d.bytes.saturating_add(t.bytes);
@@ -285,13 +290,13 @@ impl LogReporter {
                 d.seconds.push_back(seconds);
             }
         }
-        for &reason in &stats.kv_transfer_failures {
+        for &reason in &stats.failures {
             *x.failures.entry(reason).or_default() += 1;
         }
-        x.failed_tokens += u64::from(stats.kv_transfer_failed_tokens);
-        x.leases_expired += u64::from(stats.kv_leases_expired);
-        if stats.kv_leases_held_tokens.is_some() {
-            self.kv_leases_held_tokens = stats.kv_leases_held_tokens;
+        x.failed_tokens += u64::from(stats.failed_tokens);
+        x.leases_expired += u64::from(stats.leases_expired);
+        if stats.leases_held_tokens.is_some() {
+            self.kv_leases_held_tokens = stats.leases_held_tokens;
         }
     }
 
@@ -345,7 +350,13 @@ impl LogReporter {
         self.offload_tiers.extend(tiers.iter().copied());
     }
 
-    fn observe_offload(&mut self, stats: &ConnectorStats) {
+    fn observe_offload(&mut self, all: &ConnectorStats) {
+        for stats in all.reports::<OffloadStats>() {
+            self.observe_offload_report(stats);
+        }
+    }
+
+    fn observe_offload_report(&mut self, stats: &OffloadStats) {
         let o = &mut self.acc.offload;
         let tiers = &mut self.offload_tiers;
         for t in &stats.transfers {

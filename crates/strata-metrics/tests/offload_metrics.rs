@@ -10,15 +10,15 @@
 mod common;
 
 use common::{series, value};
-use strata_core::connector::{
-    ConnectorStats, KvLoadFailurePolicy, OffloadFailure, OffloadOp, OffloadTier, TestConnector,
-    TierUsage, TransferRecord, TransferType,
-};
-use strata_core::kv::hash::extend_block_hashes;
-use strata_core::scheduler::{SchedulerConfig, SchedulingPolicy};
-use strata_core::testing::FakeExecutor;
+use strata_core::connector::ConnectorStats;
+use strata_core::scheduler::SchedulerConfig;
+use strata_core::testing::TestConnector;
+use strata_core::testing::{FakeExecutor, Harness};
 use strata_core::{EngineCore, NewRequest, SamplingParams, StepRecord, StepResult, TokenSource};
 use strata_metrics::{CacheConfigInfo, EngineMetrics, LogReporter};
+use strata_offload::{
+    OffloadFailure, OffloadOp, OffloadStats, OffloadTier, TierUsage, TransferRecord, TransferType,
+};
 
 /// The one series `name{model_name="m",engine="0",<labels>}`, if present.
 fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
@@ -31,8 +31,8 @@ fn metrics() -> EngineMetrics {
     EngineMetrics::new("m", "0", 1024, &cache)
 }
 
-fn with_stats(stats: ConnectorStats) -> StepResult {
-    StepResult { connector_stats: stats, ..StepResult::default() }
+fn with_stats(stats: OffloadStats) -> StepResult {
+    StepResult { connector_stats: ConnectorStats::of(stats), ..StepResult::default() }
 }
 
 fn transfer(transfer_type: TransferType, bytes: u64, seconds: f64, blocks: u32) -> TransferRecord {
@@ -40,7 +40,7 @@ fn transfer(transfer_type: TransferType, bytes: u64, seconds: f64, blocks: u32) 
 }
 
 fn transfers(list: Vec<TransferRecord>) -> StepResult {
-    with_stats(ConnectorStats { transfers: list, ..ConnectorStats::default() })
+    with_stats(OffloadStats { transfers: list, ..OffloadStats::default() })
 }
 
 fn usage(tier: OffloadTier, residency: f64, inflight: f64) -> TierUsage {
@@ -94,41 +94,26 @@ fn a14_cached_by_source_from_an_engine_with_a_host_connector() {
         block_size: B,
         num_blocks: 64,
         max_model_len: 1024,
-        policy: SchedulingPolicy::Fcfs,
-        enable_prefix_caching: true,
-        kv_load_failure_policy: KvLoadFailurePolicy::Fail,
+        ..SchedulerConfig::default()
     };
     let c = TestConnector::new(TokenSource::Host, B);
     let exec = FakeExecutor::new(64, B, 1024).with_connector(c.clone());
-    let mut e = EngineCore::with_connector(exec, config, Some(Box::new(c.clone())));
     let mut m = metrics();
     let prompt: Vec<u32> = (10..10 + 6 * B as u32 + 2).collect();
-    let req = |p: Vec<u32>| NewRequest {
-        prompt_token_ids: p,
-        params: SamplingParams { ignore_eos: true, ..SamplingParams::greedy(2) },
-        priority: 0,
-        cache_salt: None,
-        eos_token_ids: vec![],
-        kv_transfer_params: None,
+    let req = |p: Vec<u32>| {
+        NewRequest::new(p, SamplingParams { ignore_eos: true, ..SamplingParams::greedy(2) })
     };
-    let mut t = 0.0;
-    let mut drain = |e: &mut EngineCore<FakeExecutor>, m: &mut EngineMetrics| {
-        while e.has_unfinished() {
-            t += 1.0;
-            let r = e.step(t);
-            m.observe(&r, t);
-        }
-    };
+    let mut h = Harness::new(EngineCore::with_connector(exec, config, Some(Box::new(c.clone()))))
+        .observed(|r, t| m.observe(r, t));
     // Two blocks land in the device cache, then the host tier has the rest.
     let mut warm = prompt[..2 * B].to_vec();
     warm.push(3);
-    e.add_request(req(warm), 0.0).unwrap();
-    drain(&mut e, &mut m);
-    let mut hashes = Vec::new();
-    extend_block_hashes(&mut hashes, &prompt, B, None);
-    c.offer(&hashes);
-    e.add_request(req(prompt), 0.0).unwrap();
-    drain(&mut e, &mut m);
+    h.add(req(warm));
+    h.drain(100);
+    c.offer(&prompt, ..);
+    h.add(req(prompt));
+    h.drain(100);
+    drop(h);
     let text = m.encode();
     let by_source = |s: &str| {
         sample(&text, "vllm:prompt_tokens_cached_by_source_total", &format!(r#"source="{s}""#))
@@ -184,9 +169,9 @@ fn a15_transfer_bytes_sizes_and_times_add_up_per_direction() {
 #[test]
 fn a16_residency_and_inflight_are_separate_gauges() {
     let mut m = metrics();
-    let stats = ConnectorStats {
+    let stats = OffloadStats {
         usage: vec![usage(OffloadTier::Host, 1.0, 0.0), usage(OffloadTier::Disk, 0.25, 0.125)],
-        ..ConnectorStats::default()
+        ..OffloadStats::default()
     };
     m.observe(&with_stats(stats), 1.0);
     let text = m.encode();
@@ -201,25 +186,23 @@ fn a16_residency_and_inflight_are_separate_gauges() {
 #[test]
 fn empty_stats_keep_the_last_usage_reading() {
     let mut m = metrics();
-    let reading = ConnectorStats {
+    let reading = OffloadStats {
         usage: vec![usage(OffloadTier::Host, 0.5, 0.25)],
-        ..ConnectorStats::default()
+        ..OffloadStats::default()
     };
     m.observe(&with_stats(reading), 1.0);
     m.observe(&StepResult::default(), 2.0);
     // Another tier's reading leaves this one alone too.
-    let other = ConnectorStats {
-        usage: vec![usage(OffloadTier::Disk, 0.1, 0.0)],
-        ..ConnectorStats::default()
-    };
+    let other =
+        OffloadStats { usage: vec![usage(OffloadTier::Disk, 0.1, 0.0)], ..OffloadStats::default() };
     m.observe(&with_stats(other), 3.0);
     let text = m.encode();
     assert_eq!(sample(&text, "strata:kv_offload_residency_perc", r#"tier="host""#), Some(0.5));
     assert_eq!(sample(&text, "strata:kv_offload_inflight_perc", r#"tier="host""#), Some(0.25));
     // A later reading of the same tier in one report wins.
-    let twice = ConnectorStats {
+    let twice = OffloadStats {
         usage: vec![usage(OffloadTier::Host, 0.6, 0.0), usage(OffloadTier::Host, 0.7, 0.1)],
-        ..ConnectorStats::default()
+        ..OffloadStats::default()
     };
     m.observe(&with_stats(twice), 4.0);
     let text = m.encode();
@@ -229,7 +212,7 @@ fn empty_stats_keep_the_last_usage_reading() {
 #[test]
 fn deltas_are_applied_once_per_observation() {
     let mut m = metrics();
-    let stats = ConnectorStats {
+    let stats = OffloadStats {
         transfers: vec![transfer(TransferType::DiskToHost, 4096, 0.001, 1)],
         tier_queries: vec![(OffloadTier::Disk, 32)],
         tier_hits: vec![(OffloadTier::Disk, 16)],
@@ -237,7 +220,6 @@ fn deltas_are_applied_once_per_observation() {
         allocation_failures: 1,
         failures: vec![(OffloadTier::Disk, OffloadOp::Load, OffloadFailure::Corrupt)],
         usage: vec![],
-        ..ConnectorStats::default()
     };
     let r = with_stats(stats);
     m.observe(&r, 1.0);
@@ -277,10 +259,10 @@ fn bad_durations_and_readings_never_export_negative_or_nan() {
         transfer(TransferType::HostToDevice, 6000, 0.0, 1),
         transfer(TransferType::HostToDevice, 7000, 0.5, 1),
     ];
-    let stats = ConnectorStats {
+    let stats = OffloadStats {
         transfers: list,
         usage: vec![usage(OffloadTier::Host, f64::NAN, -0.5), usage(OffloadTier::Disk, 1.5, 2.0)],
-        ..ConnectorStats::default()
+        ..OffloadStats::default()
     };
     m.observe(&with_stats(stats), 1.0);
     let text = m.encode();
@@ -300,9 +282,9 @@ fn bad_durations_and_readings_never_export_negative_or_nan() {
     assert_eq!(sample(&text, "strata:kv_offload_residency_perc", r#"tier="disk""#), Some(1.0));
     assert_eq!(sample(&text, "strata:kv_offload_inflight_perc", r#"tier="disk""#), Some(1.0));
     // Negative zero reads as zero, without a minus sign.
-    let zero = ConnectorStats {
+    let zero = OffloadStats {
         usage: vec![usage(OffloadTier::Host, -0.0, -0.0)],
-        ..ConnectorStats::default()
+        ..OffloadStats::default()
     };
     m.observe(&with_stats(zero), 2.0);
     let text = m.encode();
@@ -421,7 +403,7 @@ fn offload_log_line_averages_are_totals_over_totals() {
 #[test]
 fn offload_log_line_reports_tiers_hits_and_failures() {
     let mut log = LogReporter::new(3, 5.0);
-    let stats = ConnectorStats {
+    let stats = OffloadStats {
         tier_queries: vec![(OffloadTier::Host, 1024), (OffloadTier::Disk, 512)],
         tier_hits: vec![(OffloadTier::Host, 512), (OffloadTier::Disk, 128)],
         evictions: vec![(OffloadTier::Disk, 7)],
@@ -432,7 +414,7 @@ fn offload_log_line_reports_tiers_hits_and_failures() {
             (OffloadTier::Host, OffloadOp::Store, OffloadFailure::NoSpace),
         ],
         usage: vec![usage(OffloadTier::Host, 0.412, 0.0), usage(OffloadTier::Disk, 1.0, 0.05)],
-        ..ConnectorStats::default()
+        ..OffloadStats::default()
     };
     let line = log_interval(&mut log, &[busy(), with_stats(stats)]).unwrap();
     let offload = line.lines().nth(1).unwrap();
@@ -484,9 +466,9 @@ fn offload_log_line_follows_activity_or_the_enabled_flag_and_is_quiet_when_idle(
     log.observe(&idle);
     assert_eq!(log.maybe_log(20.0), None);
     // A usage reading alone is not activity.
-    log.observe(&with_stats(ConnectorStats {
+    log.observe(&with_stats(OffloadStats {
         usage: vec![usage(OffloadTier::Host, 1.0, 0.0)],
-        ..ConnectorStats::default()
+        ..OffloadStats::default()
     }));
     assert_eq!(log.maybe_log(30.0), None);
     // ... but the reading is kept for the next logged interval.

@@ -11,18 +11,16 @@
 mod common;
 
 use common::{series, value};
-use strata_core::connector::{
-    ConnectorStats, KvLoadFailurePolicy, KvTransferDirection, KvTransferFailure, KvTransferRecord,
-    TestConnector,
-};
-use strata_core::kv::hash::extend_block_hashes;
-use strata_core::scheduler::{SchedulerConfig, SchedulingPolicy};
-use strata_core::testing::FakeExecutor;
+use strata_core::connector::ConnectorStats;
+use strata_core::scheduler::SchedulerConfig;
+use strata_core::testing::TestConnector;
+use strata_core::testing::{FakeExecutor, Harness};
 use strata_core::{
     EngineCore, NewRequest, PrefillRecord, Provenance, RequestId, SamplingParams, StepRecord,
     StepResult, TokenSource,
 };
 use strata_metrics::{CacheConfigInfo, EngineMetrics, LogReporter};
+use strata_pd::{KvTransferDirection, KvTransferFailure, KvTransferRecord, PdStats};
 
 use KvTransferDirection::{Recv, Send};
 
@@ -41,8 +39,8 @@ fn metrics() -> EngineMetrics {
     EngineMetrics::new("m", "0", 4096, &cache)
 }
 
-fn with_stats(stats: ConnectorStats) -> StepResult {
-    StepResult { connector_stats: stats, ..StepResult::default() }
+fn with_stats(stats: PdStats) -> StepResult {
+    StepResult { connector_stats: ConnectorStats::of(stats), ..StepResult::default() }
 }
 
 fn xfer(direction: KvTransferDirection, bytes: u64, seconds: f64) -> KvTransferRecord {
@@ -50,7 +48,7 @@ fn xfer(direction: KvTransferDirection, bytes: u64, seconds: f64) -> KvTransferR
 }
 
 fn kv_transfers(list: Vec<KvTransferRecord>) -> StepResult {
-    with_stats(ConnectorStats { kv_transfers: list, ..ConnectorStats::default() })
+    with_stats(PdStats { transfers: list, ..PdStats::default() })
 }
 
 fn step(record: StepRecord) -> StepResult {
@@ -106,20 +104,20 @@ fn transfer_bytes_and_seconds_add_up_per_direction() {
 #[test]
 fn failures_by_reason_and_the_tokens_they_cost() {
     let mut m = metrics();
-    let stats = ConnectorStats {
-        kv_transfer_failures: vec![
+    let stats = PdStats {
+        failures: vec![
             KvTransferFailure::Timeout,
             KvTransferFailure::Transport,
             KvTransferFailure::Timeout,
         ],
-        kv_transfer_failed_tokens: 96,
-        ..ConnectorStats::default()
+        failed_tokens: 96,
+        ..PdStats::default()
     };
     m.observe(&with_stats(stats), 1.0);
-    let more = ConnectorStats {
-        kv_transfer_failures: vec![KvTransferFailure::Handshake],
-        kv_transfer_failed_tokens: 32,
-        ..ConnectorStats::default()
+    let more = PdStats {
+        failures: vec![KvTransferFailure::Handshake],
+        failed_tokens: 32,
+        ..PdStats::default()
     };
     m.observe(&with_stats(more), 2.0);
     let text = m.encode();
@@ -138,10 +136,10 @@ fn failures_by_reason_and_the_tokens_they_cost() {
 fn lease_gauge_keeps_its_last_reading_and_expiries_add_up() {
     let mut m = metrics();
     let reading = |held: Option<u64>, expired: u32| {
-        with_stats(ConnectorStats {
-            kv_leases_held_tokens: held,
-            kv_leases_expired: expired,
-            ..ConnectorStats::default()
+        with_stats(PdStats {
+            leases_held_tokens: held,
+            leases_expired: expired,
+            ..PdStats::default()
         })
     };
     m.observe(&reading(Some(1024), 0), 1.0);
@@ -170,18 +168,13 @@ fn a12_expired_lease_then_a_late_pull_fails_cleanly() {
     // Prefill engine: 512 tokens leased, never pulled, expired.
     let mut prefill = metrics();
     prefill.enable_pd_series();
+    prefill
+        .observe(&with_stats(PdStats { leases_held_tokens: Some(512), ..PdStats::default() }), 1.0);
     prefill.observe(
-        &with_stats(ConnectorStats {
-            kv_leases_held_tokens: Some(512),
-            ..ConnectorStats::default()
-        }),
-        1.0,
-    );
-    prefill.observe(
-        &with_stats(ConnectorStats {
-            kv_leases_held_tokens: Some(0),
-            kv_leases_expired: 1,
-            ..ConnectorStats::default()
+        &with_stats(PdStats {
+            leases_held_tokens: Some(0),
+            leases_expired: 1,
+            ..PdStats::default()
         }),
         2.0,
     );
@@ -194,10 +187,10 @@ fn a12_expired_lease_then_a_late_pull_fails_cleanly() {
     let mut decode = metrics();
     decode.enable_pd_series();
     decode.observe(
-        &with_stats(ConnectorStats {
-            kv_transfer_failures: vec![KvTransferFailure::LeaseExpired],
-            kv_transfer_failed_tokens: 512,
-            ..ConnectorStats::default()
+        &with_stats(PdStats {
+            failures: vec![KvTransferFailure::LeaseExpired],
+            failed_tokens: 512,
+            ..PdStats::default()
         }),
         3.0,
     );
@@ -291,13 +284,12 @@ fn pd_series_exist_at_zero_only_when_enabled() {
 fn enabling_after_events_changes_no_value() {
     let mut m = metrics();
     m.observe(
-        &with_stats(ConnectorStats {
-            kv_transfers: vec![xfer(Recv, 10_000, 0.5)],
-            kv_transfer_failures: vec![KvTransferFailure::Auth],
-            kv_transfer_failed_tokens: 16,
-            kv_leases_held_tokens: Some(64),
-            kv_leases_expired: 1,
-            ..ConnectorStats::default()
+        &with_stats(PdStats {
+            transfers: vec![xfer(Recv, 10_000, 0.5)],
+            failures: vec![KvTransferFailure::Auth],
+            failed_tokens: 16,
+            leases_held_tokens: Some(64),
+            leases_expired: 1,
         }),
         1.0,
     );
@@ -349,13 +341,12 @@ fn bad_seconds_never_export_negative_or_nan() {
 #[test]
 fn deltas_are_applied_once_and_counters_never_decrease() {
     let mut m = metrics();
-    let stats = ConnectorStats {
-        kv_transfers: vec![xfer(Recv, 4096, 0.001), xfer(Send, 8192, 0.002)],
-        kv_transfer_failures: vec![KvTransferFailure::Invalid],
-        kv_transfer_failed_tokens: 16,
-        kv_leases_held_tokens: Some(32),
-        kv_leases_expired: 1,
-        ..ConnectorStats::default()
+    let stats = PdStats {
+        transfers: vec![xfer(Recv, 4096, 0.001), xfer(Send, 8192, 0.002)],
+        failures: vec![KvTransferFailure::Invalid],
+        failed_tokens: 16,
+        leases_held_tokens: Some(32),
+        leases_expired: 1,
     };
     let r = with_stats(stats);
     let mut previous: Vec<(String, f64)> = Vec::new();
@@ -459,44 +450,27 @@ fn a1_decode_engine_run_with_a_remote_connector() {
         block_size: B,
         num_blocks: 128,
         max_model_len: 1024,
-        policy: SchedulingPolicy::Fcfs,
-        enable_prefix_caching: true,
-        kv_load_failure_policy: KvLoadFailurePolicy::Fail,
+        ..SchedulerConfig::default()
     };
     let c = TestConnector::new(TokenSource::Remote, B);
     let exec = FakeExecutor::new(128, B, 1024).with_connector(c.clone());
-    let mut e = EngineCore::with_connector(exec, config, Some(Box::new(c.clone())));
     let mut m = metrics();
     let mut log = LogReporter::new(0, 1000.0);
     assert_eq!(log.maybe_log(0.0), None);
     // The whole prompt is on the peer.
     let prompt: Vec<u32> = (10..10 + 40 * B as u32).collect();
-    let mut hashes = Vec::new();
-    extend_block_hashes(&mut hashes, &prompt, B, None);
-    c.offer(&hashes);
-    e.add_request(
-        NewRequest {
-            prompt_token_ids: prompt.clone(),
-            params: SamplingParams { ignore_eos: true, ..SamplingParams::greedy(3) },
-            priority: 0,
-            cache_salt: None,
-            eos_token_ids: vec![],
-            kv_transfer_params: None,
-        },
-        0.0,
-    )
-    .unwrap();
-    let mut t = 0.0;
-    let mut records = Vec::new();
+    c.offer(&prompt, ..);
+    let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(3) };
     let mut ran = 0u64;
-    while e.has_unfinished() {
-        t += 1.0;
-        let r = e.step(t);
-        m.observe(&r, t);
-        log.observe(&r);
-        records.extend(r.prefill_records.iter().copied());
-        ran += r.step.map_or(0, |s| u64::from(s.num_tokens()));
-    }
+    let mut h = Harness::new(EngineCore::with_connector(exec, config, Some(Box::new(c.clone()))))
+        .observed(|r, t| {
+            m.observe(r, t);
+            log.observe(r);
+            ran += r.step.map_or(0, |s| u64::from(s.num_tokens()));
+        });
+    h.add(NewRequest::new(prompt.clone(), params));
+    let records = h.drain(1000).prefill_records();
+    drop(h);
     assert_eq!(records.len(), 1);
     let rec = records[0];
     assert!(rec.remote >= (prompt.len() - B) as u32, "{rec:?}");
@@ -542,17 +516,16 @@ fn kv_transfer_line_averages_are_totals_over_totals() {
         (1..=9).map(|ms| xfer(Recv, 2_400_000, f64::from(ms) * 1e-3)).collect();
     list.push(xfer(Recv, 2_400_000, 0.055));
     list.push(xfer(Send, 4_000_000, 0.002));
-    let stats = ConnectorStats {
-        kv_transfers: list,
-        kv_transfer_failures: vec![
+    let stats = PdStats {
+        transfers: list,
+        failures: vec![
             KvTransferFailure::Timeout,
             KvTransferFailure::Transport,
             KvTransferFailure::Timeout,
         ],
-        kv_transfer_failed_tokens: 64,
-        kv_leases_held_tokens: Some(1024),
-        kv_leases_expired: 1,
-        ..ConnectorStats::default()
+        failed_tokens: 64,
+        leases_held_tokens: Some(1024),
+        leases_expired: 1,
     };
     let mut log = LogReporter::new(0, 5.0);
     let line = log_interval(&mut log, &[busy(), with_stats(stats)]).unwrap();
@@ -643,11 +616,8 @@ fn kv_transfer_line_follows_activity_or_the_enabled_flag_and_is_quiet_when_idle(
     assert!(kv_line(&line).starts_with("Engine 000: KV Transfer metrics: recv 0 transfers; send 1"));
     // So are an expired lease and a failure alone.
     for stats in [
-        ConnectorStats { kv_leases_expired: 1, ..ConnectorStats::default() },
-        ConnectorStats {
-            kv_transfer_failures: vec![KvTransferFailure::Auth],
-            ..ConnectorStats::default()
-        },
+        PdStats { leases_expired: 1, ..PdStats::default() },
+        PdStats { failures: vec![KvTransferFailure::Auth], ..PdStats::default() },
     ] {
         let line = log_interval(&mut LogReporter::new(0, 5.0), &[with_stats(stats)]).unwrap();
         assert_eq!(line.lines().count(), 2, "{line}");
@@ -665,10 +635,7 @@ fn kv_transfer_line_follows_activity_or_the_enabled_flag_and_is_quiet_when_idle(
     log.observe(&step(StepRecord::default()));
     assert_eq!(log.maybe_log(20.0), None);
     // A lease reading alone is not activity ...
-    log.observe(&with_stats(ConnectorStats {
-        kv_leases_held_tokens: Some(256),
-        ..ConnectorStats::default()
-    }));
+    log.observe(&with_stats(PdStats { leases_held_tokens: Some(256), ..PdStats::default() }));
     assert_eq!(log.maybe_log(30.0), None);
     // ... but it is kept for the next logged interval.
     log.observe(&busy());
@@ -678,21 +645,23 @@ fn kv_transfer_line_follows_activity_or_the_enabled_flag_and_is_quiet_when_idle(
 
 #[test]
 fn kv_transfer_line_comes_after_the_offload_line() {
-    use strata_core::connector::{OffloadTier, TransferRecord, TransferType};
+    use strata_offload::{OffloadStats, OffloadTier, TransferRecord, TransferType};
     let mut log = LogReporter::new(0, 5.0);
     log.enable_offload_line(&[OffloadTier::Host]);
     log.enable_kv_transfer_line();
-    let stats = ConnectorStats {
+    // One step's stats with a report of each connector (a MultiConnector).
+    let mut stats = ConnectorStats::of(OffloadStats {
         transfers: vec![TransferRecord {
             transfer_type: TransferType::HostToDevice,
             bytes: 1_000_000,
             seconds: 0.001,
             num_blocks: 1,
         }],
-        kv_transfers: vec![xfer(Recv, 1_000_000, 0.001)],
-        ..ConnectorStats::default()
-    };
-    let line = log_interval(&mut log, &[busy(), with_stats(stats)]).unwrap();
+        ..OffloadStats::default()
+    });
+    stats.push(PdStats { transfers: vec![xfer(Recv, 1_000_000, 0.001)], ..PdStats::default() });
+    let step = StepResult { connector_stats: stats, ..StepResult::default() };
+    let line = log_interval(&mut log, &[busy(), step]).unwrap();
     let lines: Vec<&str> = line.lines().collect();
     assert_eq!(lines.len(), 3, "{line}");
     assert!(lines[0].contains("Avg prompt throughput"), "{line}");

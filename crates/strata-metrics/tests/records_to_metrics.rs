@@ -7,10 +7,9 @@
 mod common;
 
 use common::{series, value};
-use strata_core::connector::KvLoadFailurePolicy;
-use strata_core::scheduler::{SchedulerConfig, SchedulingPolicy};
-use strata_core::testing::FakeExecutor;
-use strata_core::{EngineCore, NewRequest, PrefillRecord, SamplingParams, StepResult};
+use strata_core::scheduler::SchedulerConfig;
+use strata_core::testing::Harness;
+use strata_core::{NewRequest, PrefillRecord, SamplingParams, StepResult};
 use strata_metrics::{CacheConfigInfo, EngineMetrics, LogReporter};
 
 fn run() -> (Vec<(StepResult, f64)>, EngineMetrics, LogReporter) {
@@ -20,67 +19,32 @@ fn run() -> (Vec<(StepResult, f64)>, EngineMetrics, LogReporter) {
         block_size: 4,
         num_blocks: 24,
         max_model_len: 256,
-        policy: SchedulingPolicy::Fcfs,
-        enable_prefix_caching: true,
-        kv_load_failure_policy: KvLoadFailurePolicy::Fail,
+        ..SchedulerConfig::default()
     };
-    let mut e = EngineCore::new(FakeExecutor::new(24, 4, 256), config);
     let cache = CacheConfigInfo { block_size: 4, num_blocks: 24, tiers: "device".into() };
     let mut m = EngineMetrics::new("builtin", "0", 256, &cache);
     let mut log = LogReporter::new(0, 5.0);
-    let shared: Vec<u32> = (10..30).collect();
     let mut results = Vec::new();
-    let mut t = 0.0;
+    let mut h = Harness::fake(config).observed(|r, t| {
+        m.observe(r, t);
+        log.observe(r);
+        results.push((r.clone(), t));
+    });
+    let shared: Vec<u32> = (10..30).collect();
     for i in 0..6u32 {
         let mut prompt = shared.clone();
         prompt.extend(100 + i * 10..105 + i * 10);
         let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(6) };
-        e.add_request(
-            NewRequest {
-                prompt_token_ids: prompt,
-                params,
-                priority: 0,
-                cache_salt: None,
-                eos_token_ids: vec![],
-                kv_transfer_params: None,
-            },
-            t,
-        )
-        .unwrap();
+        h.add(NewRequest::new(prompt, params));
         for _ in 0..3 {
-            t += 1.0;
-            let r = e.step(t);
-            m.observe(&r, t);
-            log.observe(&r);
-            results.push((r, t));
+            h.step();
         }
     }
-    let id = e
-        .add_request(
-            NewRequest {
-                prompt_token_ids: vec![5; 9],
-                params: SamplingParams::greedy(3),
-                priority: 0,
-                cache_salt: None,
-                eos_token_ids: vec![],
-                kv_transfer_params: None,
-            },
-            t,
-        )
-        .unwrap();
-    e.abort(id, t);
-    while e.has_unfinished()
-        || results.last().is_some_and(|(r, _)| r.step.is_some_and(|s| s.num_running > 0))
-    {
-        t += 1.0;
-        let r = e.step(t);
-        m.observe(&r, t);
-        log.observe(&r);
-        results.push((r, t));
-        if !e.has_unfinished() {
-            break;
-        }
-    }
+    let id = h.add(NewRequest::new(vec![5; 9], SamplingParams::greedy(3)));
+    let now = h.now;
+    h.abort(id, now);
+    h.drain(1000);
+    drop(h);
     (results, m, log)
 }
 

@@ -1,14 +1,16 @@
 //! [`ModelExecutor`]: a decoder model, its paged KV pool and a sampler
 //! behind the [`Executor`] contract of `strata-core`.
 //!
-//! Per step: check the batch against the pool, flatten it into
+//! Per step: check the batch against the pool, hand the step's connector
+//! metadata to the connector's worker side (loads and stores between the
+//! pool and the connector), flatten the batch into
 //! [`StepMetadata`] (token ids, positions, slot mapping, block tables),
 //! run the forward pass computing logits only for rows that sample, and
 //! sample each of those rows (in parallel; sampling of one row never looks
-//! at another).
+//! at another); last, collect the worker's report for the scheduler.
 
 use rayon::prelude::*;
-use strata_core::connector::{ConnectorMeta, ConnectorOutput, ConnectorWorker};
+use strata_core::connector::{ConnectorWorker, WorkerHandle};
 use strata_core::{
     BlockId, Executor, KvBlockIo, KvCacheSpec, ModelBatch, ModelOutput, SampledToken,
 };
@@ -51,7 +53,7 @@ pub struct ModelExecutor<B: Backend> {
     /// Identifies the model's KV bytes (see `ModelSource::kv_fingerprint`).
     kv_fingerprint: u64,
     /// A KV connector's worker side, reading and writing `kv`.
-    connector: Option<Box<dyn ConnectorWorker>>,
+    connector: WorkerHandle,
 }
 
 /// The pool seen block by block, in the layout connectors store: for each
@@ -130,7 +132,7 @@ impl<B: Backend> ModelExecutor<B> {
             spec,
             sampler: Sampler::new(sampler_seed),
             kv_fingerprint: 0,
-            connector: None,
+            connector: WorkerHandle::default(),
         })
     }
 
@@ -145,7 +147,7 @@ impl<B: Backend> ModelExecutor<B> {
 
     /// Gives the executor a KV connector's worker side.
     pub fn set_connector(&mut self, worker: Box<dyn ConnectorWorker>) {
-        self.connector = Some(worker);
+        self.connector = WorkerHandle::new(worker);
     }
 
     /// Byte access to the pool, block by block (what connectors use).
@@ -240,28 +242,35 @@ impl<B: Backend> Executor for ModelExecutor<B> {
     }
 
     fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput> {
+        batch.validate(&self.spec)?;
+        self.check_token_ids(batch)?;
+        let mut io = PoolIo { backend: &self.backend, kv: &mut self.kv, spec: self.spec };
+        self.connector.start(batch.kv_connector_metadata, &mut io);
+        let sampled = if batch.seqs.is_empty() { Ok(Vec::new()) } else { self.sample(batch) };
+        let mut io = PoolIo { backend: &self.backend, kv: &mut self.kv, spec: self.spec };
+        let kv_connector_output = self.connector.finish(&mut io);
+        match sampled {
+            Ok(sampled) => Ok(ModelOutput { sampled, kv_connector_output }),
+            Err(e) => {
+                self.connector.keep(kv_connector_output);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl<B: Backend> ModelExecutor<B> {
+    /// The forward pass over a non-empty batch and a token for each
+    /// sequence that samples.
+    fn sample(&mut self, batch: &ModelBatch<'_>) -> Result<Vec<SampledToken>> {
         let logits = self.logits(batch, LogitRows::Sampled)?;
         let vocab = self.model.config().vocab_size;
         let sampling: Vec<_> =
             batch.seqs.iter().filter_map(|s| s.sample.map(|r| (s.request_id, r))).collect();
-        let sampled: Vec<SampledToken> = sampling
+        Ok(sampling
             .par_iter()
             .zip(logits.par_chunks(vocab))
             .map(|((id, req), row)| self.sampler.sample(*id, row, req))
-            .collect();
-        Ok(ModelOutput { sampled })
-    }
-
-    fn start_load_kv(&mut self, meta: &ConnectorMeta) {
-        if let Some(c) = &mut self.connector {
-            let mut io = PoolIo { backend: &self.backend, kv: &mut self.kv, spec: self.spec };
-            c.start_load_kv(meta, &mut io);
-        }
-    }
-
-    fn get_finished(&mut self) -> ConnectorOutput {
-        let Some(c) = &mut self.connector else { return ConnectorOutput::default() };
-        let mut io = PoolIo { backend: &self.backend, kv: &mut self.kv, spec: self.spec };
-        c.get_finished(&mut io)
+            .collect())
     }
 }

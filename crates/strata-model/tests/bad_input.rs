@@ -170,7 +170,11 @@ fn invalid_batches_are_errors_not_panics() {
         sample: None,
     };
     let run = |exec: &mut strata_model::ModelExecutor<_>, s| {
-        strata_core::Executor::execute(exec, &ModelBatch { seqs: vec![s] }).map(|_| ())
+        strata_core::Executor::execute(
+            exec,
+            &ModelBatch { seqs: vec![s], kv_connector_metadata: None },
+        )
+        .map(|_| ())
     };
     assert!(matches!(run(&mut exec, seq(&[5_000], 0, &table)), Err(ModelError::InvalidInput(_))));
     assert!(matches!(run(&mut exec, seq(&[1, 2], 15, &table)), Err(ModelError::Batch(_))));

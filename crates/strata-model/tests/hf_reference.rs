@@ -94,6 +94,7 @@ fn check_prefill(name: &str) {
     for (i, case) in cases(&fixture(name)).iter().enumerate() {
         let table = block_table(case.prompt.len().div_ceil(BLOCK_SIZE));
         let batch = ModelBatch {
+            kv_connector_metadata: None,
             seqs: vec![SeqInput {
                 request_id: RequestId::new(1).unwrap(),
                 token_ids: &case.prompt,
@@ -127,6 +128,7 @@ fn check_decode(name: &str) {
                 computed + 1
             };
             let batch = ModelBatch {
+                kv_connector_metadata: None,
                 seqs: vec![SeqInput {
                     request_id: RequestId::new(1).unwrap(),
                     token_ids: &tokens[computed..end],

@@ -16,13 +16,11 @@
 
 use std::time::{Duration, Instant};
 
-use strata_core::connector::{
-    ConnectorMeta, ConnectorScheduler, ConnectorWorker, KvLoadFailurePolicy, StoreSpec,
-};
+use strata_core::connector::{ConnectorMeta, ConnectorScheduler, ConnectorWorker, StoreSpec};
 use strata_core::kv::hash::extend_block_hashes;
 use strata_core::kv::BlockHash;
 use strata_core::request::Request;
-use strata_core::scheduler::{SchedulerConfig, SchedulingPolicy};
+use strata_core::scheduler::SchedulerConfig;
 use strata_core::testing::VecKv;
 use strata_core::{BlockId, EngineCore, Executor, NewRequest, RequestId, SamplingParams};
 use strata_model::weights::DType;
@@ -47,14 +45,7 @@ fn gbps(bytes: usize, d: Duration) -> f64 {
 }
 
 fn request(id: u64, tokens: &[u32], bs: usize) -> Request {
-    let new = NewRequest {
-        prompt_token_ids: tokens.to_vec(),
-        params: SamplingParams::greedy(1),
-        priority: 0,
-        cache_salt: None,
-        eos_token_ids: vec![],
-        kv_transfer_params: None,
-    };
+    let new = NewRequest::new(tokens.to_vec(), SamplingParams::greedy(1));
     Request::new(RequestId::new(id).unwrap(), new, 0.0, bs)
 }
 
@@ -128,7 +119,7 @@ fn tiers() {
     let load = best(|| {
         id += 1;
         let req = request(id, &tokens, 16);
-        let (n, _) = sched.get_num_new_matched_tokens(&req, 0);
+        let n = sched.get_num_new_matched_tokens(&req, 0);
         assert_eq!(n, N * 16);
         sched.update_state_after_alloc(&req, &blocks, &hashes);
         let meta = sched.build_connector_meta();
@@ -149,7 +140,7 @@ fn tiers() {
     let disk = best(|| {
         id += 1;
         let req = request(id, &tokens, 16);
-        let (n, _) = sched.get_num_new_matched_tokens(&req, 0);
+        let n = sched.get_num_new_matched_tokens(&req, 0);
         assert_eq!(n, N * 16, "all blocks on disk");
         sched.update_state_after_alloc(&req, &blocks, &hashes);
         let meta = sched.build_connector_meta();
@@ -230,21 +221,13 @@ fn ttft() {
             block_size: 16,
             num_blocks: 0,
             max_model_len: 8192 + 64,
-            policy: SchedulingPolicy::Fcfs,
             enable_prefix_caching: false,
-            kv_load_failure_policy: KvLoadFailurePolicy::Fail,
+            ..SchedulerConfig::default()
         };
         (EngineCore::with_connector(exec, config, Some(Box::new(sched))), spec.bytes_per_block)
     };
     let first = |e: &mut EngineCore<_>, label: &str| -> Duration {
-        let new = NewRequest {
-            prompt_token_ids: prompt.clone(),
-            params: SamplingParams::greedy(1),
-            priority: 0,
-            cache_salt: None,
-            eos_token_ids: vec![],
-            kv_transfer_params: None,
-        };
+        let new = NewRequest::new(prompt.clone(), SamplingParams::greedy(1));
         let t = Instant::now();
         e.add_request(new, 0.0).unwrap();
         let mut now = 0.0;

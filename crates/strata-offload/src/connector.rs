@@ -36,12 +36,15 @@ use std::time::Instant;
 use rustc_hash::FxHashMap;
 use strata_core::connector::{
     ConnectorMeta, ConnectorOutput, ConnectorScheduler, ConnectorStats, ConnectorWorker, LoadSpec,
-    OffloadFailure, OffloadOp, OffloadTier, RequestFinished, StoreSpec, TierUsage, TransferRecord,
-    TransferType,
+    RequestFinished, StoreSpec,
 };
 use strata_core::kv::BlockHash;
 use strata_core::request::Request;
 use strata_core::{BlockId, KvBlockIo, RequestId, TokenSource};
+
+use crate::stats::{
+    OffloadFailure, OffloadOp, OffloadStats, OffloadTier, TierUsage, TransferRecord, TransferType,
+};
 
 use crate::disk::{self, DiskIndex};
 use crate::host::HostTier;
@@ -122,7 +125,7 @@ struct Shared {
     bytes_per_block: usize,
     host: HostTier,
     disk: Option<DiskTier>,
-    stats: ConnectorStats,
+    stats: OffloadStats,
     lookups: FxHashMap<RequestId, Lookup>,
     plans: FxHashMap<RequestId, Vec<(BlockId, BlockHash, Source)>>,
     pending: ConnectorMeta,
@@ -236,7 +239,7 @@ pub fn open(config: OffloadConfig) -> (OffloadScheduler, OffloadWorker) {
         bytes_per_block: bpb,
         host: HostTier::new(num_slots, bpb),
         disk: None,
-        stats: ConnectorStats::default(),
+        stats: OffloadStats::default(),
         lookups: FxHashMap::default(),
         plans: FxHashMap::default(),
         pending: ConnectorMeta::default(),
@@ -333,11 +336,7 @@ impl ConnectorScheduler for OffloadScheduler {
         TokenSource::Host
     }
 
-    fn get_num_new_matched_tokens(
-        &mut self,
-        req: &Request,
-        num_local_hit_tokens: usize,
-    ) -> (usize, bool) {
+    fn get_num_new_matched_tokens(&mut self, req: &Request, num_local_hit_tokens: usize) -> usize {
         let mut s = lock(&self.shared);
         let bs = s.block_size;
         let prompt = req.num_tokens();
@@ -365,7 +364,7 @@ impl ConnectorScheduler for OffloadScheduler {
         }
         look.num_tokens = blocks * bs;
         s.lookups.insert(req.id, look);
-        (look.num_tokens, true)
+        look.num_tokens
     }
 
     fn source_for(&self, req: &Request) -> TokenSource {
@@ -655,8 +654,9 @@ impl ConnectorWorker for OffloadWorker {
         }
         let mut s = lock(&self.shared);
         let mut out = std::mem::take(&mut s.out);
-        out.stats = std::mem::take(&mut s.stats);
-        out.stats.usage = s.usage();
+        let mut stats = std::mem::take(&mut s.stats);
+        stats.usage = s.usage();
+        out.stats = ConnectorStats::of(stats);
         out
     }
 }

@@ -37,8 +37,8 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::stats::OffloadFailure;
 use rustc_hash::FxHashMap;
-use strata_core::connector::OffloadFailure;
 use strata_core::kv::BlockHash;
 
 const MAGIC: &[u8; 8] = b"STRATAKV";

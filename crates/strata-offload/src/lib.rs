@@ -10,6 +10,7 @@
 //!
 //! - [`host`]: fixed slots in RAM, LRU, pinned while a load reads them.
 //! - [`disk`]: one verified file per block, an index rebuilt at start-up.
+//! - [`stats`]: what the connector reports each step, for the metrics.
 //! - [`connector`]: the scheduler side (lookups, load plans, which blocks
 //!   to store) and the worker side (copies, background disk I/O, stats).
 //!
@@ -23,5 +24,9 @@
 pub mod connector;
 pub mod disk;
 pub mod host;
+pub mod stats;
 
 pub use connector::{open, DiskConfig, OffloadConfig, OffloadScheduler, OffloadWorker};
+pub use stats::{
+    OffloadFailure, OffloadOp, OffloadStats, OffloadTier, TierUsage, TransferRecord, TransferType,
+};

@@ -15,9 +15,9 @@
 
 use std::time::{Duration, Instant};
 
-use strata_core::connector::{ConnectorScheduler, ConnectorWorker, KvLoadFailurePolicy};
+use strata_core::connector::{ConnectorScheduler, ConnectorWorker};
 use strata_core::request::Request;
-use strata_core::scheduler::{SchedulerConfig, SchedulingPolicy};
+use strata_core::scheduler::SchedulerConfig;
 use strata_core::testing::VecKv;
 use strata_core::{
     BlockId, EngineCore, Executor, FinishReason, KvTransferParams, NewRequest, RequestId,
@@ -52,12 +52,8 @@ fn config(role: Role, layout: Layout) -> PdConfig {
 
 fn request(id: u64, tokens: usize, params: KvTransferParams) -> Request {
     let new = NewRequest {
-        prompt_token_ids: (0..tokens as u32).collect(),
-        params: SamplingParams::greedy(1),
-        priority: 0,
-        cache_salt: None,
-        eos_token_ids: vec![],
         kv_transfer_params: Some(params),
+        ..NewRequest::new((0..tokens as u32).collect(), SamplingParams::greedy(1))
     };
     Request::new(RequestId::new(id).unwrap(), new, 0.0, 16)
 }
@@ -127,7 +123,7 @@ impl Pair {
         done.status = RequestStatus::Finished(FinishReason::Length);
         let params = self.p_sched.request_finished(&done, &ids).kv_transfer_params.unwrap();
         let mut req = request(self.next_id, tokens, params);
-        let (n, _) = self.d_sched.get_num_new_matched_tokens(&req, 0);
+        let n = self.d_sched.get_num_new_matched_tokens(&req, 0);
         req.num_external_tokens = n;
         self.d_sched.update_state_after_alloc(&req, &ids, &[]);
         let meta = self.d_sched.build_connector_meta();
@@ -200,9 +196,7 @@ fn model_engine(
         block_size: 16,
         num_blocks: 0,
         max_model_len: 8192 + 64,
-        policy: SchedulingPolicy::Fcfs,
-        enable_prefix_caching: true,
-        kv_load_failure_policy: KvLoadFailurePolicy::Fail,
+        ..SchedulerConfig::default()
     };
     let connector = role.map(|role| {
         let layout = Layout {
@@ -228,12 +222,8 @@ fn first_token<E: Executor, F: Executor>(
     max_tokens: u32,
 ) -> (Duration, Option<KvTransferParams>) {
     let new = NewRequest {
-        prompt_token_ids: prompt.to_vec(),
-        params: SamplingParams::greedy(max_tokens),
-        priority: 0,
-        cache_salt: None,
-        eos_token_ids: vec![],
         kv_transfer_params: params,
+        ..NewRequest::new(prompt.to_vec(), SamplingParams::greedy(max_tokens))
     };
     let t = Instant::now();
     e.add_request(new, 0.0).unwrap();

@@ -24,12 +24,14 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use strata_core::connector::{
-    ConnectorMeta, ConnectorOutput, ConnectorScheduler, ConnectorStats, ConnectorWorker,
-    KvTransferDirection, KvTransferFailure, KvTransferRecord, LoadSpec, RequestFinished,
+    ConnectorMeta, ConnectorOutput, ConnectorScheduler, ConnectorStats, ConnectorWorker, LoadSpec,
+    RequestFinished,
 };
 use strata_core::kv::BlockHash;
 use strata_core::request::{KvTransferParams, Request};
 use strata_core::{BlockId, FinishReason, KvBlockIo, RequestId, RequestStatus, TokenSource};
+
+use crate::stats::{KvTransferDirection, KvTransferFailure, KvTransferRecord, PdStats};
 
 use crate::transport::{
     self, ClientConfig, EngineJob, Fault, PullResult, PullSpec, SendEvent, ServerConfig,
@@ -100,7 +102,7 @@ struct Shared {
     pulled: FxHashSet<RequestId>,
     releases: Vec<(String, String)>,
     pending: ConnectorMeta,
-    stats: ConnectorStats,
+    stats: PdStats,
     out: ConnectorOutput,
 }
 
@@ -228,17 +230,13 @@ impl ConnectorScheduler for PdScheduler {
         TokenSource::Remote
     }
 
-    fn get_num_new_matched_tokens(
-        &mut self,
-        req: &Request,
-        num_local_hit_tokens: usize,
-    ) -> (usize, bool) {
+    fn get_num_new_matched_tokens(&mut self, req: &Request, num_local_hit_tokens: usize) -> usize {
         if !self.config.role.decodes() {
-            return (0, false);
+            return 0;
         }
-        let Some(p) = &req.kv_transfer_params else { return (0, false) };
+        let Some(p) = &req.kv_transfer_params else { return 0 };
         if remote(p).is_none() {
-            return (0, false);
+            return 0;
         }
         let prompt = req.num_prompt_tokens();
         let bs = self.block_size();
@@ -247,11 +245,11 @@ impl ConnectorScheduler for PdScheduler {
             && p.remote_block_ids.len() * bs >= prompt.saturating_sub(1);
         if !compatible {
             // Not the same prompt or block shape: compute it here.
-            lock(&self.shared).stats.kv_transfer_failures.push(KvTransferFailure::Handshake);
-            return (0, false);
+            lock(&self.shared).stats.failures.push(KvTransferFailure::Handshake);
+            return 0;
         }
         // Every prompt token but the last (computed for logits, rule 3).
-        (prompt.saturating_sub(1 + num_local_hit_tokens), true)
+        prompt.saturating_sub(1 + num_local_hit_tokens)
     }
 
     fn update_state_after_alloc(
@@ -403,11 +401,11 @@ impl PdWorker {
         for id in expired {
             let lease = s.leases.remove(&id).expect("invariant: listed above");
             tracing::warn!(transfer_id = %id, "KV lease expired without a pull; its blocks are freed");
-            s.stats.kv_leases_expired += 1;
+            s.stats.leases_expired += 1;
             s.out.finished_sending.push(lease.request_id);
         }
         let held: u64 = s.leases.values().map(|l| u64::from(l.num_tokens)).sum();
-        s.stats.kv_leases_held_tokens = Some(held);
+        s.stats.leases_held_tokens = Some(held);
     }
 
     /// Copies arrived blocks into the pool and ends finished pulls.
@@ -433,7 +431,7 @@ impl PdWorker {
         let Some(inflight) = s.inflight.remove(&req) else { return };
         let got = result.num_blocks.min(inflight.block_ids.len());
         if got > 0 {
-            s.stats.kv_transfers.push(KvTransferRecord {
+            s.stats.transfers.push(KvTransferRecord {
                 direction: KvTransferDirection::Recv,
                 bytes: result.bytes,
                 seconds: result.seconds,
@@ -442,9 +440,9 @@ impl PdWorker {
         }
         if let Some(reason) = result.error {
             tracing::warn!(request = %req, reason = reason.as_str(), blocks = got, of = inflight.block_ids.len(), "KV pull failed");
-            s.stats.kv_transfer_failures.push(reason);
+            s.stats.failures.push(reason);
             let lost = inflight.num_tokens.saturating_sub(got as u32 * self.block_size);
-            s.stats.kv_transfer_failed_tokens += lost;
+            s.stats.failed_tokens += lost;
             s.out.invalid_block_ids.extend_from_slice(&inflight.block_ids[got..]);
         }
         s.out.finished_recving.push(req);
@@ -496,21 +494,24 @@ impl ConnectorWorker for PdWorker {
             for e in events {
                 match e {
                     SendEvent::Sent { bytes, seconds, num_blocks } => {
-                        s.stats.kv_transfers.push(KvTransferRecord {
+                        s.stats.transfers.push(KvTransferRecord {
                             direction: KvTransferDirection::Send,
                             bytes,
                             seconds,
                             num_blocks,
                         })
                     }
-                    SendEvent::Failed(reason) => s.stats.kv_transfer_failures.push(reason),
+                    SendEvent::Failed(reason) => s.stats.failures.push(reason),
                 }
             }
         }
         self.expire_leases();
         let mut s = lock(&self.shared);
         let mut out = std::mem::take(&mut s.out);
-        out.stats = std::mem::take(&mut s.stats);
+        let stats = std::mem::take(&mut s.stats);
+        if !stats.is_empty() {
+            out.stats = ConnectorStats::of(stats);
+        }
         out
     }
 }

@@ -11,9 +11,11 @@
 //! touching the scheduler.
 
 pub mod connector;
+pub mod stats;
 pub mod transport;
 pub mod wire;
 
 pub use connector::{open, PdConfig, PdScheduler, PdWorker, Role};
+pub use stats::{KvTransferDirection, KvTransferFailure, KvTransferRecord, PdStats};
 pub use transport::Fault;
 pub use wire::Layout;

@@ -10,7 +10,7 @@
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use strata_core::connector::KvTransferFailure;
+use crate::stats::KvTransferFailure;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 

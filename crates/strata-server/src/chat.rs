@@ -3,7 +3,7 @@
 //! minijinja with Python-compatible string methods, then served like a
 //! completion.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::completions::{
-    check_model, collect, finish_str, json_answer, kv_transfer_json, now_secs, parse_body,
+    check_model, collect, encode, finish_str, json_answer, kv_transfer_json, now_secs, parse_body,
     sampling_params, sse, submit_choices, Choice,
 };
 use crate::error::ApiError;
@@ -59,43 +59,73 @@ fn text_of(content: &Option<Content>) -> Result<String, ApiError> {
             .iter()
             .map(|p| match (p.kind.as_str(), &p.text) {
                 ("text", Some(t)) => Ok(t.as_str()),
-                (kind, _) => Err(ApiError::BadRequest(format!(
-                    "content part type `{kind}` is not supported (text only)"
-                ))),
+                (kind, _) => Err(ApiError::invalid(
+                    "messages",
+                    format!("content part type `{kind}` is not supported (text only)"),
+                )),
             })
             .collect::<Result<Vec<_>, _>>()
             .map(|v| v.concat()),
     }
 }
 
+/// What the client is told when the template fails for any reason other
+/// than its own `raise_exception` (minijinja's message, with the template's
+/// name, line numbers and source, stays in the log).
+pub const TEMPLATE_FAILED: &str = "the chat template could not be rendered for these messages";
+
 /// Renders `messages` with the tokenizer's chat template.
+///
+/// A template that refuses the messages with `raise_exception("...")`
+/// (e.g. roles that do not alternate) gets its message to the client in a
+/// 400, as transformers surfaces it; any other template failure is the
+/// model's template's fault, a 500 with [`TEMPLATE_FAILED`].
 pub fn render(state: &AppState, messages: &[ChatMessage]) -> Result<String, ApiError> {
     if messages.is_empty() {
-        return Err(ApiError::BadRequest("messages must not be empty".into()));
+        return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
     let chat = state.tokenizer.chat_config();
     let template = chat.template.as_deref().ok_or_else(|| {
-        ApiError::BadRequest("this model has no chat template; use /v1/completions".into())
+        ApiError::invalid("messages", "this model has no chat template; use /v1/completions")
     })?;
-    let mut env = minijinja::Environment::new();
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-    env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-    });
-    env.add_template("chat", template)
-        .map_err(|e| ApiError::Internal(format!("the chat template does not compile: {e}")))?;
     let msgs = messages
         .iter()
         .map(|m| Ok(json!({"role": m.role, "content": text_of(&m.content)?})))
         .collect::<Result<Vec<Value>, ApiError>>()?;
-    let tmpl = env.get_template("chat").map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut env = minijinja::Environment::new();
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    // The template's own message, kept apart from minijinja's error (which
+    // adds its kind, the template's name and line).
+    let raised = Arc::new(OnceLock::<String>::new());
+    let slot = raised.clone();
+    env.add_function("raise_exception", move |msg: String| -> Result<String, minijinja::Error> {
+        let _ = slot.set(msg.clone());
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    });
+    env.add_template("chat", template).map_err(|e| {
+        tracing::error!("the chat template does not compile: {e:#}");
+        ApiError::Internal(TEMPLATE_FAILED)
+    })?;
+    let tmpl = env.get_template("chat").map_err(|e| {
+        tracing::error!("the chat template could not be loaded: {e:#}");
+        ApiError::Internal(TEMPLATE_FAILED)
+    })?;
     tmpl.render(minijinja::context! {
         messages => msgs,
         add_generation_prompt => true,
         bos_token => chat.bos_token.clone().unwrap_or_default(),
         eos_token => chat.eos_token.clone().unwrap_or_default(),
     })
-    .map_err(|e| ApiError::BadRequest(format!("the chat template rejected the messages: {e}")))
+    .map_err(|e| match raised.get() {
+        Some(msg) => {
+            tracing::debug!("the chat template rejected the messages: {e}");
+            ApiError::invalid("messages", format!("the chat template rejected the messages: {msg}"))
+        }
+        None => {
+            tracing::error!("the chat template failed to render: {e:#}");
+            ApiError::Internal(TEMPLATE_FAILED)
+        }
+    })
 }
 
 pub async fn chat_completions(
@@ -106,8 +136,7 @@ pub async fn chat_completions(
     check_model(&state, req.model.as_deref())?;
     let prompt = render(&state, &req.messages)?;
     // The template already holds any BOS the model wants.
-    let prompt_ids =
-        state.tokenizer.encode(&prompt, false).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let prompt_ids = encode(&state, &prompt, false, "messages")?;
     let logprobs = req.logprobs.then(|| req.top_logprobs.unwrap_or(0));
     let params = sampling_params(&req.sampling, logprobs)?;
     let stop = req.sampling.stop.clone().map(|s| s.into_vec()).unwrap_or_default();

@@ -21,7 +21,7 @@ use strata_core::{FinishReason, NewRequest, PrefillRecord, RequestId, SamplingPa
 use strata_tokenizer::IncrementalDetokenizer;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::driver::{RequestUpdate, SubmitError};
+use crate::driver::RequestUpdate;
 use crate::error::ApiError;
 use crate::openai::{CompletionRequest, Prompt, SamplingFields, Usage};
 use crate::AppState;
@@ -36,17 +36,21 @@ pub fn sampling_params(
 ) -> Result<SamplingParams, ApiError> {
     let max_tokens = f.max_completion_tokens.or(f.max_tokens).unwrap_or(DEFAULT_MAX_TOKENS);
     if max_tokens < 1 || max_tokens > u32::MAX as i64 {
-        return Err(ApiError::BadRequest(format!(
-            "max_tokens must be at least 1, got {max_tokens}"
-        )));
+        let param =
+            if f.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
+        return Err(ApiError::invalid(
+            param,
+            format!("{param} must be at least 1, got {max_tokens}"),
+        ));
     }
     let top_k = match f.top_k {
         None | Some(-1) | Some(0) => 0,
         Some(k) if k > 0 && k <= u32::MAX as i64 => k as u32,
         Some(k) => {
-            return Err(ApiError::BadRequest(format!(
-                "top_k must be -1 (disabled) or at least 1, got {k}"
-            )))
+            return Err(ApiError::invalid(
+                "top_k",
+                format!("top_k must be -1 (disabled) or at least 1, got {k}"),
+            ))
         }
     };
     let params = SamplingParams {
@@ -63,7 +67,7 @@ pub fn sampling_params(
         ignore_eos: f.ignore_eos.unwrap_or(false),
         stop_token_ids: f.stop_token_ids.clone().unwrap_or_default(),
     };
-    params.validate().map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    params.validate()?;
     Ok(params)
 }
 
@@ -197,16 +201,13 @@ pub async fn submit_choices(
     kv_transfer_params: Option<strata_core::KvTransferParams>,
 ) -> Result<Vec<Choice>, ApiError> {
     if n == 0 || n > MAX_N {
-        return Err(ApiError::BadRequest(format!("n must be between 1 and {MAX_N}, got {n}")));
+        return Err(ApiError::invalid("n", format!("n must be between 1 and {MAX_N}, got {n}")));
     }
     if let Ok(m) = state.engine.metrics.lock() {
         m.observe_request_params_n(n);
     }
     if !state.engine.try_reserve(n as usize, state.max_queued_requests) {
-        return Err(ApiError::Overloaded(format!(
-            "the server is at its limit of {} requests in flight; retry later",
-            state.max_queued_requests
-        )));
+        return Err(ApiError::Overloaded { limit: state.max_queued_requests });
     }
     let mut choices = Vec::new();
     for index in 0..n as usize {
@@ -227,12 +228,7 @@ pub async fn submit_choices(
             // later ones were never submitted.
             state.engine.release(n as usize - index - 1);
         }
-        let (id, rx) = submitted.map_err(|e| match e {
-            SubmitError::Admission(a) => ApiError::BadRequest(a.to_string()),
-            SubmitError::EngineStopped => {
-                ApiError::Overloaded("the engine is shutting down".into())
-            }
-        })?;
+        let (id, rx) = submitted?;
         choices.push(Choice {
             index,
             id,
@@ -256,18 +252,30 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ApiError> {
     let body = body?;
     let text = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::BadRequest("the body is not valid UTF-8".into()))?;
+        .map_err(|_| ApiError::bad_request("the body is not valid UTF-8"))?;
     serde_json::from_str(text)
-        .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 
 pub fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
     match model {
-        Some(m) if m != state.served_model_name => {
-            Err(ApiError::NotFound(format!("The model `{m}` does not exist.")))
-        }
+        Some(m) if m != state.served_model_name => Err(ApiError::ModelNotFound(m.to_owned())),
         _ => Ok(()),
     }
+}
+
+/// The token ids of `text`. The tokenizer's own error stays in the log:
+/// the client learns which field could not be tokenized.
+pub fn encode(
+    state: &AppState,
+    text: &str,
+    add_special_tokens: bool,
+    param: &'static str,
+) -> Result<Vec<u32>, ApiError> {
+    state.tokenizer.encode(text, add_special_tokens).map_err(|e| {
+        tracing::warn!(param, "tokenizing a request failed: {e}");
+        ApiError::invalid(param, format!("the {param} could not be tokenized"))
+    })
 }
 
 pub fn finish_str(f: Option<FinishReason>) -> Value {
@@ -281,18 +289,16 @@ pub async fn completions(
     let req: CompletionRequest = parse_body(body)?;
     check_model(&state, req.model.as_deref())?;
     if req.logprobs.is_some_and(|n| n > strata_core::sampling::MAX_LOGPROBS) {
-        return Err(ApiError::BadRequest(format!(
-            "logprobs must be at most {}",
-            strata_core::sampling::MAX_LOGPROBS
-        )));
+        return Err(ApiError::invalid(
+            "logprobs",
+            format!("logprobs must be at most {}", strata_core::sampling::MAX_LOGPROBS),
+        ));
     }
     let prompt_ids = match &req.prompt {
         Prompt::Text(t) if t.is_empty() => {
-            return Err(ApiError::BadRequest("the prompt is empty".into()))
+            return Err(ApiError::invalid("prompt", "the prompt is empty"))
         }
-        Prompt::Text(t) => {
-            state.tokenizer.encode(t, true).map_err(|e| ApiError::BadRequest(e.to_string()))?
-        }
+        Prompt::Text(t) => encode(&state, t, true, "prompt")?,
         Prompt::Tokens(ids) => ids.clone(),
     };
     let params = sampling_params(&req.sampling, req.logprobs)?;

@@ -199,6 +199,13 @@ fn run<E: Executor>(
         if let Some(e) = &result.executor_error {
             tracing::error!("executor failed a step; its requests end with `error`: {e}");
         }
+        // A violation is a bug in the engine: each is logged here once (it
+        // is in one step's result only) and counted in
+        // `strata:accounting_violations`; the request gets no usage
+        // details rather than wrong ones.
+        for v in &result.accounting_violations {
+            tracing::error!("accounting violation, no prefill record emitted: {v}");
+        }
         // Metrics first: a client that reads /metrics after its response
         // sees its own request counted.
         if let Ok(mut m) = metrics.lock() {

@@ -74,7 +74,7 @@ async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Nex
     if let Some(key) = &state.api_key {
         let ok = has_bearer_key(&req, key);
         if !ok {
-            return ApiError::Unauthorized("missing or invalid API key".into()).into_response();
+            return ApiError::Unauthorized.into_response();
         }
     }
     next.run(req).await
@@ -108,10 +108,7 @@ async fn tokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let req: TokenizeRequest = completions::parse_body(body)?;
-    let tokens = state
-        .tokenizer
-        .encode(&req.prompt, req.add_special_tokens)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let tokens = completions::encode(&state, &req.prompt, req.add_special_tokens, "prompt")?;
     Ok(Json(json!({"count": tokens.len(), "max_model_len": state.max_model_len, "tokens": tokens})))
 }
 
@@ -125,9 +122,9 @@ async fn detokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let req: DetokenizeRequest = completions::parse_body(body)?;
-    let prompt = state
-        .tokenizer
-        .decode(&req.tokens, false)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let prompt = state.tokenizer.decode(&req.tokens, false).map_err(|e| {
+        tracing::warn!("detokenizing a request failed: {e}");
+        ApiError::invalid("tokens", "the tokens could not be decoded")
+    })?;
     Ok(Json(json!({"prompt": prompt})))
 }

@@ -162,7 +162,13 @@ impl RouterState {
     fn respond(&self, result: Result<Response, RouterError>) -> Response {
         result.unwrap_or_else(|e| {
             self.metrics.error(e.kind());
-            tracing::debug!(kind = e.kind().as_str(), "request failed: {e}");
+            // The detail (an engine's URL, the connection error) is logged
+            // here; the client's body never carries it.
+            if e.is_gateway() {
+                tracing::warn!(kind = e.kind().as_str(), "request failed: {e}");
+            } else {
+                tracing::debug!(kind = e.kind().as_str(), "request failed: {e}");
+            }
             e.into_response()
         })
     }
@@ -187,8 +193,7 @@ async fn require_key(State(state): State<Arc<RouterState>>, req: Request, next: 
     if let Some(key) = &state.api_key {
         let ok = crate::has_bearer_key(&req, key);
         if !ok {
-            let e = RouterError::from(ApiError::Unauthorized("missing or invalid API key".into()));
-            return state.respond(Err(e));
+            return state.respond(Err(RouterError::from(ApiError::Unauthorized)));
         }
     }
     next.run(req).await
@@ -260,7 +265,7 @@ async fn models(State(state): State<Arc<RouterState>>, headers: HeaderMap) -> Re
             return state.respond(Err(RouterError::upstream(Hop::Decode, status, &bytes)));
         }
     }
-    state.respond(Err(RouterError::Unavailable("no decode engine answered /v1/models".into())))
+    state.respond(Err(RouterError::Unavailable("no decode engine answered /v1/models")))
 }
 
 async fn metrics_text(State(state): State<Arc<RouterState>>) -> Response {

@@ -1,6 +1,7 @@
 //! The HTTP API in process (axum `oneshot`), over the fake executor: usage
 //! reconciles with /metrics, streaming and not, n > 1, stop strings, bad
-//! input gets OpenAI-style errors and leaves the engine serving.
+//! input gets OpenAI-style errors (each error's status and body, and no
+//! template engine detail in them) and leaves the engine serving.
 
 #![allow(clippy::unwrap_used)]
 
@@ -21,6 +22,14 @@ use strata_tokenizer::Tokenizer;
 use tower::ServiceExt;
 
 fn state(api_key: Option<&str>) -> Arc<AppState> {
+    state_with(api_key, 64, Tokenizer::builtin())
+}
+
+fn state_with(
+    api_key: Option<&str>,
+    max_queued_requests: usize,
+    tokenizer: Tokenizer,
+) -> Arc<AppState> {
     let mut exec = FakeExecutor::new(256, 16, 1024);
     exec.vocab_size = 512;
     let config = SchedulerConfig {
@@ -38,11 +47,11 @@ fn state(api_key: Option<&str>) -> Arc<AppState> {
     let metrics = EngineMetrics::new("builtin", "0", 1024, &cache);
     Arc::new(AppState {
         engine: EngineHandle::spawn(engine, metrics, Duration::from_secs(10)),
-        tokenizer: Arc::new(Tokenizer::builtin()),
+        tokenizer: Arc::new(tokenizer),
         served_model_name: "builtin".into(),
         max_model_len: 1024,
         api_key: api_key.map(str::to_owned),
-        max_queued_requests: 64,
+        max_queued_requests,
     })
 }
 
@@ -575,4 +584,202 @@ async fn metrics_exposition_snapshot() {
         })
         .collect();
     insta::assert_snapshot!(redacted);
+}
+
+/// The body of an error answer: exactly `{"error": {message, type, param,
+/// code}}` with `code` the status; returns the inner object.
+fn error_body(status: StatusCode, text: &str) -> serde_json::Map<String, Value> {
+    let v: Value = serde_json::from_str(text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    let top = v.as_object().unwrap();
+    assert_eq!(top.keys().collect::<Vec<_>>(), ["error"], "{text}");
+    let e = top["error"].as_object().unwrap().clone();
+    let mut keys: Vec<&str> = e.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["code", "message", "param", "type"], "{text}");
+    assert_eq!(e["code"], status.as_u16(), "{text}");
+    assert!(e["message"].is_string(), "{text}");
+    e
+}
+
+/// Each `ApiError` a client can provoke over HTTP: its status, `type`,
+/// `param` and message.
+#[tokio::test]
+async fn each_api_error_has_its_status_type_and_param() {
+    let s = state(None);
+    let bad = StatusCode::BAD_REQUEST;
+    // (path, body, status, type, param, message or its beginning)
+    let cases: Vec<(&str, Value, StatusCode, &str, Value, &str)> = vec![
+        // InvalidRequest, naming the field.
+        ("/v1/completions", json!({"prompt": "x", "temperature": -0.5}), bad, "BadRequestError",
+            json!("temperature"), "temperature must be a finite number >= 0, got -0.5"),
+        ("/v1/completions", json!({"prompt": "x", "top_k": -3}), bad, "BadRequestError",
+            json!("top_k"), "top_k must be -1 (disabled) or at least 1, got -3"),
+        ("/v1/completions", json!({"prompt": "x", "n": 0}), bad, "BadRequestError",
+            json!("n"), "n must be between 1 and 16, got 0"),
+        ("/v1/completions", json!({"prompt": ""}), bad, "BadRequestError",
+            json!("prompt"), "the prompt is empty"),
+        ("/v1/chat/completions", json!({"messages": []}), bad, "BadRequestError",
+            json!("messages"), "messages must not be empty"),
+        // InvalidRequest without a field.
+        ("/v1/completions", json!({"max_tokens": 3}), bad, "BadRequestError", Value::Null,
+            "invalid request body: missing field `prompt`"),
+        // From<AdmissionError>: an empty token prompt, a token outside the
+        // vocabulary, a prompt that fills the context, a completion that
+        // does not fit.
+        ("/v1/completions", json!({"prompt": []}), bad, "BadRequestError",
+            json!("prompt"), "the prompt is empty"),
+        ("/v1/completions", json!({"prompt": [1, 2, 99999]}), bad, "BadRequestError",
+            json!("prompt"), "token id 99999 is outside the vocabulary of 512"),
+        ("/v1/completions", json!({"prompt": vec![7; 1024], "max_tokens": 1}), bad, "BadRequestError",
+            Value::Null,
+            "This model's maximum context length is 1024 tokens, and the prompt's 1024 tokens leave no room for a completion"),
+        ("/v1/completions", json!({"prompt": [7, 8], "max_tokens": 2000}), bad, "BadRequestError",
+            json!("max_tokens"),
+            "This model's maximum context length is 1024 tokens, but 2002 were requested (2 in the prompt, 2000 in the completion)"),
+        // ModelNotFound.
+        ("/v1/completions", json!({"prompt": "x", "model": "gpt-4"}), StatusCode::NOT_FOUND,
+            "NotFoundError", json!("model"), "The model `gpt-4` does not exist."),
+        ("/v1/chat/completions", json!({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}),
+            StatusCode::NOT_FOUND, "NotFoundError", json!("model"), "The model `gpt-4` does not exist."),
+    ];
+    for (path, body, status, kind, param, message) in cases {
+        let (got, text) = call(&s, "POST", path, Some(body.clone())).await;
+        assert_eq!(got, status, "{body}: {text}");
+        let e = error_body(status, &text);
+        assert_eq!(e["type"], kind, "{body}: {text}");
+        assert_eq!(e["param"], param, "{body}: {text}");
+        // The whole message, but for serde's position suffix.
+        assert!(e["message"].as_str().unwrap().starts_with(message), "{body}: {text}");
+    }
+
+    // PayloadTooLarge.
+    let resp = post(&s, "/v1/completions", vec![b' '; strata_server::MAX_BODY_BYTES + 1]).await;
+    let status = resp.status();
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let text =
+        String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let e = error_body(status, &text);
+    assert_eq!(e["type"], "BadRequestError");
+    assert_eq!(
+        e["message"],
+        format!("the request body exceeds {} bytes", strata_server::MAX_BODY_BYTES)
+    );
+
+    // Unauthorized.
+    let guarded = state(Some("sekret"));
+    let (status, text) =
+        call(&guarded, "POST", "/v1/completions", Some(json!({"prompt": "x"}))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let e = error_body(status, &text);
+    assert_eq!(e["type"], "AuthenticationError");
+    assert_eq!(e["message"], "missing or invalid API key");
+    assert_eq!(e["param"], Value::Null);
+
+    // Overloaded: a server that takes no request at all.
+    let full = state_with(None, 0, Tokenizer::builtin());
+    let (status, text) = call(&full, "POST", "/v1/completions", Some(json!({"prompt": "x"}))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let e = error_body(status, &text);
+    assert_eq!(e["type"], "ServiceUnavailableError");
+    assert_eq!(e["message"], "the server is at its limit of 0 requests in flight; retry later");
+
+    // EngineUnavailable: once the engine thread has stopped. A request that
+    // slips in before it exits is aborted (200), so retry, bounded.
+    let stopping = state(None);
+    stopping.engine.shutdown();
+    let mut answered = None;
+    for _ in 0..200 {
+        let body = json!({"prompt": "x", "max_tokens": 1});
+        let (status, text) = call(&stopping, "POST", "/v1/completions", Some(body)).await;
+        if status != StatusCode::OK {
+            answered = Some((status, text));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, text) = answered.expect("the stopped engine kept answering 200");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    let e = error_body(status, &text);
+    assert_eq!(e["type"], "ServiceUnavailableError");
+    assert_eq!(e["message"], "the engine is shutting down");
+}
+
+/// A model directory's tokenizer (the built-in one) with `template` as its
+/// chat template.
+fn tokenizer_with_template(template: &str) -> Tokenizer {
+    let dir = tempfile::tempdir().unwrap();
+    strata_tokenizer::builtin::write_files(dir.path()).unwrap();
+    let config = dir.path().join("tokenizer_config.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    v["chat_template"] = json!(template);
+    std::fs::write(&config, v.to_string()).unwrap();
+    Tokenizer::from_dir(dir.path()).unwrap()
+}
+
+/// Fragments of minijinja's own error text, and of the templates below,
+/// that must never reach a client.
+const TEMPLATE_INTERNALS: [&str; 10] = [
+    "invalid operation",
+    "unknown function",
+    "syntax error",
+    "(in chat",
+    "line ",
+    "{%",
+    "raise_exception",
+    "no_such_function",
+    "message['role']",
+    "minijinja",
+];
+
+fn assert_no_template_internals(text: &str) {
+    for fragment in TEMPLATE_INTERNALS {
+        assert!(!text.contains(fragment), "`{fragment}` reached the client: {text}");
+    }
+}
+
+/// A template's own `raise_exception` message reaches the client (400),
+/// as transformers surfaces it; minijinja's error text (its kind, the
+/// template's name and line, its source) does not, and any other template
+/// failure is a generic 500.
+#[tokio::test]
+async fn chat_template_errors_do_not_leak_minijinja_detail() {
+    let template = "{% for message in messages %}\
+        {% if message['content'] == 'raise' %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}\
+        {% if message['content'] == 'crash' %}{{ no_such_function(message) }}{% endif %}\
+        <|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}\
+        {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    let s = state_with(None, 64, tokenizer_with_template(template));
+    let chat = |content: &str| json!({"messages": [{"role": "user", "content": content}], "max_tokens": 2});
+
+    let (status, text) = call(&s, "POST", "/v1/chat/completions", Some(chat("raise"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    let e = error_body(status, &text);
+    assert_eq!(e["type"], "BadRequestError");
+    assert_eq!(e["param"], "messages");
+    assert_eq!(
+        e["message"],
+        "the chat template rejected the messages: Conversation roles must alternate user/assistant/user/assistant/..."
+    );
+    assert_no_template_internals(&text);
+
+    let (status, text) = call(&s, "POST", "/v1/chat/completions", Some(chat("crash"))).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{text}");
+    let e = error_body(status, &text);
+    assert_eq!(e["type"], "InternalServerError");
+    assert_eq!(e["param"], Value::Null);
+    assert_eq!(e["message"], strata_server::chat::TEMPLATE_FAILED);
+    assert_no_template_internals(&text);
+
+    // The same template still renders ordinary messages.
+    let (status, text) = call(&s, "POST", "/v1/chat/completions", Some(chat("hello"))).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+
+    // A template that does not compile: 500, no parser message.
+    let broken =
+        state_with(None, 64, tokenizer_with_template("{% for m in messages %}{{ m['role'] }"));
+    let (status, text) = call(&broken, "POST", "/v1/chat/completions", Some(chat("hello"))).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{text}");
+    let e = error_body(status, &text);
+    assert_eq!(e["message"], strata_server::chat::TEMPLATE_FAILED);
+    assert_no_template_internals(&text);
 }

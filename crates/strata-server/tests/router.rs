@@ -2,7 +2,8 @@
 //! prefill and decode engines (small axum apps that record what they get
 //! and answer canned JSON or SSE). Checks the two hop bodies, the usage
 //! the client sees (ACCOUNTING.md A18, n > 1, the streamed usage chunk),
-//! error pass-through, health, the policies and client disconnects.
+//! error pass-through (one OpenAI error body, no engine URL or upstream
+//! detail in it), health, the policies and client disconnects.
 //! Every wait is bounded.
 
 #![allow(clippy::unwrap_used)]
@@ -108,12 +109,47 @@ async fn prefill_engine(
         "usage": prefill_usage(), "kv_transfer_params": prefill_params()});
     match marker(&body) {
         "fail" => openai_error(StatusCode::BAD_REQUEST, "prefill refused"),
+        // Not an OpenAI body: a framework's error page with internals.
+        "crash" => (StatusCode::INTERNAL_SERVER_ERROR, SECRET_PAGE).into_response(),
+        // A 200 that is not JSON.
+        "garbage" => SECRET_PAGE.into_response(),
         "noparams" => {
             answer.as_object_mut().unwrap().remove("kv_transfer_params");
             Json(answer).into_response()
         }
         _ => Json(answer).into_response(),
     }
+}
+
+/// What a broken engine answers: text that must never reach a client.
+const SECRET_PAGE: &str =
+    "Traceback (most recent call last): File \"/srv/engine/secret_module.py\", line 7";
+
+/// Asserts that an answer names no engine URL and none of the upstream
+/// detail a router sees (connection errors, engine pages).
+fn assert_no_upstream_detail(text: &str, urls: &[String]) {
+    for url in urls {
+        let host_port = url.trim_start_matches("http://");
+        assert!(!text.contains(host_port), "the engine URL {url} reached the client: {text}");
+    }
+    for fragment in
+        ["127.0.0.1", "http://", "secret_module", "Traceback", "error sending request", "onnection"]
+    {
+        assert!(!text.contains(fragment), "`{fragment}` reached the client: {text}");
+    }
+}
+
+/// The body of an error answer, checked to be exactly the server's
+/// `{"error": {message, type, param, code}}` with `code` the status.
+fn error_body(status: StatusCode, body: &Value) -> &serde_json::Map<String, Value> {
+    let top = body.as_object().unwrap();
+    assert_eq!(top.keys().collect::<Vec<_>>(), ["error"], "{body}");
+    let e = top["error"].as_object().unwrap();
+    let mut keys: Vec<&str> = e.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["code", "message", "param", "type"], "{body}");
+    assert_eq!(e["code"], status.as_u16(), "{body}");
+    e
 }
 
 /// Sets its recorder's `stream_dropped` when the stream holding it drops.
@@ -524,9 +560,13 @@ async fn missing_kv_transfer_params_is_a_bad_gateway() {
         let r = router(&p, &d).await;
         let (status, body) = post_json(&r, "/v1/completions", &json!({"prompt": "noparams"})).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY);
-        assert_eq!(body["error"]["type"], "BadGatewayError");
-        assert_eq!(body["error"]["code"], 502);
-        assert!(body["error"]["message"].as_str().unwrap().contains("kv_transfer_params"));
+        let e = error_body(status, &body);
+        assert_eq!(e["type"], "BadGatewayError");
+        assert_eq!(
+            e["message"],
+            "the upstream prefill engine returned no kv_transfer_params (is it running with a P/D connector?)"
+        );
+        assert_no_upstream_detail(&body.to_string(), &[p.url(), d.url()]);
         assert!(d.rec.seen().is_empty());
         assert_eq!(metric(&r, &errors("no_kv_transfer_params")).await, 1.0);
     })
@@ -556,8 +596,15 @@ async fn bad_input_is_400_without_touching_the_engines() {
                 .unwrap();
             assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{raw}");
             let body: Value = resp.json().await.unwrap();
-            assert_eq!(body["error"]["type"], "BadRequestError", "{raw}");
-            assert_eq!(body["error"]["code"], 400);
+            let e = error_body(StatusCode::BAD_REQUEST, &body);
+            assert_eq!(e["type"], "BadRequestError", "{raw}");
+            // The field at fault, where there is one.
+            let param = match raw {
+                r#"{"prompt": "x", "n": 0}"# => json!("n"),
+                r#"{"prompt": "x", "stream": "yes"}"# => json!("stream"),
+                _ => Value::Null,
+            };
+            assert_eq!(e["param"], param, "{raw}");
         }
         assert!(p.rec.seen().is_empty());
         assert!(d.rec.seen().is_empty());
@@ -569,15 +616,64 @@ async fn bad_input_is_400_without_touching_the_engines() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_engine_is_a_bad_gateway() {
     bounded(async {
-        let d = fake_decode().await;
-        let r =
-            router_with(vec![closed_url().await], vec![d.url()], Policy::RoundRobin, None).await;
+        let (p, d) = (fake_prefill().await, fake_decode().await);
+        let closed = closed_url().await;
+        let r = router_with(vec![closed.clone()], vec![d.url()], Policy::RoundRobin, None).await;
         let (status, body) = post_json(&r, "/v1/completions", &json!({"prompt": "hello"})).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY);
-        assert!(body["error"]["message"].as_str().unwrap().contains("unreachable"), "{body}");
+        let e = error_body(status, &body);
+        assert_eq!(e["type"], "BadGatewayError");
+        assert_eq!(e["message"], "upstream prefill engine unavailable");
+        assert_eq!(e["param"], Value::Null);
+        assert_no_upstream_detail(&body.to_string(), &[closed.clone(), d.url()]);
         assert_eq!(metric(&r, &errors("upstream_unreachable")).await, 1.0);
         let url = &r.state.prefill.engines[0].url;
         assert_eq!(metric(&r, &in_flight("prefill", url)).await, 0.0);
+
+        // The same for the decode hop, after a prefill that succeeded.
+        let r = router_with(vec![p.url()], vec![closed.clone()], Policy::RoundRobin, None).await;
+        let (status, body) = post_json(&r, "/v1/completions", &json!({"prompt": "hello"})).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        let e = error_body(status, &body);
+        assert_eq!(e["message"], "upstream decode engine unavailable");
+        assert_no_upstream_detail(&body.to_string(), &[p.url(), closed.clone()]);
+
+        // /v1/models with no decode engine answering.
+        let (status, text) = get_text(&format!("{}/v1/models", r.server.url)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let body: Value = serde_json::from_str(&text).unwrap();
+        let e = error_body(status, &body);
+        assert_eq!(e["type"], "ServiceUnavailableError");
+        assert_eq!(e["message"], "no decode engine answered /v1/models");
+        assert_no_upstream_detail(&text, &[p.url(), closed]);
+    })
+    .await;
+}
+
+/// An engine's answer that is not an OpenAI body (an error page, or a 200
+/// that is not JSON) reaches the client as the router's own error body,
+/// without the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_engine_answer_does_not_reach_the_client() {
+    bounded(async {
+        let (p, d) = (fake_prefill().await, fake_decode().await);
+        let r = router(&p, &d).await;
+        let (status, body) = post_json(&r, "/v1/completions", &json!({"prompt": "crash"})).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        let e = error_body(status, &body);
+        assert_eq!(e["type"], "InternalServerError");
+        assert_eq!(e["message"], "the prefill engine answered 500 Internal Server Error");
+        assert_no_upstream_detail(&body.to_string(), &[p.url(), d.url()]);
+        assert_eq!(metric(&r, &errors("prefill_error")).await, 1.0);
+
+        let (status, body) = post_json(&r, "/v1/completions", &json!({"prompt": "garbage"})).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        let e = error_body(status, &body);
+        assert_eq!(e["type"], "BadGatewayError");
+        assert_eq!(e["message"], "the upstream prefill engine gave an unreadable answer");
+        assert_no_upstream_detail(&body.to_string(), &[p.url(), d.url()]);
+        assert_eq!(metric(&r, &errors("prefill_error")).await, 2.0);
+        assert!(d.rec.seen().is_empty());
     })
     .await;
 }
@@ -709,6 +805,10 @@ async fn api_key_guards_v1_and_is_passed_to_the_engines() {
         let body = json!({"prompt": "hello"});
         let resp = client().post(&url).json(&body).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let answer: Value = resp.json().await.unwrap();
+        let e = error_body(StatusCode::UNAUTHORIZED, &answer);
+        assert_eq!(e["type"], "AuthenticationError");
+        assert_eq!(e["message"], "missing or invalid API key");
         let resp = client().post(&url).bearer_auth("wrong").json(&body).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
         let resp = client().get(format!("{}/v1/models", r.server.url)).send().await.unwrap();

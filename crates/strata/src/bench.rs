@@ -120,6 +120,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let mut step =
             |seqs: &mut Vec<Vec<u32>>, outputs: &mut Vec<Vec<u32>>, prefill: bool| -> Result<f64> {
                 let batch = ModelBatch {
+                    kv_connector_metadata: None,
                     seqs: (0..b)
                         .map(|s| {
                             let start = if prefill { 0 } else { seqs[s].len() - 1 };

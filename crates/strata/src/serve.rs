@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use strata_core::connector::{ConnectorScheduler, KvLoadFailurePolicy, OffloadTier};
+#[cfg(feature = "sim")]
+use strata_core::connector::WorkerHandle;
+use strata_core::connector::{ConnectorScheduler, KvLoadFailurePolicy};
 use strata_core::scheduler::{SchedulerConfig, SchedulingPolicy};
-use strata_core::testing::{FakeExecutor, LatencyModel, SimExecutor};
+#[cfg(feature = "sim")]
+use strata_core::sim::{FakeExecutor, LatencyModel, SimExecutor};
 use strata_core::{EngineCore, Executor};
 use strata_metrics::{CacheConfigInfo, EngineMetrics};
 use strata_server::accounting_log::AccountingLog;
@@ -249,26 +252,36 @@ impl OffloadArgs {
     }
 }
 
+/// The simulated executor: the HTTP stack, scheduler and metrics under
+/// load without model math (a latency model instead), with the built-in
+/// tokenizer. For load tests and benchmarks.
+#[cfg(feature = "sim")]
+fn serve_sim(args: ServeArgs) -> Result<()> {
+    let mut fake = FakeExecutor::new(65_536, args.model.block_size, 4096);
+    fake.vocab_size = strata_model::builtin::VOCAB_SIZE;
+    let connector = match connector(&args, &fake.spec, 0)? {
+        Some((sched, worker)) => {
+            fake.connector = WorkerHandle::new(worker);
+            Some(sched)
+        }
+        None => None,
+    };
+    let latency = LatencyModel {
+        per_step: Duration::from_micros(500),
+        per_prefill_token: Duration::from_micros(20),
+        per_decode_seq: Duration::from_micros(10),
+    };
+    serve(args, SimExecutor::new(fake, latency, true), connector, Tokenizer::builtin())
+}
+
+#[cfg(not(feature = "sim"))]
+fn serve_sim(_: ServeArgs) -> Result<()> {
+    anyhow::bail!("`--model sim` needs strata built with the `sim` feature (on by default)")
+}
+
 pub fn run(args: ServeArgs) -> Result<()> {
     if args.model.model == "sim" {
-        // The simulated executor: the HTTP stack, scheduler and metrics
-        // under load without model math (a latency model instead), with the
-        // built-in tokenizer. For load tests and benchmarks.
-        let mut fake = FakeExecutor::new(65_536, args.model.block_size, 4096);
-        fake.vocab_size = strata_model::builtin::VOCAB_SIZE;
-        let connector = match connector(&args, &fake.spec, 0)? {
-            Some((sched, worker)) => {
-                fake.connector = Some(worker);
-                Some(sched)
-            }
-            None => None,
-        };
-        let latency = LatencyModel {
-            per_step: Duration::from_micros(500),
-            per_prefill_token: Duration::from_micros(20),
-            per_decode_seq: Duration::from_micros(10),
-        };
-        return serve(args, SimExecutor::new(fake, latency, true), connector, Tokenizer::builtin());
+        return serve_sim(args);
     }
     let mut loaded = args.model.load()?;
     let tokenizer = loaded.tokenizer.take().context("the server needs a model with a tokenizer")?;
@@ -312,9 +325,9 @@ fn serve<E: Executor + Send + 'static>(
     };
     let mut metrics = EngineMetrics::new(&name, "0", spec.max_model_len, &cache);
     if args.offload.enabled() {
-        let mut tiers = vec![OffloadTier::Host];
+        let mut tiers = vec![strata_offload::OffloadTier::Host];
         if args.offload.kv_offload_disk_dir.is_some() {
-            tiers.push(OffloadTier::Disk);
+            tiers.push(strata_offload::OffloadTier::Disk);
         }
         metrics.enable_offload_series(&tiers);
     }

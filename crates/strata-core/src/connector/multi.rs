@@ -68,20 +68,16 @@ impl ConnectorScheduler for MultiConnector {
         self.parts.first().map_or(TokenSource::Remote, |c| c.source())
     }
 
-    fn get_num_new_matched_tokens(
-        &mut self,
-        req: &Request,
-        num_local_hit_tokens: usize,
-    ) -> (usize, bool) {
+    fn get_num_new_matched_tokens(&mut self, req: &Request, num_local_hit_tokens: usize) -> usize {
         self.chosen.remove(&req.id);
         for (i, c) in self.parts.iter_mut().enumerate() {
-            let (n, is_async) = c.get_num_new_matched_tokens(req, num_local_hit_tokens);
+            let n = c.get_num_new_matched_tokens(req, num_local_hit_tokens);
             if n > 0 {
                 self.chosen.insert(req.id, i);
-                return (n, is_async);
+                return n;
             }
         }
-        (0, false)
+        0
     }
 
     fn source_for(&self, req: &Request) -> TokenSource {
@@ -158,12 +154,7 @@ impl ConnectorWorker for MultiWorker {
     fn get_finished(&mut self, kv: &mut dyn KvBlockIo) -> ConnectorOutput {
         let mut out = ConnectorOutput::default();
         for w in &mut self.parts {
-            let o = w.get_finished(kv);
-            out.finished_recving.extend(o.finished_recving);
-            out.invalid_block_ids.extend(o.invalid_block_ids);
-            out.finished_storing.extend(o.finished_storing);
-            out.finished_sending.extend(o.finished_sending);
-            out.stats.merge(o.stats);
+            out.merge(w.get_finished(kv));
         }
         out
     }
@@ -172,30 +163,22 @@ impl ConnectorWorker for MultiWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connector::{KvLoadFailurePolicy, TestConnector};
     use crate::engine::EngineCore;
-    use crate::kv::hash::extend_block_hashes;
     use crate::request::NewRequest;
     use crate::sampling::SamplingParams;
-    use crate::scheduler::{SchedulerConfig, SchedulingPolicy};
-    use crate::testing::FakeExecutor;
+    use crate::scheduler::SchedulerConfig;
+    use crate::testing::{FakeExecutor, Harness, TestConnector};
 
     const B: usize = 4;
 
     fn req(prompt: Vec<u32>) -> NewRequest {
-        NewRequest {
-            prompt_token_ids: prompt,
-            params: SamplingParams { ignore_eos: true, ..SamplingParams::greedy(2) },
-            priority: 0,
-            cache_salt: None,
-            eos_token_ids: vec![],
-            kv_transfer_params: None,
-        }
+        NewRequest::new(prompt, SamplingParams { ignore_eos: true, ..SamplingParams::greedy(2) })
     }
 
     /// Two test connectors (remote first, host second) behind one engine:
     /// each request's match comes from the first that has it, booked
-    /// under that connector's source; stores go to the one that stores.
+    /// under that connector's source, and loads the right bytes; stores
+    /// go to the one that stores.
     #[test]
     fn the_first_connector_with_a_match_loads_and_books_it() {
         let remote = TestConnector::new(TokenSource::Remote, B);
@@ -203,43 +186,34 @@ mod tests {
         host.store_blocks(0);
         let a: Vec<u32> = (10..23).collect();
         let b: Vec<u32> = (100..113).collect();
-        let hashes = |p: &[u32]| {
-            let mut h = Vec::new();
-            extend_block_hashes(&mut h, p, B, None);
-            h
-        };
-        remote.offer(&hashes(&a));
-        host.offer(&hashes(&a));
-        host.offer(&hashes(&b));
+        remote.offer(&a, ..);
+        host.offer(&a, ..);
+        host.offer(&b, ..);
         let (sched, worker) = multi(vec![
             (Box::new(remote.clone()), Box::new(remote.clone())),
             (Box::new(host.clone()), Box::new(host.clone())),
         ]);
         let exec = FakeExecutor::new(64, B, 4096).with_connector(worker);
         let config = SchedulerConfig {
-            max_num_seqs: 8,
-            max_num_batched_tokens: 64,
             block_size: B,
             num_blocks: 64,
-            max_model_len: 4096,
-            policy: SchedulingPolicy::Fcfs,
             enable_prefix_caching: false,
-            kv_load_failure_policy: KvLoadFailurePolicy::Fail,
+            ..SchedulerConfig::default()
         };
-        let mut e = EngineCore::with_connector(exec, config, Some(Box::new(sched)));
-        e.add_request(req(a), 0.0).unwrap();
-        e.add_request(req(b), 0.0).unwrap();
-        let mut records = Vec::new();
-        for t in 1..100 {
-            if !e.has_unfinished() {
-                break;
-            }
-            records.extend(e.step(t as f64).prefill_records);
-        }
+        let mut e = Harness::new(EngineCore::with_connector(exec, config, Some(Box::new(sched))));
+        let ida = e.add(req(a.clone()));
+        let idb = e.add(req(b.clone()));
+        let run = e.drain(100);
+        let mut records = run.prefill_records();
         records.sort_by_key(|r| r.request_id);
         assert_eq!((records[0].remote, records[0].host, records[0].local_compute), (12, 0, 1));
         assert_eq!((records[1].remote, records[1].host, records[1].local_compute), (0, 12, 1));
         assert_eq!((remote.num_loads(), host.num_loads()), (1, 1));
-        assert_eq!(e.scheduler().kv().pool().num_free_blocks(), 64, "every hold released");
+        assert_eq!(e.num_free_blocks(), 64, "every hold released");
+        // The loaded bytes are the prompts' own: the outputs equal a run
+        // that computed everything.
+        let exec = e.executor();
+        assert_eq!(run.tokens[&ida][0], exec.expected_next(&a));
+        assert_eq!(run.tokens[&idb][0], exec.expected_next(&b));
     }
 }

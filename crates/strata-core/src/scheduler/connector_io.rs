@@ -7,46 +7,18 @@
 
 use rustc_hash::FxHashSet;
 
-use super::{RequestOutput, Scheduler, SchedulerOutput};
+use super::{RequestOutput, Scheduler};
 use crate::connector::{ConnectorMeta, ConnectorOutput, KvLoadFailurePolicy};
 use crate::ids::RequestId;
-use crate::records::{Provenance, TokenSource};
 use crate::request::{FinishReason, RequestStatus};
 
 impl Scheduler {
-    /// Puts a request in WaitingForRemoteKv for `external` tokens after
-    /// its `hit_tokens` local hit, and fixes its attribution (A10, A13).
-    pub(super) fn start_load(
-        &mut self,
-        id: RequestId,
-        hit_tokens: usize,
-        external: usize,
-        source: TokenSource,
-        out: &mut SchedulerOutput,
-    ) {
+    /// Puts a request, its sources booked, in WaitingForRemoteKv for
+    /// `external` tokens after its `hit_tokens` local hit, and tells the
+    /// connector which blocks to fill.
+    pub(super) fn start_load(&mut self, id: RequestId, hit_tokens: usize, external: usize) {
         let bs = self.config.block_size;
         let req = self.requests.get_mut(&id).expect("invariant: waiting requests exist");
-        let prompt = req.num_prompt_tokens();
-        let mut p = Provenance { local_cache_hit: hit_tokens as u32, ..Provenance::default() };
-        match source {
-            TokenSource::Host => {
-                p.host = external as u32;
-                out.external_hits_host += external as u32;
-            }
-            TokenSource::Disk => {
-                p.disk = external as u32;
-                out.external_hits_disk += external as u32;
-            }
-            _ => {
-                p.remote = external as u32;
-                out.external_hits_remote += external as u32;
-            }
-        }
-        req.provenance = Some(p);
-        out.prefix_cache_queries += prompt as u32;
-        out.prefix_cache_hits += hit_tokens as u32;
-        out.external_prefix_cache_queries += (prompt - hit_tokens.min(prompt)) as u32;
-        out.external_prefix_cache_hits += external as u32;
         req.num_computed_tokens = hit_tokens;
         req.num_external_tokens = external;
         req.load_done = false;
@@ -92,16 +64,16 @@ impl Scheduler {
     }
 
     /// The connector's instructions for this step's worker side.
-    pub fn build_connector_meta(&mut self) -> Option<ConnectorMeta> {
+    pub(super) fn build_connector_meta(&mut self) -> Option<ConnectorMeta> {
         let meta = self.connector.as_mut()?.build_connector_meta();
-        self.num_connector_loads += meta.loads.len() as u32;
+        self.stats.num_connector_loads += meta.loads.len() as u32;
         Some(meta)
     }
 
     /// Applies what the worker side reported: finished loads become
     /// admissible, failed blocks are handled by the load-failure policy,
     /// and delayed frees complete.
-    pub fn update_connector_output(&mut self, output: ConnectorOutput, now: f64) {
+    pub(super) fn update_connector_output(&mut self, output: ConnectorOutput, now: f64) {
         let bs = self.config.block_size;
         if !output.invalid_block_ids.is_empty() {
             let invalid: FxHashSet<_> = output.invalid_block_ids.iter().copied().collect();
@@ -120,7 +92,7 @@ impl Scheduler {
                 })
                 .collect();
             for id in affected {
-                self.num_connector_load_failures += 1;
+                self.stats.num_connector_load_failures += 1;
                 match self.config.kv_load_failure_policy {
                     KvLoadFailurePolicy::Fail => {
                         self.waiting.retain(|&w| w != id);
@@ -146,15 +118,7 @@ impl Scheduler {
                         let failed = req.num_external_tokens - kept;
                         req.num_external_tokens = kept;
                         if let Some(p) = &mut req.provenance {
-                            // Rule 4: failed tokens move to local compute.
-                            for slot in [&mut p.host, &mut p.disk, &mut p.remote] {
-                                let moved = (*slot).min(failed as u32);
-                                if *slot > 0 {
-                                    *slot -= moved;
-                                    p.recomputed_kv_load_failure += moved;
-                                    break;
-                                }
-                            }
+                            p.fail_external(failed as u32);
                         }
                         self.kv.evict(&blocks[first_bad.min(blocks.len())..]);
                     }

@@ -21,9 +21,8 @@ use std::sync::atomic::AtomicU64;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use strata_core::connector::{
-    ConnectorStats, OffloadFailure, OffloadOp, OffloadTier, TransferType,
-};
+use strata_core::connector::ConnectorStats;
+use strata_offload::{OffloadFailure, OffloadOp, OffloadStats, OffloadTier, TransferType};
 
 use super::{histograms, EngineMetrics, F64Gauge, HistFamily, Labels};
 use crate::buckets;
@@ -218,8 +217,15 @@ impl EngineMetrics {
         &self.offload_tiers
     }
 
-    /// Adds one step's connector deltas and takes its latest usage reading.
-    pub(super) fn observe_offload(&self, stats: &ConnectorStats) {
+    /// Adds one step's offload reports (deltas) and takes their latest
+    /// usage reading.
+    pub(super) fn observe_offload(&self, all: &ConnectorStats) {
+        for stats in all.reports::<OffloadStats>() {
+            self.observe_offload_report(stats);
+        }
+    }
+
+    fn observe_offload_report(&self, stats: &OffloadStats) {
         let o = &self.offload;
         let inc = |f: &Family<Labels, Counter>, labels: &Labels, v: u64| {
             if v > 0 {

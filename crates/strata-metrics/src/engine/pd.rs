@@ -15,7 +15,8 @@
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use strata_core::connector::{ConnectorStats, KvTransferDirection, KvTransferFailure};
+use strata_core::connector::ConnectorStats;
+use strata_pd::{KvTransferDirection, KvTransferFailure, PdStats};
 
 use super::offload::valid_seconds;
 use super::{histograms, EngineMetrics, HistFamily, Labels};
@@ -116,27 +117,33 @@ impl EngineMetrics {
         self.pd.enabled
     }
 
-    /// Adds one step's P/D deltas and takes its lease reading.
-    pub(super) fn observe_pd(&self, stats: &ConnectorStats) {
+    /// Adds one step's P/D reports (deltas) and takes their lease reading.
+    pub(super) fn observe_pd(&self, all: &ConnectorStats) {
+        for stats in all.reports::<PdStats>() {
+            self.observe_pd_report(stats);
+        }
+    }
+
+    fn observe_pd_report(&self, stats: &PdStats) {
         let p = &self.pd;
         let inc = |f: &Family<Labels, Counter>, labels: &Labels, v: u64| {
             if v > 0 {
                 f.get_or_create(labels).inc_by(v);
             }
         };
-        for t in &stats.kv_transfers {
+        for t in &stats.transfers {
             let labels = self.labels(&[("direction", t.direction.as_str())]);
             p.transfer_bytes.get_or_create(&labels).observe(t.bytes as f64);
             if let Some(seconds) = valid_seconds(t.seconds) {
                 p.transfer_seconds.get_or_create(&labels).observe(seconds);
             }
         }
-        for reason in &stats.kv_transfer_failures {
+        for reason in &stats.failures {
             inc(&p.failures, &self.labels(&[("reason", reason.as_str())]), 1);
         }
-        inc(&p.failed_tokens, &self.base, stats.kv_transfer_failed_tokens.into());
-        inc(&p.leases_expired, &self.base, stats.kv_leases_expired.into());
-        if let Some(tokens) = stats.kv_leases_held_tokens {
+        inc(&p.failed_tokens, &self.base, stats.failed_tokens.into());
+        inc(&p.leases_expired, &self.base, stats.leases_expired.into());
+        if let Some(tokens) = stats.leases_held_tokens {
             let v = i64::try_from(tokens).unwrap_or(i64::MAX);
             p.leases_held_tokens.get_or_create(&self.base).set(v);
         }

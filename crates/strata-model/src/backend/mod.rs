@@ -1,10 +1,12 @@
 //! The tensor backend: exactly the operations a Llama-family forward pass
 //! needs, and nothing else.
 //!
-//! Models are written once against [`Backend`]; the CPU backend implements
-//! it with `gemm` and rayon, and a CUDA backend implements the same trait
-//! with device buffers, cuBLAS and runtime-compiled kernels, without any
-//! change to the model code. Design points that keep that true:
+//! Models are written once against [`Backend`]. The only implementation
+//! today is the CPU backend ([`cpu::CpuBackend`]: f32 activations, weights
+//! in their stored dtype, `gemm` or hand-written AVX2 kernels, rayon), and
+//! the `strata` CLI loads every model on it (`load_cpu_executor`); there is
+//! no GPU backend. The trait is shaped so that a device backend could
+//! implement it later without changing the model code:
 //!
 //! - activations are 2-D f32 tensors `[tokens, features]` owned by the
 //!   backend (`Backend::Tensor`); the model never touches their memory;
@@ -12,7 +14,8 @@
 //!   backend, which decides how to compute with them (f32 accumulation);
 //! - per-step attention metadata (positions, slot mapping, block tables) is
 //!   built on the host once per step and handed to the backend once
-//!   (`prepare_step`), so a device backend uploads it once, not per layer;
+//!   (`prepare_step`), so a device backend would upload it once, not per
+//!   layer;
 //! - the KV cache is one K and one V store per layer, addressed by slot
 //!   (`block_id * block_size + offset`): attention reads only through block
 //!   tables, so a sequence's blocks can be anywhere in the pool.

@@ -40,21 +40,15 @@ fn offload(host_slots: u64, disk: Option<&std::path::Path>) -> OffloadConfig {
 
 fn engine(cfg: OffloadConfig, policy: KvLoadFailurePolicy) -> EngineCore<FakeExecutor> {
     let (sched, worker) = open(cfg);
-    let mut exec = FakeExecutor::new(64, B, 4096).with_connector(worker);
-    exec.kv.bytes_per_block = BPB;
-    exec.kv.write_tokens = true;
+    let exec = FakeExecutor::new(64, B, 4096).with_bytes_per_block(BPB).with_connector(worker);
     EngineCore::with_connector(exec, config(policy), Some(Box::new(sched)))
 }
 
 fn req(prompt: &[u32]) -> NewRequest {
-    NewRequest {
-        prompt_token_ids: prompt.to_vec(),
-        params: SamplingParams { ignore_eos: true, ..SamplingParams::greedy(3) },
-        priority: 0,
-        cache_salt: None,
-        eos_token_ids: vec![],
-        kv_transfer_params: None,
-    }
+    NewRequest::new(
+        prompt.to_vec(),
+        SamplingParams { ignore_eos: true, ..SamplingParams::greedy(3) },
+    )
 }
 
 #[derive(Default)]
@@ -68,8 +62,8 @@ impl Run {
         strata_core::testing::prefill_records(&self.results)
     }
 
-    fn stats(&self) -> ConnectorStats {
-        strata_core::testing::connector_stats(&self.results)
+    fn stats(&self) -> OffloadStats {
+        OffloadStats::collect(&strata_core::testing::connector_stats(&self.results))
     }
 
     fn bytes(&self, t: TransferType) -> u64 {
@@ -137,7 +131,7 @@ fn a_repeated_prompt_is_loaded_from_host_with_the_right_bytes() {
     let kv = &e.executor().kv;
     let mut found = 0;
     for chunk in p.chunks(B).take(4) {
-        if kv.blocks.keys().any(|&b| kv.tokens(b, B) == chunk) {
+        if kv.block_ids().any(|b| kv.tokens(b, B) == chunk) {
             found += 1;
         }
     }
@@ -271,7 +265,7 @@ fn a_full_idle_host_tier_reads_residency_one_and_nothing_in_flight() {
     }
     let run = drain(&mut e, &mut t);
     let last = settle(&mut e, &mut t);
-    let usage = last.connector_stats.usage;
+    let usage = OffloadStats::collect(&last.connector_stats).usage;
     assert_eq!(usage, vec![TierUsage { tier: OffloadTier::Host, residency: 1.0, inflight: 0.0 }]);
     let evicted: u32 = run.stats().evictions.iter().map(|e| e.1).sum();
     assert_eq!(evicted, 2, "six blocks through four slots");
@@ -322,9 +316,7 @@ mod random {
             let dir = tempfile::tempdir().unwrap();
             let (sched, worker) = open(offload(3, Some(dir.path())));
             let shared = sched.shared.clone();
-            let mut exec = FakeExecutor::new(64, B, 4096).with_connector(worker);
-            exec.kv.bytes_per_block = BPB;
-            exec.kv.write_tokens = true;
+            let exec = FakeExecutor::new(64, B, 4096).with_bytes_per_block(BPB).with_connector(worker);
             let mut e = EngineCore::with_connector(exec, config(KvLoadFailurePolicy::Fail), Some(Box::new(sched)));
             let mut live: Vec<(RequestId, Vec<u32>)> = Vec::new();
             let mut t = 0.0;

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use strata_core::connector::{KvLoadFailurePolicy, KvTransferFailure};
-use strata_core::scheduler::{SchedulerConfig, SchedulingPolicy, StepResult};
+use strata_core::connector::KvLoadFailurePolicy;
+use strata_core::scheduler::{SchedulerConfig, StepResult};
 use strata_core::testing::FakeExecutor;
 use strata_core::{EngineCore, NewRequest, PrefillRecord, SamplingParams};
 
@@ -35,18 +35,15 @@ fn pd(
 
 fn engine(config: PdConfig, policy: KvLoadFailurePolicy) -> EngineCore<FakeExecutor> {
     let (sched, worker, _) = open(config).unwrap();
-    let mut exec = FakeExecutor::new(64, B, 4096).with_connector(worker);
-    exec.kv.bytes_per_block = BPB;
-    exec.kv.write_tokens = true;
+    let exec = FakeExecutor::new(64, B, 4096).with_bytes_per_block(BPB).with_connector(worker);
     let config = SchedulerConfig {
         max_num_seqs: 16,
         max_num_batched_tokens: 256,
         block_size: B,
         num_blocks: 64,
         max_model_len: 4096,
-        policy: SchedulingPolicy::Fcfs,
-        enable_prefix_caching: true,
         kv_load_failure_policy: policy,
+        ..SchedulerConfig::default()
     };
     EngineCore::with_connector(exec, config, Some(Box::new(sched)))
 }
@@ -65,12 +62,11 @@ fn pair(
 
 fn req(prompt: &[u32], max_tokens: u32, params: Option<KvTransferParams>) -> NewRequest {
     NewRequest {
-        prompt_token_ids: prompt.to_vec(),
-        params: SamplingParams { ignore_eos: true, ..SamplingParams::greedy(max_tokens) },
-        priority: 0,
-        cache_salt: None,
-        eos_token_ids: vec![],
         kv_transfer_params: params,
+        ..NewRequest::new(
+            prompt.to_vec(),
+            SamplingParams { ignore_eos: true, ..SamplingParams::greedy(max_tokens) },
+        )
     }
 }
 
@@ -91,8 +87,8 @@ impl Run {
         strata_core::testing::prefill_records(&self.results)
     }
 
-    fn stats(&self) -> ConnectorStats {
-        strata_core::testing::connector_stats(&self.results)
+    fn stats(&self) -> PdStats {
+        PdStats::collect(&strata_core::testing::connector_stats(&self.results))
     }
 }
 
@@ -170,13 +166,13 @@ fn a1_decode_pulls_the_prompt_and_attributes_it_to_remote() {
     // The pulled blocks hold the prompt's tokens (the fake's KV).
     let kv = &d_eng.executor().kv;
     for chunk in p.chunks(B).take(7) {
-        assert!(kv.blocks.keys().any(|&b| kv.tokens(b, B) == chunk), "block {chunk:?} arrived");
+        assert!(kv.block_ids().any(|b| kv.tokens(b, B) == chunk), "block {chunk:?} arrived");
     }
     // Both engines free everything: the lease ended with the pull.
     assert_eq!((free_blocks(&p_eng), free_blocks(&d_eng)), (64, 64));
     let stats = run.stats();
-    assert_eq!(stats.kv_transfers.len(), 1);
-    assert_eq!(stats.kv_transfers[0].bytes, 8 * BPB as u64);
+    assert_eq!(stats.transfers.len(), 1);
+    assert_eq!(stats.transfers[0].bytes, 8 * BPB as u64);
     // A2: the decode engine's steps ran 1 prompt token, never 30.
     let prefill_tokens: u32 =
         run.results.iter().filter_map(|r| r.step).map(|s| s.num_prefill_tokens).sum();
@@ -195,7 +191,7 @@ fn a_decode_side_prefix_hit_is_not_pulled_again() {
     let run = drain(&mut d_eng, &mut [&mut p_eng]);
     let rec = run.records()[0];
     assert_eq!((rec.local_cache_hit, rec.remote, rec.local_compute), (16, 13, 1));
-    assert_eq!(run.stats().kv_transfers[0].num_blocks, 4, "blocks 4..8 only");
+    assert_eq!(run.stats().transfers[0].num_blocks, 4, "blocks 4..8 only");
     assert_eq!(free_blocks(&p_eng), 64);
 }
 
@@ -228,7 +224,7 @@ fn transport_faults_end_in_correct_output_or_a_clean_error() {
             let id = d_eng.add_request(req(&p, 4, Some(params)), 0.0).unwrap();
             let run = drain(&mut d_eng, &mut [&mut p_eng]);
             let stats = run.stats();
-            assert_eq!(stats.kv_transfer_failures, vec![reason], "{spec}");
+            assert_eq!(stats.failures, vec![reason], "{spec}");
             match policy {
                 KvLoadFailurePolicy::Recompute => {
                     assert_eq!(
@@ -275,7 +271,7 @@ fn a12_an_unpulled_lease_expires_and_a_late_pull_fails_cleanly() {
         }
         Run { results, ..Run::default() }
     };
-    assert_eq!(run.stats().kv_leases_expired, 1);
+    assert_eq!(run.stats().leases_expired, 1);
     assert_eq!(free_blocks(&p_eng), 64, "the expired lease freed its blocks");
     let mut d_eng = engine(
         pd(Role::Decode, 9, None, Fault::default(), Duration::from_secs(30)),
@@ -283,7 +279,7 @@ fn a12_an_unpulled_lease_expires_and_a_late_pull_fails_cleanly() {
     );
     d_eng.add_request(req(&p, 2, Some(params)), 0.0).unwrap();
     let run = drain(&mut d_eng, &mut [&mut p_eng]);
-    assert_eq!(run.stats().kv_transfer_failures, vec![KvTransferFailure::LeaseExpired]);
+    assert_eq!(run.stats().failures, vec![KvTransferFailure::LeaseExpired]);
     assert_eq!(run.records()[0].local_compute, 20, "recomputed in full");
 }
 
@@ -326,7 +322,7 @@ fn mismatched_engines_and_wrong_secrets_are_refused_and_counted() {
         let params = prefill(&mut p_eng, &p, 1);
         d_eng.add_request(req(&p, 2, Some(params)), 0.0).unwrap();
         let run = drain(&mut d_eng, &mut [&mut p_eng]);
-        assert_eq!(run.stats().kv_transfer_failures, vec![reason], "{fingerprint} {secret:?}");
+        assert_eq!(run.stats().failures, vec![reason], "{fingerprint} {secret:?}");
         assert_eq!(run.records()[0].local_compute, 20, "no foreign or unauthenticated KV is used");
     }
 }

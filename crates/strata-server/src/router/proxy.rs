@@ -119,10 +119,13 @@ async fn two_hop(
     if !status.is_success() {
         return Err(RouterError::upstream(Hop::Prefill, status, &bytes));
     }
-    let answer: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| RouterError::BadAnswer { hop: Hop::Prefill, message: e.to_string() })?;
+    let answer: Value = serde_json::from_slice(&bytes).map_err(|e| RouterError::BadAnswer {
+        hop: Hop::Prefill,
+        url: prefill_url.clone(),
+        detail: e.to_string(),
+    })?;
     let Some(Value::Object(params)) = answer.get("kv_transfer_params") else {
-        return Err(RouterError::NoKvTransferParams(prefill_url));
+        return Err(RouterError::NoKvTransferParams { url: prefill_url });
     };
     let composer = UsageComposer::from_prefill(&answer, req.n);
     tracing::debug!(prefill = %prefill_url, "prefill done");
@@ -147,8 +150,11 @@ async fn two_hop(
         return Ok(sse_response(resp, decode, composer, watch.hand_off()));
     }
     let bytes = read_all(Hop::Decode, decode.engine(), resp).await?;
-    let mut answer: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| RouterError::BadAnswer { hop: Hop::Decode, message: e.to_string() })?;
+    let mut answer: Value = serde_json::from_slice(&bytes).map_err(|e| RouterError::BadAnswer {
+        hop: Hop::Decode,
+        url: decode.engine().url.clone(),
+        detail: e.to_string(),
+    })?;
     composer.apply(&mut answer);
     Ok((status, Json(answer)).into_response())
 }
@@ -182,9 +188,10 @@ async fn read_all(
     resp.bytes().await.map_err(|e| unreachable(hop, engine, &e))
 }
 
+/// An engine that could not be reached (logged with its URL and the
+/// connection error by `RouterState::respond`).
 fn unreachable(hop: Hop, engine: &Engine, e: &reqwest::Error) -> RouterError {
-    tracing::warn!(hop = hop.as_str(), url = %engine.url, "upstream failed: {}", error_chain(e));
-    RouterError::Unreachable { hop, url: engine.url.clone(), message: error_chain(e) }
+    RouterError::Unreachable { hop, url: engine.url.clone(), detail: error_chain(e) }
 }
 
 /// reqwest's message without its causes says little ("error sending

@@ -32,19 +32,22 @@ impl ClientRequest {
     pub fn check(body: &Value) -> Result<Self, ApiError> {
         let obj = body
             .as_object()
-            .ok_or_else(|| ApiError::BadRequest("the request body must be a JSON object".into()))?;
+            .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
         let n = match obj.get("n") {
             None | Some(Value::Null) => 1,
             Some(v) => {
                 v.as_u64().filter(|&n| n >= 1).and_then(|n| u32::try_from(n).ok()).ok_or_else(
-                    || ApiError::BadRequest(format!("n must be a positive integer, got {v}")),
+                    || ApiError::invalid("n", format!("n must be a positive integer, got {v}")),
                 )?
             }
         };
         match obj.get("stream") {
             None | Some(Value::Null | Value::Bool(_)) => {}
             Some(v) => {
-                return Err(ApiError::BadRequest(format!("stream must be a boolean, got {v}")))
+                return Err(ApiError::invalid(
+                    "stream",
+                    format!("stream must be a boolean, got {v}"),
+                ))
             }
         }
         Ok(Self { n })
