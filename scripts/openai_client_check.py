@@ -2,7 +2,8 @@
 
 Usage: python openai_client_check.py BASE_URL API_KEY
 Exits non-zero (with the failing assertion) on any mismatch. Run by
-crates/strata/tests/openai_client.rs, which starts the server and the venv.
+crates/strata/tests/openai_client.rs, which starts the server, with the
+venv that scripts/test makes (scripts/requirements-test.txt).
 """
 import json
 import sys

@@ -2,10 +2,11 @@
 single `strata serve` with the official OpenAI Python client: P/D answers
 must equal the single engine's, token for token (greedy, or seeded), for
 prompts from 1 token to thousands, with and without shared prefixes,
-streaming and not, n > 1; usage composes as ACCOUNTING.md A18 says.
+streaming and not, n > 1; usage composes as docs/accounting.md (A18) says.
 
 Usage: python pd_router_check.py ROUTER_URL SINGLE_URL PREFILL_URL DECODE_URL
-Run by crates/strata/tests/pd_router.rs, which starts the processes.
+Run by crates/strata/tests/pd_router.rs, which starts the processes, with
+the venv that scripts/test makes (scripts/requirements-test.txt).
 """
 import json
 import sys

@@ -195,7 +195,7 @@ pub trait ConnectorScheduler: Send {
     fn get_num_new_matched_tokens(&mut self, req: &Request, num_local_hit_tokens: usize) -> usize;
 
     /// Where the tokens of this request's match come from (a match that
-    /// spans several tiers is booked under the outermost, ACCOUNTING.md
+    /// spans several tiers is booked under the outermost, docs/accounting.md,
     /// A14). Called right after `get_num_new_matched_tokens`.
     fn source_for(&self, req: &Request) -> TokenSource {
         let _ = req;

@@ -15,8 +15,6 @@
 
 use std::time::Duration;
 
-use rustc_hash::FxHashMap;
-
 use crate::connector::{ConnectorWorker, WorkerHandle};
 use crate::executor::{
     BatchError, Executor, KvBlockIo, KvCacheSpec, ModelBatch, ModelOutput, SampledToken,
@@ -24,23 +22,21 @@ use crate::executor::{
 };
 use crate::ids::{BlockId, RequestId, TokenId};
 
-/// A sparse byte pool standing in for the device pool: slot `i` of a block
-/// holds a token id as a little-endian u32 at byte `4 i` (bytes past the
-/// block's slots are padding, never read). Each block's position-weighted
-/// token sum is kept up to date, so reading a context back costs a lookup
-/// per full block.
+/// A byte pool standing in for the device pool, indexed by block id: slot
+/// `i` of a block holds a token id as a little-endian u32 at byte `4 i`
+/// (bytes past the block's slots are padding, never read). Each block's
+/// position-weighted token sum is kept up to date, so reading a context
+/// back costs one load per block. Writing a block's first slot clears the
+/// rest of it (the block starts over for a new owner), so a block's sum
+/// only ever covers tokens written for the request that holds it.
 #[derive(Debug, Default)]
 pub struct FakeKv {
     pub bytes_per_block: usize,
     pub block_size: usize,
-    blocks: FxHashMap<BlockId, Block>,
-}
-
-#[derive(Debug)]
-struct Block {
-    bytes: Vec<u8>,
-    /// `sum over slots of (slot + 1) * token`, wrapping.
-    sum: u64,
+    /// Block contents, allocated on first write.
+    bytes: Vec<Option<Box<[u8]>>>,
+    /// `sum over slots of (slot + 1) * token`, wrapping, per block.
+    sums: Vec<u64>,
 }
 
 fn slot_weight(slot: usize, token: TokenId) -> u64 {
@@ -50,7 +46,7 @@ fn slot_weight(slot: usize, token: TokenId) -> u64 {
 impl FakeKv {
     pub fn new(bytes_per_block: usize, block_size: usize) -> Self {
         assert!(bytes_per_block >= block_size * 4, "four bytes per slot at least");
-        Self { bytes_per_block, block_size, blocks: FxHashMap::default() }
+        Self { bytes_per_block, block_size, bytes: Vec::new(), sums: Vec::new() }
     }
 
     /// Token ids in this layout (one block's worth or less).
@@ -64,42 +60,57 @@ impl FakeKv {
             .map_or(0, |c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
     }
 
-    /// Blocks written so far (in no particular order).
+    fn block_sum(&self, bytes: &[u8]) -> u64 {
+        (0..self.block_size)
+            .fold(0u64, |s, k| s.wrapping_add(slot_weight(k, Self::token_at(bytes, k))))
+    }
+
+    /// Blocks written so far, in id order.
     pub fn block_ids(&self) -> impl Iterator<Item = BlockId> + '_ {
-        self.blocks.keys().copied()
+        (0..self.bytes.len() as u32).map(BlockId).filter(|b| self.bytes[b.index()].is_some())
     }
 
     /// The token ids held by a block (`block_size` slots; zeros where
     /// nothing was written).
     pub fn tokens(&self, block: BlockId, block_size: usize) -> Vec<TokenId> {
-        let Some(b) = self.blocks.get(&block) else { return vec![0; block_size] };
-        (0..block_size).map(|i| Self::token_at(&b.bytes, i)).collect()
+        match self.bytes.get(block.index()) {
+            Some(Some(b)) => (0..block_size).map(|i| Self::token_at(b, i)).collect(),
+            _ => vec![0; block_size],
+        }
+    }
+
+    /// The block's bytes, allocated (zeros) on first use.
+    fn block_mut(&mut self, block: BlockId) -> &mut [u8] {
+        let i = block.index();
+        if i >= self.bytes.len() {
+            self.bytes.resize_with(i + 1, || None);
+            self.sums.resize(i + 1, 0);
+        }
+        let bpb = self.bytes_per_block;
+        self.bytes[i].get_or_insert_with(|| vec![0; bpb].into_boxed_slice())
     }
 
     fn write_token(&mut self, block: BlockId, slot: usize, token: TokenId) {
-        let bpb = self.bytes_per_block;
-        let b = self.blocks.entry(block).or_insert_with(|| Block { bytes: vec![0; bpb], sum: 0 });
-        let old = Self::token_at(&b.bytes, slot);
-        b.sum = b.sum.wrapping_sub(slot_weight(slot, old)).wrapping_add(slot_weight(slot, token));
-        b.bytes[slot * 4..slot * 4 + 4].copy_from_slice(&token.to_le_bytes());
+        let b = self.block_mut(block);
+        if slot == 0 {
+            b.fill(0);
+            b[..4].copy_from_slice(&token.to_le_bytes());
+            self.sums[block.index()] = slot_weight(0, token);
+            return;
+        }
+        let old = Self::token_at(b, slot);
+        b[slot * 4..slot * 4 + 4].copy_from_slice(&token.to_le_bytes());
+        let sum = &mut self.sums[block.index()];
+        *sum = sum.wrapping_sub(slot_weight(slot, old)).wrapping_add(slot_weight(slot, token));
     }
 
     /// A digest of the first `len` tokens of a sequence, read from its
-    /// blocks.
+    /// blocks (the slots past `len` in its last block are clear).
     fn digest(&self, block_table: &[BlockId], block_size: usize, len: usize) -> u64 {
-        let mut acc = 0u64;
-        for (i, block) in block_table.iter().enumerate().take(len.div_ceil(block_size)) {
-            let Some(b) = self.blocks.get(block) else { continue };
-            let used = (len - i * block_size).min(block_size);
-            let sum = if used == block_size {
-                b.sum
-            } else {
-                (0..used)
-                    .fold(0u64, |s, k| s.wrapping_add(slot_weight(k, Self::token_at(&b.bytes, k))))
-            };
-            acc = acc.wrapping_mul(1_000_003).wrapping_add(sum);
-        }
-        acc
+        block_table.iter().take(len.div_ceil(block_size)).fold(0u64, |acc, b| {
+            let sum = self.sums.get(b.index()).copied().unwrap_or(0);
+            acc.wrapping_mul(1_000_003).wrapping_add(sum)
+        })
     }
 }
 
@@ -109,16 +120,16 @@ impl KvBlockIo for FakeKv {
     }
 
     fn read_block(&self, block: BlockId, out: &mut [u8]) {
-        match self.blocks.get(&block) {
-            Some(b) => out.copy_from_slice(&b.bytes),
-            None => out.fill(0),
+        match self.bytes.get(block.index()) {
+            Some(Some(b)) => out.copy_from_slice(b),
+            _ => out.fill(0),
         }
     }
 
     fn write_block(&mut self, block: BlockId, data: &[u8]) {
-        let sum = (0..self.block_size)
-            .fold(0u64, |s, k| s.wrapping_add(slot_weight(k, Self::token_at(data, k))));
-        self.blocks.insert(block, Block { bytes: data.to_vec(), sum });
+        let sum = self.block_sum(data);
+        self.block_mut(block).copy_from_slice(data);
+        self.sums[block.index()] = sum;
     }
 }
 

@@ -1,4 +1,5 @@
-//! Histogram buckets, as vLLM's (METRICS.md).
+//! Histogram bucket bounds of every strata histogram: vLLM's own where
+//! vLLM has the family (docs/metrics.md lists which), strata's where not.
 
 pub const TTFT: &[f64] = &[
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,

@@ -6,6 +6,7 @@
 mod offload;
 mod pd;
 
+use crate::names::{engine, label};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -114,8 +115,10 @@ impl EngineMetrics {
         max_model_len: usize,
         cache: &CacheConfigInfo,
     ) -> Self {
-        let base: Labels =
-            vec![("model_name".into(), model_name.into()), ("engine".into(), engine.into())];
+        let base: Labels = vec![
+            (label::MODEL_NAME.into(), model_name.into()),
+            (label::ENGINE.into(), engine.into()),
+        ];
         let token_buckets = buckets::one_two_five(max_model_len);
         let token_family = || histograms(&token_buckets);
         let mut m = Self {
@@ -175,156 +178,156 @@ impl EngineMetrics {
     fn register_all(&mut self, cache: &CacheConfigInfo) {
         let r = &mut self.registry;
         r.register(
-            "vllm:num_requests_running",
+            engine::NUM_REQUESTS_RUNNING,
             "Requests in the running batch",
             self.num_requests_running.clone(),
         );
         r.register(
-            "vllm:num_requests_waiting",
+            engine::NUM_REQUESTS_WAITING,
             "Requests waiting (including those waiting for remote KV)",
             self.num_requests_waiting.clone(),
         );
         r.register(
-            "vllm:num_requests_kv_fetch_by_stage",
+            engine::NUM_REQUESTS_KV_FETCH_BY_STAGE,
             "Requests fetching KV from a peer, by stage",
             self.num_requests_kv_fetch_by_stage.clone(),
         );
         r.register(
-            "vllm:kv_cache_usage_perc",
+            engine::KV_CACHE_USAGE_PERC,
             "Fraction of the device KV pool in use (0-1)",
             self.kv_cache_usage_perc.clone(),
         );
         r.register(
-            "vllm:prefix_cache_queries",
+            engine::PREFIX_CACHE_QUERIES,
             "Prompt tokens looked up in the prefix cache at admission",
             self.prefix_cache_queries.clone(),
         );
         r.register(
-            "vllm:prefix_cache_hits",
+            engine::PREFIX_CACHE_HITS,
             "Prompt tokens found in the prefix cache at admission",
             self.prefix_cache_hits.clone(),
         );
         r.register(
-            "vllm:external_prefix_cache_queries",
+            engine::EXTERNAL_PREFIX_CACHE_QUERIES,
             "Prompt tokens looked up by connectors beyond the local hit",
             self.external_prefix_cache_queries.clone(),
         );
         r.register(
-            "vllm:external_prefix_cache_hits",
+            engine::EXTERNAL_PREFIX_CACHE_HITS,
             "Prompt tokens connectors supplied beyond the local hit",
             self.external_prefix_cache_hits.clone(),
         );
-        r.register("vllm:num_preemptions", "Preemptions", self.num_preemptions.clone());
+        r.register(engine::NUM_PREEMPTIONS, "Preemptions", self.num_preemptions.clone());
         r.register(
-            "vllm:prompt_tokens",
+            engine::PROMPT_TOKENS,
             "Prompt tokens of requests that produced a first token",
             self.prompt_tokens.clone(),
         );
         r.register(
-            "vllm:prompt_tokens_by_source",
+            engine::PROMPT_TOKENS_BY_SOURCE,
             "Prompt tokens by where their KV came from",
             self.prompt_tokens_by_source.clone(),
         );
         r.register(
-            "vllm:prompt_tokens_cached",
+            engine::PROMPT_TOKENS_CACHED,
             "Prompt tokens not computed here (local cache hit + external)",
             self.prompt_tokens_cached.clone(),
         );
         r.register(
-            "vllm:prompt_tokens_cached_by_source",
+            engine::PROMPT_TOKENS_CACHED_BY_SOURCE,
             "Prompt tokens found at admission, by the tier that held them",
             self.prompt_tokens_cached_by_source.clone(),
         );
-        r.register("vllm:generation_tokens", "Generated tokens", self.generation_tokens.clone());
+        r.register(engine::GENERATION_TOKENS, "Generated tokens", self.generation_tokens.clone());
         r.register(
-            "vllm:request_success",
+            engine::REQUEST_SUCCESS,
             "Finished requests by finish reason",
             self.request_success.clone(),
         );
         r.register(
-            "vllm:request_prompt_tokens",
+            engine::REQUEST_PROMPT_TOKENS,
             "Prompt tokens per finished request",
             self.request_prompt_tokens.clone(),
         );
         r.register(
-            "vllm:request_generation_tokens",
+            engine::REQUEST_GENERATION_TOKENS,
             "Generated tokens per finished request",
             self.request_generation_tokens.clone(),
         );
         r.register(
-            "vllm:request_params_max_tokens",
+            engine::REQUEST_PARAMS_MAX_TOKENS,
             "max_tokens of finished requests",
             self.request_params_max_tokens.clone(),
         );
         r.register(
-            "vllm:request_params_n",
+            engine::REQUEST_PARAMS_N,
             "n of API requests (each choice is its own engine request)",
             self.request_params_n.clone(),
         );
         r.register(
-            "vllm:iteration_tokens_total",
+            engine::ITERATION_TOKENS_TOTAL,
             "Tokens the model ran per step",
             self.iteration_tokens.clone(),
         );
-        r.register("vllm:time_to_first_token_seconds", "Time to first token", self.ttft.clone());
+        r.register(engine::TIME_TO_FIRST_TOKEN_SECONDS, "Time to first token", self.ttft.clone());
         r.register(
-            "vllm:inter_token_latency_seconds",
+            engine::INTER_TOKEN_LATENCY_SECONDS,
             "Time between consecutive output tokens",
             self.itl.clone(),
         );
         r.register(
-            "vllm:request_time_per_output_token_seconds",
+            engine::REQUEST_TIME_PER_OUTPUT_TOKEN_SECONDS,
             "Mean time per output token after the first, per request",
             self.tpot.clone(),
         );
         r.register("vllm:e2e_request_latency_seconds", "Arrival to finish", self.e2e.clone());
         r.register(
-            "vllm:request_queue_time_seconds",
+            engine::REQUEST_QUEUE_TIME_SECONDS,
             "Arrival to first scheduled",
             self.queue_time.clone(),
         );
         r.register(
-            "vllm:request_inference_time_seconds",
+            engine::REQUEST_INFERENCE_TIME_SECONDS,
             "First scheduled to finish",
             self.inference_time.clone(),
         );
         r.register(
-            "vllm:request_prefill_time_seconds",
+            engine::REQUEST_PREFILL_TIME_SECONDS,
             "First scheduled to first token",
             self.prefill_time.clone(),
         );
         r.register(
-            "vllm:request_decode_time_seconds",
+            engine::REQUEST_DECODE_TIME_SECONDS,
             "First token to finish",
             self.decode_time.clone(),
         );
         r.register(
-            "vllm:request_num_preemptions",
+            engine::REQUEST_NUM_PREEMPTIONS,
             "Preemptions per finished request",
             self.request_num_preemptions.clone(),
         );
         r.register(
-            "vllm:request_prefill_kv_computed_tokens",
+            engine::REQUEST_PREFILL_KV_COMPUTED_TOKENS,
             "Prompt tokens computed locally per request",
             self.request_prefill_kv_computed_tokens.clone(),
         );
         r.register(
-            "strata:prompt_tokens_by_tier",
+            engine::PROMPT_TOKENS_BY_TIER,
             "Prompt tokens by source, the full partition",
             self.prompt_tokens_by_tier.clone(),
         );
         r.register(
-            "strata:prompt_tokens_recomputed",
+            engine::PROMPT_TOKENS_RECOMPUTED,
             "Tokens computed a second time, by reason",
             self.prompt_tokens_recomputed.clone(),
         );
         r.register(
-            "strata:prefill_tokens_computed",
+            engine::PREFILL_TOKENS_COMPUTED,
             "Prefill tokens the model ran (recomputes included)",
             self.prefill_tokens_computed.clone(),
         );
         r.register(
-            "strata:accounting_violations",
+            engine::ACCOUNTING_VIOLATIONS,
             "Records that failed the accounting identity (should stay 0)",
             self.accounting_violations.clone(),
         );
@@ -332,12 +335,12 @@ impl EngineMetrics {
         let block_size = cache.block_size.to_string();
         let num_blocks = cache.num_blocks.to_string();
         info.get_or_create(&self.labels(&[
-            ("block_size", &block_size),
-            ("num_blocks", &num_blocks),
-            ("tiers", &cache.tiers),
+            (label::BLOCK_SIZE, &block_size),
+            (label::NUM_BLOCKS, &num_blocks),
+            (label::TIERS, &cache.tiers),
         ]))
         .set(1);
-        self.registry.register("vllm:cache_config_info", "KV cache configuration", info);
+        self.registry.register(engine::CACHE_CONFIG_INFO, "KV cache configuration", info);
         // Every series exists from the start (at zero), so dashboards and
         // rates see each family before the first request.
         let base = self.base.clone();
@@ -361,7 +364,7 @@ impl EngineMetrics {
         for stage in KV_FETCH_STAGES {
             let _ = self
                 .num_requests_kv_fetch_by_stage
-                .get_or_create(&self.labels(&[("stage", stage)]));
+                .get_or_create(&self.labels(&[(label::STAGE, stage)]));
         }
         for h in [
             &self.request_prompt_tokens,
@@ -383,25 +386,28 @@ impl EngineMetrics {
             let _ = h.get_or_create(&base);
         }
         for s in TokenSource::ALL {
-            let _ =
-                self.prompt_tokens_by_tier.get_or_create(&self.labels(&[("source", s.as_str())]));
+            let _ = self
+                .prompt_tokens_by_tier
+                .get_or_create(&self.labels(&[(label::SOURCE, s.as_str())]));
         }
         for s in ["local_compute", "local_cache_hit", "external_kv_transfer"] {
-            let _ = self.prompt_tokens_by_source.get_or_create(&self.labels(&[("source", s)]));
+            let _ = self.prompt_tokens_by_source.get_or_create(&self.labels(&[(label::SOURCE, s)]));
         }
         for s in CACHED_SOURCES {
-            let _ =
-                self.prompt_tokens_cached_by_source.get_or_create(&self.labels(&[("source", s)]));
+            let _ = self
+                .prompt_tokens_cached_by_source
+                .get_or_create(&self.labels(&[(label::SOURCE, s)]));
         }
         for r in ["kv_load_failure", "preemption"] {
-            let _ = self.prompt_tokens_recomputed.get_or_create(&self.labels(&[("reason", r)]));
+            let _ =
+                self.prompt_tokens_recomputed.get_or_create(&self.labels(&[(label::REASON, r)]));
         }
         for f in
             [FinishReason::Stop, FinishReason::Length, FinishReason::Abort, FinishReason::Error]
         {
             let _ = self
                 .request_success
-                .get_or_create(&self.labels(&[("finished_reason", f.as_str())]));
+                .get_or_create(&self.labels(&[(label::FINISHED_REASON, f.as_str())]));
         }
     }
 
@@ -427,7 +433,7 @@ impl EngineMetrics {
                 [s.kv_fetch_waiting_to_start, s.kv_fetch_in_progress, s.kv_fetch_completed_waiting];
             for (stage, n) in KV_FETCH_STAGES.into_iter().zip(stages) {
                 self.num_requests_kv_fetch_by_stage
-                    .get_or_create(&self.labels(&[("stage", stage)]))
+                    .get_or_create(&self.labels(&[(label::STAGE, stage)]))
                     .set(n.into());
             }
             inc(&self.prefix_cache_queries, &base, s.prefix_cache_queries.into());
@@ -444,7 +450,7 @@ impl EngineMetrics {
             for (source, tokens) in CACHED_SOURCES.into_iter().zip(by_source) {
                 inc(
                     &self.prompt_tokens_cached_by_source,
-                    &self.labels(&[("source", source)]),
+                    &self.labels(&[(label::SOURCE, source)]),
                     tokens.into(),
                 );
             }
@@ -452,7 +458,7 @@ impl EngineMetrics {
             inc(&self.prefill_tokens_computed, &base, s.num_prefill_tokens.into());
             inc(
                 &self.prompt_tokens_recomputed,
-                &self.labels(&[("reason", "preemption")]),
+                &self.labels(&[(label::REASON, "preemption")]),
                 s.num_recomputed_preemption_tokens.into(),
             );
             if s.num_tokens() > 0 {
@@ -468,35 +474,35 @@ impl EngineMetrics {
             for s in TokenSource::ALL {
                 inc(
                     &self.prompt_tokens_by_tier,
-                    &self.labels(&[("source", s.as_str())]),
+                    &self.labels(&[(label::SOURCE, s.as_str())]),
                     r.tokens(s).into(),
                 );
             }
             let external = u64::from(r.external_tokens());
             inc(
                 &self.prompt_tokens_by_source,
-                &self.labels(&[("source", "local_compute")]),
+                &self.labels(&[(label::SOURCE, "local_compute")]),
                 r.local_compute.into(),
             );
             inc(
                 &self.prompt_tokens_by_source,
-                &self.labels(&[("source", "local_cache_hit")]),
+                &self.labels(&[(label::SOURCE, "local_cache_hit")]),
                 r.local_cache_hit.into(),
             );
             inc(
                 &self.prompt_tokens_by_source,
-                &self.labels(&[("source", "external_kv_transfer")]),
+                &self.labels(&[(label::SOURCE, "external_kv_transfer")]),
                 external,
             );
             inc(&self.prompt_tokens_cached, &base, u64::from(r.local_cache_hit) + external);
             inc(
                 &self.prompt_tokens_recomputed,
-                &self.labels(&[("reason", "kv_load_failure")]),
+                &self.labels(&[(label::REASON, "kv_load_failure")]),
                 r.recomputed.kv_load_failure.into(),
             );
             inc(
                 &self.prompt_tokens_recomputed,
-                &self.labels(&[("reason", "preemption")]),
+                &self.labels(&[(label::REASON, "preemption")]),
                 r.recomputed.preemption.into(),
             );
             self.request_prefill_kv_computed_tokens
@@ -518,7 +524,11 @@ impl EngineMetrics {
         inc(&self.generation_tokens, &base, generated);
         for f in &result.finish_records {
             self.timelines.remove(&f.request_id);
-            inc(&self.request_success, &self.labels(&[("finished_reason", f.reason.as_str())]), 1);
+            inc(
+                &self.request_success,
+                &self.labels(&[(label::FINISHED_REASON, f.reason.as_str())]),
+                1,
+            );
             self.request_prompt_tokens.get_or_create(&base).observe(f.num_prompt_tokens as f64);
             self.request_generation_tokens
                 .get_or_create(&base)

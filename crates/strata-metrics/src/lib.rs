@@ -1,5 +1,5 @@
 //! strata-metrics: every metric name, label value and bucket, and the
-//! periodic log line (METRICS.md), fed only by strata-core's records.
+//! periodic log line (docs/metrics.md), fed only by strata-core's records.
 //!
 //! [`EngineMetrics::observe`] takes a step's [`StepResult`] and updates the
 //! Prometheus families; it cannot fail, and it never decreases a counter or
@@ -10,9 +10,10 @@
 //! adds no time, and a fraction is clamped to 0-1 or, if not finite,
 //! ignored. [`LogReporter`] turns the same records into vLLM's log line.
 
-mod buckets;
+pub mod buckets;
 mod engine;
 mod log_line;
+pub mod names;
 
 pub use engine::{to_prometheus_text, CacheConfigInfo, EngineMetrics};
 pub use log_line::LogReporter;

@@ -4,7 +4,7 @@
 //! - lookup walks the request's blocks after its local hit, host first
 //!   then disk, stopping at the first block in neither, and never covers
 //!   the last prompt token; a match that needed the disk is booked under
-//!   `disk` (ACCOUNTING.md A14);
+//!   `disk` (docs/accounting.md, A14);
 //! - at admission the matched blocks are pinned in their tier (so nothing
 //!   evicts them before the load reads them) and a load is planned; the
 //!   per-tier query and hit counters are committed then, once;

@@ -5,7 +5,7 @@
 //!
 //! A pull's blocks arrive in order; a failure part-way keeps the blocks
 //! already verified (the scheduler recomputes from the first missing one,
-//! ACCOUNTING.md A6).
+//! docs/accounting.md A6).
 
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};

@@ -1,5 +1,5 @@
 //! The KV transfer wire format (version 1). Documented for operators and
-//! other implementations in `docs/pd-wire.md`; this module is the code.
+//! other implementations in `docs/pd.md` ("Wire format"); this module is the code.
 //!
 //! Every frame is `u32 length (LE) | u8 kind | payload`, where length
 //! counts the kind byte and the payload. Frames are bounded: control

@@ -1,6 +1,6 @@
 //! The engine driver: one OS thread owns the [`EngineCore`] and runs its
 //! blocking step loop; async handlers talk to it through channels
-//! (ARCHITECTURE.md, data flow).
+//! (docs/architecture.md, "Data flow").
 //!
 //! Each request gets an unbounded channel of [`RequestUpdate`]s. When a
 //! handler drops its receiver (the client went away), the next send fails

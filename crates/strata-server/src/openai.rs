@@ -1,5 +1,5 @@
 //! OpenAI request and response bodies (the subset strata serves), and the
-//! usage block with strata's prompt-token sources (ACCOUNTING.md).
+//! usage block with strata's prompt-token sources (docs/accounting.md).
 
 use serde::{Deserialize, Serialize};
 use strata_core::PrefillRecord;
@@ -104,8 +104,7 @@ impl Usage {
             s.disk += u64::from(r.disk);
             s.remote += u64::from(r.remote);
             self.prompt_tokens_details.cached_tokens += u64::from(r.cached_tokens());
-            self.prompt_tokens_details.recomputed_tokens +=
-                u64::from(r.recomputed.kv_load_failure) + u64::from(r.recomputed.preemption);
+            self.prompt_tokens_details.recomputed_tokens += u64::from(r.recomputed_tokens());
         }
         self.completion_tokens += completion_tokens;
         self.total_tokens = self.prompt_tokens + self.completion_tokens;

@@ -1,6 +1,6 @@
 //! The P/D router (`strata router`): one OpenAI-compatible front end for
 //! prefill engines and decode engines, each a `strata serve` with a P/D
-//! connector (ARCHITECTURE.md, "P/D disaggregation").
+//! connector (docs/pd.md).
 //!
 //! A completion goes to a prefill engine with `max_tokens = 1` and
 //! `kv_transfer_params.do_remote_decode`, which computes the prompt and
@@ -8,7 +8,7 @@
 //! decode engine with those params (`do_remote_prefill`), whose answer is
 //! the client's, streamed or not. The client sees one response whose usage
 //! carries the prefill side's cache hits, never the decode side's transfer
-//! (ACCOUNTING.md, A18; see [`rewrite`]).
+//! (docs/accounting.md, A18; see [`rewrite`]).
 //!
 //! Invariants:
 //! - Bodies are opaque JSON: the router changes only the fields the P/D

@@ -12,8 +12,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use strata_core::connector::KvLoadFailurePolicy;
-use strata_core::scheduler::{SchedulerConfig, SchedulingPolicy};
+use strata_core::scheduler::SchedulerConfig;
 use strata_core::testing::FakeExecutor;
 use strata_core::EngineCore;
 use strata_metrics::{CacheConfigInfo, EngineMetrics};
@@ -38,9 +37,7 @@ fn state_with(
         block_size: 16,
         num_blocks: 256,
         max_model_len: 1024,
-        policy: SchedulingPolicy::Fcfs,
-        enable_prefix_caching: true,
-        kv_load_failure_policy: KvLoadFailurePolicy::Fail,
+        ..SchedulerConfig::default()
     };
     let engine = EngineCore::new(exec, config);
     let cache = CacheConfigInfo { block_size: 16, num_blocks: 256, tiers: "device".into() };

@@ -1,7 +1,7 @@
 //! The P/D router in process, over real HTTP on loopback, in front of fake
 //! prefill and decode engines (small axum apps that record what they get
 //! and answer canned JSON or SSE). Checks the two hop bodies, the usage
-//! the client sees (ACCOUNTING.md A18, n > 1, the streamed usage chunk),
+//! the client sees (docs/accounting.md A18, n > 1, the streamed usage chunk),
 //! error pass-through (one OpenAI error body, no engine URL or upstream
 //! detail in it), health, the policies and client disconnects.
 //! Every wait is bounded.

@@ -7,7 +7,7 @@
 //! default model's byte-level BPE in code, so nothing is downloaded.
 //!
 //! This is its own crate because both the CLI and the server need it, and
-//! the server must not depend on the model crate (ARCHITECTURE.md).
+//! the server must not depend on the model crate (docs/architecture.md, "Crates").
 
 pub mod builtin;
 pub mod incremental;

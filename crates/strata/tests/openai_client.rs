@@ -3,9 +3,8 @@
 //! errors, and usage that reconciles with /metrics
 //! (scripts/openai_client_check.py does the driving).
 //!
-//! The test installs the pinned client into a venv under the target
-//! directory the first time (idempotent), so a fresh machine needs only
-//! Python 3 and PyPI.
+//! Needs the pinned client from PyPI, which `scripts/test` (the test
+//! command) installs into a venv under the target directory.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,11 +12,11 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{serve, venv_python};
+use common::{openai_venv_python, serve};
 
 #[test]
-fn official_openai_client_against_a_live_server() {
-    let python = venv_python();
+fn pypi_openai_client_against_a_live_server() {
+    let python = openai_venv_python();
     let (_server, url) = serve("sekret");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/openai_client_check.py");
     let out = Command::new(python).arg(script).arg(&url).arg("sekret").output().unwrap();

@@ -1,6 +1,8 @@
 //! P/D end to end: a prefill engine, a decode engine and `strata router`
 //! as three processes on loopback, driven by the official OpenAI client
 //! (scripts/pd_router_check.py) against a single engine for reference.
+//! Needs the pinned client from PyPI, which `scripts/test` (the test
+//! command) installs into a venv under the target directory.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{serve_with, spawn_strata, venv_python, Server};
+use common::{openai_venv_python, serve_with, spawn_strata, Server};
 
 /// `strata router` on a free loopback port.
 fn router(prefill: &str, decode: &str) -> (Server, String) {
@@ -17,8 +19,8 @@ fn router(prefill: &str, decode: &str) -> (Server, String) {
 }
 
 #[test]
-fn the_openai_client_through_the_router_gets_a_single_engines_answers() {
-    let python = venv_python();
+fn pypi_openai_client_through_the_router_gets_a_single_engines_answers() {
+    let python = openai_venv_python();
     let (_p, prefill) = serve_with(vec!["--kv-connector", "pd", "--kv-role", "prefill"]);
     let (_d, decode) = serve_with(vec!["--kv-connector", "pd", "--kv-role", "decode"]);
     let (_s, single) = serve_with(vec![]);

@@ -1,4 +1,4 @@
-//! A real Prometheus (Debian's package, installed by the test if missing)
+//! A real Prometheus (Debian's package, installed by `scripts/test`)
 //! scrapes a live `strata serve`; the counters it stores equal the sums of
 //! the responses' usage, and `promtool check metrics` parses the
 //! exposition. promtool's only complaints are lint about the names vLLM
@@ -17,18 +17,17 @@ use serde_json::Value;
 mod common;
 use common::{post_json, serve};
 
-fn ensure_prometheus() {
+/// Fails, saying what to run, unless `prometheus` and `promtool` are on PATH.
+fn require_prometheus() {
     let present =
         |bin: &str| Command::new(bin).arg("--version").output().is_ok_and(|o| o.status.success());
-    if present("prometheus") && present("promtool") {
-        return;
+    for bin in ["prometheus", "promtool"] {
+        assert!(
+            present(bin),
+            "`{bin}` is not on PATH: run scripts/test (it installs Debian's prometheus \
+             package), or scripts/test --install-only before running single tests"
+        );
     }
-    let ok = Command::new("sh")
-        .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus"])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok && present("prometheus"), "installing Debian's prometheus package failed");
 }
 
 struct Guard(Child);
@@ -61,8 +60,8 @@ fn query(prom: &str, q: &str) -> Vec<(Value, f64)> {
 }
 
 #[test]
-fn prometheus_scrapes_counters_that_equal_the_usage_sums() {
-    ensure_prometheus();
+fn apt_prometheus_scrapes_counters_that_equal_the_usage_sums() {
+    require_prometheus();
     let (_server, url) = serve("");
     let dir = tempfile::tempdir().unwrap();
     let target = url.trim_start_matches("http://");

@@ -1,4 +1,4 @@
-//! The KV offload tier families (METRICS.md "Offloading"), fed by the
+//! The KV offload tier families (docs/metrics.md, "Offload families"), fed by the
 //! connector's per-step [`ConnectorStats`].
 //!
 //! The stats are deltas, taken once by the scheduler, so every event is
@@ -17,6 +17,7 @@
 //! dashboard that adds `host_to_device` and `device_to_host` adds two
 //! disjoint sets of transfers (A15).
 
+use crate::names::{label, offload};
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::metrics::counter::Counter;
@@ -113,57 +114,57 @@ impl EngineMetrics {
         let o = &self.offload;
         let r = &mut self.registry;
         r.register(
-            "vllm:kv_offload_total_bytes",
+            offload::KV_OFFLOAD_TOTAL_BYTES,
             "Bytes moved by offload transfers, by direction",
             o.total_bytes.clone(),
         );
         r.register(
-            "vllm:kv_offload_total_time",
+            offload::KV_OFFLOAD_TOTAL_TIME,
             "Seconds spent in offload transfers, by direction",
             o.total_time.clone(),
         );
         r.register(
-            "vllm:kv_offload_size",
+            offload::KV_OFFLOAD_SIZE,
             "Bytes per offload transfer, by direction",
             o.size.clone(),
         );
         r.register(
-            "strata:kv_offload_throughput_bytes_per_second",
+            offload::KV_OFFLOAD_THROUGHPUT_BYTES_PER_SECOND,
             "Bytes per second of each offload transfer, by direction",
             o.throughput.clone(),
         );
         r.register(
-            "vllm:kv_offload_queries",
+            offload::KV_OFFLOAD_QUERIES,
             "Tokens looked up in an offload tier at admission",
             o.queries.clone(),
         );
         r.register(
-            "vllm:kv_offload_hits",
+            offload::KV_OFFLOAD_HITS,
             "Tokens found in an offload tier at admission",
             o.hits.clone(),
         );
         r.register(
-            "strata:kv_offload_residency_perc",
+            offload::KV_OFFLOAD_RESIDENCY_PERC,
             "Fraction of an offload tier holding data (0-1)",
             o.residency.clone(),
         );
         r.register(
-            "strata:kv_offload_inflight_perc",
+            offload::KV_OFFLOAD_INFLIGHT_PERC,
             "Fraction of an offload tier pinned by transfers in flight (0-1)",
             o.inflight.clone(),
         );
         r.register(
-            "vllm:kv_offload_allocation_failure",
+            offload::KV_OFFLOAD_ALLOCATION_FAILURE,
             "Stores skipped because no offload slot could be freed",
             o.allocation_failure.clone(),
         );
         r.register(
-            "strata:kv_offload_evictions",
+            offload::KV_OFFLOAD_EVICTIONS,
             "Evictions from an offload tier",
             o.evictions.clone(),
         );
         r.register(
-            "strata:kv_offload_failures",
+            offload::KV_OFFLOAD_FAILURES,
             "Failed offload loads and stores, by tier, operation and reason",
             o.failures.clone(),
         );
@@ -187,14 +188,14 @@ impl EngineMetrics {
             let _ = o.allocation_failure.get_or_create(&base);
         }
         for t in TransferType::ALL.into_iter().filter(|t| tiers.contains(&tier_of(*t))) {
-            let labels = self.labels(&[("transfer_type", t.as_str())]);
+            let labels = self.labels(&[(label::TRANSFER_TYPE, t.as_str())]);
             let _ = o.total_bytes.get_or_create(&labels);
             let _ = o.total_time.get_or_create(&labels);
             let _ = o.size.get_or_create(&labels);
             let _ = o.throughput.get_or_create(&labels);
         }
         for tier in OffloadTier::ALL.into_iter().filter(|t| tiers.contains(t)) {
-            let labels = self.labels(&[("tier", tier.as_str())]);
+            let labels = self.labels(&[(label::TIER, tier.as_str())]);
             let _ = o.queries.get_or_create(&labels);
             let _ = o.hits.get_or_create(&labels);
             let _ = o.residency.get_or_create(&labels);
@@ -203,9 +204,9 @@ impl EngineMetrics {
             for op in OPS {
                 for reason in FAILURES {
                     let _ = o.failures.get_or_create(&self.labels(&[
-                        ("tier", tier.as_str()),
-                        ("op", op.as_str()),
-                        ("reason", reason.as_str()),
+                        (label::TIER, tier.as_str()),
+                        (label::OP, op.as_str()),
+                        (label::REASON, reason.as_str()),
                     ]));
                 }
             }
@@ -233,7 +234,7 @@ impl EngineMetrics {
             }
         };
         for t in &stats.transfers {
-            let labels = self.labels(&[("transfer_type", t.transfer_type.as_str())]);
+            let labels = self.labels(&[(label::TRANSFER_TYPE, t.transfer_type.as_str())]);
             // A zero-byte transfer is still a transfer: the size histogram
             // counts it, so its `_count` is the number of transfers.
             o.total_bytes.get_or_create(&labels).inc_by(t.bytes);
@@ -247,26 +248,26 @@ impl EngineMetrics {
             }
         }
         for (tier, tokens) in &stats.tier_queries {
-            inc(&o.queries, &self.labels(&[("tier", tier.as_str())]), (*tokens).into());
+            inc(&o.queries, &self.labels(&[(label::TIER, tier.as_str())]), (*tokens).into());
         }
         for (tier, tokens) in &stats.tier_hits {
-            inc(&o.hits, &self.labels(&[("tier", tier.as_str())]), (*tokens).into());
+            inc(&o.hits, &self.labels(&[(label::TIER, tier.as_str())]), (*tokens).into());
         }
         for (tier, blocks) in &stats.evictions {
-            inc(&o.evictions, &self.labels(&[("tier", tier.as_str())]), (*blocks).into());
+            inc(&o.evictions, &self.labels(&[(label::TIER, tier.as_str())]), (*blocks).into());
         }
         inc(&o.allocation_failure, &self.base, stats.allocation_failures.into());
         for (tier, op, reason) in &stats.failures {
             let labels = self.labels(&[
-                ("tier", tier.as_str()),
-                ("op", op.as_str()),
-                ("reason", reason.as_str()),
+                (label::TIER, tier.as_str()),
+                (label::OP, op.as_str()),
+                (label::REASON, reason.as_str()),
             ]);
             inc(&o.failures, &labels, 1);
         }
         // In order, so a later reading of the same tier wins.
         for u in &stats.usage {
-            let labels = self.labels(&[("tier", u.tier.as_str())]);
+            let labels = self.labels(&[(label::TIER, u.tier.as_str())]);
             if let Some(v) = fraction(u.residency) {
                 o.residency.get_or_create(&labels).set(v);
             }

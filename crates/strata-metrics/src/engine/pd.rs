@@ -1,4 +1,4 @@
-//! The prefill/decode families (METRICS.md "strata extensions"): KV
+//! The prefill/decode families (docs/metrics.md, "P/D families"): KV
 //! transfers between engines by direction, their failures by reason, the
 //! prompt tokens those failures cost, and the leases a prefill engine holds
 //! for pulls. Fed by the P/D part of the step's [`ConnectorStats`].
@@ -12,6 +12,7 @@
 //! non-finite or negative one adds no seconds sample; its bytes still count
 //! (they moved), so `kv_transfer_bytes_count` is the number of transfers.
 
+use crate::names::{label, pd};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -59,32 +60,32 @@ impl EngineMetrics {
         let p = &self.pd;
         let r = &mut self.registry;
         r.register(
-            "strata:kv_transfer_bytes",
+            pd::KV_TRANSFER_BYTES,
             "Bytes per KV transfer between engines, by direction",
             p.transfer_bytes.clone(),
         );
         r.register(
-            "strata:kv_transfer_seconds",
+            pd::KV_TRANSFER_SECONDS,
             "Seconds per KV transfer between engines, by direction",
             p.transfer_seconds.clone(),
         );
         r.register(
-            "strata:kv_transfer_failures",
+            pd::KV_TRANSFER_FAILURES,
             "Failed KV transfers between engines, by reason",
             p.failures.clone(),
         );
         r.register(
-            "strata:kv_transfer_failed_tokens",
+            pd::KV_TRANSFER_FAILED_TOKENS,
             "Prompt tokens whose KV transfer failed",
             p.failed_tokens.clone(),
         );
         r.register(
-            "strata:kv_leases_held_tokens",
+            pd::KV_LEASES_HELD_TOKENS,
             "Tokens of KV held on this engine for peers to pull",
             p.leases_held_tokens.clone(),
         );
         r.register(
-            "strata:kv_leases_expired",
+            pd::KV_LEASES_EXPIRED,
             "Leases that expired without a pull",
             p.leases_expired.clone(),
         );
@@ -99,12 +100,12 @@ impl EngineMetrics {
         self.pd.enabled = true;
         let p = &self.pd;
         for d in DIRECTIONS {
-            let labels = self.labels(&[("direction", d.as_str())]);
+            let labels = self.labels(&[(label::DIRECTION, d.as_str())]);
             let _ = p.transfer_bytes.get_or_create(&labels);
             let _ = p.transfer_seconds.get_or_create(&labels);
         }
         for reason in KvTransferFailure::ALL {
-            let _ = p.failures.get_or_create(&self.labels(&[("reason", reason.as_str())]));
+            let _ = p.failures.get_or_create(&self.labels(&[(label::REASON, reason.as_str())]));
         }
         let _ = p.failed_tokens.get_or_create(&self.base);
         let _ = p.leases_held_tokens.get_or_create(&self.base);
@@ -132,14 +133,14 @@ impl EngineMetrics {
             }
         };
         for t in &stats.transfers {
-            let labels = self.labels(&[("direction", t.direction.as_str())]);
+            let labels = self.labels(&[(label::DIRECTION, t.direction.as_str())]);
             p.transfer_bytes.get_or_create(&labels).observe(t.bytes as f64);
             if let Some(seconds) = valid_seconds(t.seconds) {
                 p.transfer_seconds.get_or_create(&labels).observe(seconds);
             }
         }
         for reason in &stats.failures {
-            inc(&p.failures, &self.labels(&[("reason", reason.as_str())]), 1);
+            inc(&p.failures, &self.labels(&[(label::REASON, reason.as_str())]), 1);
         }
         inc(&p.failed_tokens, &self.base, stats.failed_tokens.into());
         inc(&p.leases_expired, &self.base, stats.leases_expired.into());

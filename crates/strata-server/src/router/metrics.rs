@@ -16,18 +16,14 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use strata_metrics::names::{label, router};
 
 type Labels = Vec<(String, String)>;
 
-/// Hop durations, seconds: vLLM's TTFT buckets, since the decode hop is
-/// measured to its first byte and the prefill hop is a TTFT of one token.
-const HOP_BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
-];
-
 fn hop_histogram() -> Histogram {
-    Histogram::new(HOP_BUCKETS.iter().copied())
+    // Hop durations: vLLM's TTFT buckets, since the decode hop is measured
+    // to its first byte and the prefill hop is a TTFT of one token.
+    Histogram::new(strata_metrics::buckets::TTFT.iter().copied())
 }
 
 /// `endpoint` values of `strata:router_requests_total`.
@@ -124,54 +120,54 @@ impl RouterMetrics {
         };
         let r = &mut m.registry;
         r.register(
-            "strata:router_requests",
+            router::ROUTER_REQUESTS,
             "Requests the router received, by endpoint",
             m.requests.clone(),
         );
         r.register(
-            "strata:router_errors",
+            router::ROUTER_ERRORS,
             "Requests the router answered with an error or lost, by kind",
             m.errors.clone(),
         );
         r.register(
-            "strata:router_hop_seconds",
+            router::ROUTER_HOP_SECONDS,
             "Time of each hop: prefill to its whole answer, decode to its response headers",
             m.hop_seconds.clone(),
         );
         r.register(
-            "strata:router_engine_in_flight",
+            router::ROUTER_ENGINE_IN_FLIGHT,
             "Requests this router has in flight to each engine",
             m.in_flight.clone(),
         );
         for endpoint in ENDPOINTS {
-            let _ = m.requests.get_or_create(&labels(&[("endpoint", endpoint)]));
+            let _ = m.requests.get_or_create(&labels(&[(label::ENDPOINT, endpoint)]));
         }
         for kind in ErrorKind::ALL {
-            let _ = m.errors.get_or_create(&labels(&[("kind", kind.as_str())]));
+            let _ = m.errors.get_or_create(&labels(&[(label::KIND, kind.as_str())]));
         }
         for hop in [Hop::Prefill, Hop::Decode] {
-            let _ = m.hop_seconds.get_or_create(&labels(&[("hop", hop.as_str())]));
+            let _ = m.hop_seconds.get_or_create(&labels(&[(label::HOP, hop.as_str())]));
         }
         m
     }
 
     pub fn request(&self, endpoint: &str) {
-        self.requests.get_or_create(&labels(&[("endpoint", endpoint)])).inc();
+        self.requests.get_or_create(&labels(&[(label::ENDPOINT, endpoint)])).inc();
     }
 
     pub fn error(&self, kind: ErrorKind) {
-        self.errors.get_or_create(&labels(&[("kind", kind.as_str())])).inc();
+        self.errors.get_or_create(&labels(&[(label::KIND, kind.as_str())])).inc();
     }
 
     pub fn hop(&self, hop: Hop, seconds: f64) {
         // A clock that stepped back must not produce a negative sample.
         let seconds = if seconds.is_finite() { seconds.max(0.0) } else { 0.0 };
-        self.hop_seconds.get_or_create(&labels(&[("hop", hop.as_str())])).observe(seconds);
+        self.hop_seconds.get_or_create(&labels(&[(label::HOP, hop.as_str())])).observe(seconds);
     }
 
     /// The in-flight gauge of one engine (a shared handle, created at 0).
     pub fn in_flight_gauge(&self, role: &str, url: &str) -> Gauge {
-        self.in_flight.get_or_create(&labels(&[("role", role), ("url", url)])).clone()
+        self.in_flight.get_or_create(&labels(&[(label::ROLE, role), (label::URL, url)])).clone()
     }
 
     /// Prometheus text 0.0.4, as the engines serve it (`_total` counter

@@ -1,5 +1,5 @@
 //! The bodies the router rewrites: the two upstream requests built from the
-//! client's, and the usage the client gets back (ACCOUNTING.md, A18).
+//! client's, and the usage the client gets back (docs/accounting.md, A18).
 //!
 //! The router treats requests and answers as opaque JSON and touches only
 //! the fields the P/D protocol needs, so a field an engine learns later

@@ -76,39 +76,29 @@ pub fn post_json(url: &str, body: &serde_json::Value) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// The pinned official OpenAI client, installed into a venv under the
-/// target directory the first time (idempotent).
-pub const OPENAI_VERSION: &str = "3.51.0";
-
-pub fn venv_python() -> PathBuf {
+/// The Python of the venv that `scripts/test` makes at
+/// `<target dir>/tmp/openai-venv`, with the official OpenAI client pinned in
+/// `scripts/requirements-test.txt`. The tests never install it themselves:
+/// this fails, saying so, when it is missing.
+pub fn openai_venv_python() -> PathBuf {
+    let pin = include_str!("../../../../scripts/requirements-test.txt")
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("openai=="))
+        .expect("scripts/requirements-test.txt pins openai==VERSION");
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openai-venv");
     let python = venv.join("bin/python");
-    let ready = |p: &Path| {
-        Command::new(p)
-            .args([
-                "-c",
-                &format!("import openai, sys; sys.exit(openai.__version__ != '{OPENAI_VERSION}')"),
-            ])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !ready(&python) {
-        let ok =
-            Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap().success();
-        assert!(ok, "python3 -m venv failed");
-        let ok = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                &format!("openai=={OPENAI_VERSION}"),
-            ])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok && ready(&python), "installing openai=={OPENAI_VERSION} failed");
-    }
+    let check = format!("import openai, sys; sys.exit(openai.__version__ != '{pin}')");
+    let out = Command::new(&python).args(["-c", &check]).output();
+    assert!(
+        out.as_ref().is_ok_and(|o| o.status.success()),
+        "openai=={pin} is not installed in {}: run scripts/test (it installs the \
+         official openai client from scripts/requirements-test.txt into that venv), \
+         or scripts/test --install-only before running single tests ({})",
+        venv.display(),
+        match &out {
+            Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            Err(e) => e.to_string(),
+        }
+    );
     python
 }
