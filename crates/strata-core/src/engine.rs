@@ -9,7 +9,7 @@
 
 use crate::executor::{Executor, ModelOutput};
 use crate::ids::RequestId;
-use crate::request::NewRequest;
+use crate::request::{FinishReason, NewRequest};
 use crate::scheduler::{AdmissionError, Scheduler, SchedulerConfig, SchedulerOutput, StepResult};
 
 #[derive(Debug)]
@@ -73,6 +73,11 @@ impl<E: Executor> EngineCore<E> {
 
     pub fn abort(&mut self, id: RequestId, now: f64) -> bool {
         self.scheduler.abort(id, now)
+    }
+
+    /// Ends a request with `reason` (see `Scheduler::finish_request`).
+    pub fn finish_request(&mut self, id: RequestId, reason: FinishReason, now: f64) -> bool {
+        self.scheduler.finish_request(id, reason, now)
     }
 
     pub fn has_unfinished(&self) -> bool {

@@ -311,17 +311,26 @@ impl Scheduler {
 
     /// Ends a request in any state. `false` if it is unknown or finished.
     pub fn abort(&mut self, id: RequestId, now: f64) -> bool {
+        self.finish_request(id, FinishReason::Abort, now)
+    }
+
+    /// Ends a request from outside the step with `reason` (vLLM's
+    /// `finish_requests`): `Abort` when the client went away, `Stop` when
+    /// the caller found a stop string in the text (the engine sees tokens
+    /// only). The request's FinishRecord carries the reason. `false` if it
+    /// is unknown or finished.
+    pub fn finish_request(&mut self, id: RequestId, reason: FinishReason, now: f64) -> bool {
         if !self.requests.contains_key(&id) {
             return false;
         }
         self.waiting.retain(|&w| w != id);
         self.running.retain(|&r| r != id);
-        let result = self.finish(id, FinishReason::Abort, now);
+        let result = self.finish(id, reason, now);
         self.pending.outputs.push(RequestOutput {
             request_id: id,
             new_token_id: None,
             logprobs: None,
-            finish_reason: Some(FinishReason::Abort),
+            finish_reason: Some(reason),
             kv_transfer_params: None,
         });
         result

@@ -1,9 +1,10 @@
 //! `POST /v1/completions`, streaming (SSE) and not.
 //!
-//! Each of the `n` choices is its own engine request. Text is built with
-//! the incremental detokenizer; a stop string ends the choice as soon as it
-//! appears (the request is aborted in the engine, the text cut before the
-//! stop string, finish reason `stop`).
+//! Each of the `n` choices (of each prompt, for a list of prompts) is its
+//! own engine request. Text is built with the incremental detokenizer; a
+//! stop string ends the choice in the engine in the step that completes it
+//! (see [`crate::stop`]), the text is cut before it (or after it, with
+//! `include_stop_str_in_output`) and the finish reason is `stop`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -88,6 +89,14 @@ pub struct Choice {
     pub completion_tokens: u64,
     pub finish: Option<FinishReason>,
     pub stop: Vec<String>,
+    pub include_stop_str_in_output: bool,
+    /// What ended the choice with `stop`: the stop string, or the stop
+    /// token's id; `null` for EOS (vLLM's `stop_reason`).
+    pub stop_reason: Value,
+    pub stop_token_ids: Vec<u32>,
+    pub last_token: Option<u32>,
+    /// The prompt text to put before the generated text (`echo`).
+    pub echo: Option<String>,
     /// Log-probabilities of tokens not yet reported (when asked for).
     pub logprobs: Vec<TokenLogprobs>,
     /// What a P/D prefill engine answers with (the lease on the KV).
@@ -140,6 +149,7 @@ impl Choice {
             RequestUpdate::KvTransfer(p) => self.kv_transfer_params = Some(p),
             RequestUpdate::Token { token_id, logprobs } => {
                 self.completion_tokens += 1;
+                self.last_token = Some(token_id);
                 if let Some(lp) = logprobs {
                     let text = |id: u32| state.tokenizer.decode(&[id], false).unwrap_or_default();
                     self.logprobs.push(TokenLogprobs {
@@ -151,17 +161,26 @@ impl Choice {
                 if let Ok(piece) = self.detok.push(&state.tokenizer, token_id) {
                     self.text.push_str(&piece);
                 }
-                if let Some(cut) = self.stop.iter().filter_map(|s| self.text.find(s.as_str())).min()
-                {
-                    self.text.truncate(cut);
+                // The engine thread found the same string and ended the
+                // request there (finish reason `stop`); cut the text.
+                if let Some((at, s)) = crate::stop::find(&self.text, &self.stop) {
+                    let end = if self.include_stop_str_in_output { at + s.len() } else { at };
+                    self.text.truncate(end);
+                    self.stop_reason = json!(s);
                     self.finish = Some(FinishReason::Stop);
-                    state.engine.abort(self.id);
                 }
             }
             RequestUpdate::Finished(reason) => {
                 if self.finish.is_none() {
                     if let Ok(rest) = self.detok.finish(&state.tokenizer) {
                         self.text.push_str(&rest);
+                    }
+                    if reason == FinishReason::Stop {
+                        // A stop token (not EOS) is named; EOS is `null`.
+                        if let Some(t) = self.last_token.filter(|t| self.stop_token_ids.contains(t))
+                        {
+                            self.stop_reason = json!(t);
+                        }
                     }
                     self.finish = Some(reason);
                 }
@@ -172,7 +191,7 @@ impl Choice {
         let hold = if self.finish.is_some() {
             0
         } else {
-            self.stop.iter().map(|s| longest_suffix_prefix(&self.text, s)).max().unwrap_or(0)
+            crate::stop::pending_len(&self.text, &self.stop)
         };
         let keep = new.len().saturating_sub(hold);
         let mut end = keep;
@@ -184,12 +203,67 @@ impl Choice {
     }
 }
 
-/// Length of the longest suffix of `text` that is a proper prefix of `stop`.
-fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
-    (1..stop.len())
-        .rev()
-        .find(|&n| stop.is_char_boundary(n) && text.ends_with(&stop[..n]))
-        .unwrap_or(0)
+/// What a request asks of its choices besides sampling: the text (stop
+/// strings, special tokens) and its place in the engine (priority, cache
+/// salt).
+#[derive(Debug, Clone)]
+pub struct ChoiceOptions {
+    pub stop: Vec<String>,
+    pub include_stop_str_in_output: bool,
+    pub skip_special_tokens: bool,
+    pub priority: i32,
+    pub cache_salt: Option<String>,
+}
+
+impl From<Vec<String>> for ChoiceOptions {
+    fn from(stop: Vec<String>) -> Self {
+        Self {
+            stop,
+            include_stop_str_in_output: false,
+            skip_special_tokens: true,
+            priority: 0,
+            cache_salt: None,
+        }
+    }
+}
+
+impl ChoiceOptions {
+    pub fn from_fields(f: &SamplingFields) -> Result<Self, ApiError> {
+        if f.cache_salt.as_deref() == Some("") {
+            return Err(ApiError::invalid("cache_salt", "cache_salt must not be empty"));
+        }
+        Ok(Self {
+            stop: f.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
+            include_stop_str_in_output: f.include_stop_str_in_output.unwrap_or(false),
+            skip_special_tokens: f.skip_special_tokens.unwrap_or(true),
+            priority: f.priority.unwrap_or(0),
+            cache_salt: f.cache_salt.clone(),
+        })
+    }
+}
+
+/// The prompt's last `truncate_prompt_tokens` tokens (vLLM truncates on
+/// the left; `-1` keeps what the context can hold).
+pub fn truncate_prompt(
+    state: &AppState,
+    mut ids: Vec<u32>,
+    f: &SamplingFields,
+) -> Result<Vec<u32>, ApiError> {
+    let keep = match f.truncate_prompt_tokens {
+        None => return Ok(ids),
+        Some(-1) => state.max_model_len,
+        Some(k) if k >= 1 => k as usize,
+        Some(k) => {
+            return Err(ApiError::invalid(
+                "truncate_prompt_tokens",
+                format!("truncate_prompt_tokens must be -1 or at least 1, got {k}"),
+            ))
+        }
+    };
+    if ids.len() > keep {
+        ids.drain(..ids.len() - keep);
+    }
+    Ok(ids)
 }
 
 pub async fn submit_choices(
@@ -197,9 +271,10 @@ pub async fn submit_choices(
     prompt_ids: Vec<u32>,
     params: SamplingParams,
     n: u32,
-    stop: Vec<String>,
+    options: impl Into<ChoiceOptions>,
     kv_transfer_params: Option<strata_core::KvTransferParams>,
 ) -> Result<Vec<Choice>, ApiError> {
+    let options: ChoiceOptions = options.into();
     if n == 0 || n > MAX_N {
         return Err(ApiError::invalid("n", format!("n must be between 1 and {MAX_N}, got {n}")));
     }
@@ -214,15 +289,21 @@ pub async fn submit_choices(
         let mut p = params.clone();
         // Distinct samples per choice, reproducible from the request's seed.
         p.seed = params.seed.map(|s| s.wrapping_add(index as u64));
+        let stop_token_ids = p.stop_token_ids.clone();
         let new = NewRequest {
             prompt_token_ids: prompt_ids.clone(),
             params: p,
-            priority: 0,
-            cache_salt: None,
+            priority: options.priority,
+            cache_salt: options.cache_salt.clone(),
             eos_token_ids: state.tokenizer.eos_token_ids().to_vec(),
             kv_transfer_params: kv_transfer_params.clone(),
         };
-        let submitted = state.engine.submit(new).await;
+        let watch = crate::stop::StopWatch::new(
+            state.tokenizer.clone(),
+            options.stop.clone(),
+            options.skip_special_tokens,
+        );
+        let submitted = state.engine.submit_watching(new, watch).await;
         if submitted.is_err() {
             // This choice's slot was released by the engine thread; the
             // later ones were never submitted.
@@ -233,13 +314,18 @@ pub async fn submit_choices(
             index,
             id,
             rx,
-            detok: IncrementalDetokenizer::new(true),
+            detok: IncrementalDetokenizer::new(options.skip_special_tokens),
             text: String::new(),
             emitted: 0,
             record: None,
             completion_tokens: 0,
             finish: None,
-            stop: stop.clone(),
+            stop: options.stop.clone(),
+            include_stop_str_in_output: options.include_stop_str_in_output,
+            stop_reason: Value::Null,
+            stop_token_ids,
+            last_token: None,
+            echo: None,
             logprobs: Vec::new(),
             kv_transfer_params: None,
         });
@@ -286,7 +372,7 @@ pub async fn completions(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: CompletionRequest = parse_body(body)?;
+    let req: CompletionRequest = crate::fields::COMPLETIONS.parse(parse_body(body)?)?;
     check_model(&state, req.model.as_deref())?;
     if req.logprobs.is_some_and(|n| n > strata_core::sampling::MAX_LOGPROBS) {
         return Err(ApiError::invalid(
@@ -294,18 +380,55 @@ pub async fn completions(
             format!("logprobs must be at most {}", strata_core::sampling::MAX_LOGPROBS),
         ));
     }
-    let prompt_ids = match &req.prompt {
-        Prompt::Text(t) if t.is_empty() => {
-            return Err(ApiError::invalid("prompt", "the prompt is empty"))
-        }
-        Prompt::Text(t) => encode(&state, t, true, "prompt")?,
-        Prompt::Tokens(ids) => ids.clone(),
+    // Each prompt (one, or a batch) with the text to echo.
+    let prompts: Vec<(Option<String>, Vec<u32>)> = match &req.prompt {
+        Prompt::Text(t) => vec![(Some(t.clone()), Vec::new())],
+        Prompt::Tokens(ids) => vec![(None, ids.clone())],
+        Prompt::Texts(ts) => ts.iter().map(|t| (Some(t.clone()), Vec::new())).collect(),
+        Prompt::TokenLists(ls) => ls.iter().map(|ids| (None, ids.clone())).collect(),
     };
+    if prompts.is_empty() {
+        return Err(ApiError::invalid("prompt", "the prompt list is empty"));
+    }
+    let mut batch = Vec::with_capacity(prompts.len());
+    for (text, ids) in prompts {
+        let ids = match &text {
+            Some(t) if t.is_empty() => {
+                return Err(ApiError::invalid("prompt", "the prompt is empty"))
+            }
+            Some(t) => encode(&state, t, true, "prompt")?,
+            None if ids.is_empty() => {
+                return Err(ApiError::invalid("prompt", "the prompt is empty"))
+            }
+            None => ids,
+        };
+        let before = ids.len();
+        let ids = truncate_prompt(&state, ids, &req.sampling)?;
+        let echo = match (req.echo, text) {
+            (false, _) => None,
+            (true, Some(t)) if ids.len() == before => Some(t),
+            (true, _) => Some(state.tokenizer.decode(&ids, false).map_err(|e| {
+                tracing::warn!("decoding a prompt to echo failed: {e}");
+                ApiError::Internal("the prompt could not be decoded to echo it")
+            })?),
+        };
+        batch.push((echo, ids));
+    }
     let params = sampling_params(&req.sampling, req.logprobs)?;
-    let stop = req.sampling.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
+    let options = ChoiceOptions::from_fields(&req.sampling)?;
     let n = req.sampling.n.unwrap_or(1);
     let kv = req.sampling.kv_transfer_params.clone();
-    let choices = submit_choices(&state, prompt_ids, params, n, stop, kv).await?;
+    let mut choices = Vec::new();
+    for (i, (echo, ids)) in batch.into_iter().enumerate() {
+        let mut more =
+            submit_choices(&state, ids, params.clone(), n, options.clone(), kv.clone()).await?;
+        for c in &mut more {
+            // OpenAI's numbering: prompt i's choices are i*n .. i*n + n.
+            c.index += i * n as usize;
+            c.echo = echo.clone();
+        }
+        choices.extend(more);
+    }
     let id = format!("cmpl-{}", choices[0].id.get());
     let created = now_secs();
     let model = state.served_model_name.clone();
@@ -314,8 +437,14 @@ pub async fn completions(
         let stream_id = id.clone();
         let chunk = move |c: &mut Choice, text: &str| {
             let (index, finish, logprobs) = (c.index, c.finish, c.take_completion_logprobs());
+            // The echoed prompt comes with the choice's first chunk.
+            let text = match c.echo.take() {
+                Some(prompt) => prompt + text,
+                None => text.to_string(),
+            };
             json!({"id": stream_id, "object": "text_completion", "created": created, "model": model,
-                   "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_str(finish)}]})
+                   "choices": [{"index": index, "text": text, "logprobs": logprobs,
+                                "finish_reason": finish_str(finish), "stop_reason": c.stop_reason}]})
         };
         let usage_chunk = {
             let (id, model) =
@@ -330,7 +459,9 @@ pub async fn completions(
         .into_iter()
         .map(|mut c| {
             let logprobs = c.take_completion_logprobs();
-            json!({"index": c.index, "text": c.text, "logprobs": logprobs, "finish_reason": finish_str(c.finish)})
+            let text = c.echo.take().unwrap_or_default() + &c.text;
+            json!({"index": c.index, "text": text, "logprobs": logprobs,
+                   "finish_reason": finish_str(c.finish), "stop_reason": c.stop_reason})
         })
         .collect();
     let body = json!({

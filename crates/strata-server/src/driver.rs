@@ -20,6 +20,7 @@ use strata_core::{
 use strata_metrics::{EngineMetrics, LogReporter};
 
 use crate::accounting_log::AccountingLog;
+use crate::stop::StopWatch;
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
 /// What a request's handler receives.
@@ -40,6 +41,8 @@ pub enum RequestUpdate {
 enum Command {
     Add {
         new: Box<NewRequest>,
+        /// Its stop strings, watched on this thread.
+        stop: Option<StopWatch>,
         updates: tmpsc::UnboundedSender<RequestUpdate>,
         reply: oneshot::Sender<Result<RequestId, AdmissionError>>,
     },
@@ -122,10 +125,20 @@ impl EngineHandle {
         &self,
         new: NewRequest,
     ) -> Result<(RequestId, tmpsc::UnboundedReceiver<RequestUpdate>), SubmitError> {
+        self.submit_watching(new, None).await
+    }
+
+    /// As `submit`, with stop strings that end the request (finish reason
+    /// `stop`) in the step that completes one.
+    pub async fn submit_watching(
+        &self,
+        new: NewRequest,
+        stop: Option<StopWatch>,
+    ) -> Result<(RequestId, tmpsc::UnboundedReceiver<RequestUpdate>), SubmitError> {
         let (updates, rx) = tmpsc::unbounded_channel();
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Command::Add { new: Box::new(new), updates, reply })
+            .send(Command::Add { new: Box::new(new), stop, updates, reply })
             .map_err(|_| SubmitError::EngineStopped)?;
         let id = answer.await.map_err(|_| SubmitError::EngineStopped)??;
         Ok((id, rx))
@@ -162,6 +175,7 @@ fn run<E: Executor>(
         }
     }
     let mut senders: HashMap<RequestId, tmpsc::UnboundedSender<RequestUpdate>> = HashMap::new();
+    let mut watches: HashMap<RequestId, StopWatch> = HashMap::new();
     let mut stopping = false;
     loop {
         // Idle: wait for work (waking up for the log line's interval).
@@ -175,7 +189,10 @@ fn run<E: Executor>(
             let wait =
                 if connector { log_interval.min(Duration::from_millis(250)) } else { log_interval };
             match rx.recv_timeout(wait) {
-                Ok(cmd) => stopping |= apply(cmd, &mut engine, &mut senders, &in_flight, now()),
+                Ok(cmd) => {
+                    stopping |=
+                        apply(cmd, &mut engine, &mut senders, &mut watches, &in_flight, now())
+                }
                 Err(RecvTimeoutError::Timeout) if connector => {}
                 Err(RecvTimeoutError::Timeout) => {
                     if let Some(line) = log.maybe_log(now()) {
@@ -187,7 +204,7 @@ fn run<E: Executor>(
             }
         }
         while let Ok(cmd) = rx.try_recv() {
-            stopping |= apply(cmd, &mut engine, &mut senders, &in_flight, now());
+            stopping |= apply(cmd, &mut engine, &mut senders, &mut watches, &in_flight, now());
         }
         if stopping {
             for id in senders.keys().copied().collect::<Vec<_>>() {
@@ -224,6 +241,13 @@ fn run<E: Executor>(
         }
         for o in &result.outputs {
             if let Some(token_id) = o.new_token_id {
+                // A stop string ends the request before the next step.
+                let stopped = o.finish_reason.is_none()
+                    && watches.get_mut(&o.request_id).is_some_and(|w| w.push(token_id));
+                if stopped {
+                    watches.remove(&o.request_id);
+                    engine.finish_request(o.request_id, FinishReason::Stop, t);
+                }
                 send(
                     &mut senders,
                     &mut engine,
@@ -238,6 +262,7 @@ fn run<E: Executor>(
                     send(&mut senders, &mut engine, o.request_id, update, t);
                 }
                 send(&mut senders, &mut engine, o.request_id, RequestUpdate::Finished(reason), t);
+                watches.remove(&o.request_id);
                 if senders.remove(&o.request_id).is_some() {
                     in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 }
@@ -259,15 +284,19 @@ fn apply<E: Executor>(
     cmd: Command,
     engine: &mut EngineCore<E>,
     senders: &mut HashMap<RequestId, tmpsc::UnboundedSender<RequestUpdate>>,
+    watches: &mut HashMap<RequestId, StopWatch>,
     in_flight: &std::sync::atomic::AtomicUsize,
     now: f64,
 ) -> bool {
     match cmd {
-        Command::Add { new, updates, reply } => {
+        Command::Add { new, stop, updates, reply } => {
             let result = engine.add_request(*new, now);
             match result {
                 Ok(id) => {
                     senders.insert(id, updates);
+                    if let Some(w) = stop {
+                        watches.insert(id, w);
+                    }
                 }
                 Err(_) => {
                     in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);

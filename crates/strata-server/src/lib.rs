@@ -10,8 +10,10 @@ pub mod chat;
 pub mod completions;
 pub mod driver;
 pub mod error;
+pub mod fields;
 pub mod openai;
 pub mod router;
+pub mod stop;
 
 use std::sync::Arc;
 
@@ -54,6 +56,11 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(v1)
         .route("/health", get(|| async { StatusCode::OK }))
+        // vLLM's: `/ping` for SageMaker-style probes, `/version`, `/load`
+        // (requests in flight, for load-aware routers).
+        .route("/ping", get(|| async { StatusCode::OK }).post(|| async { StatusCode::OK }))
+        .route("/version", get(|| async { Json(json!({"version": env!("CARGO_PKG_VERSION")})) }))
+        .route("/load", get(load))
         .route("/metrics", get(metrics))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
@@ -85,6 +92,10 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
         "id": state.served_model_name, "object": "model", "created": completions::now_secs(),
         "owned_by": "strata", "root": state.served_model_name, "max_model_len": state.max_model_len,
     }]}))
+}
+
+async fn load(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({"server_load": state.engine.num_in_flight()}))
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

@@ -4,11 +4,15 @@
 use serde::{Deserialize, Serialize};
 use strata_core::PrefillRecord;
 
+/// `prompt` of `/v1/completions`: a string, a list of token ids, or a list
+/// of either (a batch: one set of `n` choices per prompt).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum Prompt {
     Text(String),
     Tokens(Vec<u32>),
+    Texts(Vec<String>),
+    TokenLists(Vec<Vec<u32>>),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +58,19 @@ pub struct SamplingFields {
     pub min_tokens: Option<u32>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    /// vLLM's extra parameters.
+    pub include_stop_str_in_output: Option<bool>,
+    pub skip_special_tokens: Option<bool>,
+    /// Accepted as vLLM accepts it: with a fast tokenizer (`tokenizer.json`,
+    /// the only kind strata loads) it changes nothing, in vLLM as here.
+    pub spaces_between_special_tokens: Option<bool>,
+    /// Keep only the last N prompt tokens (`-1`: as many as the context
+    /// holds).
+    pub truncate_prompt_tokens: Option<i64>,
+    /// Under `--scheduling-policy priority`, lower runs first.
+    pub priority: Option<i32>,
+    /// Separates this request's prefix-cache entries from other tenants'.
+    pub cache_salt: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +78,9 @@ pub struct CompletionRequest {
     pub model: Option<String>,
     pub prompt: Prompt,
     pub logprobs: Option<u32>,
+    /// Return the prompt before the generated text.
+    #[serde(default)]
+    pub echo: bool,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }

@@ -48,10 +48,117 @@ pub struct ServeArgs {
     /// Append one JSON line per finished request (tokens, sources, times).
     #[arg(long)]
     pub accounting_log: Option<std::path::PathBuf>,
+    /// Automatic prefix caching (on by default, as in vLLM).
+    #[arg(long, overrides_with = "no_enable_prefix_caching")]
+    pub enable_prefix_caching: bool,
+    #[arg(long, overrides_with = "enable_prefix_caching")]
+    pub no_enable_prefix_caching: bool,
+    /// `fcfs`, or `priority` (the request's `priority`: lower runs first).
+    #[arg(long, value_enum, default_value_t = Policy::Fcfs)]
+    pub scheduling_policy: Policy,
+    /// vLLM's switch to stop logging each request; strata logs no request
+    /// contents, so it changes nothing.
+    #[arg(long)]
+    pub disable_log_requests: bool,
+    /// No periodic stats log line.
+    #[arg(long)]
+    pub disable_log_stats: bool,
+    /// A YAML file of flags (handled before parsing; listed for --help).
+    #[arg(long, value_name = "FILE.yaml")]
+    pub config: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub offload: OffloadArgs,
     #[command(flatten)]
     pub pd: PdArgs,
+    #[command(flatten)]
+    pub vllm: VllmCompatArgs,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Policy {
+    #[default]
+    Fcfs,
+    Priority,
+}
+
+/// vLLM flags that mean nothing on strata's one CPU device: accepted with a
+/// warning when they ask for vLLM's default (so a vLLM command line runs
+/// unchanged), refused otherwise.
+#[derive(Args, Debug, Clone, Default)]
+pub struct VllmCompatArgs {
+    #[arg(long, hide = true)]
+    pub tensor_parallel_size: Option<u32>,
+    #[arg(long, hide = true)]
+    pub pipeline_parallel_size: Option<u32>,
+    #[arg(long, hide = true)]
+    pub data_parallel_size: Option<u32>,
+    #[arg(long, hide = true)]
+    pub gpu_memory_utilization: Option<f64>,
+    #[arg(long, hide = true)]
+    pub kv_cache_dtype: Option<String>,
+    #[arg(long, hide = true)]
+    pub max_logprobs: Option<u32>,
+    #[arg(long, hide = true)]
+    pub enforce_eager: bool,
+    #[arg(long, hide = true)]
+    pub trust_remote_code: bool,
+}
+
+impl VllmCompatArgs {
+    /// Warns about each flag given with vLLM's default; refuses the others.
+    pub fn check(&self) -> Result<()> {
+        let mut warn = |flag: &str, why: &str| {
+            tracing::warn!("{flag} has no effect in strata: {why}");
+        };
+        let one = |flag: &str, v: Option<u32>, warn: &mut dyn FnMut(&str, &str)| -> Result<()> {
+            match v {
+                None => Ok(()),
+                Some(1) => {
+                    warn(flag, "strata runs on one device");
+                    Ok(())
+                }
+                Some(n) => {
+                    anyhow::bail!("{flag} {n}: strata runs on one device (only 1 is accepted)")
+                }
+            }
+        };
+        one("--tensor-parallel-size", self.tensor_parallel_size, &mut warn)?;
+        one("--pipeline-parallel-size", self.pipeline_parallel_size, &mut warn)?;
+        one("--data-parallel-size", self.data_parallel_size, &mut warn)?;
+        match self.gpu_memory_utilization {
+            None => {}
+            Some(u) if (u - 0.9).abs() < 1e-9 => {
+                warn("--gpu-memory-utilization", "the KV pool is sized by --kv-cache-memory")
+            }
+            Some(u) => anyhow::bail!(
+                "--gpu-memory-utilization {u}: strata sizes its KV pool with --kv-cache-memory GiB or --num-kv-blocks"
+            ),
+        }
+        match self.kv_cache_dtype.as_deref() {
+            None => {}
+            Some("auto") => warn("--kv-cache-dtype auto", "the KV cache has the compute dtype"),
+            Some(d) => anyhow::bail!(
+                "--kv-cache-dtype {d}: strata keeps the KV cache in the compute dtype (only auto)"
+            ),
+        }
+        match self.max_logprobs {
+            None => {}
+            Some(n) if n == strata_core::sampling::MAX_LOGPROBS => {
+                warn("--max-logprobs", "strata's limit is vLLM's default")
+            }
+            Some(n) => anyhow::bail!(
+                "--max-logprobs {n}: strata's limit is fixed at {}",
+                strata_core::sampling::MAX_LOGPROBS
+            ),
+        }
+        if self.enforce_eager {
+            warn("--enforce-eager", "strata captures no graphs; it always runs eagerly");
+        }
+        if self.trust_remote_code {
+            warn("--trust-remote-code", "strata never runs code from a model repository");
+        }
+        Ok(())
+    }
 }
 
 /// Prefill/decode disaggregation.
@@ -280,6 +387,7 @@ fn serve_sim(_: ServeArgs) -> Result<()> {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    args.vllm.check()?;
     if args.model.model == "sim" {
         return serve_sim(args);
     }
@@ -310,8 +418,11 @@ fn serve<E: Executor + Send + 'static>(
         block_size: spec.block_size,
         num_blocks: spec.num_blocks,
         max_model_len: spec.max_model_len,
-        policy: SchedulingPolicy::Fcfs,
-        enable_prefix_caching: true,
+        policy: match args.scheduling_policy {
+            Policy::Fcfs => SchedulingPolicy::Fcfs,
+            Policy::Priority => SchedulingPolicy::Priority,
+        },
+        enable_prefix_caching: !args.no_enable_prefix_caching,
         kv_load_failure_policy: match args.offload.kv_load_failure_policy {
             FailurePolicy::Fail => KvLoadFailurePolicy::Fail,
             FailurePolicy::Recompute => KvLoadFailurePolicy::Recompute,
@@ -342,10 +453,16 @@ fn serve<E: Executor + Send + 'static>(
         )),
         None => None,
     };
+    // With --disable-log-stats the line's interval is longer than any run.
+    let log_interval = if args.disable_log_stats {
+        Duration::from_secs(u32::MAX as u64)
+    } else {
+        Duration::from_secs_f64(args.log_stats_interval.max(0.1))
+    };
     let engine = EngineHandle::spawn_with(
         EngineCore::with_connector(executor, config, connector),
         metrics,
-        Duration::from_secs_f64(args.log_stats_interval.max(0.1)),
+        log_interval,
         accounting,
     );
     let state = Arc::new(AppState {

@@ -1,0 +1,152 @@
+//! Which request fields strata reads, which it refuses, and what happens
+//! to the rest (vLLM's behaviour): a field strata knows but does not
+//! implement (guided decoding, beam search, `suffix`, ...) is refused with
+//! a 400 naming it, never silently ignored; an unknown field is ignored
+//! with one warning per request, as vLLM logs "fields were present in the
+//! request but ignored". A refused field sent as `null`, `false` or empty
+//! asks for nothing and is accepted (SDKs send their defaults).
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// What one endpoint reads and refuses.
+#[derive(Debug)]
+pub struct Fields {
+    pub endpoint: &'static str,
+    pub known: &'static [&'static [&'static str]],
+    pub refused: &'static [&'static str],
+}
+
+/// Fields of [`crate::openai::SamplingFields`], shared by both endpoints.
+pub const SAMPLING: &[&str] = &[
+    "max_tokens",
+    "max_completion_tokens",
+    "kv_transfer_params",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "n",
+    "stop",
+    "stop_token_ids",
+    "ignore_eos",
+    "min_tokens",
+    "stream",
+    "stream_options",
+    "include_stop_str_in_output",
+    "skip_special_tokens",
+    "spaces_between_special_tokens",
+    "truncate_prompt_tokens",
+    "priority",
+    "cache_salt",
+    // OpenAI's end-user id: recorded nowhere, changes nothing (as vLLM).
+    "user",
+];
+
+pub const COMPLETIONS: Fields = Fields {
+    endpoint: "/v1/completions",
+    known: &[&["model", "prompt", "logprobs", "echo"], SAMPLING],
+    refused: REFUSED_COMPLETIONS,
+};
+
+/// Known to OpenAI or vLLM, not implemented by strata.
+const REFUSED_COMPLETIONS: &[&str] = &[
+    "suffix",
+    "best_of",
+    "use_beam_search",
+    "length_penalty",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "guided_decoding_backend",
+    "guided_whitespace_pattern",
+    "structured_outputs",
+    "response_format",
+    "logits_processors",
+    "return_tokens_as_token_ids",
+    "return_token_ids",
+    "prompt_embeds",
+    "lora_request",
+    "mm_processor_kwargs",
+    "bad_words",
+    "repetition_penalty",
+    "logit_bias",
+    "allowed_token_ids",
+    "prompt_logprobs",
+    "add_special_tokens",
+];
+
+/// Whether a value asks for nothing (what SDKs send for an unset field).
+fn asks_for_nothing(v: &Value) -> bool {
+    match v {
+        Value::Null | Value::Bool(false) => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::Number(_) | Value::Bool(true) => false,
+    }
+}
+
+impl Fields {
+    /// Checks a parsed body's fields, then reads it as `T`.
+    pub fn parse<T: DeserializeOwned>(&self, body: Value) -> Result<T, ApiError> {
+        let Value::Object(map) = &body else {
+            return Err(ApiError::bad_request("the request body must be a JSON object"));
+        };
+        let mut ignored = Vec::new();
+        for (key, value) in map {
+            if self.known.iter().any(|list| list.contains(&key.as_str())) {
+                continue;
+            }
+            if self.refused.contains(&key.as_str()) {
+                if asks_for_nothing(value) {
+                    continue;
+                }
+                return Err(ApiError::invalid(
+                    static_name(self.refused, key),
+                    format!("`{key}` is not supported by strata"),
+                ));
+            }
+            ignored.push(key.as_str());
+        }
+        if !ignored.is_empty() {
+            tracing::warn!(
+                endpoint = self.endpoint,
+                "the following fields were present in the request but ignored: {ignored:?}"
+            );
+        }
+        serde_json::from_value(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+    }
+}
+
+/// The `'static` spelling of a refused field (for the error's `param`).
+fn static_name(list: &'static [&'static str], key: &str) -> &'static str {
+    list.iter().find(|k| **k == key).copied().unwrap_or("body")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::openai::CompletionRequest;
+
+    #[test]
+    fn refused_fields_name_themselves_and_defaults_pass() {
+        let err = COMPLETIONS
+            .parse::<CompletionRequest>(json!({"prompt": "a", "suffix": "b"}))
+            .unwrap_err();
+        assert!(err.to_string().contains("`suffix` is not supported"), "{err}");
+        let ok = COMPLETIONS.parse::<CompletionRequest>(
+            json!({"prompt": "a", "suffix": null, "best_of": null, "use_beam_search": false, "unknown_thing": 3}),
+        );
+        assert!(ok.is_ok());
+    }
+}
