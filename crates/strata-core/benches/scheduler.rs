@@ -130,7 +130,11 @@ fn step(c: &mut Criterion) {
                     black_box(s.batch(&plan));
                     black_box(s.update_from_output(
                         &plan,
-                        Ok(ModelOutput { sampled, kv_connector_output: None }),
+                        Ok(ModelOutput {
+                            sampled,
+                            prompt_logprobs: Vec::new(),
+                            kv_connector_output: None,
+                        }),
                         t,
                     ));
                 }

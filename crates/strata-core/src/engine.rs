@@ -60,10 +60,18 @@ impl<E: Executor> EngineCore<E> {
     }
 
     /// Queues a request; its id is returned, or why it can never run.
+    /// Token ids of the prompt and of the sampling parameters
+    /// (`logit_bias`, `allowed_token_ids`, `bad_words_token_ids`) are
+    /// checked against the executor's vocabulary here.
     pub fn add_request(&mut self, new: NewRequest, now: f64) -> Result<RequestId, AdmissionError> {
         let vocab_size = self.executor.vocab_size();
         if let Some(&token) = new.prompt_token_ids.iter().find(|&&t| t as usize >= vocab_size) {
             return Err(AdmissionError::TokenOutOfVocabulary { token, vocab_size });
+        }
+        if let Some((field, token)) =
+            new.params.token_ids().find(|&(_, t)| t as usize >= vocab_size)
+        {
+            return Err(AdmissionError::ParamTokenOutOfVocabulary { field, token, vocab_size });
         }
         let id = RequestId::new(self.next_id).expect("invariant: ids start at 1");
         self.scheduler.add_request(id, new, now)?;

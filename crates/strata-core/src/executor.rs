@@ -10,6 +10,17 @@
 //! that asks for it (a sequence whose prefill chunk does not reach the end
 //! of its prompt asks for none).
 //!
+//! A sequence whose request asks for prompt logprobs (vLLM's
+//! `prompt_logprobs`) carries [`SeqInput::prompt_logprobs`]: the executor
+//! then also computes the logits of every row of the chunk whose next token
+//! is a prompt token (for a chunk at positions `[a, b)` of a prompt of
+//! `P` tokens, the rows at positions `a..min(b, P - 1)`, the row at
+//! position `p` scoring `prompt[p + 1]`) and returns them in
+//! [`ModelOutput::prompt_logprobs`], one [`PromptLogprobsChunk`] per such
+//! sequence. A chunked prefill returns its prompt logprobs over several
+//! steps; the scheduler gathers them and hands them out with the request's
+//! first sampled token.
+//!
 //! With a KV connector configured, the batch also carries the step's
 //! connector metadata (vLLM's `kv_connector_metadata` in the scheduler
 //! output): the executor hands it to the connector's worker side before
@@ -23,6 +34,8 @@
 //! sequence runs at least one token; its block table covers
 //! `num_computed_tokens + token_ids.len()` slots; every block id is inside
 //! the pool; no request appears twice in a batch.
+
+use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -54,9 +67,22 @@ impl KvCacheSpec {
 #[derive(Clone, Copy, Debug)]
 pub struct SampleRequest<'a> {
     pub params: &'a SamplingParams,
-    /// Tokens generated so far (for penalties, and the position that keys
-    /// the per-request random stream).
+    /// The request's prompt (for the repetition penalty, which counts
+    /// prompt tokens too).
+    pub prompt_token_ids: &'a [TokenId],
+    /// Tokens generated so far (for penalties and bad words, and the
+    /// position that keys the per-request random stream).
     pub output_token_ids: &'a [TokenId],
+}
+
+/// A sequence's request for prompt logprobs in this step.
+#[derive(Clone, Copy, Debug)]
+pub struct PromptLogprobsRequest<'a> {
+    /// Alternatives per position, besides the prompt token itself (vLLM's
+    /// `prompt_logprobs`; 0 gives only the prompt token's logprob).
+    pub num_logprobs: u32,
+    /// The whole prompt: the row at position `p` scores `prompt[p + 1]`.
+    pub prompt_token_ids: &'a [TokenId],
 }
 
 /// One sequence's part of a step.
@@ -71,12 +97,25 @@ pub struct SeqInput<'a> {
     pub block_table: &'a [BlockId],
     /// `Some` when a token is to be sampled after this step's last token.
     pub sample: Option<SampleRequest<'a>>,
+    /// `Some` when the executor is to return the logprobs of the prompt
+    /// tokens that follow this step's rows (see the module header).
+    pub prompt_logprobs: Option<PromptLogprobsRequest<'a>>,
 }
 
 impl SeqInput<'_> {
     /// Tokens in the KV cache once this step has run.
     pub fn context_len(&self) -> usize {
         self.num_computed_tokens + self.token_ids.len()
+    }
+
+    /// The rows of `token_ids` (offsets) whose prompt logprobs this step
+    /// returns: those whose next token is a prompt token. Empty without
+    /// [`SeqInput::prompt_logprobs`]. The row at offset `i` scores the
+    /// prompt token at position `num_computed_tokens + i + 1`.
+    pub fn prompt_logprob_rows(&self) -> Range<usize> {
+        let Some(p) = self.prompt_logprobs else { return 0..0 };
+        let end = self.context_len().min(p.prompt_token_ids.len().saturating_sub(1));
+        0..end.saturating_sub(self.num_computed_tokens)
     }
 }
 
@@ -175,12 +214,29 @@ pub struct SampledToken {
     pub logprobs: Option<TopLogprobs>,
 }
 
+/// The prompt logprobs one step computed for one sequence: consecutive
+/// prompt positions from `first_position`. Each entry's
+/// [`TopLogprobs::sampled`] is the prompt token at that position (not a
+/// sampled one) with its logprob given the tokens before it; `top` holds
+/// the N most likely tokens there. Raw distribution, as vLLM's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PromptLogprobsChunk {
+    pub request_id: RequestId,
+    /// Prompt position of the token `logprobs[0]` scores (at least 1: the
+    /// first prompt token has no logprob).
+    pub first_position: usize,
+    pub logprobs: Vec<TopLogprobs>,
+}
+
 /// What one step produced: a token for each sequence that asked for one,
-/// in batch order, and the connector worker's report (`Some` whenever a
-/// connector is configured).
+/// in batch order, the prompt logprobs of the sequences that asked for
+/// them (one chunk per such sequence, in batch order; an executor that
+/// does not compute them leaves this empty), and the connector worker's
+/// report (`Some` whenever a connector is configured).
 #[derive(Clone, Debug, Default)]
 pub struct ModelOutput {
     pub sampled: Vec<SampledToken>,
+    pub prompt_logprobs: Vec<PromptLogprobsChunk>,
     pub kv_connector_output: Option<ConnectorOutput>,
 }
 
@@ -256,13 +312,19 @@ mod tests {
                     num_computed_tokens: 0,
                     block_table: &blocks,
                     sample: None,
+                    prompt_logprobs: None,
                 },
                 SeqInput {
                     request_id: req(2),
                     token_ids: &[9],
                     num_computed_tokens: 7,
                     block_table: &blocks,
-                    sample: Some(SampleRequest { params: &params, output_token_ids: &[] }),
+                    sample: Some(SampleRequest {
+                        params: &params,
+                        prompt_token_ids: &[],
+                        output_token_ids: &[],
+                    }),
+                    prompt_logprobs: None,
                 },
             ],
             kv_connector_metadata: None,
@@ -281,6 +343,7 @@ mod tests {
             num_computed_tokens: computed,
             block_table: table,
             sample: None,
+            prompt_logprobs: None,
         };
         let check = |seqs: Vec<SeqInput<'_>>| {
             ModelBatch { seqs, kv_connector_metadata: None }.validate(&spec()).unwrap_err()
@@ -303,5 +366,27 @@ mod tests {
             BatchError::BlockOutOfRange { .. }
         ));
         assert!(matches!(check(vec![seq(1, &[1], 32, &one)]), BatchError::TooLong { .. }));
+    }
+
+    #[test]
+    fn prompt_logprob_rows_stop_before_the_last_prompt_token() {
+        let blocks = [BlockId(0), BlockId(1)];
+        let prompt = [1, 2, 3, 4, 5, 6];
+        let seq = |computed: usize, n: usize, ask: bool| SeqInput {
+            request_id: req(1),
+            token_ids: &prompt[computed..computed + n],
+            num_computed_tokens: computed,
+            block_table: &blocks,
+            sample: None,
+            prompt_logprobs: ask
+                .then_some(PromptLogprobsRequest { num_logprobs: 2, prompt_token_ids: &prompt }),
+        };
+        // Positions [0, 4): all four rows score prompt[1..5].
+        assert_eq!(seq(0, 4, true).prompt_logprob_rows(), 0..4);
+        // Positions [4, 6): only position 4 has a next prompt token.
+        assert_eq!(seq(4, 2, true).prompt_logprob_rows(), 0..1);
+        assert_eq!(seq(0, 6, true).prompt_logprob_rows(), 0..5);
+        assert_eq!(seq(5, 1, true).prompt_logprob_rows(), 0..0);
+        assert_eq!(seq(0, 4, false).prompt_logprob_rows(), 0..0);
     }
 }

@@ -23,8 +23,8 @@ pub mod testing;
 
 pub use engine::EngineCore;
 pub use executor::{
-    BatchError, Executor, KvBlockIo, KvCacheSpec, ModelBatch, ModelOutput, SampleRequest,
-    SampledToken, SeqInput, TokenLogprob, TopLogprobs,
+    BatchError, Executor, KvBlockIo, KvCacheSpec, ModelBatch, ModelOutput, PromptLogprobsChunk,
+    PromptLogprobsRequest, SampleRequest, SampledToken, SeqInput, TokenLogprob, TopLogprobs,
 };
 pub use ids::{BlockId, RequestId, TokenId};
 pub use records::{

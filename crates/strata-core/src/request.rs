@@ -15,6 +15,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::executor::{PromptLogprobsChunk, TopLogprobs};
 use crate::ids::{RequestId, TokenId};
 use crate::kv::hash::{extend_block_hashes, BlockHash};
 use crate::records::Provenance;
@@ -188,6 +189,13 @@ pub struct Request {
     pub first_token_time: Option<f64>,
     pub scheduled_time: Option<f64>,
     pub kv_transfer_params: Option<KvTransferParams>,
+    /// Prompt logprobs gathered so far (`params.prompt_logprobs`): entry
+    /// `i` is for prompt position `i + 1`. Taken when they are delivered.
+    pub prompt_logprobs: Vec<TopLogprobs>,
+    /// Set once the prompt logprobs went out (with the first sampled
+    /// token); a recompute after preemption then neither asks for them
+    /// again nor skips the prefix cache.
+    pub prompt_logprobs_delivered: bool,
 }
 
 impl Request {
@@ -221,7 +229,51 @@ impl Request {
             first_token_time: None,
             scheduled_time: None,
             kv_transfer_params: new.kv_transfer_params,
+            prompt_logprobs: Vec::new(),
+            prompt_logprobs_delivered: false,
         }
+    }
+
+    /// Whether the request still waits for prompt logprobs: it asked for
+    /// them and they have not been delivered. Such a request skips the
+    /// prefix cache and connector matches (vLLM does the same), so every
+    /// prompt position is computed.
+    pub fn needs_prompt_logprobs(&self) -> bool {
+        self.params.prompt_logprobs.is_some() && !self.prompt_logprobs_delivered
+    }
+
+    /// Adds the entries of `chunk` not yet held (a chunk recomputed after
+    /// preemption repeats positions already gathered: they are skipped).
+    /// Entries must continue the gathered ones; a gap is ignored.
+    pub fn add_prompt_logprobs(&mut self, chunk: PromptLogprobsChunk) {
+        if !self.needs_prompt_logprobs() {
+            return;
+        }
+        let next = self.prompt_logprobs.len() + 1;
+        if chunk.first_position > next {
+            debug_assert!(
+                false,
+                "{}: prompt logprobs from {} after {next}",
+                self.id, chunk.first_position
+            );
+            return;
+        }
+        let skip = next - chunk.first_position;
+        let max = self.num_prompt_tokens().saturating_sub(1);
+        self.prompt_logprobs.extend(chunk.logprobs.into_iter().skip(skip));
+        self.prompt_logprobs.truncate(max);
+    }
+
+    /// The prompt logprobs to deliver with the first sampled token, as
+    /// vLLM returns them: one entry per prompt token, `None` for the first.
+    /// `None` if the request did not ask for them or they went out already.
+    pub fn take_prompt_logprobs(&mut self) -> Option<Vec<Option<TopLogprobs>>> {
+        if !self.needs_prompt_logprobs() {
+            return None;
+        }
+        self.prompt_logprobs_delivered = true;
+        let gathered = std::mem::take(&mut self.prompt_logprobs);
+        Some(std::iter::once(None).chain(gathered.into_iter().map(Some)).collect())
     }
 
     pub fn num_prompt_tokens(&self) -> usize {

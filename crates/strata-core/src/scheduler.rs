@@ -40,6 +40,8 @@ mod connector_io;
 #[cfg(test)]
 mod connector_tests;
 #[cfg(test)]
+mod prompt_logprobs_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::VecDeque;
@@ -51,7 +53,9 @@ use crate::dense::DenseMap;
 pub use admission::AdmissionError;
 
 use crate::connector::{ConnectorMeta, ConnectorScheduler, ConnectorStats, KvLoadFailurePolicy};
-use crate::executor::{ModelBatch, ModelOutput, SampleRequest, SeqInput, TopLogprobs};
+use crate::executor::{
+    ModelBatch, ModelOutput, PromptLogprobsRequest, SampleRequest, SeqInput, TopLogprobs,
+};
 use crate::ids::{RequestId, TokenId};
 use crate::kv::{AllocOutcome, KvCacheManager};
 use crate::records::{
@@ -178,6 +182,29 @@ pub struct RequestOutput {
     /// With the last output of a request whose connector answers for it
     /// (a P/D prefill engine's lease).
     pub kv_transfer_params: Option<crate::request::KvTransferParams>,
+    /// vLLM's `prompt_logprobs`, for a request that asked for them
+    /// (`SamplingParams::prompt_logprobs`): `Some` exactly once, with the
+    /// request's first sampled token, holding one entry per prompt token,
+    /// `None` for the first (as vLLM). Each entry's `sampled` is the prompt
+    /// token at that position. A chunked prefill's chunks are gathered by
+    /// the scheduler, so nothing needs concatenating; a request that ends
+    /// before its first token gets none.
+    pub prompt_logprobs: Option<Vec<Option<TopLogprobs>>>,
+}
+
+impl RequestOutput {
+    /// A request's last output when it ends without a token (abort,
+    /// error, a stop found by the caller).
+    pub fn finished(request_id: RequestId, reason: FinishReason) -> Self {
+        Self {
+            request_id,
+            new_token_id: None,
+            logprobs: None,
+            finish_reason: Some(reason),
+            kv_transfer_params: None,
+            prompt_logprobs: None,
+        }
+    }
 }
 
 /// Everything a step produced.
@@ -326,13 +353,7 @@ impl Scheduler {
         self.waiting.retain(|&w| w != id);
         self.running.retain(|&r| r != id);
         let result = self.finish(id, reason, now);
-        self.pending.outputs.push(RequestOutput {
-            request_id: id,
-            new_token_id: None,
-            logprobs: None,
-            finish_reason: Some(reason),
-            kv_transfer_params: None,
-        });
+        self.pending.outputs.push(RequestOutput::finished(id, reason));
         result
     }
 
@@ -510,7 +531,10 @@ impl Scheduler {
             }
             let req = &self.requests[&id];
             let first_admission = req.provenance.is_none();
-            let (hit_blocks, hit_tokens) = if req.num_computed_tokens == 0 {
+            // A request waiting for prompt logprobs computes every prompt
+            // position: no prefix-cache lookup, no connector match.
+            let lookups = !req.needs_prompt_logprobs();
+            let (hit_blocks, hit_tokens) = if req.num_computed_tokens == 0 && lookups {
                 self.kv.get_computed_blocks(req)
             } else {
                 (Vec::new(), req.num_computed_tokens)
@@ -518,7 +542,7 @@ impl Scheduler {
             // Tokens a connector can supply beyond the local hit, leaving at
             // least one token to compute (rule 3). Only at first admission:
             // a preempted request recomputes locally.
-            let (external, source) = match (&mut self.connector, first_admission) {
+            let (external, source) = match (&mut self.connector, first_admission && lookups) {
                 (Some(c), true) => {
                     let n = c.get_num_new_matched_tokens(req, hit_tokens);
                     let n = n.min(req.num_tokens().saturating_sub(1 + hit_tokens));
@@ -569,7 +593,9 @@ impl Scheduler {
     /// sources are set. At first admission: `hit_tokens` from the device
     /// prefix cache, `external` from the connector (booked under `source`),
     /// the rest computed here (A3, A4, A10, A13, A14); the lookups are
-    /// counted once. At a re-admission after preemption: the prompt tokens
+    /// counted once (not at all for a request that asks for prompt
+    /// logprobs: it skips the lookups, and vLLM's prefix-cache stats skip
+    /// it too). At a re-admission after preemption: the prompt tokens
     /// computed before and not found in the cache now are recomputed, in
     /// the record if it is not out yet, else in the step's counters (A9,
     /// A21).
@@ -596,9 +622,11 @@ impl Scheduler {
                 *slot = external as u32;
                 *hits += external as u32;
                 req.provenance = Some(p);
-                stats.prefix_cache_queries += prompt as u32;
-                stats.prefix_cache_hits += hit_tokens as u32;
-                if has_connector {
+                if !req.needs_prompt_logprobs() {
+                    stats.prefix_cache_queries += prompt as u32;
+                    stats.prefix_cache_hits += hit_tokens as u32;
+                }
+                if has_connector && !req.needs_prompt_logprobs() {
                     stats.external_prefix_cache_queries += (prompt - hit_tokens.min(prompt)) as u32;
                     stats.external_prefix_cache_hits += external as u32;
                 }
@@ -634,6 +662,20 @@ impl Scheduler {
                         .requests
                         .at(s.slot, &s.request_id)
                         .expect("invariant: scheduled requests exist");
+                    // Prompt logprobs while they are still wanted and the
+                    // chunk has rows followed by a prompt token (positions
+                    // gathered before a preemption are skipped on arrival).
+                    let prompt_logprobs = req
+                        .params
+                        .prompt_logprobs
+                        .filter(|_| {
+                            req.needs_prompt_logprobs()
+                                && s.num_computed_tokens + 1 < req.num_prompt_tokens()
+                        })
+                        .map(|num_logprobs| PromptLogprobsRequest {
+                            num_logprobs,
+                            prompt_token_ids: &req.prompt_token_ids,
+                        });
                     SeqInput {
                         request_id: s.request_id,
                         token_ids: &req.all_token_ids
@@ -642,8 +684,10 @@ impl Scheduler {
                         block_table: self.kv.blocks(s.request_id),
                         sample: s.samples.then_some(SampleRequest {
                             params: &req.params,
+                            prompt_token_ids: &req.prompt_token_ids,
                             output_token_ids: &req.output_token_ids,
                         }),
+                        prompt_logprobs,
                     }
                 })
                 .collect(),
@@ -658,13 +702,9 @@ impl Scheduler {
             if self.requests.contains_key(&s.request_id) {
                 self.running.retain(|&r| r != s.request_id);
                 self.finish(s.request_id, FinishReason::Error, now);
-                self.pending.outputs.push(RequestOutput {
-                    request_id: s.request_id,
-                    new_token_id: None,
-                    logprobs: None,
-                    finish_reason: Some(FinishReason::Error),
-                    kv_transfer_params: None,
-                });
+                self.pending
+                    .outputs
+                    .push(RequestOutput::finished(s.request_id, FinishReason::Error));
             }
         }
         let mut result = self.take_pending();
@@ -706,6 +746,11 @@ impl Scheduler {
             external_hits_remote: stats.external_hits_remote,
             ..StepRecord::default()
         };
+        for chunk in model.prompt_logprobs {
+            if let Some(req) = self.requests.get_mut(&chunk.request_id) {
+                req.add_prompt_logprobs(chunk);
+            }
+        }
         let mut sampled = model.sampled.into_iter();
         let mut finished = Vec::new();
         let mut newly_cached = Vec::new();
@@ -752,6 +797,7 @@ impl Scheduler {
                 logprobs: tok.logprobs,
                 finish_reason: reason,
                 kv_transfer_params: None,
+                prompt_logprobs: req.take_prompt_logprobs(),
             });
             if let Some(reason) = reason {
                 finished.push((req.id, reason));

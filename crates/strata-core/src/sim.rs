@@ -7,7 +7,8 @@
 //!   the wrong bytes, or one the scheduler never computed, changes the
 //!   output. It records what each step ran and checks every batch against
 //!   the pool, so scheduler bugs (a token without a slot, a block outside
-//!   the pool) surface as errors.
+//!   the pool) surface as errors. Prompt logprobs, when asked for, are
+//!   made up but well formed (see [`FakeExecutor::prompt_logprob`]).
 //! - [`SimExecutor`] wraps it with a latency model (cost per step, per
 //!   prefill token, per decode sequence), like dynamo's mocker: it adds the
 //!   simulated time to a counter and, if asked, sleeps for it. It serves
@@ -17,8 +18,8 @@ use std::time::Duration;
 
 use crate::connector::{ConnectorWorker, WorkerHandle};
 use crate::executor::{
-    BatchError, Executor, KvBlockIo, KvCacheSpec, ModelBatch, ModelOutput, SampledToken,
-    TokenLogprob, TopLogprobs,
+    BatchError, Executor, KvBlockIo, KvCacheSpec, ModelBatch, ModelOutput, PromptLogprobsChunk,
+    SampledToken, TokenLogprob, TopLogprobs,
 };
 use crate::ids::{BlockId, RequestId, TokenId};
 
@@ -199,6 +200,46 @@ impl FakeExecutor {
         self.token_for(kv.digest(&table, bs, context.len()))
     }
 
+    /// The fake's prompt logprob for a prompt token: `token` itself with
+    /// logprob -1, and as alternatives `token`, `token + 1`, ... (modulo
+    /// the vocabulary) with logprobs -1, -2, ... (a well-formed made-up
+    /// distribution: ordered, the prompt token first, probabilities below 1).
+    pub fn prompt_logprob(&self, token: TokenId, num_logprobs: u32) -> TopLogprobs {
+        let vocab = self.vocab_size as u64;
+        TopLogprobs {
+            sampled: TokenLogprob { token_id: token, logprob: -1.0 },
+            top: (0..num_logprobs)
+                .map(|i| TokenLogprob {
+                    token_id: ((token as u64 + i as u64) % vocab) as TokenId,
+                    logprob: -1.0 - i as f32,
+                })
+                .collect(),
+        }
+    }
+
+    /// A chunk of [`FakeExecutor::prompt_logprob`]s for each sequence that
+    /// asks for prompt logprobs and has rows followed by a prompt token.
+    fn prompt_logprobs(&self, batch: &ModelBatch<'_>) -> Vec<PromptLogprobsChunk> {
+        batch
+            .seqs
+            .iter()
+            .filter_map(|s| {
+                let p = s.prompt_logprobs?;
+                let rows = s.prompt_logprob_rows();
+                (!rows.is_empty()).then(|| PromptLogprobsChunk {
+                    request_id: s.request_id,
+                    first_position: s.num_computed_tokens + rows.start + 1,
+                    logprobs: rows
+                        .map(|i| {
+                            let token = p.prompt_token_ids[s.num_computed_tokens + i + 1];
+                            self.prompt_logprob(token, p.num_logprobs)
+                        })
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
     fn forward(&mut self, batch: &ModelBatch<'_>) -> Vec<SampledToken> {
         let bs = self.spec.block_size;
         for seq in &batch.seqs {
@@ -255,8 +296,9 @@ impl Executor for FakeExecutor {
         batch.validate(&self.spec)?;
         self.connector.start(batch.kv_connector_metadata, &mut self.kv);
         let sampled = self.forward(batch);
+        let prompt_logprobs = self.prompt_logprobs(batch);
         let kv_connector_output = self.connector.finish(&mut self.kv);
-        Ok(ModelOutput { sampled, kv_connector_output })
+        Ok(ModelOutput { sampled, prompt_logprobs, kv_connector_output })
     }
 }
 

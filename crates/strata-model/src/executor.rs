@@ -5,20 +5,23 @@
 //! metadata to the connector's worker side (loads and stores between the
 //! pool and the connector), flatten the batch into
 //! [`StepMetadata`] (token ids, positions, slot mapping, block tables),
-//! run the forward pass computing logits only for rows that sample, and
-//! sample each of those rows (in parallel; sampling of one row never looks
-//! at another); last, collect the worker's report for the scheduler.
+//! run the forward pass computing logits only for rows that sample or
+//! whose prompt logprobs a sequence asks for ([`LogitRows::Step`]), sample
+//! each sampling row and turn each prompt row into the logprobs of the
+//! prompt token after it (in parallel; no row looks at another); last,
+//! collect the worker's report for the scheduler.
 
 use rayon::prelude::*;
 use strata_core::connector::{ConnectorWorker, WorkerHandle};
 use strata_core::{
-    BlockId, Executor, KvBlockIo, KvCacheSpec, ModelBatch, ModelOutput, SampledToken,
+    BlockId, Executor, KvBlockIo, KvCacheSpec, ModelBatch, ModelOutput, PromptLogprobsChunk,
+    SampledToken,
 };
 
 use crate::backend::{Backend, SeqAttention, StepMetadata};
 use crate::error::{ModelError, Result};
 use crate::models::DecoderModel;
-use crate::sampler::Sampler;
+use crate::sampler::{top_logprobs, Sampler};
 
 /// Size of the device KV pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,8 +41,14 @@ impl Default for KvPoolConfig {
 /// Which token rows a forward pass returns logits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogitRows {
-    /// The last token of each sequence that samples (what `execute` uses).
+    /// The last token of each sequence that samples.
     Sampled,
+    /// What `execute` uses: per sequence, in batch order, the rows whose
+    /// prompt logprobs it asks for ([`SeqInput::prompt_logprob_rows`]),
+    /// then its last row if it samples.
+    ///
+    /// [`SeqInput::prompt_logprob_rows`]: strata_core::SeqInput::prompt_logprob_rows
+    Step,
     /// Every token of the batch (for tests and scoring).
     All,
 }
@@ -199,7 +208,9 @@ impl<B: Backend> ModelExecutor<B> {
     fn check_token_ids(&self, batch: &ModelBatch<'_>) -> Result<()> {
         let vocab = self.model.config().vocab_size;
         for seq in &batch.seqs {
-            if let Some(&bad) = seq.token_ids.iter().find(|&&t| t as usize >= vocab) {
+            // Prompt logprobs index their rows by the prompt's next tokens.
+            let prompt = seq.prompt_logprobs.map_or(&[][..], |p| p.prompt_token_ids);
+            if let Some(&bad) = seq.token_ids.iter().chain(prompt).find(|&&t| t as usize >= vocab) {
                 return Err(ModelError::InvalidInput(format!(
                     "{}: token id {bad} is outside the vocabulary of {vocab}",
                     seq.request_id
@@ -222,6 +233,16 @@ impl<B: Backend> ModelExecutor<B> {
                 .zip(&meta.seqs)
                 .filter(|(s, _)| s.sample.is_some())
                 .map(|(_, m)| m.token_start + m.num_tokens - 1)
+                .collect(),
+            LogitRows::Step => batch
+                .seqs
+                .iter()
+                .zip(&meta.seqs)
+                .flat_map(|(s, m)| {
+                    let start = m.token_start;
+                    let last = s.sample.is_some().then_some(start + m.num_tokens - 1);
+                    s.prompt_logprob_rows().map(move |i| start + i).chain(last)
+                })
                 .collect(),
         };
         let step = self.backend.prepare_step(&meta)?;
@@ -246,11 +267,14 @@ impl<B: Backend> Executor for ModelExecutor<B> {
         self.check_token_ids(batch)?;
         let mut io = PoolIo { backend: &self.backend, kv: &mut self.kv, spec: self.spec };
         self.connector.start(batch.kv_connector_metadata, &mut io);
-        let sampled = if batch.seqs.is_empty() { Ok(Vec::new()) } else { self.sample(batch) };
+        let sampled =
+            if batch.seqs.is_empty() { Ok(Default::default()) } else { self.sample(batch) };
         let mut io = PoolIo { backend: &self.backend, kv: &mut self.kv, spec: self.spec };
         let kv_connector_output = self.connector.finish(&mut io);
         match sampled {
-            Ok(sampled) => Ok(ModelOutput { sampled, kv_connector_output }),
+            Ok((sampled, prompt_logprobs)) => {
+                Ok(ModelOutput { sampled, prompt_logprobs, kv_connector_output })
+            }
             Err(e) => {
                 self.connector.keep(kv_connector_output);
                 Err(e)
@@ -260,17 +284,51 @@ impl<B: Backend> Executor for ModelExecutor<B> {
 }
 
 impl<B: Backend> ModelExecutor<B> {
-    /// The forward pass over a non-empty batch and a token for each
-    /// sequence that samples.
-    fn sample(&mut self, batch: &ModelBatch<'_>) -> Result<Vec<SampledToken>> {
-        let logits = self.logits(batch, LogitRows::Sampled)?;
+    /// The forward pass over a non-empty batch, a token for each sequence
+    /// that samples and the prompt logprobs of each sequence that asks for
+    /// them (one chunk per sequence with prompt rows).
+    fn sample(
+        &mut self,
+        batch: &ModelBatch<'_>,
+    ) -> Result<(Vec<SampledToken>, Vec<PromptLogprobsChunk>)> {
+        let logits = self.logits(batch, LogitRows::Step)?;
         let vocab = self.model.config().vocab_size;
-        let sampling: Vec<_> =
-            batch.seqs.iter().filter_map(|s| s.sample.map(|r| (s.request_id, r))).collect();
-        Ok(sampling
+        let rows: Vec<&[f32]> = logits.chunks_exact(vocab).collect();
+        // Walk the rows in the order `LogitRows::Step` lays them out.
+        let mut next = 0;
+        let mut sampling = Vec::new();
+        let mut prompt = Vec::new();
+        for s in &batch.seqs {
+            let prompt_rows = s.prompt_logprob_rows();
+            if let (Some(p), false) = (s.prompt_logprobs, prompt_rows.is_empty()) {
+                prompt.push((s, p, prompt_rows.clone(), next));
+            }
+            next += prompt_rows.len();
+            if let Some(r) = s.sample {
+                sampling.push((s.request_id, r, next));
+                next += 1;
+            }
+        }
+        debug_assert_eq!(next, rows.len());
+        let sampled = sampling
             .par_iter()
-            .zip(logits.par_chunks(vocab))
-            .map(|((id, req), row)| self.sampler.sample(*id, row, req))
-            .collect())
+            .map(|(id, req, row)| self.sampler.sample(*id, rows[*row], req))
+            .collect();
+        let prompt_logprobs = prompt
+            .into_iter()
+            .map(|(s, p, prompt_rows, first_row)| PromptLogprobsChunk {
+                request_id: s.request_id,
+                first_position: s.num_computed_tokens + prompt_rows.start + 1,
+                logprobs: prompt_rows
+                    .into_par_iter()
+                    .enumerate()
+                    .map(|(k, i)| {
+                        let token = p.prompt_token_ids[s.num_computed_tokens + i + 1];
+                        top_logprobs(rows[first_row + k], token, p.num_logprobs)
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok((sampled, prompt_logprobs))
     }
 }

@@ -168,6 +168,7 @@ fn invalid_batches_are_errors_not_panics() {
         num_computed_tokens: computed,
         block_table: table,
         sample: None,
+        prompt_logprobs: None,
     };
     let run = |exec: &mut strata_model::ModelExecutor<_>, s| {
         strata_core::Executor::execute(

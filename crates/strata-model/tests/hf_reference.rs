@@ -9,6 +9,11 @@
 //! smallest gap between the top two logits in the references (0.0018), so
 //! a real bug (a wrong RoPE frequency, a missing bias, a misread layout)
 //! cannot hide under it.
+//!
+//! Prompt logprobs (vLLM's `prompt_logprobs`) are checked against the
+//! log-softmax of the reference prefill logits, through a real
+//! `EngineCore` over the executor, in one chunk and in chunks of a few
+//! tokens.
 
 #![allow(clippy::unwrap_used)]
 
@@ -16,7 +21,11 @@ use std::path::{Path, PathBuf};
 
 use safetensors::SafeTensors;
 use strata_core::offline::{run_offline, OfflineRequest};
-use strata_core::{BlockId, ModelBatch, RequestId, SamplingParams, SeqInput};
+use strata_core::scheduler::RequestOutput;
+use strata_core::{
+    BlockId, EngineCore, ModelBatch, NewRequest, RequestId, SamplingParams, SchedulerConfig,
+    SeqInput, TopLogprobs,
+};
 use strata_model::{
     load_cpu_executor, KvPoolConfig, LoadOptions, LogitRows, ModelExecutor, ModelSource,
 };
@@ -101,6 +110,7 @@ fn check_prefill(name: &str) {
                 num_computed_tokens: 0,
                 block_table: &table,
                 sample: None,
+                prompt_logprobs: None,
             }],
         };
         let logits = exec.logits(&batch, LogitRows::All).expect("forward");
@@ -135,6 +145,7 @@ fn check_decode(name: &str) {
                     num_computed_tokens: computed,
                     block_table: &table,
                     sample: None,
+                    prompt_logprobs: None,
                 }],
             };
             let logits = exec.logits(&batch, LogitRows::All).expect("forward");
@@ -216,4 +227,166 @@ fn qwen3_decode_matches_transformers() {
 #[test]
 fn qwen3_batched_greedy_matches_transformers() {
     check_greedy_batch("tiny-qwen3");
+}
+
+/// Prompt logprobs differ from the reference's log-softmax by at most
+/// this (the logits agree within `TOLERANCE`; a log-softmax adds the
+/// error of the normaliser).
+const LOGPROB_TOLERANCE: f64 = 1e-3;
+
+/// `log_softmax(row)`, in f64.
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+    row.iter().map(|&v| v as f64 - lse).collect()
+}
+
+/// Runs `phases` on one engine over `exec` with a token budget of
+/// `budget` (each phase's requests are added together and run to
+/// completion before the next phase's, so a later phase finds the
+/// earlier ones' blocks in the prefix cache) and returns each request's
+/// outputs, in order.
+fn run_engine(
+    exec: &mut ModelExecutor<strata_model::backend::cpu::CpuBackend>,
+    phases: Vec<Vec<NewRequest>>,
+    budget: usize,
+) -> Vec<Vec<RequestOutput>> {
+    let config = SchedulerConfig {
+        max_num_batched_tokens: budget,
+        max_model_len: 256,
+        ..SchedulerConfig::default()
+    };
+    let mut engine = EngineCore::new(exec, config);
+    let mut ids: Vec<RequestId> = Vec::new();
+    let mut outs: Vec<Vec<RequestOutput>> = Vec::new();
+    let mut t = 0.0;
+    for phase in phases {
+        for n in phase {
+            ids.push(engine.add_request(n, t).expect("admitted"));
+            outs.push(Vec::new());
+        }
+        while engine.has_unfinished() {
+            t += 1.0;
+            let r = engine.step(t);
+            assert!(r.executor_error.is_none(), "{:?}", r.executor_error);
+            for o in r.outputs {
+                let i = ids.iter().position(|&id| id == o.request_id).expect("known request");
+                outs[i].push(o);
+            }
+            assert!(t < 1000.0, "the engine did not finish");
+        }
+    }
+    outs
+}
+
+/// Checks one position's entry against the reference row that predicts
+/// it: the prompt token's logprob, and the top `n` as the reference's
+/// best `n` values (ids may swap only between values closer than the
+/// tolerance).
+fn check_entry(what: &str, entry: &TopLogprobs, token: u32, reference: &[f64], n: usize) {
+    assert_eq!(entry.sampled.token_id, token, "{what}: the prompt token");
+    let diff = (entry.sampled.logprob as f64 - reference[token as usize]).abs();
+    assert!(diff < LOGPROB_TOLERANCE, "{what}: prompt token logprob differs by {diff}");
+    assert_eq!(entry.top.len(), n, "{what}: top-n length");
+    let mut best: Vec<f64> = reference.to_vec();
+    best.sort_by(|a, b| b.total_cmp(a));
+    for (k, t) in entry.top.iter().enumerate() {
+        let own = (t.logprob as f64 - reference[t.token_id as usize]).abs();
+        assert!(own < LOGPROB_TOLERANCE, "{what}: top {k} (token {}) differs by {own}", t.token_id);
+        let rank = (t.logprob as f64 - best[k]).abs();
+        assert!(rank < LOGPROB_TOLERANCE, "{what}: top {k} is not the {k}-th best ({rank})");
+    }
+}
+
+/// Prompt logprobs through the engine, for every case: one chunk (budget
+/// 64) and chunked prefill (budgets 3 and 5), with the prefix cache warm
+/// (an identical prompt ran first, without prompt logprobs, so a lookup
+/// would have hit). Each request gets them exactly once, with its first
+/// token, one entry per prompt token (`None` first), equal to the
+/// reference's log-softmax; the greedy tokens still match the reference
+/// (the sampled rows are the right ones).
+fn check_prompt_logprobs(name: &str) {
+    const N: u32 = 5;
+    let mut exec = load(name);
+    let vocab = exec.model().config().vocab_size;
+    for (i, case) in cases(&fixture(name)).iter().enumerate() {
+        let greedy = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(2) };
+        let plain = NewRequest::new(case.prompt.clone(), greedy.clone());
+        let asking = NewRequest::new(
+            case.prompt.clone(),
+            SamplingParams { prompt_logprobs: Some(N), ..greedy },
+        );
+        for budget in [64, 3, 5] {
+            let what = format!("{name} case {i} budget {budget}");
+            let outs =
+                run_engine(&mut exec, vec![vec![plain.clone()], vec![asking.clone()]], budget);
+            assert!(outs[0].iter().all(|o| o.prompt_logprobs.is_none()), "{what}: not asked");
+            let outs = &outs[1];
+            let tokens: Vec<u32> = outs.iter().filter_map(|o| o.new_token_id).collect();
+            assert_eq!(tokens, case.greedy[..2], "{what}: greedy tokens");
+            let with: Vec<_> = outs.iter().filter(|o| o.prompt_logprobs.is_some()).collect();
+            assert_eq!(with.len(), 1, "{what}: delivered once");
+            assert_eq!(with[0].new_token_id, Some(case.greedy[0]), "{what}: with the first token");
+            let got = with[0].prompt_logprobs.as_ref().unwrap();
+            assert_eq!(got.len(), case.prompt.len(), "{what}: one entry per prompt token");
+            assert!(got[0].is_none(), "{what}: the first token has none");
+            for (pos, entry) in got.iter().enumerate().skip(1) {
+                let entry = entry.as_ref().unwrap_or_else(|| panic!("{what}: position {pos}"));
+                let row = &case.prefill_logits[(pos - 1) * vocab..pos * vocab];
+                let what = format!("{what} position {pos}");
+                check_entry(&what, entry, case.prompt[pos], &log_softmax(row), N as usize);
+            }
+        }
+    }
+}
+
+/// Several requests in one batch, some asking for prompt logprobs and
+/// some not, chunked: each gets its own positions.
+fn check_prompt_logprobs_batched(name: &str) {
+    let mut exec = load(name);
+    let vocab = exec.model().config().vocab_size;
+    let cases = cases(&fixture(name));
+    let news: Vec<NewRequest> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let p = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(1) };
+            let p = SamplingParams { prompt_logprobs: (i % 2 == 0).then_some(i as u32), ..p };
+            NewRequest::new(c.prompt.clone(), p)
+        })
+        .collect();
+    let outs = run_engine(&mut exec, vec![news], 7);
+    for (i, (outs, case)) in outs.iter().zip(&cases).enumerate() {
+        let what = format!("{name} batched case {i}");
+        let delivered: Vec<_> = outs.iter().filter_map(|o| o.prompt_logprobs.as_ref()).collect();
+        if i % 2 == 1 {
+            assert!(delivered.is_empty(), "{what}: not asked");
+            continue;
+        }
+        assert_eq!(delivered.len(), 1, "{what}");
+        assert_eq!(delivered[0].len(), case.prompt.len(), "{what}");
+        for (pos, entry) in delivered[0].iter().enumerate().skip(1) {
+            let row = &case.prefill_logits[(pos - 1) * vocab..pos * vocab];
+            let what = format!("{what} position {pos}");
+            check_entry(&what, entry.as_ref().unwrap(), case.prompt[pos], &log_softmax(row), i);
+        }
+    }
+}
+
+#[test]
+fn llama_prompt_logprobs_match_transformers() {
+    check_prompt_logprobs("tiny-llama");
+    check_prompt_logprobs_batched("tiny-llama");
+}
+
+#[test]
+fn qwen2_prompt_logprobs_match_transformers() {
+    check_prompt_logprobs("tiny-qwen2");
+    check_prompt_logprobs_batched("tiny-qwen2");
+}
+
+#[test]
+fn qwen3_prompt_logprobs_match_transformers() {
+    check_prompt_logprobs("tiny-qwen3");
+    check_prompt_logprobs_batched("tiny-qwen3");
 }

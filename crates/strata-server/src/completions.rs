@@ -31,11 +31,76 @@ use crate::AppState;
 const DEFAULT_MAX_TOKENS: i64 = 16;
 pub const MAX_N: u32 = 16;
 
-pub fn sampling_params(
+/// `max_tokens` when a request sets none (vLLM's rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxTokensDefault {
+    /// `/v1/completions`: 16.
+    Completions,
+    /// `/v1/chat/completions`: the rest of the context after this many
+    /// prompt tokens (capped by the model's `max_new_tokens`, if any).
+    RestOfContext { prompt_tokens: usize },
+}
+
+/// The request's sampling parameters, with the model's generation-config
+/// defaults for what it leaves unset.
+pub fn sampling_params_for(
+    state: &AppState,
     f: &SamplingFields,
     logprobs: Option<u32>,
+    max_default: MaxTokensDefault,
 ) -> Result<SamplingParams, ApiError> {
-    let max_tokens = f.max_completion_tokens.or(f.max_tokens).unwrap_or(DEFAULT_MAX_TOKENS);
+    let g = &state.generation_defaults;
+    let max_tokens = match max_default {
+        MaxTokensDefault::Completions => DEFAULT_MAX_TOKENS,
+        MaxTokensDefault::RestOfContext { prompt_tokens } => {
+            let rest = state.max_model_len.saturating_sub(prompt_tokens).max(1) as i64;
+            g.max_new_tokens.map_or(rest, |m| rest.min(i64::from(m.max(1))))
+        }
+    };
+    let with_defaults = SamplingFields {
+        temperature: f.temperature.or(g.temperature),
+        top_p: f.top_p.or(g.top_p),
+        top_k: f.top_k.or(g.top_k),
+        min_p: f.min_p.or(g.min_p),
+        repetition_penalty: f.repetition_penalty.or(g.repetition_penalty),
+        ..f.clone()
+    };
+    let mut params = build_sampling_params(&with_defaults, logprobs, max_tokens)?;
+    if let Some(words) = &f.bad_words {
+        params.bad_words_token_ids = bad_words_token_ids(state, words)?;
+    }
+    params.validate()?;
+    Ok(params)
+}
+
+/// vLLM's tokenization of `bad_words`: each word as written (leading spaces
+/// dropped) and, when it makes a different first token of the same length,
+/// with one leading space, so the word is banned at the start of the text
+/// and after a space.
+fn bad_words_token_ids(state: &AppState, words: &[String]) -> Result<Vec<Vec<u32>>, ApiError> {
+    let mut out: Vec<Vec<u32>> = Vec::new();
+    for word in words {
+        let bare = word.trim_start();
+        if bare.is_empty() {
+            return Err(ApiError::invalid("bad_words", "a bad word must not be empty"));
+        }
+        let plain = encode(state, bare, false, "bad_words")?;
+        let spaced = encode(state, &format!(" {bare}"), false, "bad_words")?;
+        let differs = spaced.first() != plain.first() && spaced.len() == plain.len();
+        out.push(plain);
+        if differs {
+            out.push(spaced);
+        }
+    }
+    Ok(out)
+}
+
+fn build_sampling_params(
+    f: &SamplingFields,
+    logprobs: Option<u32>,
+    default_max_tokens: i64,
+) -> Result<SamplingParams, ApiError> {
+    let max_tokens = f.max_completion_tokens.or(f.max_tokens).unwrap_or(default_max_tokens);
     if max_tokens < 1 || max_tokens > u32::MAX as i64 {
         let param =
             if f.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
@@ -67,9 +132,28 @@ pub fn sampling_params(
         min_tokens: f.min_tokens.unwrap_or(0),
         ignore_eos: f.ignore_eos.unwrap_or(false),
         stop_token_ids: f.stop_token_ids.clone().unwrap_or_default(),
+        repetition_penalty: f.repetition_penalty.unwrap_or(1.0),
+        logit_bias: logit_bias(f)?,
+        allowed_token_ids: f.allowed_token_ids.clone(),
+        prompt_logprobs: f.prompt_logprobs,
+        ..SamplingParams::default()
     };
     params.validate()?;
     Ok(params)
+}
+
+/// OpenAI's `logit_bias` map (token ids as string keys), in key order.
+fn logit_bias(f: &SamplingFields) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(map) = &f.logit_bias else { return Ok(Vec::new()) };
+    let mut out = Vec::with_capacity(map.len());
+    for (key, &bias) in map {
+        let token = key.trim().parse::<u32>().map_err(|_| {
+            ApiError::invalid("logit_bias", format!("logit_bias key `{key}` is not a token id"))
+        })?;
+        out.push((token, bias));
+    }
+    out.sort_by_key(|&(t, _)| t);
+    Ok(out)
 }
 
 pub fn now_secs() -> u64 {
@@ -97,18 +181,25 @@ pub struct Choice {
     pub last_token: Option<u32>,
     /// The prompt text to put before the generated text (`echo`).
     pub echo: Option<String>,
+    /// The prompt's token ids and their log-probabilities, when asked for
+    /// (`prompt_logprobs`, or `echo` with `logprobs`).
+    pub prompt_ids: Vec<u32>,
+    pub prompt_logprobs: Option<Vec<Option<strata_core::TopLogprobs>>>,
+    /// Whether the completion `logprobs` start with the prompt's (`echo`).
+    pub echo_logprobs: bool,
     /// Log-probabilities of tokens not yet reported (when asked for).
     pub logprobs: Vec<TokenLogprobs>,
     /// What a P/D prefill engine answers with (the lease on the KV).
     pub kv_transfer_params: Option<strata_core::KvTransferParams>,
 }
 
-/// One sampled token's log-probabilities, with token texts.
+/// One token's log-probabilities, with token texts (`None` for the
+/// first prompt token, which has no context).
 #[derive(Debug, Clone)]
 pub struct TokenLogprobs {
     pub token: String,
-    pub logprob: f32,
-    pub top: Vec<(String, f32)>,
+    pub logprob: Option<f32>,
+    pub top: Option<Vec<(String, f32)>>,
 }
 
 impl Choice {
@@ -122,7 +213,7 @@ impl Choice {
         json!({
             "tokens": lps.iter().map(|l| l.token.clone()).collect::<Vec<_>>(),
             "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
-            "top_logprobs": lps.iter().map(|l| l.top.iter().map(|(t, p)| (t.clone(), json!(p))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+            "top_logprobs": lps.iter().map(|l| l.top.as_ref().map(|top| top.iter().map(|(t, p)| (t.clone(), json!(p))).collect::<serde_json::Map<_, _>>())).collect::<Vec<_>>(),
         })
     }
 
@@ -134,8 +225,9 @@ impl Choice {
         let lps = std::mem::take(&mut self.logprobs);
         let entry = |t: &str, p: f32| json!({"token": t, "logprob": p, "bytes": t.as_bytes()});
         json!({"content": lps.iter().map(|l| {
-            let mut e = entry(&l.token, l.logprob);
-            e["top_logprobs"] = l.top.iter().map(|(t, p)| entry(t, *p)).collect();
+            let mut e = entry(&l.token, l.logprob.unwrap_or(f32::NEG_INFINITY));
+            e["top_logprobs"] =
+                l.top.iter().flatten().map(|(t, p)| entry(t, *p)).collect();
             e
         }).collect::<Vec<_>>()})
     }
@@ -146,6 +238,27 @@ impl Choice {
     pub fn apply(&mut self, state: &AppState, update: RequestUpdate) -> String {
         match update {
             RequestUpdate::Prefill(r) => self.record = Some(r),
+            RequestUpdate::PromptLogprobs(p) => {
+                if self.echo_logprobs {
+                    // The prompt's entries lead the completion logprobs.
+                    let text = |id: u32| state.tokenizer.decode(&[id], false).unwrap_or_default();
+                    let mut lead: Vec<TokenLogprobs> = self
+                        .prompt_ids
+                        .iter()
+                        .zip(&p)
+                        .map(|(&id, lp)| TokenLogprobs {
+                            token: text(id),
+                            logprob: lp.as_ref().map(|l| l.sampled.logprob),
+                            top: lp.as_ref().map(|l| {
+                                l.top.iter().map(|t| (text(t.token_id), t.logprob)).collect()
+                            }),
+                        })
+                        .collect();
+                    lead.append(&mut self.logprobs);
+                    self.logprobs = lead;
+                }
+                self.prompt_logprobs = Some(p);
+            }
             RequestUpdate::KvTransfer(p) => self.kv_transfer_params = Some(p),
             RequestUpdate::Token { token_id, logprobs } => {
                 self.completion_tokens += 1;
@@ -154,8 +267,8 @@ impl Choice {
                     let text = |id: u32| state.tokenizer.decode(&[id], false).unwrap_or_default();
                     self.logprobs.push(TokenLogprobs {
                         token: text(lp.sampled.token_id),
-                        logprob: lp.sampled.logprob,
-                        top: lp.top.iter().map(|t| (text(t.token_id), t.logprob)).collect(),
+                        logprob: Some(lp.sampled.logprob),
+                        top: Some(lp.top.iter().map(|t| (text(t.token_id), t.logprob)).collect()),
                     });
                 }
                 if let Ok(piece) = self.detok.push(&state.tokenizer, token_id) {
@@ -326,6 +439,9 @@ pub async fn submit_choices(
             stop_token_ids,
             last_token: None,
             echo: None,
+            prompt_ids: prompt_ids.clone(),
+            prompt_logprobs: None,
+            echo_logprobs: false,
             logprobs: Vec::new(),
             kv_transfer_params: None,
         });
@@ -343,10 +459,15 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 
-pub fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
+/// The name to answer with: the one the request asked for (any served
+/// name), or the first served name when it names none.
+pub fn check_model(state: &AppState, model: Option<&str>) -> Result<String, ApiError> {
     match model {
-        Some(m) if m != state.served_model_name => Err(ApiError::ModelNotFound(m.to_owned())),
-        _ => Ok(()),
+        None => Ok(state.served_model_name.clone()),
+        Some(m) if m == state.served_model_name || state.model_aliases.iter().any(|a| a == m) => {
+            Ok(m.to_owned())
+        }
+        Some(m) => Err(ApiError::ModelNotFound(m.to_owned())),
     }
 }
 
@@ -372,8 +493,8 @@ pub async fn completions(
     State(state): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: CompletionRequest = crate::fields::COMPLETIONS.parse(parse_body(body)?)?;
-    check_model(&state, req.model.as_deref())?;
+    let req: CompletionRequest = crate::fields::COMPLETIONS.parse(body)?;
+    let model = check_model(&state, req.model.as_deref())?;
     if req.logprobs.is_some_and(|n| n > strata_core::sampling::MAX_LOGPROBS) {
         return Err(ApiError::invalid(
             "logprobs",
@@ -414,7 +535,15 @@ pub async fn completions(
         };
         batch.push((echo, ids));
     }
-    let params = sampling_params(&req.sampling, req.logprobs)?;
+    let mut params =
+        sampling_params_for(&state, &req.sampling, req.logprobs, MaxTokensDefault::Completions)?;
+    // `echo` with `logprobs` scores the prompt too (what evaluation
+    // harnesses read for loglikelihoods), as vLLM does.
+    let echo_logprobs = req.echo && req.logprobs.is_some();
+    if echo_logprobs {
+        params.prompt_logprobs = params.prompt_logprobs.max(req.logprobs);
+        params.validate()?;
+    }
     let options = ChoiceOptions::from_fields(&req.sampling)?;
     let n = req.sampling.n.unwrap_or(1);
     let kv = req.sampling.kv_transfer_params.clone();
@@ -426,16 +555,18 @@ pub async fn completions(
             // OpenAI's numbering: prompt i's choices are i*n .. i*n + n.
             c.index += i * n as usize;
             c.echo = echo.clone();
+            c.echo_logprobs = echo_logprobs;
         }
         choices.extend(more);
     }
     let id = format!("cmpl-{}", choices[0].id.get());
     let created = now_secs();
-    let model = state.served_model_name.clone();
     if req.sampling.stream.unwrap_or(false) {
         let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let stream_id = id.clone();
+        let chunk_model = model.clone();
         let chunk = move |c: &mut Choice, text: &str| {
+            let model = &chunk_model;
             let (index, finish, logprobs) = (c.index, c.finish, c.take_completion_logprobs());
             // The echoed prompt comes with the choice's first chunk.
             let text = match c.echo.take() {
@@ -447,8 +578,7 @@ pub async fn completions(
                                 "finish_reason": finish_str(finish), "stop_reason": c.stop_reason}]})
         };
         let usage_chunk = {
-            let (id, model) =
-                (format!("cmpl-{}", choices[0].id.get()), state.served_model_name.clone());
+            let (id, model) = (format!("cmpl-{}", choices[0].id.get()), model.clone());
             move |usage: Usage| json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": [], "usage": usage})
         };
         return Ok(sse(state, choices, chunk, usage_chunk, include_usage).into_response());
@@ -460,13 +590,17 @@ pub async fn completions(
         .map(|mut c| {
             let logprobs = c.take_completion_logprobs();
             let text = c.echo.take().unwrap_or_default() + &c.text;
-            json!({"index": c.index, "text": text, "logprobs": logprobs,
-                   "finish_reason": finish_str(c.finish), "stop_reason": c.stop_reason})
+            let mut choice = json!({"index": c.index, "text": text, "logprobs": logprobs,
+                   "finish_reason": finish_str(c.finish), "stop_reason": c.stop_reason});
+            if req.sampling.prompt_logprobs.is_some() {
+                choice["prompt_logprobs"] = prompt_logprobs_json(&state, &c);
+            }
+            choice
         })
         .collect();
     let body = json!({
         "id": id, "object": "text_completion", "created": created,
-        "model": state.served_model_name, "choices": out, "usage": usage,
+        "model": model, "choices": out, "usage": usage,
     });
     Ok(json_answer(body, kv))
 }
@@ -485,6 +619,36 @@ pub fn json_answer(mut body: Value, kv: Option<Value>) -> Response {
         body["kv_transfer_params"] = kv;
     }
     Json(body).into_response()
+}
+
+/// vLLM's `prompt_logprobs` of a choice: `null` first, then per prompt
+/// token a map from token id to `{logprob, rank, decoded_token}` holding the
+/// prompt token and the top alternatives. A rank is the place in the top
+/// list; the prompt token's is `null` when it is not in that list (strata
+/// does not rank the whole vocabulary).
+pub fn prompt_logprobs_json(state: &AppState, c: &Choice) -> Value {
+    let Some(entries) = &c.prompt_logprobs else { return Value::Null };
+    let text = |id: u32| state.tokenizer.decode(&[id], false).unwrap_or_default();
+    Value::Array(
+        entries
+            .iter()
+            .map(|e| {
+                let Some(lp) = e else { return Value::Null };
+                let mut map = serde_json::Map::new();
+                for (rank, t) in lp.top.iter().enumerate() {
+                    map.insert(
+                        t.token_id.to_string(),
+                        json!({"logprob": t.logprob, "rank": rank + 1, "decoded_token": text(t.token_id)}),
+                    );
+                }
+                map.entry(lp.sampled.token_id.to_string()).or_insert_with(|| {
+                    json!({"logprob": lp.sampled.logprob, "rank": null,
+                           "decoded_token": text(lp.sampled.token_id)})
+                });
+                Value::Object(map)
+            })
+            .collect(),
+    )
 }
 
 /// Waits for every choice to finish (non-streaming responses).

@@ -31,6 +31,9 @@ pub enum RequestUpdate {
     /// A connector's params for the client (a P/D prefill engine's lease),
     /// just before `Finished`.
     KvTransfer(strata_core::KvTransferParams),
+    /// vLLM's `prompt_logprobs` (one entry per prompt token, `None`
+    /// first), once, just before the first token, when asked for.
+    PromptLogprobs(Vec<Option<TopLogprobs>>),
     Token {
         token_id: u32,
         logprobs: Option<TopLogprobs>,
@@ -240,6 +243,10 @@ fn run<E: Executor>(
             }
         }
         for o in &result.outputs {
+            if let Some(p) = &o.prompt_logprobs {
+                let update = RequestUpdate::PromptLogprobs(p.clone());
+                send(&mut senders, &mut engine, o.request_id, update, t);
+            }
             if let Some(token_id) = o.new_token_id {
                 // A stop string ends the request before the next step.
                 let stopped = o.finish_reason.is_none()

@@ -241,6 +241,11 @@ impl From<SamplingError> for ApiError {
             SamplingError::Logprobs(_) => "logprobs",
             SamplingError::MaxTokens(_) => "max_tokens",
             SamplingError::MinTokens { .. } => "min_tokens",
+            SamplingError::RepetitionPenalty(_) => "repetition_penalty",
+            SamplingError::LogitBias { .. } => "logit_bias",
+            SamplingError::AllowedTokenIdsEmpty => "allowed_token_ids",
+            SamplingError::BadWordEmpty { .. } => "bad_words",
+            SamplingError::PromptLogprobs(_) => "prompt_logprobs",
         };
         Self::invalid(param, e.to_string())
     }
@@ -263,6 +268,11 @@ impl From<AdmissionError> for ApiError {
             e @ AdmissionError::NeverFits { .. } => Self::invalid("max_tokens", e.to_string()),
             e @ AdmissionError::TokenOutOfVocabulary { .. } => {
                 Self::invalid("prompt", e.to_string())
+            }
+            ref e @ AdmissionError::ParamTokenOutOfVocabulary { field, .. } => {
+                // The engine names its own field; the API's is `bad_words`.
+                let param = if field == "bad_words_token_ids" { "bad_words" } else { field };
+                Self::invalid(param, e.to_string())
             }
             e @ AdmissionError::DuplicateId(_) => {
                 tracing::error!("the engine refused a request: {e}");

@@ -6,6 +6,8 @@
 //! request but ignored". A refused field sent as `null`, `false` or empty
 //! asks for nothing and is accepted (SDKs send their defaults).
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -44,17 +46,29 @@ pub const SAMPLING: &[&str] = &[
     "truncate_prompt_tokens",
     "priority",
     "cache_salt",
+    "repetition_penalty",
+    "logit_bias",
+    "allowed_token_ids",
+    "bad_words",
+    "prompt_logprobs",
     // OpenAI's end-user id: recorded nowhere, changes nothing (as vLLM).
     "user",
 ];
 
 pub const COMPLETIONS: Fields = Fields {
     endpoint: "/v1/completions",
-    known: &[&["model", "prompt", "logprobs", "echo"], SAMPLING],
+    known: &[&["model", "prompt", "logprobs", "echo", "add_special_tokens"], SAMPLING],
     refused: REFUSED_COMPLETIONS,
 };
 
-/// Known to OpenAI or vLLM, not implemented by strata.
+/// Chat's own fields are in [`crate::chat::CHAT_FIELDS`]; tool calling and
+/// `response_format` are among them and refused by the chat handler.
+pub const CHAT: Fields = Fields {
+    endpoint: "/v1/chat/completions",
+    known: &[crate::chat::CHAT_FIELDS, SAMPLING],
+    refused: REFUSED,
+};
+
 const REFUSED_COMPLETIONS: &[&str] = &[
     "suffix",
     "best_of",
@@ -74,12 +88,27 @@ const REFUSED_COMPLETIONS: &[&str] = &[
     "prompt_embeds",
     "lora_request",
     "mm_processor_kwargs",
-    "bad_words",
-    "repetition_penalty",
-    "logit_bias",
-    "allowed_token_ids",
-    "prompt_logprobs",
-    "add_special_tokens",
+];
+
+/// Known to OpenAI or vLLM, not implemented by strata.
+const REFUSED: &[&str] = &[
+    "best_of",
+    "use_beam_search",
+    "length_penalty",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "guided_decoding_backend",
+    "guided_whitespace_pattern",
+    "structured_outputs",
+    "response_format",
+    "logits_processors",
+    "return_tokens_as_token_ids",
+    "return_token_ids",
+    "prompt_embeds",
+    "lora_request",
+    "mm_processor_kwargs",
 ];
 
 /// Whether a value asks for nothing (what SDKs send for an unset field).
@@ -94,9 +123,24 @@ fn asks_for_nothing(v: &Value) -> bool {
 }
 
 impl Fields {
-    /// Checks a parsed body's fields, then reads it as `T`.
-    pub fn parse<T: DeserializeOwned>(&self, body: Value) -> Result<T, ApiError> {
-        let Value::Object(map) = &body else {
+    /// Checks a body's fields, then reads it as `T` (from the text, so
+    /// JSON objects keep the order the client wrote them in).
+    pub fn parse<T: DeserializeOwned>(
+        &self,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<T, ApiError> {
+        let body = body?;
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| ApiError::bad_request("the body is not valid UTF-8"))?;
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
+        self.check(&value)?;
+        serde_json::from_str(text)
+            .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+    }
+
+    fn check(&self, body: &Value) -> Result<(), ApiError> {
+        let Value::Object(map) = body else {
             return Err(ApiError::bad_request("the request body must be a JSON object"));
         };
         let mut ignored = Vec::new();
@@ -121,8 +165,7 @@ impl Fields {
                 "the following fields were present in the request but ignored: {ignored:?}"
             );
         }
-        serde_json::from_value(body)
-            .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+        Ok(())
     }
 }
 
@@ -140,13 +183,20 @@ mod tests {
 
     #[test]
     fn refused_fields_name_themselves_and_defaults_pass() {
+        let body = |v: serde_json::Value| Ok(Bytes::from(v.to_string()));
         let err = COMPLETIONS
-            .parse::<CompletionRequest>(json!({"prompt": "a", "suffix": "b"}))
+            .parse::<CompletionRequest>(body(json!({"prompt": "a", "suffix": "b"})))
             .unwrap_err();
         assert!(err.to_string().contains("`suffix` is not supported"), "{err}");
-        let ok = COMPLETIONS.parse::<CompletionRequest>(
+        let ok = COMPLETIONS.parse::<CompletionRequest>(body(
             json!({"prompt": "a", "suffix": null, "best_of": null, "use_beam_search": false, "unknown_thing": 3}),
-        );
+        ));
         assert!(ok.is_ok());
+        let err = CHAT
+            .parse::<crate::chat::ChatCompletionRequest>(body(
+                json!({"messages": [{"role": "user", "content": "x"}], "guided_regex": "a+"}),
+            ))
+            .unwrap_err();
+        assert!(err.to_string().contains("`guided_regex` is not supported"), "{err}");
     }
 }

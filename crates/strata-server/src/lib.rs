@@ -8,6 +8,7 @@
 pub mod accounting_log;
 pub mod chat;
 pub mod completions;
+pub mod defaults;
 pub mod driver;
 pub mod error;
 pub mod fields;
@@ -39,8 +40,13 @@ pub const MAX_BODY_BYTES: usize = 8 << 20;
 pub struct AppState {
     pub engine: EngineHandle,
     pub tokenizer: Arc<Tokenizer>,
+    /// The first `--served-model-name` (the metrics' `model_name`).
     pub served_model_name: String,
+    /// The other names the model answers to (`--served-model-name a b`).
+    pub model_aliases: Vec<String>,
     pub max_model_len: usize,
+    /// Sampling defaults from the model's `generation_config.json`.
+    pub generation_defaults: defaults::GenerationDefaults,
     /// With a key, `/v1/*` requires `Authorization: Bearer KEY`.
     pub api_key: Option<String>,
     /// Requests in flight beyond which new ones get 503.
@@ -88,10 +94,18 @@ async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Nex
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(json!({"object": "list", "data": [{
-        "id": state.served_model_name, "object": "model", "created": completions::now_secs(),
-        "owned_by": "strata", "root": state.served_model_name, "max_model_len": state.max_model_len,
-    }]}))
+    // One entry per served name, as vLLM lists them.
+    let names = std::iter::once(&state.served_model_name).chain(&state.model_aliases);
+    let data: Vec<serde_json::Value> = names
+        .map(|name| {
+            json!({
+                "id": name, "object": "model", "created": completions::now_secs(),
+                "owned_by": "strata", "root": state.served_model_name,
+                "max_model_len": state.max_model_len,
+            })
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data}))
 }
 
 async fn load(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {

@@ -71,6 +71,18 @@ pub struct SamplingFields {
     pub priority: Option<i32>,
     /// Separates this request's prefix-cache entries from other tenants'.
     pub cache_salt: Option<String>,
+    /// HF/vLLM's: > 1 discourages tokens already in the prompt or output.
+    pub repetition_penalty: Option<f32>,
+    /// OpenAI's: token id (as a string key) to a bias added to its logit,
+    /// -100 to 100.
+    pub logit_bias: Option<std::collections::HashMap<String, f32>>,
+    /// Only these token ids may be sampled.
+    pub allowed_token_ids: Option<Vec<u32>>,
+    /// Words never generated (vLLM's `bad_words`, tokenized here).
+    pub bad_words: Option<Vec<String>>,
+    /// The log-probability of each prompt token (and this many
+    /// alternatives), as vLLM returns them.
+    pub prompt_logprobs: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -46,7 +46,9 @@ fn state_with(
         engine: EngineHandle::spawn(engine, metrics, Duration::from_secs(10)),
         tokenizer: Arc::new(tokenizer),
         served_model_name: "builtin".into(),
+        model_aliases: vec!["builtin-alias".into()],
         max_model_len: 1024,
+        generation_defaults: Default::default(),
         api_key: api_key.map(str::to_owned),
         max_queued_requests,
     })
@@ -283,8 +285,10 @@ async fn chat_completions_render_the_template_and_report_usage() {
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["choices"][0]["message"]["role"], "assistant");
     assert_eq!(v["usage"]["completion_tokens"], 5);
-    // The prompt is the ChatML rendering, tokenized without extra specials.
-    let rendered = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nTell me a story.<|im_end|>\n<|im_start|>assistant\n";
+    // The prompt is the ChatML rendering, tokenized without extra specials;
+    // text parts are joined with newlines, as vLLM passes them to a
+    // template that takes string content.
+    let rendered = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nTell me \na story.<|im_end|>\n<|im_start|>assistant\n";
     let expected = s.tokenizer.encode(rendered, false).unwrap().len();
     assert_eq!(v["usage"]["prompt_tokens"].as_u64().unwrap() as usize, expected);
     let mut stream = body;

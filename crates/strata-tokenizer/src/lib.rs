@@ -10,8 +10,10 @@
 //! the server must not depend on the model crate (docs/architecture.md, "Crates").
 
 pub mod builtin;
+pub mod chat_template;
 pub mod incremental;
 
+pub use chat_template::{load_chat_template_arg, ChatConfig, ChatTemplates, SpecialToken};
 pub use incremental::IncrementalDetokenizer;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +27,10 @@ pub enum TokenizerError {
     File { path: PathBuf, message: String },
     #[error("tokenizer: {0}")]
     Tokenize(String),
+    /// A `--chat-template` argument that is neither a readable file nor a
+    /// template.
+    #[error("{0}")]
+    ChatTemplate(String),
 }
 
 pub type Result<T, E = TokenizerError> = std::result::Result<T, E>;
@@ -34,14 +40,6 @@ pub struct Tokenizer {
     eos_token_ids: Vec<u32>,
     bos_token_id: Option<u32>,
     chat: ChatConfig,
-}
-
-/// What a chat template needs from `tokenizer_config.json`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ChatConfig {
-    pub template: Option<String>,
-    pub bos_token: Option<String>,
-    pub eos_token: Option<String>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -73,14 +71,7 @@ fn ids_of(value: Option<&Value>) -> Vec<u32> {
     }
 }
 
-/// A special token given as a string or as `{"content": ...}`.
-fn token_string(value: Option<&Value>) -> Option<&str> {
-    match value? {
-        Value::String(s) => Some(s),
-        Value::Object(m) => m.get("content").and_then(Value::as_str),
-        _ => None,
-    }
-}
+use chat_template::token_string;
 
 impl Tokenizer {
     /// The built-in model's tokenizer.
@@ -91,16 +82,17 @@ impl Tokenizer {
             inner,
             eos_token_ids: builtin::EOS_TOKEN_IDS.to_vec(),
             bos_token_id: Some(builtin::BOS_TOKEN_ID),
-            chat: ChatConfig {
-                template: Some(builtin::CHAT_TEMPLATE.to_owned()),
-                bos_token: Some(builtin::SPECIAL_TOKENS[0].to_owned()),
-                eos_token: Some(builtin::SPECIAL_TOKENS[3].to_owned()),
-            },
+            chat: ChatConfig::single(
+                builtin::CHAT_TEMPLATE,
+                builtin::SPECIAL_TOKENS[0],
+                builtin::SPECIAL_TOKENS[3],
+            ),
         }
     }
 
-    /// Loads `tokenizer.json` from a model directory, and the EOS ids from
-    /// the configs beside it.
+    /// Loads `tokenizer.json` from a model directory, the EOS ids from the
+    /// configs beside it, and the chat template and special tokens
+    /// ([`chat_template`]).
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         if !path.exists() {
@@ -122,21 +114,7 @@ impl Tokenizer {
         let bos_token_id = [&generation, &config]
             .iter()
             .find_map(|v| ids_of(v.as_ref().and_then(|v| v.get("bos_token_id"))).first().copied());
-        let field =
-            |k: &str| token_string(tok_config.as_ref().and_then(|v| v.get(k))).map(str::to_owned);
-        // `chat_template` is a string, or a list of named templates.
-        let template = match tok_config.as_ref().and_then(|v| v.get("chat_template")) {
-            Some(Value::String(t)) => Some(t.clone()),
-            Some(Value::Array(items)) => items
-                .iter()
-                .find(|i| i.get("name").and_then(Value::as_str) == Some("default"))
-                .or(items.first())
-                .and_then(|i| i.get("template").and_then(Value::as_str))
-                .map(str::to_owned),
-            _ => None,
-        };
-        let chat =
-            ChatConfig { template, bos_token: field("bos_token"), eos_token: field("eos_token") };
+        let chat = chat_template::load(dir, tok_config.as_ref())?;
         Ok(Self { inner, eos_token_ids: eos, bos_token_id, chat })
     }
 
@@ -170,6 +148,13 @@ impl Tokenizer {
 
     pub fn chat_config(&self) -> &ChatConfig {
         &self.chat
+    }
+
+    /// Replaces the model's chat template for every request (vLLM's
+    /// `--chat-template`; see [`load_chat_template_arg`] for reading the
+    /// argument).
+    pub fn set_chat_template(&mut self, template: String) {
+        self.chat.override_template = Some(template);
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {

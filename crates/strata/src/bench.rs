@@ -131,8 +131,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
                                 block_table: &tables[s],
                                 sample: Some(SampleRequest {
                                     params: &params,
+                                    prompt_token_ids: &seqs[s][..args.prompt_len],
                                     output_token_ids: &outputs[s],
                                 }),
+                                prompt_logprobs: None,
                             }
                         })
                         .collect(),

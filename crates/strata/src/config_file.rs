@@ -3,7 +3,8 @@
 //! is `--max-num-seqs 128`). `true` turns a switch on, `false` turns on
 //! its `--no-` form where the flag has one (`enable-prefix-caching:
 //! false`), a list gives the flag several values. Flags on the command
-//! line win over the file's.
+//! line win over the file's; so does a positional MODEL over the file's
+//! `model:` (the caller parses again without it, [`expand_without`]).
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -13,6 +14,11 @@ use anyhow::{bail, Context, Result};
 /// The arguments with `--config FILE` replaced by the file's flags (those
 /// not also given on the command line), placed after the subcommand.
 pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
+    expand_without(args, &[])
+}
+
+/// As [`expand`], leaving out the file's keys named in `skip`.
+pub fn expand_without(args: Vec<OsString>, skip: &[&str]) -> Result<Vec<OsString>> {
     let strings: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     let Some(at) = strings.iter().position(|a| a == "--config" || a.starts_with("--config="))
     else {
@@ -27,6 +33,8 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
         .filter_map(|a| a.strip_prefix("--"))
         .map(|a| a.split('=').next().unwrap_or(a))
         .collect();
+    let mut given = given;
+    given.extend_from_slice(skip);
     let from_file = flags(Path::new(&path), &given)?;
     let mut out: Vec<OsString> = args[..at].to_vec();
     out.extend(args[at + taken..].iter().cloned());

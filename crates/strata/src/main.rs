@@ -3,6 +3,7 @@
 mod bench;
 mod config_file;
 mod generate;
+mod hub;
 mod loadgen;
 mod model_ref;
 mod router;
@@ -51,13 +52,21 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = match config_file::expand(std::env::args_os().collect()) {
-        Ok(args) => Cli::parse_from(args),
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match config_file::expand(args.clone()) {
+        // A positional MODEL wins over the config file's `model:`.
+        Ok(expanded) => Cli::try_parse_from(expanded).or_else(|e| {
+            config_file::expand_without(args, &["model"])
+                .ok()
+                .and_then(|a| Cli::try_parse_from(a).ok())
+                .ok_or(e)
+        }),
         Err(e) => {
             eprintln!("error: {e:#}");
             return std::process::ExitCode::FAILURE;
         }
     };
+    let cli = cli.unwrap_or_else(|e| e.exit());
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -15,6 +15,7 @@ use strata_core::sim::{FakeExecutor, LatencyModel, SimExecutor};
 use strata_core::{EngineCore, Executor};
 use strata_metrics::{CacheConfigInfo, EngineMetrics};
 use strata_server::accounting_log::AccountingLog;
+use strata_server::defaults::GenerationDefaults;
 use strata_server::{app, AppState, EngineHandle};
 use strata_tokenizer::Tokenizer;
 
@@ -29,9 +30,18 @@ pub struct ServeArgs {
     pub host: String,
     #[arg(long, default_value_t = 8000)]
     pub port: u16,
-    /// Model name clients use (default: the --model value).
+    /// Names clients use for the model (default: the model argument); the
+    /// first is the one in metrics and in answers to requests naming none.
+    #[arg(long, num_args = 1..)]
+    pub served_model_name: Vec<String>,
+    /// A chat template for every chat request, instead of the model's: a
+    /// file, or the template itself (as vLLM's --chat-template).
     #[arg(long)]
-    pub served_model_name: Option<String>,
+    pub chat_template: Option<String>,
+    /// Sampling defaults: `auto` reads the model's generation_config.json,
+    /// `vllm` uses none, or a directory holding a generation_config.json.
+    #[arg(long, default_value = "auto")]
+    pub generation_config: String,
     #[arg(long, default_value_t = 256)]
     pub max_num_seqs: usize,
     #[arg(long, default_value_t = 2048)]
@@ -392,7 +402,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
         return serve_sim(args);
     }
     let mut loaded = args.model.load()?;
-    let tokenizer = loaded.tokenizer.take().context("the server needs a model with a tokenizer")?;
+    let mut tokenizer =
+        loaded.tokenizer.take().context("the server needs a model with a tokenizer")?;
+    if let Some(arg) = &args.chat_template {
+        let template = strata_tokenizer::load_chat_template_arg(arg)
+            .with_context(|| format!("--chat-template {arg}"))?;
+        tokenizer.set_chat_template(template);
+    }
     let mut executor = loaded.executor;
     let spec = executor.kv_cache_spec();
     let connector = match connector(&args, &spec, executor.kv_fingerprint())? {
@@ -428,7 +444,17 @@ fn serve<E: Executor + Send + 'static>(
             FailurePolicy::Recompute => KvLoadFailurePolicy::Recompute,
         },
     };
-    let name = args.served_model_name.clone().unwrap_or_else(|| args.model.model.clone());
+    let mut names = args.served_model_name.clone();
+    if names.is_empty() {
+        names.push(args.model.model.clone());
+    }
+    let name = names.remove(0);
+    let generation_defaults = generation_defaults(&args)?;
+    if !generation_defaults.is_empty() {
+        tracing::info!(
+            "default sampling parameters from the model's generation config: {generation_defaults:?} (--generation-config vllm turns them off)"
+        );
+    }
     let cache = CacheConfigInfo {
         block_size: spec.block_size,
         num_blocks: spec.num_blocks,
@@ -469,7 +495,9 @@ fn serve<E: Executor + Send + 'static>(
         engine: engine.clone(),
         tokenizer: Arc::new(tokenizer),
         served_model_name: name,
+        model_aliases: names,
         max_model_len: spec.max_model_len,
+        generation_defaults,
         api_key: args.api_key.clone(),
         max_queued_requests: args.max_queued_requests,
     });
@@ -485,6 +513,20 @@ fn serve<E: Executor + Send + 'static>(
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// The sampling defaults `--generation-config` asks for.
+fn generation_defaults(args: &ServeArgs) -> Result<GenerationDefaults> {
+    let dir = match args.generation_config.as_str() {
+        "vllm" => return Ok(GenerationDefaults::default()),
+        "auto" => match args.model.source()? {
+            strata_model::ModelSource::Dir(dir) => dir,
+            // The built-in model and dummy shapes have no generation config.
+            _ => return Ok(GenerationDefaults::default()),
+        },
+        dir => std::path::PathBuf::from(dir),
+    };
+    GenerationDefaults::from_dir(&dir).map_err(anyhow::Error::msg)
 }
 
 /// SIGINT or SIGTERM: stop accepting, let in-flight responses finish.

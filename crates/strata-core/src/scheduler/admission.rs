@@ -27,6 +27,11 @@ pub enum AdmissionError {
     NeverFits { needed: usize, tokens: usize, num_blocks: usize },
     #[error("token id {token} is outside the vocabulary of {vocab_size}")]
     TokenOutOfVocabulary { token: u32, vocab_size: usize },
+    /// A token id named by a sampling parameter (`logit_bias`,
+    /// `allowed_token_ids`, `bad_words_token_ids`) is outside the
+    /// vocabulary; `field` names the parameter.
+    #[error("{field} contains token id {token}, outside the vocabulary of {vocab_size}")]
+    ParamTokenOutOfVocabulary { field: &'static str, token: u32, vocab_size: usize },
     #[error("{0} is already in the engine")]
     DuplicateId(RequestId),
 }

@@ -97,13 +97,7 @@ impl Scheduler {
                     KvLoadFailurePolicy::Fail => {
                         self.waiting.retain(|&w| w != id);
                         self.finish(id, FinishReason::Error, now);
-                        self.pending.outputs.push(RequestOutput {
-                            request_id: id,
-                            new_token_id: None,
-                            logprobs: None,
-                            finish_reason: Some(FinishReason::Error),
-                            kv_transfer_params: None,
-                        });
+                        self.pending.outputs.push(RequestOutput::finished(id, FinishReason::Error));
                     }
                     KvLoadFailurePolicy::Recompute => {
                         let blocks = self.kv.blocks(id).to_vec();
