@@ -276,6 +276,12 @@ impl ModelArgs {
     }
 
     pub fn load(&self) -> Result<Loaded> {
+        self.load_seeded(0)
+    }
+
+    /// As [`Self::load`], with `seed` for the random stream of requests
+    /// that bring no seed of their own (vLLM's `--seed`).
+    pub fn load_seeded(&self, seed: u64) -> Result<Loaded> {
         if locate(&self.model) == Location::Sim {
             bail!("`sim` (the simulated executor) is a model of `strata serve` only");
         }
@@ -288,7 +294,7 @@ impl ModelArgs {
                 memory_bytes: (self.kv_cache_memory * (1u64 << 30) as f64) as u64,
             },
             max_model_len: self.max_model_len,
-            sampler_seed: 0,
+            sampler_seed: seed,
         };
         let started = std::time::Instant::now();
         let bar = std::io::stderr().is_terminal().then(|| {

@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// first is the one in metrics and in answers to requests naming none.
     #[arg(long, num_args = 1..)]
     pub served_model_name: Vec<String>,
+    /// Seed of the random stream of requests that bring no `seed` (the
+    /// same seed and requests give the same samples).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// A chat template for every chat request, instead of the model's: a
     /// file, or the template itself (as vLLM's --chat-template).
     #[arg(long)]
@@ -401,7 +405,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if args.model.model == "sim" {
         return serve_sim(args);
     }
-    let mut loaded = args.model.load()?;
+    let mut loaded = args.model.load_seeded(args.seed)?;
     let mut tokenizer =
         loaded.tokenizer.take().context("the server needs a model with a tokenizer")?;
     if let Some(arg) = &args.chat_template {

@@ -28,3 +28,39 @@ fn pypi_openai_client_against_a_live_server() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"ok\": true"));
 }
+
+/// A checkpoint saved as current transformers saves it: the chat template
+/// only in `chat_template.jinja`, none in tokenizer_config.json.
+#[test]
+fn pypi_openai_client_chat_on_a_checkpoint_with_chat_template_jinja() {
+    let python = openai_venv_python();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["export-builtin", d.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let config_path = d.join("tokenizer_config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    let template = config.as_object_mut().unwrap().remove("chat_template").unwrap();
+    std::fs::write(d.join("chat_template.jinja"), template.as_str().unwrap()).unwrap();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let (_server, url) = common::serve_with(vec![
+        d.to_str().unwrap(),
+        "--served-model-name",
+        "m",
+        "--max-model-len",
+        "96",
+    ]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/openai_chat_check.py");
+    let out = Command::new(python).arg(script).arg(&url).arg("96").output().unwrap();
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"ok\": true"));
+}

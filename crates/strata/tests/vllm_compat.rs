@@ -193,3 +193,20 @@ fn fields_strata_does_not_implement_are_refused_by_name() {
     );
     assert_eq!(status, 200);
 }
+
+#[test]
+fn seed_fixes_the_samples_of_requests_without_a_seed() {
+    let sample = |seed: &str| {
+        let (_server, url) = serve_with(vec!["--seed", seed]);
+        post_json(
+            &format!("{url}/v1/completions"),
+            &json!({"prompt": "Once upon a time", "max_tokens": 16, "temperature": 1.0, "ignore_eos": true}),
+        )["choices"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (a, b, c) = (sample("7"), sample("7"), sample("8"));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
