@@ -622,6 +622,13 @@ pub fn render_request(state: &AppState, req: &ChatCompletionRequest) -> Result<S
         return Err(ApiError::invalid("messages", "messages must not be empty"));
     }
     refuse_unsupported(req)?;
+    if req.chat_template.is_some() && !state.trust_request_chat_template {
+        return Err(ApiError::invalid(
+            "chat_template",
+            "a chat template was passed with the request, but the server was not started with \
+             --trust-request-chat-template",
+        ));
+    }
     let inputs = request_inputs(req)?;
     render_with(state.tokenizer.chat_config(), req.chat_template.as_deref(), &inputs)
 }

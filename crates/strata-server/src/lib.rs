@@ -47,6 +47,9 @@ pub struct AppState {
     pub max_model_len: usize,
     /// Sampling defaults from the model's `generation_config.json`.
     pub generation_defaults: defaults::GenerationDefaults,
+    /// Whether a request may bring its own `chat_template` (vLLM's
+    /// `--trust-request-chat-template`; off by default, as there).
+    pub trust_request_chat_template: bool,
     /// With a key, `/v1/*` requires `Authorization: Bearer KEY`.
     pub api_key: Option<String>,
     /// Requests in flight beyond which new ones get 503.

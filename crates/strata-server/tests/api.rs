@@ -49,6 +49,7 @@ fn state_with(
         model_aliases: vec!["builtin-alias".into()],
         max_model_len: 1024,
         generation_defaults: Default::default(),
+        trust_request_chat_template: false,
         api_key: api_key.map(str::to_owned),
         max_queued_requests,
     })
@@ -783,4 +784,18 @@ async fn chat_template_errors_do_not_leak_minijinja_detail() {
     let e = error_body(status, &text);
     assert_eq!(e["message"], strata_server::chat::TEMPLATE_FAILED);
     assert_no_template_internals(&text);
+}
+
+/// As vLLM: a request's own `chat_template` needs
+/// `--trust-request-chat-template` (off here).
+#[tokio::test]
+async fn a_request_chat_template_needs_the_trust_flag() {
+    let s = state(None);
+    let body = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
+                      "chat_template": "{{ messages[0].content }}"});
+    let (status, text) = call(&s, "POST", "/v1/chat/completions", Some(body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["param"], "chat_template");
+    assert!(v["error"]["message"].as_str().unwrap().contains("--trust-request-chat-template"));
 }

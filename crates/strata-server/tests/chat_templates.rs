@@ -243,6 +243,7 @@ fn state_with(tokenizer: Tokenizer) -> Arc<AppState> {
         model_aliases: Vec::new(),
         max_model_len: 1024,
         generation_defaults: Default::default(),
+        trust_request_chat_template: true,
         api_key: None,
         max_queued_requests: 64,
     })

@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// file, or the template itself (as vLLM's --chat-template).
     #[arg(long)]
     pub chat_template: Option<String>,
+    /// Let requests bring their own `chat_template` (as vLLM's flag; a
+    /// request's template runs sandboxed, with an instruction budget).
+    #[arg(long)]
+    pub trust_request_chat_template: bool,
     /// Sampling defaults: `auto` reads the model's generation_config.json,
     /// `vllm` uses none, or a directory holding a generation_config.json.
     #[arg(long, default_value = "auto")]
@@ -502,6 +506,7 @@ fn serve<E: Executor + Send + 'static>(
         model_aliases: names,
         max_model_len: spec.max_model_len,
         generation_defaults,
+        trust_request_chat_template: args.trust_request_chat_template,
         api_key: args.api_key.clone(),
         max_queued_requests: args.max_queued_requests,
     });

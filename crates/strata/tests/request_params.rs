@@ -138,3 +138,66 @@ fn prompt_logprobs_and_echo_with_logprobs_score_the_prompt() {
     }
     assert!(e["choices"][0]["text"].as_str().unwrap().starts_with(prompt));
 }
+
+/// Prompt logprobs through the server equal the log-softmax of the logits
+/// Hugging Face transformers computed for the committed fixture checkpoints
+/// (`fixtures/models/*/reference.safetensors`, one forward over each
+/// prompt), through `prompt_logprobs` and through `echo` with `logprobs`.
+#[test]
+fn prompt_logprobs_match_transformers_on_the_fixture_checkpoints() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models");
+    for model in ["tiny-llama", "tiny-qwen2", "tiny-qwen3"] {
+        let dir = root.join(model);
+        let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let reference: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+                .unwrap();
+        let vocab = reference["vocab_size"].as_u64().unwrap() as usize;
+        let (_server, url) = serve_with(vec![dir.to_str().unwrap()]);
+        for (i, case) in reference["cases"].as_array().unwrap().iter().enumerate() {
+            let ids: Vec<u32> = case["prompt_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_u64().unwrap() as u32)
+                .collect();
+            let logits: Vec<f32> = st
+                .tensor(&format!("case{i}.prefill_logits"))
+                .unwrap()
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            // log P(prompt[p] | prompt[..p]) from the reference's row p - 1.
+            let expected = |p: usize| -> f64 {
+                let row = &logits[(p - 1) * vocab..p * vocab];
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+                let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+                row[ids[p] as usize] as f64 - max - sum.ln()
+            };
+            let r = complete(
+                &url,
+                json!({"prompt": ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 1}),
+            );
+            let pl = r["choices"][0]["prompt_logprobs"].as_array().unwrap();
+            assert_eq!(pl.len(), ids.len());
+            assert!(pl[0].is_null());
+            let e = complete(
+                &url,
+                json!({"prompt": ids, "max_tokens": 1, "temperature": 0, "logprobs": 1, "echo": true}),
+            );
+            let echoed = e["choices"][0]["logprobs"]["token_logprobs"].as_array().unwrap();
+            for p in 1..ids.len() {
+                let want = expected(p);
+                let got = pl[p][ids[p].to_string()]["logprob"].as_f64().unwrap();
+                assert!(
+                    (got - want).abs() < 1e-3,
+                    "{model} case {i} position {p}: {got} vs {want}"
+                );
+                let got = echoed[p].as_f64().unwrap();
+                assert!((got - want).abs() < 1e-3, "{model} case {i} echo position {p}");
+            }
+        }
+    }
+}
