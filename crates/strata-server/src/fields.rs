@@ -18,7 +18,7 @@ use crate::error::ApiError;
 pub struct Fields {
     pub endpoint: &'static str,
     pub known: &'static [&'static [&'static str]],
-    pub refused: &'static [&'static str],
+    pub refused: &'static [&'static [&'static str]],
 }
 
 /// Fields of [`crate::openai::SamplingFields`], shared by both endpoints.
@@ -58,7 +58,7 @@ pub const SAMPLING: &[&str] = &[
 pub const COMPLETIONS: Fields = Fields {
     endpoint: "/v1/completions",
     known: &[&["model", "prompt", "logprobs", "echo", "add_special_tokens"], SAMPLING],
-    refused: REFUSED_COMPLETIONS,
+    refused: &[&["suffix"], REFUSED],
 };
 
 /// Chat's own fields are in [`crate::chat::CHAT_FIELDS`]; tool calling and
@@ -66,29 +66,8 @@ pub const COMPLETIONS: Fields = Fields {
 pub const CHAT: Fields = Fields {
     endpoint: "/v1/chat/completions",
     known: &[crate::chat::CHAT_FIELDS, SAMPLING],
-    refused: REFUSED,
+    refused: &[REFUSED],
 };
-
-const REFUSED_COMPLETIONS: &[&str] = &[
-    "suffix",
-    "best_of",
-    "use_beam_search",
-    "length_penalty",
-    "guided_json",
-    "guided_regex",
-    "guided_choice",
-    "guided_grammar",
-    "guided_decoding_backend",
-    "guided_whitespace_pattern",
-    "structured_outputs",
-    "response_format",
-    "logits_processors",
-    "return_tokens_as_token_ids",
-    "return_token_ids",
-    "prompt_embeds",
-    "lora_request",
-    "mm_processor_kwargs",
-];
 
 /// Known to OpenAI or vLLM, not implemented by strata.
 const REFUSED: &[&str] = &[
@@ -148,14 +127,11 @@ impl Fields {
             if self.known.iter().any(|list| list.contains(&key.as_str())) {
                 continue;
             }
-            if self.refused.contains(&key.as_str()) {
+            if let Some(name) = self.refused.iter().flat_map(|l| l.iter()).find(|k| **k == key) {
                 if asks_for_nothing(value) {
                     continue;
                 }
-                return Err(ApiError::invalid(
-                    static_name(self.refused, key),
-                    format!("`{key}` is not supported by strata"),
-                ));
+                return Err(ApiError::invalid(name, format!("`{key}` is not supported by strata")));
             }
             ignored.push(key.as_str());
         }
@@ -167,11 +143,6 @@ impl Fields {
         }
         Ok(())
     }
-}
-
-/// The `'static` spelling of a refused field (for the error's `param`).
-fn static_name(list: &'static [&'static str], key: &str) -> &'static str {
-    list.iter().find(|k| **k == key).copied().unwrap_or("body")
 }
 
 #[cfg(test)]

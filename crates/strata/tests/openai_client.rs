@@ -8,32 +8,23 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{openai_venv_python, serve};
+use common::{openai_venv_python, run_client_script, serve};
 
 #[test]
 fn pypi_openai_client_against_a_live_server() {
-    let python = openai_venv_python();
+    openai_venv_python();
     let (_server, url) = serve("sekret");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/openai_client_check.py");
-    let out = Command::new(python).arg(script).arg(&url).arg("sekret").output().unwrap();
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"ok\": true"));
+    run_client_script("openai_client_check.py", &[&url, "sekret"]);
 }
 
 /// A checkpoint saved as current transformers saves it: the chat template
 /// only in `chat_template.jinja`, none in tokenizer_config.json.
 #[test]
 fn pypi_openai_client_chat_on_a_checkpoint_with_chat_template_jinja() {
-    let python = openai_venv_python();
+    openai_venv_python();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let out = Command::new(env!("CARGO_BIN_EXE_strata"))
@@ -54,13 +45,5 @@ fn pypi_openai_client_chat_on_a_checkpoint_with_chat_template_jinja() {
         "--max-model-len",
         "96",
     ]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/openai_chat_check.py");
-    let out = Command::new(python).arg(script).arg(&url).arg("96").output().unwrap();
-    assert!(
-        out.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"ok\": true"));
+    run_client_script("openai_chat_check.py", &[&url, "96"]);
 }

@@ -102,3 +102,17 @@ pub fn openai_venv_python() -> PathBuf {
     );
     python
 }
+
+/// Runs `scripts/NAME` with the official client's venv and `args`; panics
+/// with its output unless it exits 0 and prints `"ok": true`.
+pub fn run_client_script(name: &str, args: &[&str]) {
+    let python = openai_venv_python();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts").join(name);
+    let out = Command::new(python).arg(script).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("\"ok\": true"),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
