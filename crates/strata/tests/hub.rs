@@ -493,3 +493,37 @@ fn cache_written_by_huggingface_cli_is_used_as_is() {
     );
     assert_eq!(online.ok(), o.ok());
 }
+
+/// A repo saved by current transformers: the template in
+/// `chat_template.jinja`, a named one in `additional_chat_templates/`.
+/// Both arrive in the snapshot and the chat endpoint renders with them.
+#[test]
+fn chat_templates_beside_the_tokenizer_are_fetched() {
+    let hub = MockHub::start();
+    let mut repo = fixture_repo(QWEN, "tiny-qwen3");
+    repo.files.push((
+        "chat_template.jinja".into(),
+        b"{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}".to_vec(),
+    ));
+    repo.files.push((
+        "additional_chat_templates/tool_use.jinja".into(),
+        b"{{ tools | length }} tools\n".to_vec(),
+    ));
+    hub.add(QWEN, repo.clone());
+    let home = tempfile::tempdir().unwrap();
+    let s = serve(&mut strata_cmd(&["serve", QWEN, "--port", "0"], &hub.url, home.path()), LIMIT);
+    let snapshot = repo_dir(home.path(), QWEN).join("snapshots").join(&repo.commit);
+    for f in ["chat_template.jinja", "additional_chat_templates/tool_use.jinja"] {
+        assert_eq!(std::fs::read(snapshot.join(f)).unwrap(), repo.file(f), "{f}");
+    }
+    let v = common::post_json(
+        &format!("{}/v1/chat/completions", s.url),
+        &json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}),
+    );
+    // `<user>hi\n<assistant>`, as the jinja file renders it.
+    let tokenized = common::post_json(
+        &format!("{}/tokenize", s.url),
+        &json!({"prompt": "<user>hi\n<assistant>", "add_special_tokens": false}),
+    );
+    assert_eq!(v["usage"]["prompt_tokens"], tokenized["count"], "{v}");
+}
