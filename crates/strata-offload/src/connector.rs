@@ -581,7 +581,22 @@ impl OffloadWorker {
                         seconds,
                         num_blocks: 1,
                     }),
-                    Err(f) => s.stats.failures.push((OffloadTier::Disk, OffloadOp::Store, f)),
+                    Err(f) => {
+                        if f == OffloadFailure::NoSpace {
+                            if let Some(d) = &mut s.disk {
+                                let before = d.index.capacity();
+                                d.index.shrink_to_fit();
+                                if d.index.capacity() < before {
+                                    tracing::warn!(
+                                        "the disk tier's device is full: holding at most {} blocks \
+                                         (was {before}); older blocks make room for new ones",
+                                        d.index.capacity()
+                                    );
+                                }
+                            }
+                        }
+                        s.stats.failures.push((OffloadTier::Disk, OffloadOp::Store, f));
+                    }
                 }
             }
             Done::Read { req, block, hash, result, seconds } => {

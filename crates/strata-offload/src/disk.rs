@@ -291,6 +291,15 @@ impl DiskIndex {
         }
     }
 
+    /// The device is full (a write failed with ENOSPC or EDQUOT): the
+    /// tier holds at most what is on it now, so later writes evict the
+    /// least recently used blocks to make room instead of failing again.
+    /// The capacity only ever shrinks (to at least one block).
+    pub fn shrink_to_fit(&mut self) {
+        let ready = self.entries.values().filter(|e| e.state == State::Ready).count();
+        self.capacity = self.capacity.min(ready.max(1));
+    }
+
     pub fn touch(&mut self, hash: BlockHash) {
         let tick = self.next_tick();
         let Some(e) = self.entries.get_mut(&hash) else { return };

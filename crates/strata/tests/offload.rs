@@ -173,3 +173,97 @@ fn an_unwritable_disk_directory_is_counted_and_serving_goes_on() {
     }
     assert!(metric(&url, "strata:kv_offload_failures_total{") > 0.0, "failed stores are counted");
 }
+
+/// A tmpfs of `bytes` mounted on a fresh directory, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    /// Needs root (as CI runs); fails, saying so, otherwise.
+    fn mount(bytes: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs needs root (CI runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+/// The sum of the samples of `family` whose labels contain `labels`.
+fn metric_with(url: &str, family: &str, labels: &str) -> f64 {
+    let text =
+        ureq::get(&format!("{url}/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(family) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The disk tier on a real full device (a 2 MiB tmpfs holds about 30
+/// block files; the tier is told it has 1 GB): stores that hit ENOSPC are
+/// skipped and counted as `no_space`, the tier then holds what fits and
+/// evicts old blocks to make room for new ones, every answer stays the cold
+/// run's, no half-written file is left, and a restart on the same device
+/// serves its blocks.
+#[test]
+fn root_tmpfs_a_full_disk_is_counted_makes_room_and_serving_goes_on() {
+    let disk = Tmpfs::mount(2 << 20);
+    let (server, url) = start(disk.0.path(), "fail");
+    let prompts: Vec<String> = (40..46).map(prompt).collect();
+    let cold: Vec<String> = prompts.iter().map(|p| complete(&url, p).0).collect();
+    // The writer thread works in the background: wait (bounded) for the
+    // full device to be hit and for later stores to evict.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let no_space = || metric_with(&url, "strata:kv_offload_failures_total", "reason=\"no_space\"");
+    let evictions = || metric_with(&url, "strata:kv_offload_evictions_total", "tier=\"disk\"");
+    while (no_space() == 0.0 || evictions() == 0.0) && Instant::now() < deadline {
+        // Stores after the first ENOSPC make room by evicting.
+        complete(&url, &prompt(50));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(no_space() > 0.0, "ENOSPC stores are counted as no_space");
+    assert!(evictions() > 0.0, "later stores evict old blocks to make room");
+    let to_disk =
+        || metric_with(&url, "vllm:kv_offload_total_bytes_total", "transfer_type=\"host_to_disk\"");
+    let written = to_disk();
+    assert!(written > 0.0);
+    // Serving is unaffected: every prompt gives its cold answer.
+    for (p, want) in prompts.iter().zip(&cold) {
+        assert_eq!(&complete(&url, p).0, want);
+    }
+    // A new prompt is still written through (room was made for it).
+    let fresh = prompt(60);
+    let (fresh_cold, _) = complete(&url, &fresh);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while to_disk() <= written && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(to_disk() > written, "stores succeed again after the tier shrank");
+    std::thread::sleep(Duration::from_millis(300));
+    drop(server);
+    // Nothing half-written: only whole block files.
+    for model in std::fs::read_dir(disk.0.path()).unwrap().flatten() {
+        for f in std::fs::read_dir(model.path()).unwrap().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            assert!(name.ends_with(".kv"), "stray file {name}");
+        }
+    }
+    // A restart on the same device: the freshest prompt comes from disk,
+    // with the cold answer.
+    let (_server, url) = start(disk.0.path(), "fail");
+    let (text, usage) = complete(&url, &fresh);
+    assert_eq!(text, fresh_cold);
+    assert!(source(&usage, "disk") > 0, "{usage}");
+}

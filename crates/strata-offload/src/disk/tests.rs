@@ -159,3 +159,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_full_device_shrinks_the_index_to_what_it_holds_so_writes_evict() {
+    let mut index = DiskIndex::new(100);
+    for i in 0..5 {
+        index.insert_ready(BlockHash(i));
+    }
+    // A write in flight when the device said ENOSPC does not count.
+    assert_eq!(index.begin_write(BlockHash(10)), Some(vec![]));
+    index.finish_write(BlockHash(10), false);
+    index.shrink_to_fit();
+    assert_eq!(index.capacity(), 5);
+    // The next write makes room by evicting the least recently used.
+    assert_eq!(index.begin_write(BlockHash(11)), Some(vec![BlockHash(0)]));
+    // Shrinking never grows the capacity back.
+    index.finish_write(BlockHash(11), true);
+    index.shrink_to_fit();
+    assert_eq!(index.capacity(), 5);
+    assert_eq!(index.check_invariants(), Ok(()));
+}
