@@ -267,3 +267,53 @@ fn root_tmpfs_a_full_disk_is_counted_makes_room_and_serving_goes_on() {
     assert_eq!(text, fresh_cold);
     assert!(source(&usage, "disk") > 0, "{usage}");
 }
+
+/// The engine killed (SIGKILL) while its write-through is busy and loads
+/// run, then restarted on the same directory, with a stray temporary file
+/// from an interrupted write added: every answer equals a plain engine's
+/// (no offloading), start-up removes the stray file, and every block the
+/// restarted engine loads passes verification.
+#[test]
+fn killed_mid_write_then_restarted_serves_only_verified_blocks() {
+    let disk = tempfile::tempdir().unwrap();
+    let prompts: Vec<String> = (70..78).map(prompt).collect();
+    let (_plain_server, plain) = serve_with(vec!["--num-kv-blocks", "48"]);
+    let want: Vec<String> = prompts.iter().map(|p| complete(&plain, p).0).collect();
+
+    let (mut server, url) = start(disk.path(), "fail");
+    // Requests from another thread keep stores queued and loads running
+    // (repeats of earlier prompts come back from the tiers) while the
+    // process is killed.
+    let busy = {
+        let (url, prompts) = (url.clone(), prompts.clone());
+        std::thread::spawn(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(5)))
+                .build()
+                .into();
+            for p in prompts.iter().chain(prompts.iter()) {
+                let body = json!({"prompt": p, "max_tokens": 8, "temperature": 0});
+                if agent.post(&format!("{url}/v1/completions")).send_json(&body).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    wait_for_files(disk.path(), 17);
+    server.kill();
+    busy.join().unwrap();
+
+    let model_dir = std::fs::read_dir(disk.path()).unwrap().flatten().next().unwrap().path();
+    let stray = model_dir.join("00000000deadbeef.kv.tmp");
+    std::fs::write(&stray, vec![0u8; 1000]).unwrap();
+
+    let (_server, url) = start(disk.path(), "fail");
+    assert!(!stray.exists(), "start-up removes temporary files of interrupted writes");
+    for (p, w) in prompts.iter().zip(&want) {
+        assert_eq!(&complete(&url, p).0, w);
+    }
+    let failed = metric_with(&url, "strata:kv_offload_failures_total", "op=\"load\"");
+    assert_eq!(failed, 0.0, "no block the killed engine left failed verification");
+    let loaded = metric_with(&url, "vllm:kv_offload_total_bytes_total", "disk_to_host");
+    assert!(loaded > 0.0, "the restarted engine loaded blocks the killed one wrote");
+}
