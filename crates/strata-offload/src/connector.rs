@@ -220,8 +220,16 @@ pub struct OffloadWorker {
     shared: Arc<Mutex<Shared>>,
     jobs: Option<mpsc::Sender<Job>>,
     done: Option<mpsc::Receiver<Done>>,
+    /// Read buffers handed back to the readers once their data is copied
+    /// out (a fresh block-sized buffer costs a page fault per page).
+    recycle: Option<mpsc::Sender<Vec<u8>>>,
     threads: Vec<JoinHandle<()>>,
 }
+
+/// Threads reading block files: reads are independent, so several run at
+/// once (page-cache copies and checksums use more than one core; a cold
+/// device sees several requests in flight).
+const NUM_READERS: usize = 4;
 
 impl std::fmt::Debug for OffloadWorker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -247,8 +255,8 @@ pub fn open(config: OffloadConfig) -> (OffloadScheduler, OffloadWorker) {
         out: ConnectorOutput::default(),
     };
     let mut threads = Vec::new();
-    let (jobs, done) = match &config.disk {
-        None => (None, None),
+    let (jobs, done, recycle) = match &config.disk {
+        None => (None, None, None),
         Some(d) => {
             let dir = disk::model_dir(&d.dir, config.fingerprint);
             let capacity = (d.capacity_bytes / (disk::HEADER_LEN + bpb) as u64) as usize;
@@ -283,29 +291,35 @@ pub fn open(config: OffloadConfig) -> (OffloadScheduler, OffloadWorker) {
             let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
             let (reads_tx, reads_rx) = mpsc::channel::<Job>();
             let (done_tx, done_rx) = mpsc::channel::<Done>();
+            let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
             let fp = config.fingerprint;
-            // One thread reads (loads wait on it), one writes and deletes
-            // (stores never delay loads). The dispatcher splits the queue.
-            let (read_dir, write_dir) = (dir.clone(), dir);
-            let read_done = done_tx.clone();
-            threads.push(std::thread::spawn(move || {
-                for job in reads_rx {
-                    if let Job::Read { req, block, hash } = job {
-                        let start = Instant::now();
-                        let mut buf = vec![0u8; bpb];
-                        let result = disk::read_block(&read_dir, fp, hash, &mut buf);
-                        if result.is_err() {
-                            disk::remove_block(&read_dir, hash);
-                        }
-                        let seconds = start.elapsed().as_secs_f64();
-                        let result = result.map(|()| buf);
-                        if read_done.send(Done::Read { req, block, hash, result, seconds }).is_err()
-                        {
-                            break;
-                        }
+            // NUM_READERS threads read (loads wait on them), one writes and
+            // deletes (stores never delay loads). The dispatcher splits the
+            // queue.
+            let write_dir = dir.clone();
+            let reads_rx = Arc::new(Mutex::new(reads_rx));
+            let recycle_rx = Arc::new(Mutex::new(recycle_rx));
+            for _ in 0..NUM_READERS {
+                let (read_dir, read_done) = (dir.clone(), done_tx.clone());
+                let (reads_rx, recycle_rx) = (reads_rx.clone(), recycle_rx.clone());
+                threads.push(std::thread::spawn(move || loop {
+                    // Hold the queue's lock only to take the next job.
+                    let job = reads_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(Job::Read { req, block, hash }) = job else { break };
+                    let start = Instant::now();
+                    let recycled = recycle_rx.lock().unwrap_or_else(|e| e.into_inner()).try_recv();
+                    let mut buf = recycled.unwrap_or_else(|_| vec![0u8; bpb]);
+                    let result = disk::read_block(&read_dir, fp, hash, &mut buf);
+                    if result.is_err() {
+                        disk::remove_block(&read_dir, hash);
                     }
-                }
-            }));
+                    let seconds = start.elapsed().as_secs_f64();
+                    let result = result.map(|()| buf);
+                    if read_done.send(Done::Read { req, block, hash, result, seconds }).is_err() {
+                        break;
+                    }
+                }));
+            }
             threads.push(std::thread::spawn(move || {
                 for job in jobs_rx {
                     match job {
@@ -324,11 +338,14 @@ pub fn open(config: OffloadConfig) -> (OffloadScheduler, OffloadWorker) {
                     }
                 }
             }));
-            (Some(jobs_tx), Some(done_rx))
+            (Some(jobs_tx), Some(done_rx), Some(recycle_tx))
         }
     };
     let shared = Arc::new(Mutex::new(shared));
-    (OffloadScheduler { shared: shared.clone() }, OffloadWorker { shared, jobs, done, threads })
+    (
+        OffloadScheduler { shared: shared.clone() },
+        OffloadWorker { shared, jobs, done, recycle, threads },
+    )
 }
 
 impl ConnectorScheduler for OffloadScheduler {
@@ -625,6 +642,9 @@ impl OffloadWorker {
                                 seconds: start.elapsed().as_secs_f64(),
                                 num_blocks: 1,
                             });
+                        }
+                        if let Some(r) = &self.recycle {
+                            let _ = r.send(data);
                         }
                     }
                     Err(f) => {
