@@ -98,6 +98,53 @@ fn tiers() {
             d
         })
     };
+    // Disk store: from the step that hands N blocks to a fresh connector
+    // until the writer reports all N on disk, against a sequential write of
+    // the same bytes in block-sized chunks (both into the page cache; sync
+    // before each repetition so neither competes with old writeback).
+    let mut store_round = 0u64;
+    let disk_store = best(|| {
+        store_round += 1;
+        let _ = std::process::Command::new("sync").status();
+        let sub = dir.path().join(format!("store-{store_round}"));
+        let (_, mut w) = open(OffloadConfig {
+            disk: Some(DiskConfig { dir: sub.clone(), capacity_bytes: 1 << 40 }),
+            ..cfg.clone()
+        });
+        let stores = (0..N)
+            .map(|i| StoreSpec { block_id: BlockId(i as u32), block_hash: BlockHash(i as u64) })
+            .collect();
+        let t = Instant::now();
+        w.start_load_kv(&ConnectorMeta { loads: vec![], stores }, &mut pool);
+        let mut written = 0;
+        while written < N {
+            let out = w.get_finished(&mut pool);
+            written += strata_offload::OffloadStats::collect(&out.stats)
+                .transfers
+                .iter()
+                .filter(|x| x.transfer_type == strata_offload::TransferType::HostToDisk)
+                .count();
+            std::thread::yield_now();
+        }
+        let d = t.elapsed();
+        drop(w);
+        let _ = std::fs::remove_dir_all(&sub);
+        d
+    });
+    let seq_write = best(|| {
+        use std::io::Write;
+        let _ = std::process::Command::new("sync").status();
+        let path = dir.path().join("sequential-write.bin");
+        let t = Instant::now();
+        let mut f = std::fs::File::create(&path).unwrap();
+        for chunk in pool.data.chunks(BPB) {
+            f.write_all(chunk).unwrap();
+        }
+        drop(f);
+        let d = t.elapsed();
+        std::fs::remove_file(&path).unwrap();
+        d
+    });
     let (_, mut host_only) = open(OffloadConfig { disk: None, ..cfg.clone() });
     let store_host_only = store_into(&mut host_only, &mut pool);
     drop(host_only);
@@ -199,6 +246,7 @@ fn tiers() {
         ("host store (device -> host), no disk tier", store_host_only, memcpy),
         ("host store (device -> host), disk tier on (write-through queued)", store, memcpy),
         ("host load (host -> device)", load, memcpy),
+        ("disk store (host -> disk, write-through until written)", disk_store, seq_write),
         ("disk load (disk -> host -> device)", disk, seq),
         ("disk load, page cache dropped", disk_cold, seq_cold),
     ] {
@@ -210,7 +258,7 @@ fn tiers() {
         );
     }
     println!(
-        "(baselines: memcpy of the same bytes; sequential read of one {} MiB file, from the page cache or, for the cold row, from the device)",
+        "(baselines: memcpy of the same bytes; sequential write and read of one {} MiB file, from the page cache or, for the cold row, from the device)",
         bytes >> 20
     );
 }
