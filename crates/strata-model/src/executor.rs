@@ -224,6 +224,12 @@ impl<B: Backend> ModelExecutor<B> {
     pub fn logits(&mut self, batch: &ModelBatch<'_>, rows: LogitRows) -> Result<Vec<f32>> {
         batch.validate(&self.spec)?;
         self.check_token_ids(batch)?;
+        self.forward_logits(batch, rows)
+    }
+
+    /// [`Self::logits`] for a batch already checked against the pool and
+    /// the vocabulary.
+    fn forward_logits(&mut self, batch: &ModelBatch<'_>, rows: LogitRows) -> Result<Vec<f32>> {
         let meta = self.step_metadata(batch);
         let rows: Vec<usize> = match rows {
             LogitRows::All => (0..meta.num_tokens()).collect(),
@@ -291,7 +297,8 @@ impl<B: Backend> ModelExecutor<B> {
         &mut self,
         batch: &ModelBatch<'_>,
     ) -> Result<(Vec<SampledToken>, Vec<PromptLogprobsChunk>)> {
-        let logits = self.logits(batch, LogitRows::Step)?;
+        // `execute` checked the batch already.
+        let logits = self.forward_logits(batch, LogitRows::Step)?;
         let vocab = self.model.config().vocab_size;
         let rows: Vec<&[f32]> = logits.chunks_exact(vocab).collect();
         // Walk the rows in the order `LogitRows::Step` lays them out.
