@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,11 +14,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use strata_core::scheduler::SchedulerConfig;
-use strata_core::testing::FakeExecutor;
-use strata_core::EngineCore;
-use strata_metrics::{CacheConfigInfo, EngineMetrics};
-use strata_server::{app, AppState, EngineHandle};
+use strata_server::{app, AppState};
 use strata_tokenizer::Tokenizer;
 use tower::ServiceExt;
 
@@ -29,29 +27,11 @@ fn state_with(
     max_queued_requests: usize,
     tokenizer: Tokenizer,
 ) -> Arc<AppState> {
-    let mut exec = FakeExecutor::new(256, 16, 1024);
-    exec.vocab_size = 512;
-    let config = SchedulerConfig {
-        max_num_seqs: 32,
-        max_num_batched_tokens: 256,
-        block_size: 16,
-        num_blocks: 256,
-        max_model_len: 1024,
-        ..SchedulerConfig::default()
-    };
-    let engine = EngineCore::new(exec, config);
-    let cache = CacheConfigInfo { block_size: 16, num_blocks: 256, tiers: "device".into() };
-    let metrics = EngineMetrics::new("builtin", "0", 1024, &cache);
     Arc::new(AppState {
-        engine: EngineHandle::spawn(engine, metrics, Duration::from_secs(10)),
-        tokenizer: Arc::new(tokenizer),
-        served_model_name: "builtin".into(),
         model_aliases: vec!["builtin-alias".into()],
-        max_model_len: 1024,
-        generation_defaults: Default::default(),
-        trust_request_chat_template: false,
         api_key: api_key.map(str::to_owned),
         max_queued_requests,
+        ..common::fake_state(tokenizer)
     })
 }
 

@@ -9,24 +9,21 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use strata_core::scheduler::SchedulerConfig;
-use strata_core::testing::FakeExecutor;
-use strata_core::EngineCore;
-use strata_metrics::{CacheConfigInfo, EngineMetrics};
 use strata_server::chat::{
     detect_content_format, jinja, render_template, request_inputs, template_messages,
     ChatCompletionRequest, ContentFormat, RenderError,
 };
-use strata_server::{app, AppState, EngineHandle};
+use strata_server::{app, AppState};
 use strata_tokenizer::{SpecialToken, Tokenizer};
 use tower::ServiceExt;
 
@@ -223,30 +220,7 @@ fn every_fixture_file_is_checked() {
 // Through HTTP
 
 fn state_with(tokenizer: Tokenizer) -> Arc<AppState> {
-    let mut exec = FakeExecutor::new(256, 16, 1024);
-    exec.vocab_size = 512;
-    let config = SchedulerConfig {
-        max_num_seqs: 32,
-        max_num_batched_tokens: 256,
-        block_size: 16,
-        num_blocks: 256,
-        max_model_len: 1024,
-        ..SchedulerConfig::default()
-    };
-    let engine = EngineCore::new(exec, config);
-    let cache = CacheConfigInfo { block_size: 16, num_blocks: 256, tiers: "device".into() };
-    let metrics = EngineMetrics::new("builtin", "0", 1024, &cache);
-    Arc::new(AppState {
-        engine: EngineHandle::spawn(engine, metrics, Duration::from_secs(10)),
-        tokenizer: Arc::new(tokenizer),
-        served_model_name: "builtin".into(),
-        model_aliases: Vec::new(),
-        max_model_len: 1024,
-        generation_defaults: Default::default(),
-        trust_request_chat_template: true,
-        api_key: None,
-        max_queued_requests: 64,
-    })
+    Arc::new(AppState { trust_request_chat_template: true, ..common::fake_state(tokenizer) })
 }
 
 async fn chat(state: &Arc<AppState>, body: Value) -> (StatusCode, Value) {
