@@ -28,6 +28,10 @@ use hf_hub::{Cache, Repo, RepoType};
 use indicatif::ProgressBar;
 use serde_json::Value;
 
+mod cache;
+
+use cache::{index_shards, is_commit, missing_files, CachedRepo};
+
 /// The hub the `HF_ENDPOINT` variable overrides.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
@@ -216,114 +220,6 @@ pub fn resolve(env: &HubEnv, repo_id: &str, revision: &str, want: Want) -> Resul
             Err(anyhow!(hub.describe(&failure, None)))
         }
     }
-}
-
-/// Whether a revision is a full commit hash.
-fn is_commit(revision: &str) -> bool {
-    revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// One repo's folder in the cache (`models--org--name`).
-#[derive(Debug)]
-struct CachedRepo {
-    cache_dir: PathBuf,
-    repo_id: String,
-    dir: PathBuf,
-    hf: hf_hub::CacheRepo,
-}
-
-impl CachedRepo {
-    fn new(cache_dir: &Path, repo_id: &str) -> Self {
-        let repo = Repo::new(repo_id.to_owned(), RepoType::Model);
-        Self {
-            cache_dir: cache_dir.to_path_buf(),
-            repo_id: repo_id.to_owned(),
-            dir: cache_dir.join(repo.folder_name()),
-            hf: Cache::new(cache_dir.to_path_buf()).repo(repo),
-        }
-    }
-
-    /// hf-hub's handle on `refs/{revision}`.
-    fn hf_ref(&self, revision: &str) -> hf_hub::CacheRepo {
-        let repo = Repo::with_revision(self.repo_id.clone(), RepoType::Model, revision.to_owned());
-        Cache::new(self.cache_dir.clone()).repo(repo)
-    }
-
-    fn ref_path(&self, revision: &str) -> PathBuf {
-        self.dir.join("refs").join(revision)
-    }
-
-    fn snapshot_dir(&self, commit: &str) -> PathBuf {
-        self.hf.pointer_path(commit)
-    }
-
-    /// The snapshot `revision` names: a commit hash with its snapshot, or
-    /// a branch or tag through `refs/`.
-    fn snapshot(&self, revision: &str) -> Option<PathBuf> {
-        if is_commit(revision) {
-            let dir = self.snapshot_dir(revision);
-            if dir.is_dir() {
-                return Some(dir);
-            }
-        }
-        let commit = std::fs::read_to_string(self.ref_path(revision)).ok()?;
-        let dir = self.snapshot_dir(commit.trim());
-        (!commit.trim().is_empty() && dir.is_dir()).then_some(dir)
-    }
-}
-
-/// The weight shards a sharded checkpoint's index names.
-fn index_shards(index: &Path) -> Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(index).with_context(|| format!("reading {}", index.display()))?;
-    let value: Value =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", index.display()))?;
-    let map = value
-        .get("weight_map")
-        .and_then(Value::as_object)
-        .with_context(|| format!("{}: no `weight_map` object", index.display()))?;
-    let mut shards: Vec<String> = Vec::new();
-    for file in map.values() {
-        let name = file
-            .as_str()
-            .filter(|n| {
-                !n.is_empty()
-                    && !n.starts_with('/')
-                    && Path::new(n)
-                        .components()
-                        .all(|c| matches!(c, std::path::Component::Normal(_)))
-            })
-            .with_context(|| format!("{}: `{file}` is not a file name", index.display()))?;
-        if !shards.iter().any(|s| s == name) {
-            shards.push(name.to_owned());
-        }
-    }
-    shards.sort();
-    Ok(shards)
-}
-
-/// What a cached snapshot lacks for `want` (empty: complete).
-fn missing_files(snapshot: &Path, want: Want) -> Vec<String> {
-    let mut missing: Vec<String> = want
-        .small_files()
-        .into_iter()
-        .filter(|(f, required)| *required && !snapshot.join(f).is_file())
-        .map(|(f, _)| f.to_owned())
-        .collect();
-    if let Want::Model { .. } = want {
-        let index = snapshot.join(INDEX);
-        if index.is_file() {
-            match index_shards(&index) {
-                Ok(shards) => {
-                    missing.extend(shards.into_iter().filter(|s| !snapshot.join(s).is_file()))
-                }
-                Err(e) => missing.push(format!("{INDEX} ({e:#})")),
-            }
-        } else if !snapshot.join(SINGLE).is_file() {
-            missing.push(format!("{SINGLE} or {INDEX}"));
-        }
-    }
-    missing
 }
 
 /// The file list of one commit.
@@ -814,75 +710,4 @@ fn link_blob(blob: &Path, dst: &Path, file: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn repo_ids() {
-        for ok in ["Qwen/Qwen2.5-0.5B-Instruct", "gpt2", "org/model_v1.5", "a/b"] {
-            assert!(is_repo_id(ok), "{ok}");
-        }
-        for bad in [
-            "/abs/path",
-            "./rel",
-            "a/b/c",
-            "org/",
-            "/name",
-            "org/-x",
-            "org/x.",
-            "org/a--b",
-            "org/a..b",
-            "~/models/x",
-            "org/na me",
-            "",
-        ] {
-            assert!(!is_repo_id(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn ref_handle_names_the_repo() {
-        let c = CachedRepo::new(Path::new("/c"), "org/na-me");
-        assert_eq!(c.dir, Path::new("/c/models--org--na-me"));
-        assert_eq!(c.ref_path("main"), Path::new("/c/models--org--na-me/refs/main"));
-        assert_eq!(c.snapshot_dir("abc"), Path::new("/c/models--org--na-me/snapshots/abc"));
-    }
-
-    #[test]
-    fn offline_snapshot_lookup_and_completeness() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = CachedRepo::new(dir.path(), "org/name");
-        assert!(c.snapshot("main").is_none());
-        let commit = "0123456789abcdef0123456789abcdef01234567";
-        let snap = c.snapshot_dir(commit);
-        std::fs::create_dir_all(&snap).unwrap();
-        assert_eq!(c.snapshot(commit), Some(snap.clone()), "a commit names its snapshot");
-        assert!(c.snapshot("main").is_none());
-        std::fs::create_dir_all(dir.path().join("models--org--name/refs")).unwrap();
-        std::fs::write(c.ref_path("main"), commit).unwrap();
-        assert_eq!(c.snapshot("main"), Some(snap.clone()));
-        let want = Want::Model { tokenizer: true };
-        assert_eq!(
-            missing_files(&snap, want),
-            ["config.json", "tokenizer.json", "model.safetensors or model.safetensors.index.json"]
-        );
-        std::fs::write(snap.join("config.json"), "{}").unwrap();
-        std::fs::write(
-            snap.join(INDEX),
-            r#"{"weight_map": {"a": "m-1.safetensors", "b": "m-2.safetensors",
-                "c": "m-1.safetensors"}}"#,
-        )
-        .unwrap();
-        std::fs::write(snap.join("m-1.safetensors"), "x").unwrap();
-        assert_eq!(missing_files(&snap, Want::Model { tokenizer: false }), ["m-2.safetensors"]);
-        assert_eq!(missing_files(&snap, Want::Tokenizer), ["tokenizer.json"]);
-    }
-
-    #[test]
-    fn index_with_a_path_outside_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = dir.path().join(INDEX);
-        std::fs::write(&index, r#"{"weight_map": {"a": "../../etc/passwd"}}"#).unwrap();
-        assert!(index_shards(&index).is_err());
-    }
-}
+mod tests;

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::engine::EngineCore;
+use crate::executor::TopLogprobs;
+use crate::ids::TokenId;
 use crate::records::TokenSource;
 use crate::sampling::{SamplingError, SamplingParams};
 use crate::testing::{FakeExecutor, Harness, TestConnector};
