@@ -126,6 +126,13 @@ impl<T: Any + Send + Sync + std::fmt::Debug> ConnectorReport for T {
     }
 }
 
+/// A report type whose reports add up: counters add, the latest reading
+/// of a gauge wins.
+pub trait MergeReport: ConnectorReport + Default {
+    /// Adds `other`'s events to these.
+    fn merge(&mut self, other: &Self);
+}
+
 /// Connector statistics since the last step, opaque to the core (vLLM's
 /// `KVConnectorStats`): a list of reports, in the order they were made.
 /// The scheduler only carries them from the worker's output to the step's
@@ -162,6 +169,15 @@ impl ConnectorStats {
     /// The reports of type `T`, in order.
     pub fn reports<T: Any>(&self) -> impl Iterator<Item = &T> {
         self.reports.iter().filter_map(|r| r.as_ref().as_any().downcast_ref::<T>())
+    }
+
+    /// Every report of type `T`, merged in order.
+    pub fn merged<T: MergeReport>(&self) -> T {
+        let mut all = T::default();
+        for r in self.reports::<T>() {
+            all.merge(r);
+        }
+        all
     }
 }
 

@@ -119,7 +119,9 @@ fn tiers() {
         let mut written = 0;
         while written < N {
             let out = w.get_finished(&mut pool);
-            written += strata_offload::OffloadStats::collect(&out.stats)
+            written += out
+                .stats
+                .merged::<strata_offload::OffloadStats>()
                 .transfers
                 .iter()
                 .filter(|x| x.transfer_type == strata_offload::TransferType::HostToDisk)

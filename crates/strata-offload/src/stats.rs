@@ -4,6 +4,7 @@
 //! inside.
 
 use serde::{Deserialize, Serialize};
+use strata_core::connector::MergeReport;
 
 /// Tiers reached through the offload connector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -134,9 +135,11 @@ impl OffloadStats {
             && self.failures.is_empty()
             && self.usage.is_empty()
     }
+}
 
+impl MergeReport for OffloadStats {
     /// Adds `other`'s events to these (usage: the newer reading wins).
-    pub fn merge(&mut self, other: &OffloadStats) {
+    fn merge(&mut self, other: &OffloadStats) {
         self.transfers.extend_from_slice(&other.transfers);
         self.tier_queries.extend_from_slice(&other.tier_queries);
         self.tier_hits.extend_from_slice(&other.tier_hits);
@@ -146,14 +149,5 @@ impl OffloadStats {
         if !other.usage.is_empty() {
             self.usage.clone_from(&other.usage);
         }
-    }
-
-    /// Every offload report in `stats`, merged in order.
-    pub fn collect(stats: &strata_core::connector::ConnectorStats) -> OffloadStats {
-        let mut all = OffloadStats::default();
-        for s in stats.reports::<OffloadStats>() {
-            all.merge(s);
-        }
-        all
     }
 }

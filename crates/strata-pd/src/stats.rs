@@ -4,6 +4,7 @@
 //! inside.
 
 use serde::{Deserialize, Serialize};
+use strata_core::connector::MergeReport;
 
 /// Direction of a KV transfer between engines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -91,9 +92,11 @@ impl PdStats {
             && self.leases_held_tokens.is_none()
             && self.leases_expired == 0
     }
+}
 
+impl MergeReport for PdStats {
     /// Adds `other`'s events to these (the lease reading: the newer wins).
-    pub fn merge(&mut self, other: &PdStats) {
+    fn merge(&mut self, other: &PdStats) {
         self.transfers.extend_from_slice(&other.transfers);
         self.failures.extend_from_slice(&other.failures);
         self.failed_tokens += other.failed_tokens;
@@ -101,14 +104,5 @@ impl PdStats {
             self.leases_held_tokens = other.leases_held_tokens;
         }
         self.leases_expired += other.leases_expired;
-    }
-
-    /// Every P/D report in `stats`, merged in order.
-    pub fn collect(stats: &strata_core::connector::ConnectorStats) -> PdStats {
-        let mut all = PdStats::default();
-        for s in stats.reports::<PdStats>() {
-            all.merge(s);
-        }
-        all
     }
 }

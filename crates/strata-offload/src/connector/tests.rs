@@ -63,7 +63,7 @@ impl Run {
     }
 
     fn stats(&self) -> OffloadStats {
-        OffloadStats::collect(&strata_core::testing::connector_stats(&self.results))
+        strata_core::testing::connector_stats(&self.results).merged::<OffloadStats>()
     }
 
     fn bytes(&self, t: TransferType) -> u64 {
@@ -265,7 +265,7 @@ fn a_full_idle_host_tier_reads_residency_one_and_nothing_in_flight() {
     }
     let run = drain(&mut e, &mut t);
     let last = settle(&mut e, &mut t);
-    let usage = OffloadStats::collect(&last.connector_stats).usage;
+    let usage = last.connector_stats.merged::<OffloadStats>().usage;
     assert_eq!(usage, vec![TierUsage { tier: OffloadTier::Host, residency: 1.0, inflight: 0.0 }]);
     let evicted: u32 = run.stats().evictions.iter().map(|e| e.1).sum();
     assert_eq!(evicted, 2, "six blocks through four slots");

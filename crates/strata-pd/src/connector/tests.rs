@@ -88,7 +88,7 @@ impl Run {
     }
 
     fn stats(&self) -> PdStats {
-        PdStats::collect(&strata_core::testing::connector_stats(&self.results))
+        strata_core::testing::connector_stats(&self.results).merged::<PdStats>()
     }
 }
 
