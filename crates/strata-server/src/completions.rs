@@ -181,8 +181,9 @@ pub struct Choice {
     pub last_token: Option<u32>,
     /// The prompt text to put before the generated text (`echo`).
     pub echo: Option<String>,
-    /// The prompt's token ids and their log-probabilities, when asked for
-    /// (`prompt_logprobs`, or `echo` with `logprobs`).
+    /// The prompt's token ids (empty unless prompt logprobs were asked
+    /// for) and their log-probabilities (`prompt_logprobs`, or `echo` with
+    /// `logprobs`).
     pub prompt_ids: Vec<u32>,
     pub prompt_logprobs: Option<Vec<Option<strata_core::TopLogprobs>>>,
     /// Whether the completion `logprobs` start with the prompt's (`echo`).
@@ -403,6 +404,9 @@ pub async fn submit_choices(
         // Distinct samples per choice, reproducible from the request's seed.
         p.seed = params.seed.map(|s| s.wrapping_add(index as u64));
         let stop_token_ids = p.stop_token_ids.clone();
+        // The prompt's ids are kept only to name the prompt logprobs.
+        let scored_prompt =
+            if p.prompt_logprobs.is_some() { prompt_ids.clone() } else { Vec::new() };
         let new = NewRequest {
             prompt_token_ids: prompt_ids.clone(),
             params: p,
@@ -439,7 +443,7 @@ pub async fn submit_choices(
             stop_token_ids,
             last_token: None,
             echo: None,
-            prompt_ids: prompt_ids.clone(),
+            prompt_ids: scored_prompt,
             prompt_logprobs: None,
             echo_logprobs: false,
             logprobs: Vec::new(),
