@@ -252,6 +252,16 @@ pub trait ConnectorScheduler: Send {
         let _ = (req, first_block, block_ids, block_hashes);
         Vec::new()
     }
+
+    /// Record KV events of the connector's own tiers from now on (see
+    /// `kv::events`); a connector that keeps no blocks records none.
+    fn enable_events(&mut self) {}
+
+    /// The connector's KV events since the last call (blocks entering and
+    /// leaving its tiers, with its tier's medium). Called after each step.
+    fn take_events(&mut self) -> Vec<crate::kv::KvCacheEvent> {
+        Vec::new()
+    }
 }
 
 /// Worker side of a connector. `kv` is the executor's device pool.

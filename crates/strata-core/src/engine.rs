@@ -103,7 +103,16 @@ impl<E: Executor> EngineCore<E> {
     pub fn step(&mut self, now: f64) -> StepResult {
         let scheduler_output = self.scheduler.schedule(now);
         let model_output = self.execute_model(&scheduler_output);
-        self.scheduler.update_from_output(&scheduler_output, model_output, now)
+        let mut result = self.scheduler.update_from_output(&scheduler_output, model_output, now);
+        result.kv_events = self.scheduler.take_kv_events();
+        result
+    }
+
+    /// Records KV cache events from now on: each step's result carries the
+    /// blocks that entered and left the prefix cache and the connector's
+    /// tiers (see `kv::events`).
+    pub fn enable_kv_events(&mut self) {
+        self.scheduler.enable_kv_events();
     }
 
     /// The executor's part of a step; a step with neither tokens nor

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::executor::{PromptLogprobsChunk, TopLogprobs};
 use crate::ids::{RequestId, TokenId};
 use crate::kv::hash::{extend_block_hashes, BlockHash};
-use crate::records::Provenance;
+use crate::records::{PrefillRecord, Provenance, Recomputed};
 use crate::sampling::SamplingParams;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -65,18 +65,22 @@ impl RequestStatus {
 ///
 /// - To a prefill engine: `do_remote_decode: true`. It computes the
 ///   prompt, holds the KV under a lease, and answers with the fields a
-///   decode engine needs to pull it.
+///   decode engine needs to pull it, and with its record of the prompt.
 /// - To a decode engine: `do_remote_prefill: true` plus those fields. It
-///   pulls the KV (what it does not have locally) and decodes.
+///   pulls the KV (what it does not have locally), decodes, and reports the
+///   prefill's record as its usage (docs/accounting.md, A18).
+///
+/// Every field may be absent or `null` (llm-d's routing sidecar sends
+/// `remote_block_ids: null` and the like); unknown fields are ignored.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvTransferParams {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub do_remote_decode: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub do_remote_prefill: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_engine_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
     pub remote_block_ids: Vec<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_host: Option<String>,
@@ -96,6 +100,98 @@ pub struct KvTransferParams {
     /// ends after that many pulls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_pulls: Option<u32>,
+    /// vLLM's: the prefill engine's cached prompt tokens (its prefix hits
+    /// on the device and in its offload tiers), which a decode engine
+    /// reports as its `cached_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_prefill_cached_tokens: Option<u32>,
+    /// strata: where the prefill engine's prompt tokens came from (its
+    /// usage's `sources`), which a decode engine reports as its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_prefill_sources: Option<PromptSources>,
+    /// strata: prompt tokens the prefill engine computed twice, by reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_prefill_recomputed: Option<Recomputed>,
+}
+
+/// A prompt's tokens by source, as a usage's `sources` names them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptSources {
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub local_compute: u32,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub local_cache_hit: u32,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub host: u32,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub disk: u32,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub remote: u32,
+}
+
+/// `null` reads as the type's default, as an absent field does.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+impl KvTransferParams {
+    /// The params a prefill engine answers with carry `record`, its account
+    /// of the prompt (A18): vLLM's `remote_prefill_cached_tokens` and
+    /// strata's sources and recomputed tokens.
+    pub fn with_prefill_record(mut self, record: &PrefillRecord) -> Self {
+        self.remote_prefill_cached_tokens = Some(record.cached_tokens());
+        self.remote_prefill_sources = Some(PromptSources {
+            local_compute: record.local_compute,
+            local_cache_hit: record.local_cache_hit,
+            host: record.host,
+            disk: record.disk,
+            remote: record.remote,
+        });
+        self.remote_prefill_recomputed = Some(record.recomputed);
+        self
+    }
+
+    /// The prefill engine's record, as the decode request `request_id` of
+    /// `num_prompt_tokens` reports it (A18). `None` unless these params ask
+    /// for a remote prefill and carry a record of this prompt that keeps
+    /// the accounting identities (sources sum to the prompt, at least one
+    /// token computed, cached tokens agree with the sources): a record of
+    /// another prompt, or an inconsistent one, is never reported.
+    pub fn remote_prefill_record(
+        &self,
+        request_id: RequestId,
+        num_prompt_tokens: usize,
+    ) -> Option<PrefillRecord> {
+        if !self.do_remote_prefill {
+            return None;
+        }
+        let s = self.remote_prefill_sources?;
+        let prompt_tokens = self.remote_num_tokens?;
+        let sum = [s.local_compute, s.local_cache_hit, s.host, s.disk, s.remote]
+            .iter()
+            .map(|&t| u64::from(t))
+            .sum::<u64>();
+        let consistent = prompt_tokens as usize == num_prompt_tokens
+            && sum == u64::from(prompt_tokens)
+            && s.local_compute >= 1;
+        let record = PrefillRecord {
+            request_id,
+            prompt_tokens,
+            local_compute: s.local_compute,
+            local_cache_hit: s.local_cache_hit,
+            host: s.host,
+            disk: s.disk,
+            remote: s.remote,
+            recomputed: self.remote_prefill_recomputed.unwrap_or_default(),
+        };
+        let cached_agrees =
+            self.remote_prefill_cached_tokens.is_none_or(|c| c == record.cached_tokens());
+        (consistent && cached_agrees).then_some(record)
+    }
 }
 
 /// What a caller submits.

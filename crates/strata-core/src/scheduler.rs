@@ -39,6 +39,9 @@ mod admission;
 mod connector_io;
 #[cfg(test)]
 mod connector_tests;
+mod kv_events;
+#[cfg(test)]
+mod kv_events_tests;
 mod output;
 #[cfg(test)]
 mod prompt_logprobs_tests;

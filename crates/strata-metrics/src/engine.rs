@@ -2,15 +2,22 @@
 //! extensions under `strata:`), updated from step results only. The KV
 //! offload tier families live in [`offload`], the prefill/decode transfer
 //! families in [`pd`].
+//!
+//! Every family is registered in [`EngineMetrics::new`]; the registry is
+//! then frozen behind an `Arc` and shared with [`MetricsExporter`], so
+//! `/metrics` encodes the live atomics without the engine's lock on this
+//! struct (which only the engine thread's `observe` needs).
 
+mod kv_events;
 mod offload;
 mod pd;
+
+pub use kv_events::KvEventCounters;
 
 use crate::names::{engine, label};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
@@ -19,16 +26,41 @@ use prometheus_client::registry::Registry;
 use strata_core::{FinishReason, RequestId, StepResult, TokenSource};
 
 use crate::buckets;
+use crate::exposition::MetricsExporter;
 
 type Labels = Vec<(String, String)>;
 
-/// What `vllm:cache_config_info` reports.
+/// What `vllm:cache_config_info` reports, as labels named after vLLM's
+/// `CacheConfig` fields (llm-d's EPP and autoscaler read `block_size` and
+/// `num_gpu_blocks`), plus strata's `tiers`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheConfigInfo {
+    /// Tokens per KV block.
     pub block_size: usize,
-    pub num_blocks: usize,
+    /// Blocks in the device KV pool (vLLM's `num_gpu_blocks`).
+    pub num_gpu_blocks: usize,
+    /// Blocks the host-RAM offload tier holds, 0 without one (vLLM's
+    /// `num_cpu_blocks`, which its V1 engine always reports as 0).
+    pub num_cpu_blocks: usize,
+    /// vLLM's `cache_dtype`: `auto` is the model's compute dtype.
+    pub cache_dtype: String,
+    pub enable_prefix_caching: bool,
     /// e.g. "device" or "device,host,disk".
     pub tiers: String,
+}
+
+impl CacheConfigInfo {
+    /// A device-only pool with prefix caching in the compute dtype.
+    pub fn device(block_size: usize, num_gpu_blocks: usize) -> Self {
+        Self {
+            block_size,
+            num_gpu_blocks,
+            num_cpu_blocks: 0,
+            cache_dtype: "auto".into(),
+            enable_prefix_caching: true,
+            tiers: "device".into(),
+        }
+    }
 }
 
 /// Per-request times the metrics need between steps.
@@ -39,7 +71,8 @@ struct Timeline {
 
 #[derive(Debug)]
 pub struct EngineMetrics {
-    registry: Registry,
+    /// Frozen after `new`: every family is registered there.
+    registry: Arc<Registry>,
     base: Labels,
     timelines: HashMap<RequestId, Timeline>,
     num_requests_running: Family<Labels, Gauge>,
@@ -80,6 +113,7 @@ pub struct EngineMetrics {
     /// Tiers given to `enable_offload_series` (the log line lists them).
     offload_tiers: Vec<strata_offload::OffloadTier>,
     pd: pd::PdFamilies,
+    kv_events: kv_events::KvEventFamilies,
 }
 
 /// Makes each labelled histogram of a family with the family's buckets.
@@ -122,7 +156,7 @@ impl EngineMetrics {
         let token_buckets = buckets::one_two_five(max_model_len);
         let token_family = || histograms(&token_buckets);
         let mut m = Self {
-            registry: Registry::default(),
+            registry: Arc::default(),
             timelines: HashMap::new(),
             num_requests_running: Family::default(),
             num_requests_waiting: Family::default(),
@@ -161,12 +195,22 @@ impl EngineMetrics {
             offload: offload::OffloadFamilies::new(),
             offload_tiers: Vec::new(),
             pd: pd::PdFamilies::new(),
+            kv_events: kv_events::KvEventFamilies::default(),
             base,
         };
-        m.register_all(cache);
-        m.register_offload();
-        m.register_pd();
+        let mut registry = Registry::default();
+        m.register_all(&mut registry, cache);
+        m.register_offload(&mut registry);
+        m.register_pd(&mut registry);
+        m.register_kv_events(&mut registry);
+        m.registry = Arc::new(registry);
         m
+    }
+
+    /// A handle that encodes these families without borrowing `self`: the
+    /// families are shared atomics, so what it encodes is always current.
+    pub fn exporter(&self) -> MetricsExporter {
+        MetricsExporter::new(self.registry.clone())
     }
 
     fn labels(&self, extra: &[(&str, &str)]) -> Labels {
@@ -175,8 +219,7 @@ impl EngineMetrics {
         l
     }
 
-    fn register_all(&mut self, cache: &CacheConfigInfo) {
-        let r = &mut self.registry;
+    fn register_all(&self, r: &mut Registry, cache: &CacheConfigInfo) {
         r.register(
             engine::NUM_REQUESTS_RUNNING,
             "Requests in the running batch",
@@ -275,6 +318,15 @@ impl EngineMetrics {
             "Time between consecutive output tokens",
             self.itl.clone(),
         );
+        // vLLM before 0.11 named the inter-token latency
+        // `time_per_output_token_seconds`; llm-d's autoscaler still reads
+        // that name. The same family under both names: one observation,
+        // two identical expositions that can never disagree.
+        r.register(
+            engine::TIME_PER_OUTPUT_TOKEN_SECONDS,
+            "Time between consecutive output tokens (vLLM's name before 0.11; same samples as vllm:inter_token_latency_seconds)",
+            self.itl.clone(),
+        );
         r.register(
             engine::REQUEST_TIME_PER_OUTPUT_TOKEN_SECONDS,
             "Mean time per output token after the first, per request",
@@ -333,14 +385,19 @@ impl EngineMetrics {
         );
         let info: Family<Labels, Gauge> = Family::default();
         let block_size = cache.block_size.to_string();
-        let num_blocks = cache.num_blocks.to_string();
+        let num_gpu_blocks = cache.num_gpu_blocks.to_string();
+        let num_cpu_blocks = cache.num_cpu_blocks.to_string();
         info.get_or_create(&self.labels(&[
             (label::BLOCK_SIZE, &block_size),
-            (label::NUM_BLOCKS, &num_blocks),
+            (label::NUM_GPU_BLOCKS, &num_gpu_blocks),
+            (label::NUM_CPU_BLOCKS, &num_cpu_blocks),
+            (label::CACHE_DTYPE, &cache.cache_dtype),
+            // vLLM writes each field with Python's str(): True / False.
+            (label::ENABLE_PREFIX_CACHING, python_bool(cache.enable_prefix_caching)),
             (label::TIERS, &cache.tiers),
         ]))
         .set(1);
-        self.registry.register(engine::CACHE_CONFIG_INFO, "KV cache configuration", info);
+        r.register(engine::CACHE_CONFIG_INFO, "Information of the LLMEngine CacheConfig", info);
         // Every series exists from the start (at zero), so dashboards and
         // rates see each family before the first request.
         let base = self.base.clone();
@@ -564,62 +621,20 @@ impl EngineMetrics {
 
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
-        out
+        self.exporter().encode()
     }
 
-    /// The Prometheus text format 0.0.4 exposition, as vLLM (Python's
-    /// prometheus_client) serves it on `/metrics`: counter families are
-    /// named with their `_total` suffix and there is no `# EOF`.
+    /// The Prometheus text format 0.0.4 exposition, as vLLM serves it on
+    /// `/metrics` (see [`MetricsExporter::encode_prometheus`]).
     pub fn encode_prometheus(&self) -> String {
-        to_prometheus_text(&self.encode())
+        self.exporter().encode_prometheus()
     }
 }
 
-/// OpenMetrics text to Prometheus text 0.0.4 (see `encode_prometheus`).
-/// Series of a counter or gauge family are sorted, so the text is the same
-/// for the same values (the registry keeps label sets in hash order);
-/// histogram lines keep their bucket order.
-pub fn to_prometheus_text(open_metrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = open_metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(open_metrics.len());
-    let mut samples: Vec<&str> = Vec::new();
-    let mut histogram = false;
-    let flush = |samples: &mut Vec<&str>, histogram: bool, out: &mut String| {
-        if !histogram {
-            samples.sort_unstable();
-        }
-        for s in samples.drain(..) {
-            out.push_str(s);
-            out.push('\n');
-        }
-    };
-    for line in open_metrics.lines() {
-        if !line.starts_with('#') {
-            samples.push(line);
-            continue;
-        }
-        flush(&mut samples, histogram, &mut out);
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            histogram = rest.ends_with(" histogram");
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
-            let rest = line.strip_prefix(prefix)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
-        });
-        out.push_str(renamed.as_deref().unwrap_or(line));
-        out.push('\n');
+fn python_bool(b: bool) -> &'static str {
+    if b {
+        "True"
+    } else {
+        "False"
     }
-    flush(&mut samples, histogram, &mut out);
-    out
 }

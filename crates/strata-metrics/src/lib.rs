@@ -12,8 +12,10 @@
 
 pub mod buckets;
 mod engine;
+mod exposition;
 mod log_line;
 pub mod names;
 
-pub use engine::{to_prometheus_text, CacheConfigInfo, EngineMetrics};
+pub use engine::{CacheConfigInfo, EngineMetrics, KvEventCounters};
+pub use exposition::{to_prometheus_text, MetricsExporter};
 pub use log_line::LogReporter;

@@ -30,6 +30,10 @@ pub mod engine {
     pub const ITERATION_TOKENS_TOTAL: &str = "vllm:iteration_tokens_total";
     pub const TIME_TO_FIRST_TOKEN_SECONDS: &str = "vllm:time_to_first_token_seconds";
     pub const INTER_TOKEN_LATENCY_SECONDS: &str = "vllm:inter_token_latency_seconds";
+    /// vLLM's name for the inter-token latency before 0.11, still read by
+    /// llm-d's workload-variant-autoscaler (`_sum`/`_count`): the same
+    /// observations as [`INTER_TOKEN_LATENCY_SECONDS`].
+    pub const TIME_PER_OUTPUT_TOKEN_SECONDS: &str = "vllm:time_per_output_token_seconds";
     pub const REQUEST_TIME_PER_OUTPUT_TOKEN_SECONDS: &str =
         "vllm:request_time_per_output_token_seconds";
     pub const REQUEST_QUEUE_TIME_SECONDS: &str = "vllm:request_queue_time_seconds";
@@ -71,6 +75,15 @@ pub mod pd {
     pub const KV_LEASES_EXPIRED: &str = "strata:kv_leases_expired";
 }
 
+/// The KV-event publisher's families (`--kv-events-config`).
+pub mod kv_events {
+    pub const PUBLISHED_BATCHES: &str = "strata:kv_events_published_batches";
+    pub const PUBLISHED: &str = "strata:kv_events_published";
+    pub const DROPPED_BATCHES: &str = "strata:kv_events_dropped_batches";
+    pub const DROPPED: &str = "strata:kv_events_dropped";
+    pub const QUEUED_BATCHES: &str = "strata:kv_events_queued_batches";
+}
+
 /// The P/D router's own families (`strata router`).
 pub mod router {
     pub const ROUTER_REQUESTS: &str = "strata:router_requests";
@@ -97,6 +110,9 @@ pub mod label {
     pub const ROLE: &str = "role";
     pub const URL: &str = "url";
     pub const BLOCK_SIZE: &str = "block_size";
-    pub const NUM_BLOCKS: &str = "num_blocks";
+    pub const NUM_GPU_BLOCKS: &str = "num_gpu_blocks";
+    pub const NUM_CPU_BLOCKS: &str = "num_cpu_blocks";
+    pub const CACHE_DTYPE: &str = "cache_dtype";
+    pub const ENABLE_PREFIX_CACHING: &str = "enable_prefix_caching";
     pub const TIERS: &str = "tiers";
 }

@@ -27,7 +27,11 @@ fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
 }
 
 fn metrics() -> EngineMetrics {
-    let cache = CacheConfigInfo { block_size: 4, num_blocks: 64, tiers: "device,host,disk".into() };
+    let cache = CacheConfigInfo {
+        num_cpu_blocks: 32,
+        tiers: "device,host,disk".into(),
+        ..CacheConfigInfo::device(4, 64)
+    };
     EngineMetrics::new("m", "0", 1024, &cache)
 }
 

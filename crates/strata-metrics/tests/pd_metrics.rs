@@ -35,7 +35,7 @@ fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
 }
 
 fn metrics() -> EngineMetrics {
-    let cache = CacheConfigInfo { block_size: 16, num_blocks: 1024, tiers: "device".into() };
+    let cache = CacheConfigInfo::device(16, 1024);
     EngineMetrics::new("m", "0", 4096, &cache)
 }
 

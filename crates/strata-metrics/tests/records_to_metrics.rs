@@ -21,7 +21,7 @@ fn run() -> (Vec<(StepResult, f64)>, EngineMetrics, LogReporter) {
         max_model_len: 256,
         ..SchedulerConfig::default()
     };
-    let cache = CacheConfigInfo { block_size: 4, num_blocks: 24, tiers: "device".into() };
+    let cache = CacheConfigInfo::device(4, 24);
     let mut m = EngineMetrics::new("builtin", "0", 256, &cache);
     let mut log = LogReporter::new(0, 5.0);
     let mut results = Vec::new();
@@ -102,7 +102,78 @@ fn counters_equal_the_sums_of_the_records() {
     assert_eq!(value(&text, "vllm:time_to_first_token_seconds_count{"), 6.0);
     assert_eq!(value(&text, "vllm:e2e_request_latency_seconds_count{"), 7.0);
     assert_eq!(value(&text, "strata:accounting_violations_total{"), 0.0);
-    assert!(text.contains(r#"vllm:cache_config_info{model_name="builtin",engine="0",block_size="4",num_blocks="24",tiers="device"} 1"#), "{text}");
+    assert!(text.contains(r#"vllm:cache_config_info{model_name="builtin",engine="0",block_size="4",num_gpu_blocks="24",num_cpu_blocks="0",cache_dtype="auto",enable_prefix_caching="True",tiers="device"} 1"#), "{text}");
+}
+
+/// vLLM's pre-0.11 name of the inter-token latency carries exactly the
+/// same buckets, sum and count (llm-d's autoscaler reads its sum/count).
+#[test]
+fn time_per_output_token_is_the_inter_token_latency_under_its_old_name() {
+    let (_, m, _) = run();
+    let text = m.encode_prometheus();
+    let itl: Vec<(String, f64)> = series(&text)
+        .into_iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("vllm:inter_token_latency_seconds").map(|rest| (rest.to_string(), v))
+        })
+        .collect();
+    let tpot: Vec<(String, f64)> = series(&text)
+        .into_iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("vllm:time_per_output_token_seconds").map(|rest| (rest.to_string(), v))
+        })
+        .collect();
+    assert_eq!(itl.len(), 19 + 1 + 2, "vLLM's 19 ITL bounds, +Inf, _sum and _count");
+    assert_eq!(itl, tpot);
+    // Six requests of six tokens each: five gaps per request.
+    assert_eq!(value(&text, "vllm:time_per_output_token_seconds_count{"), 30.0);
+    assert!(text.contains("# TYPE vllm:time_per_output_token_seconds histogram\n"), "{text}");
+}
+
+/// An exporter taken at start-up (as the server does) encodes from
+/// another thread while steps are observed: every scrape parses, and no
+/// counter, bucket, sum or count is ever lower than in the scrape before.
+#[test]
+fn an_exporter_on_another_thread_sees_only_growing_counters() {
+    let (results, _, _) = run();
+    let mut m = EngineMetrics::new("builtin", "0", 256, &CacheConfigInfo::device(4, 24));
+    let exporter = m.exporter();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let scraper = {
+        let (done, started) = (done.clone(), started.clone());
+        std::thread::spawn(move || {
+            let mut scrapes = vec![series(&exporter.encode_prometheus())];
+            started.wait();
+            // Bounded: stops when the observer is done, or after 100k scrapes.
+            while !done.load(std::sync::atomic::Ordering::SeqCst) && scrapes.len() < 100_000 {
+                scrapes.push(series(&exporter.encode_prometheus()));
+            }
+            scrapes.push(series(&exporter.encode_prometheus()));
+            scrapes
+        })
+    };
+    started.wait();
+    for (r, t) in &results {
+        m.observe(r, *t);
+        std::thread::yield_now();
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let scrapes = scraper.join().unwrap();
+    assert!(scrapes.len() >= 3, "{} scrapes", scrapes.len());
+    for pair in scrapes.windows(2) {
+        let old: std::collections::HashMap<&str, f64> =
+            pair[0].iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        for (k, v) in &pair[1] {
+            assert!(*v >= 0.0, "{k} is negative");
+            let monotone = ["_total", "_count", "_sum", "_bucket"].iter().any(|s| k.contains(s));
+            if let Some(o) = old.get(k.as_str()) {
+                assert!(!monotone || v >= o, "{k} decreased from {o} to {v}");
+            }
+        }
+    }
+    // The last scrape is the final state, as the struct itself encodes it.
+    assert_eq!(scrapes.last().unwrap(), &series(&m.encode_prometheus()));
 }
 
 #[test]
@@ -126,7 +197,7 @@ fn iteration_tokens_observe_only_what_the_model_ran() {
 #[test]
 fn nothing_decreases_or_goes_negative_between_scrapes() {
     let (results, _, _) = run();
-    let cache = CacheConfigInfo { block_size: 4, num_blocks: 24, tiers: "device".into() };
+    let cache = CacheConfigInfo::device(4, 24);
     let mut m = EngineMetrics::new("builtin", "0", 256, &cache);
     let mut previous: Vec<(String, f64)> = Vec::new();
     for (r, t) in &results {

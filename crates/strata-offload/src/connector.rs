@@ -26,6 +26,9 @@
 //!
 //! Transfer times are measured around each job's copies (one job per
 //! step for stores, per request for host loads, per block for disk I/O).
+//!
+//! With events enabled, every block entering or leaving a tier is told to
+//! [`TierEvents`] where it happens (see `events` for the rules).
 
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -38,7 +41,7 @@ use strata_core::connector::{
     ConnectorMeta, ConnectorOutput, ConnectorScheduler, ConnectorStats, ConnectorWorker, LoadSpec,
     RequestFinished, StoreSpec,
 };
-use strata_core::kv::BlockHash;
+use strata_core::kv::{BlockHash, KvCacheEvent, KvMedium};
 use strata_core::request::Request;
 use strata_core::{BlockId, KvBlockIo, RequestId, TokenSource};
 
@@ -47,6 +50,7 @@ use crate::stats::{
 };
 
 use crate::disk::{self, DiskIndex};
+use crate::events::{BlockInfo, TierEvents};
 use crate::host::HostTier;
 
 /// Disk writes queued beyond this many are skipped (and counted): the
@@ -132,6 +136,7 @@ struct Shared {
     inflight: FxHashMap<RequestId, InflightLoad>,
     /// Store and load results of this step, reported by `get_finished`.
     out: ConnectorOutput,
+    events: TierEvents,
 }
 
 impl Shared {
@@ -158,23 +163,39 @@ impl Shared {
 
     /// Puts `data` in a host slot under `hash` (LRU eviction); `false`
     /// when every slot is pinned.
-    fn host_insert(&mut self, hash: BlockHash, fill: impl FnOnce(&mut [u8])) -> bool {
+    fn host_insert(
+        &mut self,
+        hash: BlockHash,
+        info: Option<BlockInfo>,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> bool {
         let Some(a) = self.host.allocate(hash) else {
             self.stats.allocation_failures += 1;
             return false;
         };
-        if a.evicted.is_some() {
+        if let Some(old) = a.evicted {
             self.stats.evictions.push((OffloadTier::Host, 1));
+            self.events.left(KvMedium::Host, old);
         }
         fill(self.host.slot_mut(a.slot));
+        self.events.present(KvMedium::Host, hash, info);
         true
     }
 
     /// Queues a write-through of a host-resident block to disk.
-    fn queue_disk_write(&mut self, hash: BlockHash, jobs: &mpsc::Sender<Job>) {
+    fn queue_disk_write(
+        &mut self,
+        hash: BlockHash,
+        info: &Option<BlockInfo>,
+        jobs: &mpsc::Sender<Job>,
+    ) {
         let Some(d) = &mut self.disk else { return };
         if d.index.contains(hash) {
             d.index.touch(hash);
+            if d.index.is_ready(hash) {
+                // A block from start-up: its tokens are known now.
+                self.events.present(KvMedium::Disk, hash, info.clone());
+            }
             return;
         }
         if d.queued_writes >= MAX_QUEUED_WRITES {
@@ -192,12 +213,25 @@ impl Shared {
             self.stats.evictions.push((OffloadTier::Disk, evicted.len() as u32));
         }
         for victim in evicted {
+            self.events.left(KvMedium::Disk, victim);
             let _ = jobs.send(Job::Delete { hash: victim });
         }
         d.queued_writes += 1;
         if jobs.send(Job::Write { hash, data }).is_err() {
             d.queued_writes -= 1;
             d.index.finish_write(hash, false);
+        } else {
+            self.events.write_queued(hash, info);
+        }
+    }
+
+    /// Records the removal of a disk block if it is no longer indexed.
+    fn disk_maybe_left(&mut self, hash: BlockHash) {
+        if !self.events.is_enabled() {
+            return;
+        }
+        if self.disk.as_ref().is_some_and(|d| !d.index.contains(hash)) {
+            self.events.left(KvMedium::Disk, hash);
         }
     }
 }
@@ -253,6 +287,7 @@ pub fn open(config: OffloadConfig) -> (OffloadScheduler, OffloadWorker) {
         pending: ConnectorMeta::default(),
         inflight: FxHashMap::default(),
         out: ConnectorOutput::default(),
+        events: TierEvents::new(config.block_size.max(1)),
     };
     let mut threads = Vec::new();
     let (jobs, done, recycle) = match &config.disk {
@@ -412,7 +447,11 @@ impl ConnectorScheduler for OffloadScheduler {
             return;
         }
         let mut plan = Vec::with_capacity(block_ids.len());
-        for (&b, &h) in block_ids.iter().zip(block_hashes) {
+        // The request's index of the first external block (its local hit).
+        let first = req.num_computed_tokens / s.block_size;
+        let known = s.events.is_enabled()
+            && req.block_hashes.get(first..first + block_hashes.len()) == Some(block_hashes);
+        for (i, (&b, &h)) in block_ids.iter().zip(block_hashes).enumerate() {
             let source = if let Some(slot) = s.host.pin(h) {
                 Some(Source::Host(slot))
             } else if s.disk.as_mut().is_some_and(|d| d.index.pin(h)) {
@@ -420,6 +459,20 @@ impl ConnectorScheduler for OffloadScheduler {
             } else {
                 None
             };
+            if known && source.is_some() {
+                // The request's tokens: a block from start-up (or from
+                // before events were on) can be announced now, and a disk
+                // block will be once promoted into host.
+                let info = s.events.info(req, first + i);
+                let medium = match source {
+                    Some(Source::Disk) => {
+                        s.events.load_planned(h, info.clone());
+                        KvMedium::Disk
+                    }
+                    _ => KvMedium::Host,
+                };
+                s.events.present(medium, h, info);
+            }
             match source {
                 Some(src) => plan.push((b, h, src)),
                 // Gone since the lookup (cannot happen within one step);
@@ -452,6 +505,7 @@ impl ConnectorScheduler for OffloadScheduler {
                         if let Some(d) = &mut s.disk {
                             d.index.unpin(h, true);
                         }
+                        s.events.load_ends(h);
                     }
                 }
             }
@@ -492,9 +546,20 @@ impl ConnectorScheduler for OffloadScheduler {
                 continue;
             }
             s.pending.stores.push(StoreSpec { block_id: b, block_hash: h });
+            let info = s.events.info(req, first_block + i);
+            s.events.offered(h, info);
             stored.push(b);
         }
         stored
+    }
+
+    /// `CPU` and `DISK` events from now on (rules in `crate::events`).
+    fn enable_events(&mut self) {
+        lock(&self.shared).events.enable();
+    }
+
+    fn take_events(&mut self) -> Vec<KvCacheEvent> {
+        lock(&self.shared).events.take()
     }
 }
 
@@ -505,18 +570,21 @@ impl OffloadWorker {
         let mut seconds = 0.0;
         for st in stores {
             s.out.finished_storing.push(st.block_id);
+            let info = s.events.store_runs(st.block_hash);
             if s.host.contains(st.block_hash) {
                 s.host.touch(st.block_hash);
+                s.events.present(KvMedium::Host, st.block_hash, info);
                 continue;
             }
             let start = Instant::now();
-            if s.host_insert(st.block_hash, |slot| kv.read_block(st.block_id, slot)) {
+            let for_disk = if self.jobs.is_some() { info.clone() } else { None };
+            if s.host_insert(st.block_hash, info, |slot| kv.read_block(st.block_id, slot)) {
                 seconds += start.elapsed().as_secs_f64();
                 copied += 1;
                 // Written through now: the block may leave the host tier
                 // before this loop ends.
                 if let Some(jobs) = &self.jobs {
-                    s.queue_disk_write(st.block_hash, jobs);
+                    s.queue_disk_write(st.block_hash, &for_disk, jobs);
                 }
             }
         }
@@ -555,6 +623,7 @@ impl OffloadWorker {
                         if let Some(d) = &mut s.disk {
                             d.index.unpin(h, true);
                         }
+                        s.events.load_ends(h);
                         s.stats.failures.push((
                             OffloadTier::Disk,
                             OffloadOp::Load,
@@ -587,9 +656,13 @@ impl OffloadWorker {
         let bpb = s.bytes_per_block as u64;
         match done {
             Done::Write { hash, result, seconds } => {
+                let info = s.events.write_ends(hash);
                 if let Some(d) = &mut s.disk {
                     d.queued_writes = d.queued_writes.saturating_sub(1);
                     d.index.finish_write(hash, result.is_ok());
+                    if d.index.is_ready(hash) {
+                        s.events.present(KvMedium::Disk, hash, info);
+                    }
                 }
                 match result {
                     Ok(()) => s.stats.transfers.push(TransferRecord {
@@ -620,6 +693,9 @@ impl OffloadWorker {
                 if let Some(d) = &mut s.disk {
                     d.index.unpin(hash, result.is_ok());
                 }
+                // A file that failed verification is gone from the tier.
+                s.disk_maybe_left(hash);
+                let info = s.events.load_ends(hash);
                 let cancelled = s.inflight.get(&req).is_none_or(|l| l.cancelled);
                 match result {
                     Ok(data) => {
@@ -631,7 +707,9 @@ impl OffloadWorker {
                         });
                         if !s.host.contains(hash) && s.host.num_slots() > 0 {
                             // Promotion: the next hit is served from RAM.
-                            s.host_insert(hash, |slot| slot.copy_from_slice(&data));
+                            s.host_insert(hash, info, |slot| slot.copy_from_slice(&data));
+                        } else if s.host.contains(hash) {
+                            s.events.present(KvMedium::Host, hash, info);
                         }
                         if !cancelled {
                             let start = Instant::now();
@@ -709,3 +787,6 @@ impl Drop for OffloadWorker {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod event_tests;

@@ -242,6 +242,14 @@ impl DiskIndex {
         self.entries.get(&hash).is_some_and(|e| e.state == State::Ready)
     }
 
+    /// The loadable blocks, sorted (for checks: the KV events' `DISK` set).
+    pub fn hashes(&self) -> Vec<BlockHash> {
+        let mut v: Vec<BlockHash> =
+            self.entries.iter().filter(|(_, e)| e.state == State::Ready).map(|(&h, _)| h).collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Whether the block is here or on its way.
     pub fn contains(&self, hash: BlockHash) -> bool {
         self.entries.contains_key(&hash)

@@ -92,6 +92,13 @@ impl HostTier {
         self.index.contains_key(&hash)
     }
 
+    /// The blocks held, sorted (for checks: the KV events' `CPU` set).
+    pub fn hashes(&self) -> Vec<BlockHash> {
+        let mut v: Vec<BlockHash> = self.index.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
     fn next_tick(&mut self) -> u64 {
         self.tick += 1;
         self.tick

@@ -13,6 +13,9 @@
 //! - [`stats`]: what the connector reports each step, for the metrics.
 //! - [`connector`]: the scheduler side (lookups, load plans, which blocks
 //!   to store) and the worker side (copies, background disk I/O, stats).
+//! - `events`: the tiers' KV events (`CPU`, `DISK`) for routers, with
+//!   their rules (parents per medium; start-up disk blocks announced only
+//!   once their tokens are known).
 //!
 //! Block keys are the prefix-cache chain hashes (cache salt included);
 //! the disk tier keeps each model's files under its fingerprint, and every
@@ -23,6 +26,7 @@
 
 pub mod connector;
 pub mod disk;
+mod events;
 pub mod host;
 pub mod stats;
 

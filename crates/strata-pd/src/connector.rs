@@ -29,7 +29,9 @@ use strata_core::connector::{
 };
 use strata_core::kv::BlockHash;
 use strata_core::request::{KvTransferParams, Request};
-use strata_core::{BlockId, FinishReason, KvBlockIo, RequestId, RequestStatus, TokenSource};
+use strata_core::{
+    BlockId, FinishReason, KvBlockIo, PrefillRecord, RequestId, RequestStatus, TokenSource,
+};
 
 use crate::stats::{KvTransferDirection, KvTransferFailure, KvTransferRecord, PdStats};
 
@@ -329,21 +331,28 @@ impl ConnectorScheduler for PdScheduler {
                 deadline: Instant::now() + self.config.lease_timeout,
             },
         );
-        RequestFinished {
-            delay_free: true,
-            kv_transfer_params: Some(KvTransferParams {
-                do_remote_decode: false,
-                do_remote_prefill: true,
-                remote_engine_id: Some(self.config.engine_id.clone()),
-                remote_block_ids: block_ids.iter().map(|b| b.0).collect(),
-                remote_host: Some(self.config.advertise_host.clone()),
-                remote_port: Some(self.port),
-                transfer_id: Some(transfer_id),
-                remote_num_tokens: Some(num_tokens),
-                remote_block_size: Some(self.block_size() as u32),
-                num_pulls: Some(pulls),
-            }),
-        }
+        // The prompt's record travels with the params, so the decode
+        // engine reports the prefill's numbers (A18).
+        let record =
+            req.provenance.as_ref().and_then(|p| PrefillRecord::new(req.id, num_tokens, p).ok());
+        let params = KvTransferParams {
+            do_remote_decode: false,
+            do_remote_prefill: true,
+            remote_engine_id: Some(self.config.engine_id.clone()),
+            remote_block_ids: block_ids.iter().map(|b| b.0).collect(),
+            remote_host: Some(self.config.advertise_host.clone()),
+            remote_port: Some(self.port),
+            transfer_id: Some(transfer_id),
+            remote_num_tokens: Some(num_tokens),
+            remote_block_size: Some(self.block_size() as u32),
+            num_pulls: Some(pulls),
+            ..KvTransferParams::default()
+        };
+        let params = match &record {
+            Some(r) => params.with_prefill_record(r),
+            None => params,
+        };
+        RequestFinished { delay_free: true, kv_transfer_params: Some(params) }
     }
 }
 

@@ -48,7 +48,16 @@ impl AccountingLog {
     }
 
     /// Queues the line for a finished request (never blocks).
-    pub fn record(&self, model: &str, finish: &FinishRecord, prefill: Option<&PrefillRecord>) {
+    /// `external_id` is the client's `X-Request-Id`, when it sent one
+    /// (`x_request_id`, `null` otherwise): several engine requests (the
+    /// `n` choices) may share it.
+    pub fn record(
+        &self,
+        model: &str,
+        finish: &FinishRecord,
+        prefill: Option<&PrefillRecord>,
+        external_id: Option<&str>,
+    ) {
         let since = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) => json!((b - a).max(0.0)),
             _ => json!(null),
@@ -59,6 +68,7 @@ impl AccountingLog {
         });
         let line = json!({
             "request_id": finish.request_id.get(),
+            "x_request_id": external_id,
             "model": model,
             "finish_reason": finish.reason.as_str(),
             "prompt_tokens": finish.num_prompt_tokens,

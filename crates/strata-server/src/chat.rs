@@ -45,6 +45,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use minijinja::value::ValueKind;
 use serde::Deserialize;
@@ -54,9 +55,9 @@ use strata_tokenizer::{ChatConfig, SpecialToken};
 pub use detect::{detect as detect_content_format, ContentFormat};
 
 use crate::completions::{
-    check_model, collect, encode, finish_str, json_answer, kv_transfer_json, now_secs,
-    prompt_logprobs_json, sampling_params_for, sse, submit_choices, truncate_prompt, Choice,
-    ChoiceOptions, MaxTokensDefault,
+    check_model, collect, encode, finish_str, json_answer, kv_transfer_json, now_secs, pd,
+    prompt_logprobs_json, request_id, sampling_params_for, sse, submit_choices, truncate_prompt,
+    Choice, ChoiceOptions, MaxTokensDefault,
 };
 use crate::error::ApiError;
 use crate::openai::{SamplingFields, Usage};
@@ -682,7 +683,16 @@ fn first_line(s: &str) -> &str {
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
+) -> Response {
+    request_id::handle(&headers, |id| chat(state, body, id)).await
+}
+
+async fn chat(
+    state: Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+    request_id: Option<String>,
 ) -> Result<Response, ApiError> {
     let req: ChatCompletionRequest = crate::fields::CHAT.parse(body)?;
     let model = check_model(&state, req.model.as_deref())?;
@@ -694,19 +704,19 @@ pub async fn chat_completions(
     // Without `max_tokens` a chat may run to the end of the context (vLLM).
     let max_default = MaxTokensDefault::RestOfContext { prompt_tokens: prompt_ids.len() };
     let params = sampling_params_for(&state, &req.sampling, logprobs, max_default)?;
-    let options = ChoiceOptions::from_fields(&req.sampling)?;
-    let choices = submit_choices(
-        &state,
-        prompt_ids,
-        params,
-        req.sampling.n.unwrap_or(1),
-        options,
-        req.sampling.kv_transfer_params.clone(),
-    )
-    .await?;
-    let id = format!("chatcmpl-{}", choices[0].id.get());
+    let options = ChoiceOptions {
+        request_id: request_id.clone(),
+        ..ChoiceOptions::from_fields(&req.sampling)?
+    };
+    let stream = req.sampling.stream.unwrap_or(false);
+    let n = req.sampling.n.unwrap_or(1);
+    let plan = pd::plan(req.sampling.kv_transfer_params.as_ref(), n, stream, 1)?;
+    let choices =
+        submit_choices(&state, prompt_ids, params, plan.engine_n, options, plan.kv_transfer_params)
+            .await?;
+    let id = request_id::response_id("chatcmpl", request_id.as_deref(), choices[0].id);
     let created = now_secs();
-    if req.sampling.stream.unwrap_or(false) {
+    if stream {
         let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let (id2, model2) = (id.clone(), model.clone());
         let chunk = move |c: &mut Choice, text: &str| {
@@ -719,7 +729,8 @@ pub async fn chat_completions(
         let usage_chunk = move |usage: Usage| json!({"id": id2, "object": "chat.completion.chunk", "created": created, "model": model2, "choices": [], "usage": usage});
         return Ok(sse(state, choices, chunk, usage_chunk, include_usage).into_response());
     }
-    let (choices, usage) = collect(&state, choices).await;
+    let choices = collect(&state, choices).await;
+    let usage = pd::usage(&choices, plan.usage_scale);
     let kv = kv_transfer_json(&choices);
     let out: Vec<Value> = choices
         .into_iter()

@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -26,6 +27,9 @@ use crate::driver::RequestUpdate;
 use crate::error::ApiError;
 use crate::openai::{CompletionRequest, Prompt, SamplingFields, Usage};
 use crate::AppState;
+
+pub(crate) mod pd;
+pub(crate) mod request_id;
 
 /// vLLM's default for completions when `max_tokens` is absent.
 const DEFAULT_MAX_TOKENS: i64 = 16;
@@ -192,6 +196,9 @@ pub struct Choice {
     pub logprobs: Vec<TokenLogprobs>,
     /// What a P/D prefill engine answers with (the lease on the KV).
     pub kv_transfer_params: Option<strata_core::KvTransferParams>,
+    /// A P/D decode's record of its prompt from the prefill engine, which
+    /// its usage reports (see [`Choice::usage_record`]).
+    pub remote_prefill: Option<PrefillRecord>,
 }
 
 /// One token's log-probabilities, with token texts (`None` for the
@@ -327,6 +334,8 @@ pub struct ChoiceOptions {
     pub skip_special_tokens: bool,
     pub priority: i32,
     pub cache_salt: Option<String>,
+    /// The client's `X-Request-Id` ([`request_id`]).
+    pub request_id: Option<String>,
 }
 
 impl From<Vec<String>> for ChoiceOptions {
@@ -337,6 +346,7 @@ impl From<Vec<String>> for ChoiceOptions {
             skip_special_tokens: true,
             priority: 0,
             cache_salt: None,
+            request_id: None,
         }
     }
 }
@@ -352,6 +362,7 @@ impl ChoiceOptions {
             skip_special_tokens: f.skip_special_tokens.unwrap_or(true),
             priority: f.priority.unwrap_or(0),
             cache_salt: f.cache_salt.clone(),
+            request_id: None,
         })
     }
 }
@@ -420,13 +431,18 @@ pub async fn submit_choices(
             options.stop.clone(),
             options.skip_special_tokens,
         );
-        let submitted = state.engine.submit_watching(new, watch).await;
+        let submitted = state.engine.submit_as(new, watch, options.request_id.clone()).await;
         if submitted.is_err() {
             // This choice's slot was released by the engine thread; the
             // later ones were never submitted.
             state.engine.release(n as usize - index - 1);
         }
         let (id, rx) = submitted?;
+        if let Some(x) = &options.request_id {
+            tracing::info!("x-request-id {x} is engine request {id}");
+        }
+        let remote_prefill =
+            kv_transfer_params.as_ref().and_then(|p| p.remote_prefill_record(id, prompt_ids.len()));
         choices.push(Choice {
             index,
             id,
@@ -448,6 +464,7 @@ pub async fn submit_choices(
             echo_logprobs: false,
             logprobs: Vec::new(),
             kv_transfer_params: None,
+            remote_prefill,
         });
     }
     Ok(choices)
@@ -495,7 +512,16 @@ pub fn finish_str(f: Option<FinishReason>) -> Value {
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
+) -> Response {
+    request_id::handle(&headers, |id| complete(state, body, id)).await
+}
+
+async fn complete(
+    state: Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+    request_id: Option<String>,
 ) -> Result<Response, ApiError> {
     let req: CompletionRequest = crate::fields::COMPLETIONS.parse(body)?;
     let model = check_model(&state, req.model.as_deref())?;
@@ -548,9 +574,18 @@ pub async fn completions(
         params.prompt_logprobs = params.prompt_logprobs.max(req.logprobs);
         params.validate()?;
     }
-    let options = ChoiceOptions::from_fields(&req.sampling)?;
-    let n = req.sampling.n.unwrap_or(1);
-    let kv = req.sampling.kv_transfer_params.clone();
+    let options = ChoiceOptions {
+        request_id: request_id.clone(),
+        ..ChoiceOptions::from_fields(&req.sampling)?
+    };
+    let stream = req.sampling.stream.unwrap_or(false);
+    let plan = pd::plan(
+        req.sampling.kv_transfer_params.as_ref(),
+        req.sampling.n.unwrap_or(1),
+        stream,
+        batch.len(),
+    )?;
+    let (n, kv) = (plan.engine_n, plan.kv_transfer_params);
     let mut choices = Vec::new();
     for (i, (echo, ids)) in batch.into_iter().enumerate() {
         let mut more =
@@ -563,9 +598,9 @@ pub async fn completions(
         }
         choices.extend(more);
     }
-    let id = format!("cmpl-{}", choices[0].id.get());
+    let id = request_id::response_id("cmpl", request_id.as_deref(), choices[0].id);
     let created = now_secs();
-    if req.sampling.stream.unwrap_or(false) {
+    if stream {
         let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let stream_id = id.clone();
         let chunk_model = model.clone();
@@ -582,12 +617,13 @@ pub async fn completions(
                                 "finish_reason": finish_str(finish), "stop_reason": c.stop_reason}]})
         };
         let usage_chunk = {
-            let (id, model) = (format!("cmpl-{}", choices[0].id.get()), model.clone());
+            let (id, model) = (id.clone(), model.clone());
             move |usage: Usage| json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": [], "usage": usage})
         };
         return Ok(sse(state, choices, chunk, usage_chunk, include_usage).into_response());
     }
-    let (choices, usage) = collect(&state, choices).await;
+    let choices = collect(&state, choices).await;
+    let usage = pd::usage(&choices, plan.usage_scale);
     let kv = kv_transfer_json(&choices);
     let out: Vec<Value> = choices
         .into_iter()
@@ -655,9 +691,9 @@ pub fn prompt_logprobs_json(state: &AppState, c: &Choice) -> Value {
     )
 }
 
-/// Waits for every choice to finish (non-streaming responses).
-pub async fn collect(state: &AppState, choices: Vec<Choice>) -> (Vec<Choice>, Usage) {
-    let mut usage = Usage::default();
+/// Waits for every choice to finish (non-streaming responses); their
+/// usage is [`pd::usage`].
+pub async fn collect(state: &AppState, choices: Vec<Choice>) -> Vec<Choice> {
     let mut done = Vec::with_capacity(choices.len());
     for mut c in choices {
         while c.finish.is_none() {
@@ -668,10 +704,9 @@ pub async fn collect(state: &AppState, choices: Vec<Choice>) -> (Vec<Choice>, Us
                 None => c.finish = Some(FinishReason::Abort),
             }
         }
-        usage.add(c.record.as_ref(), c.completion_tokens);
         done.push(c);
     }
-    (done, usage)
+    done
 }
 
 /// The SSE stream of several choices, then the usage chunk if asked, then
@@ -726,7 +761,7 @@ where
                 out.push(Event::default().data(chunk(c, &text).to_string()));
             }
             if c.finish.is_some() {
-                usage.add(c.record.as_ref(), c.completion_tokens);
+                usage.add(c.usage_record(), c.completion_tokens);
                 done += 1;
             }
             Some((out, (state, choices, chunk, usage_chunk, done, usage, false)))

@@ -6,7 +6,12 @@
 //! handler drops its receiver (the client went away), the next send fails
 //! and the driver aborts the request, freeing its blocks. Records go to the
 //! metrics and the log line from this thread, after each step, so
-//! exporting never slows or fails a step's bookkeeping.
+//! exporting never slows or fails a step's bookkeeping. `/metrics` encodes
+//! through a [`MetricsExporter`] and never takes the metrics lock.
+//!
+//! The thread beats a [`Heartbeat`] at the top of every loop iteration and
+//! wakes at least every [`IDLE_WAKE`] when idle, so `/health` can tell a
+//! stalled or dead engine from a quiet one (see [`crate::health`]).
 
 use std::collections::HashMap;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -17,9 +22,11 @@ use strata_core::{
     AdmissionError, EngineCore, Executor, FinishReason, NewRequest, PrefillRecord, RequestId,
     TopLogprobs,
 };
-use strata_metrics::{EngineMetrics, LogReporter};
+use strata_metrics::{EngineMetrics, LogReporter, MetricsExporter};
 
 use crate::accounting_log::AccountingLog;
+use crate::health::{EngineHealth, ExitGuard, Heartbeat, DEFAULT_STALL_TIMEOUT, IDLE_WAKE};
+use crate::kv_events::KvEventSender;
 use crate::stop::StopWatch;
 use tokio::sync::{mpsc as tmpsc, oneshot};
 
@@ -48,6 +55,8 @@ enum Command {
         stop: Option<StopWatch>,
         updates: tmpsc::UnboundedSender<RequestUpdate>,
         reply: oneshot::Sender<Result<RequestId, AdmissionError>>,
+        /// The client's `X-Request-Id`, for the accounting log.
+        external_id: Option<String>,
     },
     Abort(RequestId),
     Shutdown,
@@ -58,8 +67,11 @@ enum Command {
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
     pub metrics: Arc<Mutex<EngineMetrics>>,
+    /// Encodes the same families as `metrics` without its lock.
+    exporter: MetricsExporter,
     /// Requests in the engine (for the queue limit).
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    heartbeat: Arc<Heartbeat>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,15 +99,61 @@ impl EngineHandle {
         log_interval: Duration,
         accounting: Option<(AccountingLog, String)>,
     ) -> Self {
+        Self::spawn_publishing(engine, metrics, log_interval, accounting, None)
+    }
+
+    /// As `spawn_with`, turning the engine's KV events on and handing each
+    /// step's events to `kv_events` (the publisher thread).
+    pub fn spawn_publishing<E: Executor + Send + 'static>(
+        mut engine: EngineCore<E>,
+        metrics: EngineMetrics,
+        log_interval: Duration,
+        accounting: Option<(AccountingLog, String)>,
+        kv_events: Option<KvEventSender>,
+    ) -> Self {
+        if kv_events.is_some() {
+            engine.enable_kv_events();
+        }
         let (tx, rx) = mpsc::channel();
+        let exporter = metrics.exporter();
         let metrics = Arc::new(Mutex::new(metrics));
         let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let handle = Self { tx, metrics: metrics.clone(), in_flight: in_flight.clone() };
+        let heartbeat = Arc::new(Heartbeat::new(DEFAULT_STALL_TIMEOUT));
+        heartbeat.beat();
+        let handle = Self {
+            tx,
+            metrics: metrics.clone(),
+            exporter,
+            in_flight: in_flight.clone(),
+            heartbeat: heartbeat.clone(),
+        };
         std::thread::Builder::new()
             .name("strata-engine".into())
-            .spawn(move || run(engine, rx, metrics, in_flight, log_interval, accounting))
+            .spawn(move || {
+                let _exit = ExitGuard(heartbeat.clone());
+                let extras = Extras { accounting, kv_events };
+                run(engine, rx, metrics, in_flight, log_interval, extras, &heartbeat)
+            })
             .expect("invariant: the engine thread can be spawned at start-up");
         handle
+    }
+
+    /// Whether the engine thread is alive and making progress.
+    pub fn health(&self) -> EngineHealth {
+        self.heartbeat.check()
+    }
+
+    /// How long the engine thread may go without progress before
+    /// [`Self::health`] says it is stalled (at least
+    /// [`crate::health::MIN_STALL_TIMEOUT`]; default
+    /// [`DEFAULT_STALL_TIMEOUT`]).
+    pub fn set_health_stall_timeout(&self, timeout: Duration) {
+        self.heartbeat.set_stall_timeout(timeout);
+    }
+
+    /// The engine's metrics, encodable without the `metrics` lock.
+    pub fn exporter(&self) -> &MetricsExporter {
+        &self.exporter
     }
 
     pub fn num_in_flight(&self) -> usize {
@@ -138,10 +196,21 @@ impl EngineHandle {
         new: NewRequest,
         stop: Option<StopWatch>,
     ) -> Result<(RequestId, tmpsc::UnboundedReceiver<RequestUpdate>), SubmitError> {
+        self.submit_as(new, stop, None).await
+    }
+
+    /// As `submit_watching`, under the client's request id (`X-Request-Id`,
+    /// written to the accounting log).
+    pub async fn submit_as(
+        &self,
+        new: NewRequest,
+        stop: Option<StopWatch>,
+        external_id: Option<String>,
+    ) -> Result<(RequestId, tmpsc::UnboundedReceiver<RequestUpdate>), SubmitError> {
         let (updates, rx) = tmpsc::unbounded_channel();
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Command::Add { new: Box::new(new), stop, updates, reply })
+            .send(Command::Add { new: Box::new(new), stop, updates, reply, external_id })
             .map_err(|_| SubmitError::EngineStopped)?;
         let id = answer.await.map_err(|_| SubmitError::EngineStopped)??;
         Ok((id, rx))
@@ -163,8 +232,10 @@ fn run<E: Executor>(
     metrics: Arc<Mutex<EngineMetrics>>,
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
     log_interval: Duration,
-    accounting: Option<(AccountingLog, String)>,
+    extras: Extras,
+    heartbeat: &Heartbeat,
 ) {
+    let Extras { accounting, kv_events } = extras;
     let mut prefills: HashMap<RequestId, PrefillRecord> = HashMap::new();
     let clock = Instant::now();
     let now = || clock.elapsed().as_secs_f64();
@@ -179,9 +250,12 @@ fn run<E: Executor>(
     }
     let mut senders: HashMap<RequestId, tmpsc::UnboundedSender<RequestUpdate>> = HashMap::new();
     let mut watches: HashMap<RequestId, StopWatch> = HashMap::new();
+    let mut external_ids: HashMap<RequestId, String> = HashMap::new();
     let mut stopping = false;
     loop {
-        // Idle: wait for work (waking up for the log line's interval).
+        heartbeat.beat();
+        // Idle: wait for work, waking up for the log line's interval and
+        // at least every IDLE_WAKE to beat (a blocked recv is no stall).
         if !engine.has_unfinished() && !engine.has_pending() {
             if stopping {
                 return;
@@ -189,12 +263,18 @@ fn run<E: Executor>(
             // With a connector, idle steps still collect its background
             // work (disk writes finishing, tier gauges).
             let connector = engine.scheduler().has_connector();
-            let wait =
-                if connector { log_interval.min(Duration::from_millis(250)) } else { log_interval };
+            let wait = log_interval.min(IDLE_WAKE);
             match rx.recv_timeout(wait) {
                 Ok(cmd) => {
-                    stopping |=
-                        apply(cmd, &mut engine, &mut senders, &mut watches, &in_flight, now())
+                    stopping |= apply(
+                        cmd,
+                        &mut engine,
+                        &mut senders,
+                        &mut watches,
+                        &mut external_ids,
+                        &in_flight,
+                        now(),
+                    )
                 }
                 Err(RecvTimeoutError::Timeout) if connector => {}
                 Err(RecvTimeoutError::Timeout) => {
@@ -207,7 +287,15 @@ fn run<E: Executor>(
             }
         }
         while let Ok(cmd) = rx.try_recv() {
-            stopping |= apply(cmd, &mut engine, &mut senders, &mut watches, &in_flight, now());
+            stopping |= apply(
+                cmd,
+                &mut engine,
+                &mut senders,
+                &mut watches,
+                &mut external_ids,
+                &in_flight,
+                now(),
+            );
         }
         if stopping {
             for id in senders.keys().copied().collect::<Vec<_>>() {
@@ -215,7 +303,10 @@ fn run<E: Executor>(
             }
         }
         let t = now();
-        let result = engine.step(t);
+        let mut result = engine.step(t);
+        if let Some(publisher) = &kv_events {
+            publisher.send(unix_time(), std::mem::take(&mut result.kv_events));
+        }
         if let Some(e) = &result.executor_error {
             tracing::error!("executor failed a step; its requests end with `error`: {e}");
         }
@@ -239,7 +330,13 @@ fn run<E: Executor>(
         }
         if let Some((log, model)) = &accounting {
             for f in &result.finish_records {
-                log.record(model, f, prefills.remove(&f.request_id).as_ref());
+                let external_id = external_ids.remove(&f.request_id);
+                log.record(
+                    model,
+                    f,
+                    prefills.remove(&f.request_id).as_ref(),
+                    external_id.as_deref(),
+                );
             }
         }
         for o in &result.outputs {
@@ -270,6 +367,7 @@ fn run<E: Executor>(
                 }
                 send(&mut senders, &mut engine, o.request_id, RequestUpdate::Finished(reason), t);
                 watches.remove(&o.request_id);
+                external_ids.remove(&o.request_id);
                 if senders.remove(&o.request_id).is_some() {
                     in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 }
@@ -286,23 +384,40 @@ fn run<E: Executor>(
     }
 }
 
+/// What the engine thread writes besides metrics and answers.
+struct Extras {
+    accounting: Option<(AccountingLog, String)>,
+    kv_events: Option<KvEventSender>,
+}
+
+/// Seconds since the Unix epoch (the KV events' timestamps).
+fn unix_time() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// Returns `true` when the command asks the thread to stop.
 fn apply<E: Executor>(
     cmd: Command,
     engine: &mut EngineCore<E>,
     senders: &mut HashMap<RequestId, tmpsc::UnboundedSender<RequestUpdate>>,
     watches: &mut HashMap<RequestId, StopWatch>,
+    external_ids: &mut HashMap<RequestId, String>,
     in_flight: &std::sync::atomic::AtomicUsize,
     now: f64,
 ) -> bool {
     match cmd {
-        Command::Add { new, stop, updates, reply } => {
+        Command::Add { new, stop, updates, reply, external_id } => {
             let result = engine.add_request(*new, now);
             match result {
                 Ok(id) => {
                     senders.insert(id, updates);
                     if let Some(w) = stop {
                         watches.insert(id, w);
+                    }
+                    if let Some(x) = external_id {
+                        external_ids.insert(id, x);
                     }
                 }
                 Err(_) => {

@@ -170,4 +170,37 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("`guided_regex` is not supported"), "{err}");
     }
+
+    /// llm-d's routing sidecar (nixlv2) sends its prefill leg with every
+    /// remote field `null`; vLLM's decode-side fields may be `null` too.
+    #[test]
+    fn kv_transfer_params_take_null_as_absent_and_ignore_unknown_fields() {
+        let body = |v: serde_json::Value| Ok(Bytes::from(v.to_string()));
+        let req = COMPLETIONS
+            .parse::<CompletionRequest>(body(json!({"prompt": "a", "n": 2, "cache_salt": "t1",
+                "kv_transfer_params": {"do_remote_decode": true, "do_remote_prefill": false,
+                    "remote_engine_id": null, "remote_block_ids": null, "remote_host": null,
+                    "remote_port": null, "transfer_id": null, "num_pulls": null,
+                    "remote_prefill_cached_tokens": null, "remote_prefill_sources": null,
+                    "tp_size": 1, "remote_notify_port": null}})))
+            .unwrap();
+        let kv = req.sampling.kv_transfer_params.unwrap();
+        let want = strata_core::KvTransferParams { do_remote_decode: true, ..Default::default() };
+        assert_eq!(kv, want);
+        assert_eq!(req.sampling.cache_salt.as_deref(), Some("t1"));
+        let all_null = json!({"prompt": "a", "kv_transfer_params": {"do_remote_decode": null,
+            "do_remote_prefill": null, "remote_prefill_sources": {"local_compute": null, "remote": 3}}});
+        let kv = COMPLETIONS.parse::<CompletionRequest>(body(all_null)).unwrap();
+        let kv = kv.sampling.kv_transfer_params.unwrap();
+        assert!(!kv.do_remote_decode && !kv.do_remote_prefill);
+        assert_eq!(kv.remote_prefill_sources.map(|s| (s.local_compute, s.remote)), Some((0, 3)));
+        // A wrong type is still a 400 that names what is wrong.
+        let err = COMPLETIONS
+            .parse::<CompletionRequest>(body(
+                json!({"prompt": "a", "kv_transfer_params": {"remote_block_ids": "x"}}),
+            ))
+            .unwrap_err();
+        assert_eq!(err.status().as_u16(), 400);
+        assert!(err.to_string().contains("invalid type"), "{err}");
+    }
 }

@@ -12,6 +12,8 @@ pub mod defaults;
 pub mod driver;
 pub mod error;
 pub mod fields;
+pub mod health;
+pub mod kv_events;
 pub mod openai;
 pub mod router;
 pub mod stop;
@@ -64,10 +66,11 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .merge(v1)
-        .route("/health", get(|| async { StatusCode::OK }))
-        // vLLM's: `/ping` for SageMaker-style probes, `/version`, `/load`
-        // (requests in flight, for load-aware routers).
-        .route("/ping", get(|| async { StatusCode::OK }).post(|| async { StatusCode::OK }))
+        .route("/health", get(health))
+        // vLLM's: `/ping` for SageMaker-style probes (the same answer as
+        // `/health`), `/version`, `/load` (requests in flight, for
+        // load-aware routers).
+        .route("/ping", get(health).post(health))
         .route("/version", get(|| async { Json(json!({"version": env!("CARGO_PKG_VERSION")})) }))
         .route("/load", get(load))
         .route("/metrics", get(metrics))
@@ -77,13 +80,15 @@ pub fn app(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Whether the request carries `Authorization: Bearer KEY`.
+/// Whether the request carries `Authorization: Bearer KEY`. The key is
+/// compared in constant time (its length aside), so response timing does
+/// not reveal how much of a guess was right.
 pub(crate) fn has_bearer_key(req: &Request, key: &str) -> bool {
+    use subtle::ConstantTimeEq;
     req.headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| given == key)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|given| bool::from(given.ct_eq(key.as_bytes())))
 }
 
 async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -115,8 +120,27 @@ async fn load(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(json!({"server_load": state.engine.num_in_flight()}))
 }
 
+/// `/health` and `/ping`: 200 with an empty body while the engine thread
+/// is alive and making progress, 503 saying why otherwise (stalled past
+/// `--health-stall-timeout`, stopped or panicked).
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    match state.engine.health() {
+        health::EngineHealth::Healthy => StatusCode::OK.into_response(),
+        unhealthy => (StatusCode::SERVICE_UNAVAILABLE, unhealthy.to_string()).into_response(),
+    }
+}
+
+/// Encoded from the shared families (atomics), without the engine's
+/// metrics lock: a scrape never waits for a step's `observe` and never
+/// delays one. A poisoned metrics lock means the engine thread panicked
+/// in the middle of updating them: the values may be half a step's, so
+/// the answer is a 500 that says so, not numbers.
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let text = state.engine.metrics.lock().map(|m| m.encode_prometheus()).unwrap_or_default();
+    if state.engine.metrics.is_poisoned() {
+        let body = "metrics unavailable: the engine thread panicked while updating them\n";
+        return (StatusCode::INTERNAL_SERVER_ERROR, body).into_response();
+    }
+    let text = state.engine.exporter().encode_prometheus();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 

@@ -189,13 +189,19 @@ async fn api_key_guards_v1_routes_only() {
     let s = state(Some("sekret"));
     let (status, _) = call(&s, "GET", "/v1/models", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let req = Request::builder()
-        .uri("/v1/models")
-        .header("authorization", "Bearer sekret")
-        .body(Body::empty())
-        .unwrap();
-    let resp = app(s.clone()).oneshot(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    // The key is compared in constant time; near misses still fail.
+    for (auth, want) in [
+        ("Bearer sekret", StatusCode::OK),
+        ("Bearer sekreT", StatusCode::UNAUTHORIZED),
+        ("Bearer sekre", StatusCode::UNAUTHORIZED),
+        ("Bearer sekrets", StatusCode::UNAUTHORIZED),
+        ("bearer sekret", StatusCode::UNAUTHORIZED),
+        ("Bearer ", StatusCode::UNAUTHORIZED),
+    ] {
+        let req = Request::builder().uri("/v1/models").header("authorization", auth);
+        let resp = app(s.clone()).oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), want, "{auth}");
+    }
     assert_eq!(call(&s, "GET", "/health", None).await.0, StatusCode::OK);
 }
 

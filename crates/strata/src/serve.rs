@@ -66,6 +66,12 @@ pub struct ServeArgs {
     /// Append one JSON line per finished request (tokens, sources, times).
     #[arg(long)]
     pub accounting_log: Option<std::path::PathBuf>,
+    /// vLLM's KV cache events, as JSON: `{"enable_kv_cache_events": true,
+    /// "publisher": "zmq", "endpoint": "tcp://*:5557", "replay_endpoint":
+    /// "tcp://*:5558", "topic": "kv@POD_IP:8000@MODEL"}` (vLLM's fields and
+    /// defaults; strata adds `"format": "map"|"array"`). See docs/kubernetes.md.
+    #[arg(long, value_name = "JSON")]
+    pub kv_events_config: Option<String>,
     /// Automatic prefix caching (on by default, as in vLLM).
     #[arg(long, overrides_with = "no_enable_prefix_caching")]
     pub enable_prefix_caching: bool,
@@ -81,6 +87,11 @@ pub struct ServeArgs {
     /// No periodic stats log line.
     #[arg(long)]
     pub disable_log_stats: bool,
+    /// Seconds the engine thread may go without finishing a step (or an
+    /// idle wait) before /health and /ping answer 503. Longer than any
+    /// legitimate step, a full prefill chunk on a CPU included (minimum 1).
+    #[arg(long, default_value_t = 60.0, value_parser = health_stall_timeout)]
+    pub health_stall_timeout: f64,
     /// A YAML file of flags (handled before parsing; listed for --help).
     #[arg(long, value_name = "FILE.yaml")]
     pub config: Option<std::path::PathBuf>,
@@ -90,6 +101,18 @@ pub struct ServeArgs {
     pub pd: PdArgs,
     #[command(flatten)]
     pub vllm: VllmCompatArgs,
+}
+
+/// `--health-stall-timeout`: finite seconds, at least 1 (an idle engine
+/// beats every 0.25 s; below a second a busy machine could flap the probe).
+fn health_stall_timeout(s: &str) -> Result<f64, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{s}: {e}"))?;
+    let min = strata_server::health::MIN_STALL_TIMEOUT.as_secs_f64();
+    if secs.is_finite() && secs >= min && secs <= 1e9 {
+        Ok(secs)
+    } else {
+        Err(format!("{s}: must be seconds between {min} and 1e9"))
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -189,17 +212,27 @@ pub struct PdArgs {
     pub kv_connector: Option<String>,
     #[arg(long, value_enum, default_value_t = KvRole::Both)]
     pub kv_role: KvRole,
-    /// Port this engine serves KV on (prefill role; 0: any free port).
-    #[arg(long, default_value_t = 0)]
+    /// Port this engine serves KV on (prefill and both roles; 0: any free
+    /// port). 5600 is vLLM's NIXL side-channel default.
+    #[arg(long, default_value_t = 5600)]
     pub kv_transfer_port: u16,
-    /// Address the KV port binds to and that decode engines are told to
-    /// pull from.
+    /// Address the KV port binds to (an IP address; 0.0.0.0 or :: for
+    /// every interface, which needs --kv-transfer-advertise-host).
     #[arg(long, default_value = "127.0.0.1")]
     pub kv_transfer_host: String,
-    /// Shared secret both engines must know (HMAC challenge; nobody
-    /// without it can read or inject KV).
+    /// The host decode engines are told to pull KV from (default: the
+    /// bind address), e.g. the pod's IP.
     #[arg(long)]
+    pub kv_transfer_advertise_host: Option<String>,
+    /// Shared secret both engines must know (HMAC challenge; nobody
+    /// without it can read or inject KV). Required when the KV port binds
+    /// beyond loopback, unless --kv-transfer-insecure.
+    #[arg(long, env = "STRATA_KV_TRANSFER_SECRET", hide_env_values = true)]
     pub kv_transfer_secret: Option<String>,
+    /// Serve KV beyond loopback without a secret: anyone who reaches the
+    /// port can read the KV of leased prompts. For trusted networks only.
+    #[arg(long)]
+    pub kv_transfer_insecure: bool,
     /// Seconds a prefill engine holds KV for a pull before freeing it.
     #[arg(long, default_value_t = 30.0)]
     pub kv_lease_timeout: f64,
@@ -239,9 +272,7 @@ impl PdArgs {
             Some(f) => strata_pd::Fault::parse(f).map_err(anyhow::Error::msg)?,
             None => strata_pd::Fault::default(),
         };
-        let listen: SocketAddr = format!("{}:{}", self.kv_transfer_host, self.kv_transfer_port)
-            .parse()
-            .context("invalid --kv-transfer-host/--kv-transfer-port")?;
+        let (listen, advertise_host) = self.transfer_addresses()?;
         let engine_id = self.engine_id.clone().unwrap_or_else(|| {
             let mut n = [0u8; 4];
             let _ = getrandom::fill(&mut n);
@@ -255,7 +286,7 @@ impl PdArgs {
             },
             engine_id,
             listen,
-            advertise_host: self.kv_transfer_host.clone(),
+            advertise_host,
             secret: self.kv_transfer_secret.clone(),
             lease_timeout: Duration::from_secs_f64(self.kv_lease_timeout.max(0.001)),
             transfer_timeout: Duration::from_secs_f64(self.kv_transfer_timeout.max(0.001)),
@@ -266,9 +297,49 @@ impl PdArgs {
             },
             fault,
         };
-        let (sched, worker, _port) =
-            strata_pd::open(config).context("starting the KV transfer server")?;
+        let (sched, worker, _port) = strata_pd::open(config)
+            .with_context(|| format!("starting the KV transfer server on {listen}"))?;
         Ok(Some((sched, worker)))
+    }
+
+    /// The KV port's bind address and the host decode engines are told,
+    /// refusing what would serve KV to anyone: an unspecified address with
+    /// nothing to advertise, or a port beyond loopback without a secret
+    /// (unless --kv-transfer-insecure, which warns).
+    fn transfer_addresses(&self) -> Result<(SocketAddr, String)> {
+        let host = self.kv_transfer_host.trim_start_matches('[').trim_end_matches(']');
+        let ip: std::net::IpAddr = host.parse().with_context(|| {
+            format!("--kv-transfer-host `{}` is not an IP address", self.kv_transfer_host)
+        })?;
+        let listen = SocketAddr::new(ip, self.kv_transfer_port);
+        if self.kv_transfer_secret.as_deref() == Some("") {
+            anyhow::bail!("--kv-transfer-secret (or STRATA_KV_TRANSFER_SECRET) is empty");
+        }
+        // Only a prefill (or both) engine binds the port and advertises it.
+        let serves = matches!(self.kv_role, KvRole::Prefill | KvRole::Both);
+        let advertise = match self.kv_transfer_advertise_host.as_deref() {
+            Some("") => anyhow::bail!("--kv-transfer-advertise-host is empty"),
+            Some(h) => h.to_owned(),
+            None if serves && ip.is_unspecified() => anyhow::bail!(
+                "--kv-transfer-host {ip} binds every interface, so it names none that decode \
+                 engines can pull from: set --kv-transfer-advertise-host (e.g. the pod IP)"
+            ),
+            None => host.to_owned(),
+        };
+        if serves && !ip.is_loopback() && self.kv_transfer_secret.is_none() {
+            if !self.kv_transfer_insecure {
+                anyhow::bail!(
+                    "the KV transfer port binds {ip}, beyond loopback, without a secret: anyone \
+                     who reaches it could read or inject KV. Set --kv-transfer-secret (or \
+                     STRATA_KV_TRANSFER_SECRET), or pass --kv-transfer-insecure on a trusted network"
+                );
+            }
+            tracing::warn!(
+                "--kv-transfer-insecure: serving KV on {listen} without a secret; anyone who \
+                 reaches the port can read the KV of leased prompts"
+            );
+        }
+        Ok((listen, advertise))
     }
 }
 
@@ -406,6 +477,8 @@ fn serve_sim(_: ServeArgs) -> Result<()> {
 
 pub fn run(args: ServeArgs) -> Result<()> {
     args.vllm.check()?;
+    // Checked before a model download, not after.
+    kv_events_config(&args)?;
     if args.model.model == "sim" {
         return serve_sim(args);
     }
@@ -463,9 +536,22 @@ fn serve<E: Executor + Send + 'static>(
             "default sampling parameters from the model's generation config: {generation_defaults:?} (--generation-config vllm turns them off)"
         );
     }
+    // vLLM's cache config labels (llm-d reads block_size and
+    // num_gpu_blocks). num_cpu_blocks: the host tier's slots, sized as
+    // strata-offload sizes them.
+    let num_cpu_blocks = if args.offload.enabled() {
+        let host_bytes = (args.offload.kv_offload_host_gb.max(0.0) * 1e9) as u64;
+        (host_bytes / (spec.bytes_per_block as u64).max(1)) as usize
+    } else {
+        0
+    };
     let cache = CacheConfigInfo {
         block_size: spec.block_size,
-        num_blocks: spec.num_blocks,
+        num_gpu_blocks: spec.num_blocks,
+        num_cpu_blocks,
+        // --kv-cache-dtype accepts only auto: the KV has the compute dtype.
+        cache_dtype: "auto".into(),
+        enable_prefix_caching: !args.no_enable_prefix_caching,
         tiers: args.offload.tiers(),
     };
     let mut metrics = EngineMetrics::new(&name, "0", spec.max_model_len, &cache);
@@ -493,12 +579,21 @@ fn serve<E: Executor + Send + 'static>(
     } else {
         Duration::from_secs_f64(args.log_stats_interval.max(0.1))
     };
-    let engine = EngineHandle::spawn_with(
+    let kv_events = match kv_events_config(&args)? {
+        Some(config) => Some(
+            strata_server::kv_events::start(config, metrics.kv_event_counters())
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
+    let engine = EngineHandle::spawn_publishing(
         EngineCore::with_connector(executor, config, connector),
         metrics,
         log_interval,
         accounting,
+        kv_events,
     );
+    engine.set_health_stall_timeout(Duration::from_secs_f64(args.health_stall_timeout));
     let state = Arc::new(AppState {
         engine: engine.clone(),
         tokenizer: Arc::new(tokenizer),
@@ -522,6 +617,16 @@ fn serve<E: Executor + Send + 'static>(
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// `--kv-events-config`, parsed and checked (`None`: no events).
+fn kv_events_config(args: &ServeArgs) -> Result<Option<strata_server::kv_events::KvEventsConfig>> {
+    match &args.kv_events_config {
+        Some(json) => {
+            strata_server::kv_events::KvEventsConfig::parse(json).map_err(anyhow::Error::msg)
+        }
+        None => Ok(None),
+    }
 }
 
 /// The sampling defaults `--generation-config` asks for.

@@ -47,6 +47,8 @@ fn a_prompt_prefilled_on_one_engine_decodes_on_another_with_the_same_output() {
         "pd",
         "--kv-role",
         "prefill",
+        "--kv-transfer-port",
+        "0",
         "--kv-transfer-secret",
         "s",
     ]);
@@ -89,13 +91,16 @@ fn a_prompt_prefilled_on_one_engine_decodes_on_another_with_the_same_output() {
         second["choices"][0]["text"], alone["choices"][0]["text"],
         "P/D output equals one engine's"
     );
-    assert_eq!(sources(&second["usage"]), (1, 0, p - 1), "A1: {}", second["usage"]);
-    // A18 on the engines: the decode engine's remote tokens are not cached tokens.
+    // A18: the decode engine's usage is the prefill's record, which came
+    // in the params; its remote tokens are a transfer, never cached tokens.
+    assert_eq!(sources(&second["usage"]), (p, 0, 0), "A18: {}", second["usage"]);
     assert_eq!(second["usage"]["prompt_tokens_details"]["cached_tokens"], json!(0));
     // The lease ended with the pull: the prefill engine's blocks are free.
     assert_eq!(wait_metric(&prefill, "vllm:kv_cache_usage_perc{", 0.0), 0.0);
     assert_eq!(wait_metric(&decode, "vllm:kv_cache_usage_perc{", 0.0), 0.0);
     assert_eq!(metric(&decode, "vllm:prompt_tokens_by_source_total{model_name=\"builtin\",engine=\"0\",source=\"external_kv_transfer\"}"), (p - 1) as f64);
+    // ... while its own metrics count what it did: the pull (A1).
+    assert_eq!(metric(&decode, "vllm:prompt_tokens_by_source_total{model_name=\"builtin\",engine=\"0\",source=\"local_compute\"}"), 1.0);
 }
 
 #[test]
@@ -105,6 +110,8 @@ fn a_decode_engine_with_a_wrong_secret_recomputes_and_counts_it() {
         "pd",
         "--kv-role",
         "prefill",
+        "--kv-transfer-port",
+        "0",
         "--kv-transfer-secret",
         "right",
         "--kv-lease-timeout",
@@ -177,6 +184,8 @@ fn transport_faults_between_real_processes_recompute_or_fail_cleanly() {
             "pd",
             "--kv-role",
             "prefill",
+            "--kv-transfer-port",
+            "0",
             "--kv-transfer-fault",
             fault,
             "--kv-lease-timeout",
@@ -225,7 +234,14 @@ fn transport_faults_between_real_processes_recompute_or_fail_cleanly() {
 fn a_prefill_engine_killed_before_the_pull_costs_a_recompute_not_the_request() {
     let expected = one_engine_text(FAULT_PROMPT);
     for policy in ["recompute", "fail"] {
-        let (mut p, prefill) = serve_with(vec!["--kv-connector", "pd", "--kv-role", "prefill"]);
+        let (mut p, prefill) = serve_with(vec![
+            "--kv-connector",
+            "pd",
+            "--kv-role",
+            "prefill",
+            "--kv-transfer-port",
+            "0",
+        ]);
         let (_d, decode) = serve_with(vec![
             "--kv-connector",
             "pd",
@@ -265,6 +281,8 @@ fn a_prefill_engine_with_offload_tiers_serves_repeats_from_host_and_still_hands_
         "pd",
         "--kv-role",
         "prefill",
+        "--kv-transfer-port",
+        "0",
         "--num-kv-blocks",
         "48",
         "--kv-offload-host-gb",

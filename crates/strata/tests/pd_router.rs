@@ -18,7 +18,8 @@ fn router(prefill: &str, decode: &str) -> (Server, String) {
 #[test]
 fn pypi_openai_client_through_the_router_gets_a_single_engines_answers() {
     openai_venv_python();
-    let (_p, prefill) = serve_with(vec!["--kv-connector", "pd", "--kv-role", "prefill"]);
+    let (_p, prefill) =
+        serve_with(vec!["--kv-connector", "pd", "--kv-role", "prefill", "--kv-transfer-port", "0"]);
     let (_d, decode) = serve_with(vec!["--kv-connector", "pd", "--kv-role", "decode"]);
     let (_s, single) = serve_with(vec![]);
     let (_r, url) = router(&prefill, &decode);

@@ -140,6 +140,14 @@ impl ConnectorScheduler for MultiConnector {
             .flat_map(|c| c.on_blocks_computed(req, first_block, block_ids, block_hashes))
             .collect()
     }
+
+    fn enable_events(&mut self) {
+        self.parts.iter_mut().for_each(|c| c.enable_events());
+    }
+
+    fn take_events(&mut self) -> Vec<crate::kv::KvCacheEvent> {
+        self.parts.iter_mut().flat_map(|c| c.take_events()).collect()
+    }
 }
 
 impl ConnectorWorker for MultiWorker {

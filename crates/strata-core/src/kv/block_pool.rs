@@ -14,6 +14,7 @@
 
 use rustc_hash::FxHashMap;
 
+use super::events::{KvCacheEvent, KvEventLog, KvMedium};
 use super::hash::BlockHash;
 use crate::ids::BlockId;
 
@@ -36,6 +37,8 @@ pub struct BlockPool {
     /// Lookups only, never iterated, so std's hash order cannot leak.
     cached: FxHashMap<BlockHash, BlockId>,
     enable_caching: bool,
+    /// Hashes entering and leaving `cached` (see `kv::events`).
+    events: KvEventLog,
 }
 
 impl BlockPool {
@@ -56,11 +59,17 @@ impl BlockPool {
             num_free: num_blocks,
             cached: FxHashMap::default(),
             enable_caching,
+            events: KvEventLog::default(),
         }
     }
 
     pub fn num_blocks(&self) -> usize {
         self.blocks.len()
+    }
+
+    /// Hashes findable in the prefix cache now.
+    pub fn num_cached_hashes(&self) -> usize {
+        self.cached.len()
     }
 
     pub fn num_free_blocks(&self) -> usize {
@@ -136,8 +145,31 @@ impl BlockPool {
         if let Some(h) = self.blocks[block.index()].hash.take() {
             if self.cached.get(&h) == Some(&block) {
                 self.cached.remove(&h);
+                self.events.removed(h, KvMedium::Device);
             }
         }
+    }
+
+    /// Records KV events from now on (see `kv::events`).
+    pub fn enable_events(&mut self) {
+        self.events.enable();
+    }
+
+    /// Whether events are recorded (only with prefix caching: without it
+    /// nothing is ever findable, so nothing is announced).
+    pub fn events_enabled(&self) -> bool {
+        self.enable_caching && self.events.is_enabled()
+    }
+
+    /// Records an event (the manager announces stored blocks: it knows
+    /// their tokens).
+    pub fn record_event(&mut self, event: KvCacheEvent) {
+        self.events.push(event);
+    }
+
+    /// The events recorded since the last call.
+    pub fn take_events(&mut self) -> Vec<KvCacheEvent> {
+        self.events.take()
     }
 
     /// The cached block holding `hash`, if any.
@@ -172,13 +204,22 @@ impl BlockPool {
     }
 
     /// Records that `block` now holds the full block named `hash`. If
-    /// another block already holds it, the cache keeps that one.
-    pub fn cache_full_block(&mut self, block: BlockId, hash: BlockHash) {
-        if !self.enable_caching || self.blocks[block.index()].hash.is_some() {
-            return;
+    /// another block already holds it, the cache keeps that one; if none
+    /// does (a copy was evicted), this one becomes findable. Returns
+    /// whether `hash` became findable (a new entry of the cache).
+    pub fn cache_full_block(&mut self, block: BlockId, hash: BlockHash) -> bool {
+        let carried = self.blocks[block.index()].hash;
+        if !self.enable_caching || carried.is_some_and(|h| h != hash) {
+            return false;
         }
         self.blocks[block.index()].hash = Some(hash);
-        self.cached.entry(hash).or_insert(block);
+        match self.cached.entry(hash) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(block);
+                true
+            }
+            std::collections::hash_map::Entry::Occupied(_) => false,
+        }
     }
 
     /// Checks every invariant of the module header (tests and debug).

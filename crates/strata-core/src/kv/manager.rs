@@ -9,6 +9,7 @@
 //!   so at least one token is computed to produce logits.
 
 use super::block_pool::BlockPool;
+use super::events::{KvCacheEvent, KvMedium};
 use crate::dense::DenseMap;
 use crate::ids::{BlockId, RequestId};
 use crate::request::Request;
@@ -111,18 +112,47 @@ impl KvCacheManager {
     }
 
     /// Registers the request's newly full, computed blocks in the prefix
-    /// cache; returns their indices in the request's block list.
+    /// cache; returns their indices in the request's block list. With
+    /// events on, the hashes that became findable are announced.
     pub fn cache_blocks(&mut self, req: &Request) -> std::ops::Range<usize> {
         let Some(entry) = self.req_blocks.get_mut(&req.id) else { return 0..0 };
         let full = (req.num_computed_tokens / self.block_size)
             .min(req.block_hashes.len())
             .min(entry.blocks.len());
         let first = entry.num_cached;
-        for i in first..full {
-            self.pool.cache_full_block(entry.blocks[i], req.block_hashes[i]);
+        if first >= full {
+            return first..first;
         }
-        entry.num_cached = entry.num_cached.max(full);
-        first..full.max(first)
+        let mut start = first;
+        if self.pool.events_enabled() {
+            // The chain's earlier blocks may have stopped being findable
+            // (this request computed a copy of a block another request
+            // cached, and that one was evicted since). This request's
+            // blocks still carry their hashes: make them findable again,
+            // so the announced parent of the new blocks is in the cache.
+            while start > 0 && self.pool.get_cached_block(req.block_hashes[start - 1]).is_none() {
+                start -= 1;
+            }
+        }
+        // Runs of blocks whose hash became findable, announced as one event
+        // each (a block already findable elsewhere ends a run).
+        let mut run: Option<usize> = None;
+        for i in start..full {
+            let newly = self.pool.cache_full_block(entry.blocks[i], req.block_hashes[i]);
+            match (newly, run) {
+                (true, None) => run = Some(i),
+                (false, Some(r)) => {
+                    announce(&mut self.pool, req, r..i, self.block_size);
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(r) = run {
+            announce(&mut self.pool, req, r..full, self.block_size);
+        }
+        entry.num_cached = full;
+        first..full
     }
 
     /// Takes an extra reference on blocks (a connector is copying them
@@ -150,7 +180,33 @@ impl KvCacheManager {
         }
     }
 
+    /// Records KV events from now on.
+    pub fn enable_events(&mut self) {
+        self.pool.enable_events();
+    }
+
+    /// The KV events recorded since the last call, in order.
+    pub fn take_events(&mut self) -> Vec<KvCacheEvent> {
+        self.pool.take_events()
+    }
+
     pub fn num_requests(&self) -> usize {
         self.req_blocks.len()
     }
+}
+
+/// Records a `BlockStored` for the request's blocks `range` (no-op with
+/// events off).
+fn announce(pool: &mut BlockPool, req: &Request, range: std::ops::Range<usize>, block_size: usize) {
+    if !pool.events_enabled() || range.is_empty() {
+        return;
+    }
+    pool.record_event(KvCacheEvent::BlockStored {
+        block_hashes: req.block_hashes[range.clone()].to_vec(),
+        parent_block_hash: range.start.checked_sub(1).map(|p| req.block_hashes[p]),
+        token_ids: req.all_token_ids[range.start * block_size..range.end * block_size].to_vec(),
+        block_size,
+        cache_salt: if range.start == 0 { req.cache_salt.clone() } else { None },
+        medium: KvMedium::Device,
+    });
 }

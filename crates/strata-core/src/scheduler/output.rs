@@ -126,4 +126,7 @@ pub struct StepResult {
     /// The connector's statistics reported during this step (opaque here;
     /// each connector crate defines its report types).
     pub connector_stats: ConnectorStats,
+    /// Blocks that entered and left the prefix cache and the connector's
+    /// tiers in this step, when events are on (`EngineCore::enable_kv_events`).
+    pub kv_events: Vec<crate::kv::KvCacheEvent>,
 }

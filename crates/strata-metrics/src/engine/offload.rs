@@ -22,6 +22,7 @@ use std::sync::atomic::AtomicU64;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use strata_core::connector::ConnectorStats;
 use strata_offload::{OffloadFailure, OffloadOp, OffloadStats, OffloadTier, TransferType};
 
@@ -110,9 +111,8 @@ impl EngineMetrics {
     /// without offloading exports none of them (the encoder skips a family
     /// with no series), and a series appears on its first event (or in
     /// [`Self::enable_offload_series`]).
-    pub(super) fn register_offload(&mut self) {
+    pub(super) fn register_offload(&self, r: &mut Registry) {
         let o = &self.offload;
-        let r = &mut self.registry;
         r.register(
             offload::KV_OFFLOAD_TOTAL_BYTES,
             "Bytes moved by offload transfers, by direction",

@@ -16,6 +16,7 @@ use crate::names::{label, pd};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use strata_core::connector::ConnectorStats;
 use strata_pd::{KvTransferDirection, KvTransferFailure, PdStats};
 
@@ -56,9 +57,8 @@ impl EngineMetrics {
     /// P/D pair exports none of them (the encoder skips a family with no
     /// series), and a series appears on its first event (or in
     /// [`Self::enable_pd_series`]).
-    pub(super) fn register_pd(&mut self) {
+    pub(super) fn register_pd(&self, r: &mut Registry) {
         let p = &self.pd;
-        let r = &mut self.registry;
         r.register(
             pd::KV_TRANSFER_BYTES,
             "Bytes per KV transfer between engines, by direction",

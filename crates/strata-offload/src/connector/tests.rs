@@ -11,10 +11,10 @@ use strata_core::{EngineCore, NewRequest, PrefillRecord, SamplingParams, StepRes
 
 use super::*;
 
-const B: usize = 4;
-const BPB: usize = 64;
+pub(super) const B: usize = 4;
+pub(super) const BPB: usize = 64;
 
-fn config(policy: KvLoadFailurePolicy) -> SchedulerConfig {
+pub(super) fn config(policy: KvLoadFailurePolicy) -> SchedulerConfig {
     SchedulerConfig {
         max_num_seqs: 16,
         max_num_batched_tokens: 256,
@@ -28,7 +28,7 @@ fn config(policy: KvLoadFailurePolicy) -> SchedulerConfig {
     }
 }
 
-fn offload(host_slots: u64, disk: Option<&std::path::Path>) -> OffloadConfig {
+pub(super) fn offload(host_slots: u64, disk: Option<&std::path::Path>) -> OffloadConfig {
     OffloadConfig {
         host_bytes: host_slots * BPB as u64,
         disk: disk.map(|d| DiskConfig { dir: d.to_path_buf(), capacity_bytes: 1 << 20 }),
@@ -44,7 +44,7 @@ fn engine(cfg: OffloadConfig, policy: KvLoadFailurePolicy) -> EngineCore<FakeExe
     EngineCore::with_connector(exec, config(policy), Some(Box::new(sched)))
 }
 
-fn req(prompt: &[u32]) -> NewRequest {
+pub(super) fn req(prompt: &[u32]) -> NewRequest {
     NewRequest::new(
         prompt.to_vec(),
         SamplingParams { ignore_eos: true, ..SamplingParams::greedy(3) },
@@ -102,7 +102,7 @@ fn settle(e: &mut EngineCore<FakeExecutor>, t: &mut f64) -> StepResult {
     e.step(*t)
 }
 
-fn prompt(seed: u32, len: u32) -> Vec<u32> {
+pub(super) fn prompt(seed: u32, len: u32) -> Vec<u32> {
     (0..len).map(|i| (seed * 31 + i * 7) % 900 + 2).collect()
 }
 

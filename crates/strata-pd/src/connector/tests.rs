@@ -341,3 +341,38 @@ fn n_pulls_share_one_lease() {
     assert!(recs.iter().all(|r| r.remote + r.local_cache_hit == 23 && r.local_compute == 1));
     assert_eq!(free_blocks(&p_eng), 64, "the lease ended after the third pull");
 }
+
+#[test]
+fn the_params_carry_the_prefill_record_that_a_decode_reports() {
+    let (mut p_eng, mut d_eng) = pair(KvLoadFailurePolicy::Fail);
+    let p = prompt(8, 30);
+    // The prefill engine computed the first 16 tokens earlier: its hits.
+    p_eng.add_request(req(&p[..17], 1, None), 0.0).unwrap();
+    drain(&mut p_eng, &mut []);
+    let params = prefill(&mut p_eng, &p, 1);
+    assert_eq!(params.remote_prefill_cached_tokens, Some(16));
+    let s = params.remote_prefill_sources.unwrap();
+    assert_eq!((s.local_compute, s.local_cache_hit, s.host, s.disk, s.remote), (14, 16, 0, 0, 0));
+    assert_eq!(params.remote_prefill_recomputed, Some(Default::default()));
+
+    // The decode engine's view: the prefill's record, under its own id.
+    let id = RequestId::new(5).unwrap();
+    let rec = params.remote_prefill_record(id, 30).unwrap();
+    assert_eq!((rec.request_id, rec.prompt_tokens, rec.local_cache_hit), (id, 30, 16));
+    assert_eq!(params.remote_prefill_record(id, 31), None, "a record of another prompt");
+    let to_prefill = KvTransferParams { do_remote_prefill: false, ..params.clone() };
+    assert_eq!(to_prefill.remote_prefill_record(id, 30), None);
+    let forged = KvTransferParams { remote_prefill_cached_tokens: Some(29), ..params.clone() };
+    assert_eq!(forged.remote_prefill_record(id, 30), None, "cached disagrees with the sources");
+    let mut all_cached = params.clone();
+    all_cached.remote_prefill_sources =
+        Some(strata_core::request::PromptSources { local_cache_hit: 30, ..Default::default() });
+    all_cached.remote_prefill_cached_tokens = Some(30);
+    assert_eq!(all_cached.remote_prefill_record(id, 30), None, "no token computed breaks rule 3");
+
+    // The pull still works with the record along, and frees the lease.
+    d_eng.add_request(req(&p, 2, Some(params)), 0.0).unwrap();
+    let run = drain(&mut d_eng, &mut [&mut p_eng]);
+    assert_eq!(run.records()[0].remote, 29);
+    assert_eq!(free_blocks(&p_eng), 64);
+}

@@ -27,7 +27,7 @@ pub fn fake_state(tokenizer: Tokenizer) -> AppState {
         ..SchedulerConfig::default()
     };
     let engine = EngineCore::new(exec, config);
-    let cache = CacheConfigInfo { block_size: 16, num_blocks: 256, tiers: "device".into() };
+    let cache = CacheConfigInfo::device(16, 256);
     let metrics = EngineMetrics::new("builtin", "0", 1024, &cache);
     AppState {
         engine: EngineHandle::spawn(engine, metrics, Duration::from_secs(10)),
