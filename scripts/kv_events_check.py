@@ -18,7 +18,7 @@ section 1.3 and vLLM's wire format), not from strata's code:
   difference.
 
 Usage: python kv_events_check.py STRATA_BIN SCENARIO
-SCENARIO: contract-map | contract-array | replay-restart | two-engines
+SCENARIO: contract-map | contract-array | replay-restart | two-engines | tiers
 Run by crates/strata/tests/kv_events.rs; prints {"ok": true, ...} on success.
 """
 import json
@@ -54,7 +54,7 @@ def free_port():
 class Engine:
     """A `strata serve` process on loopback, publishing to `sub_port`."""
 
-    def __init__(self, sub_port, fmt, num_blocks=48, replay=True):
+    def __init__(self, sub_port, fmt, num_blocks=48, replay=True, extra=()):
         self.port = free_port()
         self.replay_port = free_port() if replay else None
         self.topic = f"kv@127.0.0.1:{self.port}@{MODEL}"
@@ -64,7 +64,8 @@ class Engine:
             config["replay_endpoint"] = f"tcp://127.0.0.1:{self.replay_port}"
         self.args = [STRATA, "serve", "--port", str(self.port), "--served-model-name", MODEL,
                      "--num-kv-blocks", str(num_blocks), "--block-size", "16",
-                     "--log-stats-interval", "1000", "--kv-events-config", json.dumps(config)]
+                     "--log-stats-interval", "1000", "--kv-events-config", json.dumps(config),
+                     *extra]
         self.start()
 
     def start(self):
@@ -86,13 +87,17 @@ class Engine:
         self.proc.wait()
 
     def complete(self, prompt, salt=None, max_tokens=2):
+        """The request's cached tokens (`usage.prompt_tokens_details`)."""
+        return self.details(prompt, salt, max_tokens).get("cached_tokens", 0)
+
+    def details(self, prompt, salt=None, max_tokens=2):
         body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
         if salt is not None:
             body["cache_salt"] = salt
         req = urllib.request.Request(self.url + "/v1/completions", data=json.dumps(body).encode(),
                                      headers={"content-type": "application/json"})
         usage = json.load(urllib.request.urlopen(req, timeout=60))["usage"]
-        return (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+        return usage.get("prompt_tokens_details") or {}
 
     def metric(self, name):
         text = urllib.request.urlopen(self.url + "/metrics", timeout=10).read().decode()
@@ -121,18 +126,36 @@ def request_key(parent, tokens, extra):
 ROOT = request_key(fnv64a(b""), [], MODEL)
 
 
+class Tier:
+    """What one medium of one pod holds, as the events say."""
+
+    def __init__(self):
+        self.engine_to_key = {}   # engine hash -> request key
+        self.refs = {}            # request key -> count (removals are refcounted)
+        self.live = set()         # engine hashes announced and not removed
+        self.removed = 0
+
+
 class Twin:
-    """llm-d's indexer for one pod, fed only with its events."""
+    """llm-d's indexer for one pod, fed only with its events: one index per
+    medium (GPU: the engine's pool; CPU, DISK: its offload tiers), parents
+    looked up in the event's own medium."""
 
     def __init__(self):
         self.removed = 0
         self.reset()
 
     def reset(self):
-        self.engine_to_key = {}   # engine hash -> request key
-        self.refs = {}            # request key -> count (removals are refcounted)
-        self.live = set()         # engine hashes announced and not removed
+        self.tiers = {m: Tier() for m in ("GPU", "CPU", "DISK")}
         self.block_size = None
+
+    @property
+    def live(self):
+        return self.tiers["GPU"].live
+
+    @property
+    def refs(self):
+        return self.tiers["GPU"].refs
 
     def keys(self, tokens, salt):
         keys, parent = [], ROOT
@@ -144,10 +167,17 @@ class Twin:
 
     def apply(self, event, fmt, raw):
         tag, fields = decode_event(event, fmt)
+        if tag == "AllBlocksCleared":
+            self.reset()
+            return
+        assert tag in ("BlockStored", "BlockRemoved"), f"unknown event {tag}"
+        assert fields["medium"] in self.tiers, fields
+        tier = self.tiers[fields["medium"]]
+        assert fields["group_idx"] in (0, None), fields
         if tag == "BlockStored":
             hashes, parent = fields["block_hashes"], fields["parent_block_hash"]
             toks, bs = fields["token_ids"], fields["block_size"]
-            assert fields["medium"] == "GPU" and fields["lora_id"] is None, fields
+            assert fields["lora_id"] is None and fields["lora_name"] is None, fields
             assert len(toks) == bs * len(hashes), fields
             self.block_size = self.block_size or bs
             assert bs == self.block_size
@@ -161,43 +191,44 @@ class Twin:
             if parent is None:
                 pkey = ROOT
             else:
-                assert parent in self.live, f"parent {parent} not announced (or removed) before its child"
-                pkey = self.engine_to_key[parent]
+                assert parent in tier.live, f"parent {parent} not announced (or removed) before its child"
+                pkey = tier.engine_to_key[parent]
             for i, h in enumerate(hashes):
                 check_uint64(raw, h)
-                assert h not in self.live, f"hash {h} announced twice"
+                assert h not in tier.live, f"hash {h} announced twice in {fields['medium']}"
                 extra = [salt] if (i == 0 and salt is not None) else None
                 pkey = request_key(pkey, toks[i * bs:(i + 1) * bs], extra)
-                self.engine_to_key[h] = pkey
-                self.refs[pkey] = self.refs.get(pkey, 0) + 1
-                self.live.add(h)
-        elif tag == "BlockRemoved":
-            assert fields["medium"] == "GPU", fields
+                tier.engine_to_key[h] = pkey
+                tier.refs[pkey] = tier.refs.get(pkey, 0) + 1
+                tier.live.add(h)
+        else:
             for h in fields["block_hashes"]:
                 check_uint64(raw, h)
-                assert h in self.live, f"removal of {h}, never announced"
-                self.live.discard(h)
-                self.removed += 1
-                key = self.engine_to_key.pop(h)
-                self.refs[key] -= 1
-                if self.refs[key] == 0:
-                    del self.refs[key]
-        elif tag == "AllBlocksCleared":
-            self.reset()
-        else:
-            raise AssertionError(f"unknown event {tag}")
+                assert h in tier.live, f"removal of {h} from {fields['medium']}, never announced there"
+                tier.live.discard(h)
+                tier.removed += 1
+                self.removed += fields["medium"] == "GPU"
+                key = tier.engine_to_key.pop(h)
+                tier.refs[key] -= 1
+                if tier.refs[key] == 0:
+                    del tier.refs[key]
 
     def predict(self, tokens, salt=None):
         """Cached tokens for a new request: leading blocks held, never the
         last prompt token (the engine always computes it)."""
+        return self.predict_tiers(tokens, salt)[0]
+
+    def predict_tiers(self, tokens, salt=None):
+        """(device tokens, offload-tier tokens): the leading blocks in the
+        device pool, then those after them in the host or disk tier."""
         if self.block_size is None:
-            return 0
-        n = 0
-        for k in self.keys(tokens, salt)[:(len(tokens) - 1) // self.block_size]:
-            if k not in self.refs:
-                break
-            n += 1
-        return n * self.block_size
+            return 0, 0
+        keys = self.keys(tokens, salt)[:(len(tokens) - 1) // self.block_size]
+        gpu = next((i for i, k in enumerate(keys) if k not in self.tiers["GPU"].refs), len(keys))
+        rest = keys[gpu:]
+        held = lambda k: k in self.tiers["CPU"].refs or k in self.tiers["DISK"].refs
+        tiers = next((i for i, k in enumerate(rest) if not held(k)), len(rest))
+        return gpu * self.block_size, tiers * self.block_size
 
 
 def decode_event(event, fmt):
@@ -346,6 +377,7 @@ def contract(fmt):
         # 48 blocks of 16 tokens hold far less than this traffic: blocks
         # were evicted, and the twin checked each removal.
         assert twin.removed > 0, "no eviction happened"
+        assert not twin.tiers["CPU"].live and not twin.tiers["DISK"].live, "tier events without tiers"
         # The engine's own counters agree with what arrived.
         assert engine.metric("strata:kv_events_published_total") == sub.events[engine.topic]
         assert engine.metric("strata:kv_events_published_batches_total") == sub.batches
@@ -353,6 +385,42 @@ def contract(fmt):
         assert engine.metric("strata:kv_events_queued_batches") == 0
         return {"checked": checked, "hits": hits, "batches": sub.batches,
                 "live_blocks": len(twin.live), "removed": twin.removed, "replays": sub.replays}
+    finally:
+        engine.stop()
+
+
+def tiers():
+    """A small device pool over a host-RAM tier: the twin indexes each
+    medium; the device part of every prediction is exact, the tier part
+    never more than strata reuses (a tier block whose parent left the tier
+    is kept unannounced) and exact most of the time."""
+    sub = Subscriber("map")
+    engine = Engine(sub.port, "map", num_blocks=24, extra=["--kv-offload-host-gb", "0.004"])
+    sub.watch(engine)
+    twin = sub.twins[engine.topic]
+    try:
+        checked = exact = tier_hits = 0
+        # Eight distinct 90-token prompts, twice: the second round finds
+        # what the 24-block device pool evicted in the 61-slot host tier.
+        distinct = [[(i * 29 + k * 53 + 7) % 450 + 5 for i in range(90)] for k in range(8)]
+        for prompt in distinct + distinct + prompts(0, 12):
+            sub.drain()
+            device, tier = twin.predict_tiers(prompt)
+            d = engine.details(prompt)
+            src = d["sources"]
+            assert src["local_cache_hit"] == device, (device, src)
+            reused = src["host"] + src["disk"]
+            assert tier <= reused, f"twin predicted {tier} tier tokens, strata reused {reused}"
+            checked += 1
+            exact += tier == reused
+            tier_hits += tier > 0
+        sub.drain()
+        cpu = twin.tiers["CPU"]
+        assert cpu.live and cpu.removed > 0, "the host tier announced and evicted nothing"
+        assert tier_hits >= 5, f"only {tier_hits} predicted tier hits"
+        assert exact >= checked * 3 // 4, f"tier predictions exact only {exact} of {checked} times"
+        return {"checked": checked, "exact": exact, "tier_hits": tier_hits,
+                "cpu_live": len(cpu.live), "cpu_removed": cpu.removed}
     finally:
         engine.stop()
 
@@ -423,5 +491,5 @@ def two_engines():
 
 
 SCENARIOS = {"contract-map": lambda: contract("map"), "contract-array": lambda: contract("array"),
-             "replay-restart": replay_restart, "two-engines": two_engines}
+             "replay-restart": replay_restart, "two-engines": two_engines, "tiers": tiers}
 print(json.dumps({"ok": True, "scenario": SCENARIO, **SCENARIOS[SCENARIO]()}))

@@ -259,8 +259,8 @@ pub trait ConnectorScheduler: Send {
 
     /// The connector's KV events since the last call (blocks entering and
     /// leaving its tiers, with its tier's medium). Called after each step.
-    fn take_events(&mut self) -> Vec<crate::kv::KvCacheEvent> {
-        Vec::new()
+    fn take_events(&mut self) -> crate::kv::KvEventBatch {
+        crate::kv::KvEventBatch::default()
     }
 }
 

@@ -115,6 +115,12 @@ impl<E: Executor> EngineCore<E> {
         self.scheduler.enable_kv_events();
     }
 
+    /// Hands back a step's event batch once published, so later steps
+    /// record into its buffers instead of allocating.
+    pub fn recycle_kv_events(&mut self, batch: crate::kv::KvEventBatch) {
+        self.scheduler.recycle_kv_events(batch);
+    }
+
     /// The executor's part of a step; a step with neither tokens nor
     /// connector work does not reach it.
     fn execute_model(&mut self, out: &SchedulerOutput) -> Result<ModelOutput, String> {

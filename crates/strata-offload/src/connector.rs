@@ -41,7 +41,7 @@ use strata_core::connector::{
     ConnectorMeta, ConnectorOutput, ConnectorScheduler, ConnectorStats, ConnectorWorker, LoadSpec,
     RequestFinished, StoreSpec,
 };
-use strata_core::kv::{BlockHash, KvCacheEvent, KvMedium};
+use strata_core::kv::{BlockHash, KvEventBatch, KvMedium};
 use strata_core::request::Request;
 use strata_core::{BlockId, KvBlockIo, RequestId, TokenSource};
 
@@ -558,7 +558,7 @@ impl ConnectorScheduler for OffloadScheduler {
         lock(&self.shared).events.enable();
     }
 
-    fn take_events(&mut self) -> Vec<KvCacheEvent> {
+    fn take_events(&mut self) -> KvEventBatch {
         lock(&self.shared).events.take()
     }
 }

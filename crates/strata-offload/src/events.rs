@@ -46,7 +46,7 @@
 //! returns at its first line and no tokens are copied.
 
 use rustc_hash::{FxHashMap, FxHashSet};
-use strata_core::kv::{BlockHash, KvCacheEvent, KvMedium};
+use strata_core::kv::{BlockHash, KvEventBatch, KvMedium};
 use strata_core::request::Request;
 use strata_core::TokenId;
 
@@ -123,7 +123,7 @@ impl Held {
 pub(crate) struct TierEvents {
     enabled: bool,
     block_size: usize,
-    events: Vec<KvCacheEvent>,
+    events: KvEventBatch,
     host: Tier,
     disk: Tier,
     /// Offered for a host store, until the store runs.
@@ -139,7 +139,7 @@ impl TierEvents {
         Self {
             enabled: false,
             block_size,
-            events: Vec::new(),
+            events: KvEventBatch::default(),
             host: Tier::default(),
             disk: Tier::default(),
             storing: Held::default(),
@@ -157,8 +157,11 @@ impl TierEvents {
     }
 
     /// The events since the last call, in order.
-    pub(crate) fn take(&mut self) -> Vec<KvCacheEvent> {
-        std::mem::take(&mut self.events)
+    pub(crate) fn take(&mut self) -> KvEventBatch {
+        if self.events.is_empty() {
+            return KvEventBatch::default();
+        }
+        self.events.take()
     }
 
     /// Block `index` of `req`, when events are on.
@@ -259,26 +262,17 @@ impl TierEvents {
         }
     }
 
+    /// One block of a chain's run: it joins the previous event when it
+    /// continues that event's chain (one event per run, as vLLM batches).
     fn record_stored(&mut self, medium: KvMedium, hash: BlockHash, info: BlockInfo) {
-        if let Some(KvCacheEvent::BlockStored { block_hashes, token_ids, medium: m, .. }) =
-            self.events.last_mut()
-        {
-            // The same chain, continued: one event, as vLLM batches runs.
-            if *m == medium && info.parent.is_some() && block_hashes.last() == info.parent.as_ref()
-            {
-                block_hashes.push(hash);
-                token_ids.extend_from_slice(&info.token_ids);
-                return;
-            }
-        }
-        self.events.push(KvCacheEvent::BlockStored {
-            block_hashes: vec![hash],
-            parent_block_hash: info.parent,
-            token_ids: info.token_ids,
-            block_size: self.block_size,
-            cache_salt: info.cache_salt,
+        self.events.stored(
+            &[hash],
+            info.parent,
+            &info.token_ids,
+            self.block_size,
+            info.cache_salt.as_deref(),
             medium,
-        });
+        );
     }
 
     /// `hash` left `medium`: removed if it was announced, forgotten if it
@@ -290,15 +284,7 @@ impl TierEvents {
         }
         let tier = self.tier(medium);
         if tier.announced.remove(&hash) {
-            if let Some(KvCacheEvent::BlockRemoved { block_hashes, medium: m }) =
-                self.events.last_mut()
-            {
-                if *m == medium {
-                    block_hashes.push(hash);
-                    return;
-                }
-            }
-            self.events.push(KvCacheEvent::BlockRemoved { block_hashes: vec![hash], medium });
+            self.events.removed(hash, medium);
         } else if let Some(p) = tier.waiting_on.remove(&hash) {
             if let Some(siblings) = tier.waiting.get_mut(&p) {
                 siblings.retain(|(h, _)| *h != hash);

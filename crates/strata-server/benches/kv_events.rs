@@ -17,7 +17,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use strata_core::kv::{BlockHash, KvCacheEvent, KvMedium};
+use strata_core::kv::{BlockHash, KvEventBatch, KvMedium};
 use strata_core::scheduler::{Scheduler, SchedulerConfig};
 use strata_core::testing::FakeExecutor;
 use strata_core::{Executor, NewRequest, RequestId, SamplingParams};
@@ -58,7 +58,9 @@ fn publisher() -> (KvEventSender, std::sync::mpsc::Receiver<u64>) {
     // Let the PUB connect and the subscription arrive (bounded).
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        sender.send(0.0, vec![KvCacheEvent::AllBlocksCleared]);
+        let mut b = KvEventBatch::default();
+        b.cleared();
+        sender.send(0.0, b);
         if count_rx.recv_timeout(Duration::from_millis(50)).is_ok() {
             break;
         }
@@ -103,36 +105,100 @@ fn decoding(n: u32, events: bool) -> (Scheduler, FakeExecutor, f64) {
     (s, ex, t)
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Events off: the baseline.
+    Off,
+    /// Recorded and taken, then dropped: the core's share.
+    Recorded,
+    /// Recorded, taken and handed to the publisher thread.
+    Published,
+}
+
+/// This thread's CPU time (time it ran, not time it waited for a core).
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// `steps` engine steps at 1024 decodes in `mode` (fresh engines every
+/// 256 steps, setup not measured): wall time, and this thread's CPU time.
+fn run_steps_cpu(mode: Mode, steps: u64, sender: &KvEventSender) -> (Duration, Duration) {
+    let mut wall = Duration::ZERO;
+    let mut cpu = Duration::ZERO;
+    let mut left = steps;
+    while left > 0 {
+        let (mut s, mut ex, mut t) = decoding(1024, mode != Mode::Off);
+        let chunk = left.min(256);
+        let cpu_start = thread_cpu();
+        let start = Instant::now();
+        for _ in 0..chunk {
+            t += 1.0;
+            let plan = s.schedule(t);
+            let out = ex.execute(&s.batch(&plan)).unwrap();
+            black_box(s.update_from_output(&plan, Ok(out), t));
+            match mode {
+                Mode::Off => {}
+                Mode::Recorded => drop(black_box(s.take_kv_events())),
+                Mode::Published => {
+                    // As the server's engine thread does.
+                    sender.send(t, s.take_kv_events());
+                    if let Some(spare) = sender.spare() {
+                        s.recycle_kv_events(spare);
+                    }
+                }
+            }
+        }
+        wall += start.elapsed();
+        cpu += thread_cpu() - cpu_start;
+        left -= chunk;
+    }
+    (wall, cpu)
+}
+
+fn run_steps(mode: Mode, steps: u64, sender: &KvEventSender) -> Duration {
+    run_steps_cpu(mode, steps, sender).0
+}
+
 fn step(c: &mut Criterion) {
     let (sender, _count) = publisher();
     let mut g = c.benchmark_group("1024 decodes, one step");
-    for events in [false, true] {
-        let name = if events { "events on, published" } else { "events off (baseline)" };
-        g.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let mut measured = Duration::ZERO;
-                let mut left = iters;
-                while left > 0 {
-                    let (mut s, mut ex, mut t) = decoding(1024, events);
-                    let chunk = left.min(256);
-                    let start = Instant::now();
-                    for _ in 0..chunk {
-                        t += 1.0;
-                        let plan = s.schedule(t);
-                        let out = ex.execute(&s.batch(&plan)).unwrap();
-                        black_box(s.update_from_output(&plan, Ok(out), t));
-                        if events {
-                            sender.send(t, s.take_kv_events());
-                        }
-                    }
-                    measured += start.elapsed();
-                    left -= chunk;
-                }
-                measured
-            })
-        });
+    for (name, mode) in [
+        ("events off (baseline)", Mode::Off),
+        ("events recorded, not published", Mode::Recorded),
+        ("events on, published", Mode::Published),
+    ] {
+        g.bench_function(name, |b| b.iter_custom(|iters| run_steps(mode, iters, &sender)));
     }
     g.finish();
+    // The same, interleaved round by round, so a machine whose load
+    // changes during the run affects all three alike.
+    // Wall time counts time the engine thread waited for a core, which
+    // the publisher and the bench's subscriber take on a small machine;
+    // the engine thread's CPU time does not.
+    let mut wall = [Duration::ZERO; 3];
+    let mut cpu = [Duration::ZERO; 3];
+    for _ in 0..8 {
+        for (i, mode) in [Mode::Off, Mode::Recorded, Mode::Published].into_iter().enumerate() {
+            let (w, c) = run_steps_cpu(mode, 256, &sender);
+            wall[i] += w;
+            cpu[i] += c;
+        }
+    }
+    let per_step = |d: Duration| d.as_secs_f64() * 1e6 / (8.0 * 256.0);
+    for (what, t) in [("wall", wall), ("engine-thread CPU", cpu)] {
+        eprintln!(
+            "interleaved, {what} per step: off {:.1} us, recorded {:.1} us ({:.3}x), published {:.1} us ({:.3}x)",
+            per_step(t[0]),
+            per_step(t[1]),
+            t[1].as_secs_f64() / t[0].as_secs_f64(),
+            per_step(t[2]),
+            t[2].as_secs_f64() / t[0].as_secs_f64()
+        );
+    }
     let c = sender.counters();
     eprintln!(
         "published {} batches ({} events), dropped {}",
@@ -142,17 +208,13 @@ fn step(c: &mut Criterion) {
     );
 }
 
-fn batch(k: u64) -> Vec<KvCacheEvent> {
-    (0..64)
-        .map(|i| KvCacheEvent::BlockStored {
-            block_hashes: vec![BlockHash(k * 64 + i)],
-            parent_block_hash: Some(BlockHash(k)),
-            token_ids: (0..16).map(|t| (k as u32 + t) % 50_000).collect(),
-            block_size: 16,
-            cache_salt: None,
-            medium: KvMedium::Device,
-        })
-        .collect()
+fn batch(k: u64) -> KvEventBatch {
+    let mut b = KvEventBatch::default();
+    for i in 0..64 {
+        let tokens: Vec<u32> = (0..16).map(|t| (k as u32 + t) % 50_000).collect();
+        b.stored(&[BlockHash(k * 64 + i)], Some(BlockHash(k)), &tokens, 16, None, KvMedium::Device);
+    }
+    b
 }
 
 fn sustained(_: &mut Criterion) {

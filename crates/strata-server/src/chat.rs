@@ -729,7 +729,7 @@ async fn chat(
         let usage_chunk = move |usage: Usage| json!({"id": id2, "object": "chat.completion.chunk", "created": created, "model": model2, "choices": [], "usage": usage});
         return Ok(sse(state, choices, chunk, usage_chunk, include_usage).into_response());
     }
-    let choices = collect(&state, choices).await;
+    let choices = collect(&state, choices).await?;
     let usage = pd::usage(&choices, plan.usage_scale);
     let kv = kv_transfer_json(&choices);
     let out: Vec<Value> = choices

@@ -622,7 +622,7 @@ async fn complete(
         };
         return Ok(sse(state, choices, chunk, usage_chunk, include_usage).into_response());
     }
-    let choices = collect(&state, choices).await;
+    let choices = collect(&state, choices).await?;
     let usage = pd::usage(&choices, plan.usage_scale);
     let kv = kv_transfer_json(&choices);
     let out: Vec<Value> = choices
@@ -692,25 +692,39 @@ pub fn prompt_logprobs_json(state: &AppState, c: &Choice) -> Value {
 }
 
 /// Waits for every choice to finish (non-streaming responses); their
-/// usage is [`pd::usage`].
-pub async fn collect(state: &AppState, choices: Vec<Choice>) -> Vec<Choice> {
+/// usage is [`pd::usage`]. A choice whose updates end before `Finished`
+/// lost its engine thread: the request fails with
+/// [`ApiError::EngineDied`] (see [`engine_died`]).
+pub async fn collect(state: &AppState, choices: Vec<Choice>) -> Result<Vec<Choice>, ApiError> {
     let mut done = Vec::with_capacity(choices.len());
     for mut c in choices {
         while c.finish.is_none() {
-            match c.rx.recv().await {
-                Some(u) => {
-                    c.apply(state, u);
-                }
-                None => c.finish = Some(FinishReason::Abort),
-            }
+            let Some(u) = c.rx.recv().await else { return Err(engine_died(&c)) };
+            c.apply(state, u);
         }
         done.push(c);
     }
-    done
+    Ok(done)
+}
+
+/// The error of a choice whose update channel closed before `Finished`.
+///
+/// Only the engine thread's exit closes a channel early: an abort by the
+/// engine (a shutdown's included, which drains its requests before the
+/// thread returns) still sends `Finished(abort)`, and the client keeps
+/// that finish reason; a client that went away dropped its receiver, and
+/// nobody is left to answer. So a channel closed early means the thread
+/// died: vLLM's `EngineDeadError`, a 500, or an error event in a stream
+/// that already answered 200.
+fn engine_died(c: &Choice) -> ApiError {
+    tracing::warn!("engine request {} ended without finishing: the engine thread is gone", c.id);
+    ApiError::EngineDied
 }
 
 /// The SSE stream of several choices, then the usage chunk if asked, then
-/// `[DONE]`.
+/// `[DONE]`. A dead engine thread ([`engine_died`]) ends it as vLLM ends a
+/// stream on any error: one `data: {"error": {...}}` event (the body a
+/// non-streaming request gets with its 500), then `[DONE]`, and no usage.
 pub fn sse<C, U>(
     state: Arc<AppState>,
     choices: Vec<Choice>,
@@ -749,14 +763,15 @@ where
                 .iter_mut()
                 .find(|c| c.index == index)
                 .expect("invariant: index from this list");
-            let mut out = Vec::new();
-            let text = match update {
-                Some(u) => c.apply(&state, u),
-                None => {
-                    c.finish = Some(FinishReason::Abort);
-                    String::new()
-                }
+            let Some(update) = update else {
+                // Every choice went with the engine thread: the stream ends.
+                let error = serde_json::to_string(&engine_died(c).body())
+                    .expect("invariant: an error body serializes");
+                let out = vec![Event::default().data(error), Event::default().data("[DONE]")];
+                return Some((out, (state, choices, chunk, usage_chunk, done, usage, true)));
             };
+            let mut out = Vec::new();
+            let text = c.apply(&state, update);
             if !text.is_empty() || c.finish.is_some() {
                 out.push(Event::default().data(chunk(c, &text).to_string()));
             }

@@ -306,6 +306,9 @@ fn run<E: Executor>(
         let mut result = engine.step(t);
         if let Some(publisher) = &kv_events {
             publisher.send(unix_time(), std::mem::take(&mut result.kv_events));
+            if let Some(spare) = publisher.spare() {
+                engine.recycle_kv_events(spare);
+            }
         }
         if let Some(e) = &result.executor_error {
             tracing::error!("executor failed a step; its requests end with `error`: {e}");

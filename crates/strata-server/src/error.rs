@@ -143,6 +143,11 @@ pub enum ApiError {
     /// The engine no longer takes requests (it is shutting down) (503).
     #[error("the engine is shutting down")]
     EngineUnavailable,
+    /// The engine thread died (panicked) with the request in flight (500,
+    /// vLLM's `EngineDeadError`). The panic is in the log; it reads the
+    /// same for every request the engine held.
+    #[error("the engine stopped before the request finished")]
+    EngineDied,
     /// The server failed (500). The message is fixed text, so no detail can
     /// reach the client; whoever makes this error logs the detail.
     #[error("{0}")]
@@ -174,7 +179,7 @@ impl ApiError {
             Self::ModelNotFound(_) => StatusCode::NOT_FOUND,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Overloaded { .. } | Self::EngineUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::EngineDied | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -187,7 +192,7 @@ impl ApiError {
             Self::ModelNotFound(_) => ErrorType::NotFound,
             Self::Unauthorized => ErrorType::Authentication,
             Self::Overloaded { .. } | Self::EngineUnavailable => ErrorType::ServiceUnavailable,
-            Self::Internal(_) => ErrorType::InternalServer,
+            Self::EngineDied | Self::Internal(_) => ErrorType::InternalServer,
         }
     }
 
@@ -202,6 +207,7 @@ impl ApiError {
             | Self::Unauthorized
             | Self::Overloaded { .. }
             | Self::EngineUnavailable
+            | Self::EngineDied
             | Self::Internal(_) => None,
         }
     }

@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 use serde::Deserialize;
-use strata_core::kv::KvCacheEvent;
+use strata_core::kv::KvEventBatch;
 pub use strata_metrics::KvEventCounters;
 use tokio::sync::mpsc;
 use zeromq::{PubSocket, RouterSocket, Socket, SocketOptions, SocketRecv, SocketSend, ZmqMessage};
@@ -152,16 +152,19 @@ fn tcp_address(endpoint: &str) -> Result<String, String> {
 }
 
 /// The engine thread's end: cheap, never blocks.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct KvEventSender {
-    tx: mpsc::Sender<(f64, Vec<KvCacheEvent>)>,
+    tx: mpsc::Sender<(f64, KvEventBatch)>,
     counters: KvEventCounters,
+    /// Published batches, emptied, for the engine to record into again
+    /// (buffers freed on another thread would be allocated anew each step).
+    spares: std::sync::mpsc::Receiver<KvEventBatch>,
 }
 
 impl KvEventSender {
     /// Queues one step's events (none: nothing sent). `ts` is the wall
     /// clock, seconds since the Unix epoch.
-    pub fn send(&self, ts: f64, events: Vec<KvCacheEvent>) {
+    pub fn send(&self, ts: f64, events: KvEventBatch) {
         if events.is_empty() {
             return;
         }
@@ -176,6 +179,12 @@ impl KvEventSender {
         }
     }
 
+    /// An emptied batch the publisher is done with, if any (for
+    /// `EngineCore::recycle_kv_events`).
+    pub fn spare(&self) -> Option<KvEventBatch> {
+        self.spares.try_recv().ok()
+    }
+
     pub fn counters(&self) -> &KvEventCounters {
         &self.counters
     }
@@ -187,6 +196,7 @@ impl KvEventSender {
 pub fn start(config: KvEventsConfig, counters: KvEventCounters) -> Result<KvEventSender, String> {
     let (tx, rx) = mpsc::channel(config.max_queue_size);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (spare_tx, spares) = std::sync::mpsc::sync_channel(2);
     let thread_counters = counters.clone();
     std::thread::Builder::new()
         .name("strata-kv-events".into())
@@ -198,13 +208,13 @@ pub fn start(config: KvEventsConfig, counters: KvEventCounters) -> Result<KvEven
                     return;
                 }
             };
-            runtime.block_on(publish(config, rx, thread_counters, ready_tx));
+            runtime.block_on(publish(config, rx, spare_tx, thread_counters, ready_tx));
         })
         .map_err(|e| format!("KV events: starting the publisher thread: {e}"))?;
     ready_rx
         .recv()
         .map_err(|_| "KV events: the publisher thread ended at start-up".to_string())??;
-    Ok(KvEventSender { tx, counters })
+    Ok(KvEventSender { tx, counters, spares })
 }
 
 /// Kept batches, oldest first, for replay.
@@ -227,7 +237,8 @@ impl Ring {
 
 async fn publish(
     config: KvEventsConfig,
-    mut rx: mpsc::Receiver<(f64, Vec<KvCacheEvent>)>,
+    rx: mpsc::Receiver<(f64, KvEventBatch)>,
+    spares: std::sync::mpsc::SyncSender<KvEventBatch>,
     counters: KvEventCounters,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
@@ -264,6 +275,7 @@ async fn publish(
     let topic = Bytes::from(config.topic.clone().into_bytes());
     let mut ring = Ring { batches: VecDeque::new(), capacity: config.buffer_steps };
     let mut seq: u64 = 0;
+    let mut inbox = Inbox { rx, empty_polls: 0 };
     // Connecting: retried until the subscriber's side is up; batches made
     // meanwhile are numbered and kept for replay (a PUB without peers
     // drops them, as ZMQ does).
@@ -278,9 +290,11 @@ async fn publish(
                     }
                     break;
                 }
-                batch = rx.recv() => match batch {
-                    Some((ts, events)) => {
+                batch = inbox.next() => match batch {
+                    Some((ts, mut events)) => {
                         let payload = Bytes::from(wire::encode_batch(ts, &events, config.format));
+                        events.clear();
+                        let _ = spares.try_send(events);
                         counters.queued_batches.dec();
                         ring.push(seq, payload);
                         seq += 1;
@@ -293,9 +307,14 @@ async fn publish(
     }
     loop {
         tokio::select! {
-            batch = rx.recv() => {
-                let Some((ts, events)) = batch else { return };
+            batch = inbox.next() => {
+                let Some((ts, mut events)) = batch else { return };
                 let payload = Bytes::from(wire::encode_batch(ts, &events, config.format));
+                let num_events = events.len() as u64;
+                // Back to the engine, emptied: it records its next steps
+                // into these buffers (the engine may be gone: no matter).
+                events.clear();
+                let _ = spares.try_send(events);
                 let message = ZmqMessage::try_from(vec![
                     topic.clone(),
                     Bytes::copy_from_slice(&seq.to_be_bytes()),
@@ -309,11 +328,51 @@ async fn publish(
                 }
                 counters.queued_batches.dec();
                 counters.published_batches.inc();
-                counters.published_events.inc_by(events.len() as u64);
+                counters.published_events.inc_by(num_events);
                 ring.push(seq, payload);
                 seq += 1;
             }
             request = recv_replay(&mut replay) => serve_replay(&mut replay, request, &topic, &ring).await,
+        }
+    }
+}
+
+/// While batches keep coming the publisher looks for them every [`POLL`]
+/// instead of being woken by each: waking a thread on another core costs
+/// the sender tens of microseconds per wake on a VM, which would land on
+/// the engine thread every step (benches/kv_events.rs measures it). After
+/// [`IDLE_POLLS`] empty looks it waits to be woken, so an idle engine
+/// costs nothing. Events reach subscribers at most one poll later.
+const POLL: std::time::Duration = std::time::Duration::from_millis(1);
+const IDLE_POLLS: u32 = 100;
+
+struct Inbox {
+    rx: mpsc::Receiver<(f64, KvEventBatch)>,
+    empty_polls: u32,
+}
+
+impl Inbox {
+    /// The next batch; `None` once the engine's side is gone. Cancel-safe
+    /// (the publisher selects it against replay requests).
+    async fn next(&mut self) -> Option<(f64, KvEventBatch)> {
+        use mpsc::error::TryRecvError;
+        loop {
+            match self.rx.try_recv() {
+                Ok(batch) => {
+                    self.empty_polls = 0;
+                    return Some(batch);
+                }
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) if self.empty_polls >= IDLE_POLLS => {
+                    let batch = self.rx.recv().await;
+                    self.empty_polls = 0;
+                    return batch;
+                }
+                Err(TryRecvError::Empty) => {
+                    self.empty_polls += 1;
+                    tokio::time::sleep(POLL).await;
+                }
+            }
         }
     }
 }
@@ -402,9 +461,15 @@ mod tests {
     #[test]
     fn a_full_queue_drops_and_counts_without_blocking() {
         let (tx, mut rx) = mpsc::channel(1);
-        let sender = KvEventSender { tx, counters: KvEventCounters::default() };
-        let batch = || vec![KvCacheEvent::AllBlocksCleared, KvCacheEvent::AllBlocksCleared];
-        sender.send(1.0, Vec::new());
+        let (_spare_tx, spares) = std::sync::mpsc::sync_channel(1);
+        let sender = KvEventSender { tx, counters: KvEventCounters::default(), spares };
+        let batch = || {
+            let mut b = KvEventBatch::default();
+            b.cleared();
+            b.cleared();
+            b
+        };
+        sender.send(1.0, KvEventBatch::default());
         sender.send(1.0, batch());
         sender.send(2.0, batch());
         let c = sender.counters();

@@ -20,6 +20,9 @@
 //!   connection with it, and the engine aborts.
 //! - The router exports only what it alone sees (`strata:router_*`); token
 //!   counts stay with the engines, so nothing is counted twice.
+//! - Both hops of a client request carry one `X-Request-Id` (the client's,
+//!   or one made for it) and the answer echoes it, so the engines' logs of
+//!   its prefill and its decode join (`router/request_id.rs`).
 //!
 //! [`router_app`] builds the axum router from a [`RouterState`]; the binary
 //! and the tests share it.
@@ -28,6 +31,7 @@ mod error;
 pub mod metrics;
 mod pool;
 mod proxy;
+mod request_id;
 pub mod rewrite;
 
 use std::sync::Arc;

@@ -3,7 +3,8 @@
 //! and answer canned JSON or SSE). Checks the two hop bodies, the usage
 //! the client sees (docs/accounting.md A18, n > 1, the streamed usage chunk),
 //! error pass-through (one OpenAI error body, no engine URL or upstream
-//! detail in it), health, the policies and client disconnects.
+//! detail in it), the request id on both hops, health, the policies and
+//! client disconnects.
 //! Every wait is bounded.
 
 #![allow(clippy::unwrap_used)]
@@ -475,6 +476,92 @@ async fn api_key_guards_v1_and_is_passed_to_the_engines() {
         // /health and /metrics stay open.
         assert_eq!(get_text(&format!("{}/health", r.server.url)).await.0, StatusCode::OK);
         assert_eq!(metric(&r, &errors("unauthorized")).await, 3.0);
+    })
+    .await;
+}
+
+/// Both hops carry one `X-Request-Id`, so the engines' accounting lines of
+/// a client request join on it: the client's, or one the router makes per
+/// client request (a UUID); the answer echoes it, an error answer too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_id_reaches_both_engines_and_comes_back() {
+    bounded(async {
+        let (p, d) = (fake_prefill().await, fake_decode().await);
+        let r = router(&p, &d).await;
+        let url = |path: &str| format!("{}{path}", r.server.url);
+        let ids = |f: &Fake| f.rec.seen().iter().map(|s| s.request_id.clone()).collect::<Vec<_>>();
+        let echoed = |resp: &reqwest::Response| {
+            resp.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_owned())
+        };
+
+        // The client's own, on a completion and on a streamed chat.
+        let resp = client()
+            .post(url("/v1/completions"))
+            .header("x-request-id", "client-req-1")
+            .json(&json!({"prompt": "hello"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(echoed(&resp).as_deref(), Some("client-req-1"));
+        let chat = json!({"messages": [{"role": "user", "content": "hi"}], "stream": true});
+        let resp = client()
+            .post(url("/v1/chat/completions"))
+            .header("x-request-id", "client-req-2")
+            .json(&chat)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(echoed(&resp).as_deref(), Some("client-req-2"));
+        assert_eq!(sse_data(&resp.text().await.unwrap()).last().unwrap(), "[DONE]");
+        let want = [Some("client-req-1".to_owned()), Some("client-req-2".to_owned())];
+        assert_eq!(ids(&p), want);
+        assert_eq!(ids(&d), want);
+
+        // None given: one made for each client request, shared by its hops.
+        let mut made = Vec::new();
+        for _ in 0..2 {
+            let resp =
+                client().post(url("/v1/completions")).json(&json!({"prompt": "hi"})).send().await;
+            let resp = resp.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            made.push(echoed(&resp).expect("a made id is echoed"));
+        }
+        assert_ne!(made[0], made[1]);
+        for id in &made {
+            let groups: Vec<usize> = id.split('-').map(str::len).collect();
+            assert_eq!(groups, [8, 4, 4, 4, 12], "not a UUID: {id}");
+        }
+        let made: Vec<_> = made.into_iter().map(Some).collect();
+        assert_eq!(ids(&p)[2..], made[..]);
+        assert_eq!(ids(&d)[2..], made[..]);
+
+        // An engine's error answer still names the request.
+        let resp = client()
+            .post(url("/v1/completions"))
+            .header("x-request-id", "client-req-3")
+            .json(&json!({"prompt": "fail"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(echoed(&resp).as_deref(), Some("client-req-3"));
+        assert_eq!(ids(&p)[4].as_deref(), Some("client-req-3"));
+
+        // An id the engines would refuse is the router's 400, before them.
+        let resp = client()
+            .post(url("/v1/completions"))
+            .header("x-request-id", "two words")
+            .json(&json!({"prompt": "hello"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(echoed(&resp), None);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(error_body(StatusCode::BAD_REQUEST, &body)["type"], "BadRequestError");
+        assert_eq!((p.rec.seen().len(), d.rec.seen().len()), (5, 4));
     })
     .await;
 }

@@ -37,3 +37,11 @@ fn pypi_kv_events_replay_from_zero_and_restart_rebuilds_the_indexer() {
 fn pypi_kv_events_indexer_twin_picks_the_engine_that_hits() {
     check("two-engines");
 }
+
+/// A host-RAM tier under a small device pool: CPU events indexed per
+/// medium; the twin's device and tier predictions match what strata
+/// reports reusing.
+#[test]
+fn pypi_kv_events_offload_tier_is_announced_as_cpu_and_predicted() {
+    check("tiers");
+}

@@ -145,8 +145,12 @@ impl ConnectorScheduler for MultiConnector {
         self.parts.iter_mut().for_each(|c| c.enable_events());
     }
 
-    fn take_events(&mut self) -> Vec<crate::kv::KvCacheEvent> {
-        self.parts.iter_mut().flat_map(|c| c.take_events()).collect()
+    fn take_events(&mut self) -> crate::kv::KvEventBatch {
+        let mut all = crate::kv::KvEventBatch::default();
+        for c in &mut self.parts {
+            all.append(&c.take_events());
+        }
+        all
     }
 }
 

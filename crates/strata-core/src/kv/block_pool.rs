@@ -14,7 +14,7 @@
 
 use rustc_hash::FxHashMap;
 
-use super::events::{KvCacheEvent, KvEventLog, KvMedium};
+use super::events::{KvEventBatch, KvEventLog, KvMedium};
 use super::hash::BlockHash;
 use crate::ids::BlockId;
 
@@ -24,6 +24,8 @@ const NONE: u32 = u32::MAX;
 struct Block {
     ref_cnt: u32,
     hash: Option<BlockHash>,
+    /// The cache maps `hash` to this block (it is findable).
+    findable: bool,
     prev: u32,
     next: u32,
 }
@@ -48,6 +50,7 @@ impl BlockPool {
             .map(|i| Block {
                 ref_cnt: 0,
                 hash: None,
+                findable: false,
                 prev: if i == 0 { NONE } else { i - 1 },
                 next: if i + 1 == n { NONE } else { i + 1 },
             })
@@ -86,6 +89,12 @@ impl BlockPool {
 
     pub fn ref_cnt(&self, block: BlockId) -> u32 {
         self.blocks[block.index()].ref_cnt
+    }
+
+    /// Whether the prefix cache finds this block under its hash (a copy
+    /// of a block another holds under the same hash is not).
+    pub fn is_findable(&self, block: BlockId) -> bool {
+        self.blocks[block.index()].findable
     }
 
     pub fn block_hash(&self, block: BlockId) -> Option<BlockHash> {
@@ -142,8 +151,10 @@ impl BlockPool {
     /// Removes a block's hash from the prefix cache (its contents are about
     /// to change, or are known to be invalid).
     pub fn evict(&mut self, block: BlockId) {
-        if let Some(h) = self.blocks[block.index()].hash.take() {
-            if self.cached.get(&h) == Some(&block) {
+        let b = &mut self.blocks[block.index()];
+        let findable = std::mem::take(&mut b.findable);
+        if let Some(h) = b.hash.take() {
+            if findable {
                 self.cached.remove(&h);
                 self.events.removed(h, KvMedium::Device);
             }
@@ -161,15 +172,25 @@ impl BlockPool {
         self.enable_caching && self.events.is_enabled()
     }
 
-    /// Records an event (the manager announces stored blocks: it knows
-    /// their tokens).
-    pub fn record_event(&mut self, event: KvCacheEvent) {
-        self.events.push(event);
+    /// The batch to record events into (the manager announces stored
+    /// blocks: it knows their tokens); `None` while events are off.
+    pub fn event_batch(&mut self) -> Option<&mut KvEventBatch> {
+        if self.enable_caching {
+            self.events.batch()
+        } else {
+            None
+        }
     }
 
     /// The events recorded since the last call.
-    pub fn take_events(&mut self) -> Vec<KvCacheEvent> {
+    pub fn take_events(&mut self) -> KvEventBatch {
         self.events.take()
+    }
+
+    /// Takes back a taken batch its consumer is done with (see
+    /// `KvEventLog::recycle`).
+    pub fn recycle_events(&mut self, batch: KvEventBatch) {
+        self.events.recycle(batch);
     }
 
     /// The cached block holding `hash`, if any.
@@ -216,6 +237,7 @@ impl BlockPool {
         match self.cached.entry(hash) {
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(block);
+                self.blocks[block.index()].findable = true;
                 true
             }
             std::collections::hash_map::Entry::Occupied(_) => false,
@@ -250,6 +272,13 @@ impl BlockPool {
             if self.blocks[b.index()].hash != Some(*h) {
                 return Err(format!("cache maps {h:?} to block {} which does not carry it", b.0));
             }
+        }
+        let findable = self.blocks.iter().filter(|b| b.findable).count();
+        if findable != self.cached.len() {
+            return Err(format!(
+                "{findable} blocks findable, the cache maps {}",
+                self.cached.len()
+            ));
         }
         Ok(())
     }

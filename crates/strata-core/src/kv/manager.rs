@@ -9,7 +9,7 @@
 //!   so at least one token is computed to produce logits.
 
 use super::block_pool::BlockPool;
-use super::events::{KvCacheEvent, KvMedium};
+use super::events::{KvEventBatch, KvMedium};
 use crate::dense::DenseMap;
 use crate::ids::{BlockId, RequestId};
 use crate::request::Request;
@@ -130,7 +130,12 @@ impl KvCacheManager {
             // cached, and that one was evicted since). This request's
             // blocks still carry their hashes: make them findable again,
             // so the announced parent of the new blocks is in the cache.
-            while start > 0 && self.pool.get_cached_block(req.block_hashes[start - 1]).is_none() {
+            // The usual case costs no lookup: the request's own block before
+            // the new ones is the findable one.
+            while start > 0
+                && !self.pool.is_findable(entry.blocks[start - 1])
+                && self.pool.get_cached_block(req.block_hashes[start - 1]).is_none()
+            {
                 start -= 1;
             }
         }
@@ -186,8 +191,12 @@ impl KvCacheManager {
     }
 
     /// The KV events recorded since the last call, in order.
-    pub fn take_events(&mut self) -> Vec<KvCacheEvent> {
+    pub fn take_events(&mut self) -> KvEventBatch {
         self.pool.take_events()
+    }
+
+    pub fn recycle_events(&mut self, batch: KvEventBatch) {
+        self.pool.recycle_events(batch);
     }
 
     pub fn num_requests(&self) -> usize {
@@ -198,15 +207,13 @@ impl KvCacheManager {
 /// Records a `BlockStored` for the request's blocks `range` (no-op with
 /// events off).
 fn announce(pool: &mut BlockPool, req: &Request, range: std::ops::Range<usize>, block_size: usize) {
-    if !pool.events_enabled() || range.is_empty() {
-        return;
-    }
-    pool.record_event(KvCacheEvent::BlockStored {
-        block_hashes: req.block_hashes[range.clone()].to_vec(),
-        parent_block_hash: range.start.checked_sub(1).map(|p| req.block_hashes[p]),
-        token_ids: req.all_token_ids[range.start * block_size..range.end * block_size].to_vec(),
+    let Some(batch) = pool.event_batch() else { return };
+    batch.stored(
+        &req.block_hashes[range.clone()],
+        range.start.checked_sub(1).map(|p| req.block_hashes[p]),
+        &req.all_token_ids[range.start * block_size..range.end * block_size],
         block_size,
-        cache_salt: if range.start == 0 { req.cache_salt.clone() } else { None },
-        medium: KvMedium::Device,
-    });
+        if range.start == 0 { req.cache_salt.as_deref() } else { None },
+        KvMedium::Device,
+    );
 }

@@ -7,6 +7,6 @@ pub mod hash;
 pub mod manager;
 
 pub use block_pool::BlockPool;
-pub use events::{KvCacheEvent, KvMedium};
+pub use events::{KvCacheEvent, KvEventBatch, KvMedium};
 pub use hash::BlockHash;
 pub use manager::{AllocOutcome, KvCacheManager};

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::kv::{hash, BlockHash, KvCacheEvent, KvMedium};
+use crate::kv::{hash, BlockHash, KvCacheEvent, KvEventBatch, KvMedium};
 use crate::sampling::SamplingParams;
 use crate::testing::Harness;
 
@@ -23,8 +23,8 @@ struct Twin {
 }
 
 impl Twin {
-    fn apply(&mut self, events: &[KvCacheEvent]) {
-        for e in events {
+    fn apply(&mut self, events: &KvEventBatch) {
+        for e in events.iter() {
             match e {
                 KvCacheEvent::BlockStored {
                     block_hashes,
@@ -34,24 +34,24 @@ impl Twin {
                     cache_salt,
                     medium,
                 } => {
-                    assert_eq!(*medium, KvMedium::Device);
-                    assert_eq!(*block_size, B);
+                    assert_eq!(medium, KvMedium::Device);
+                    assert_eq!(block_size, B);
                     assert_eq!(token_ids.len(), B * block_hashes.len());
                     if let Some(p) = parent_block_hash {
-                        assert!(self.stored.contains_key(p), "parent {p:?} not held");
+                        assert!(self.stored.contains_key(&p), "parent {p:?} not held");
                     }
                     // The hashes are the chain of these tokens: an indexer
                     // could recompute them.
-                    let mut parent = *parent_block_hash;
+                    let mut parent = parent_block_hash;
                     for (h, toks) in block_hashes.iter().zip(token_ids.chunks(B)) {
-                        let salt = if parent.is_none() { cache_salt.as_deref() } else { None };
+                        let salt = if parent.is_none() { cache_salt } else { None };
                         assert_eq!(*h, hash::hash_block(parent, toks, salt));
                         assert!(self.stored.insert(*h, parent).is_none(), "{h:?} announced twice");
                         parent = Some(*h);
                     }
                 }
                 KvCacheEvent::BlockRemoved { block_hashes, medium } => {
-                    assert_eq!(*medium, KvMedium::Device);
+                    assert_eq!(medium, KvMedium::Device);
                     for h in block_hashes {
                         assert!(self.stored.remove(h).is_some(), "{h:?} removed, never stored");
                     }
@@ -82,15 +82,17 @@ fn a_prompt_is_announced_block_by_block_with_its_salt_then_found_by_the_next() {
     let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(2) };
     e.add(NewRequest::new(prompt.clone(), params.clone()).with_cache_salt("tenant"));
     let run = e.drain(100);
-    let events: Vec<KvCacheEvent> = run.results.iter().flat_map(|r| r.kv_events.clone()).collect();
+    let mut events = KvEventBatch::default();
+    run.results.iter().for_each(|r| events.append(&r.kv_events));
+    let first = events.iter().next().expect("events were recorded");
     let KvCacheEvent::BlockStored {
         block_hashes, parent_block_hash, token_ids, cache_salt, ..
-    } = &events[0]
+    } = first
     else {
-        panic!("first event {:?}", events[0]);
+        panic!("first event {first:?}");
     };
-    assert_eq!(*parent_block_hash, None);
-    assert_eq!(cache_salt.as_deref(), Some("tenant"));
+    assert_eq!(parent_block_hash, None);
+    assert_eq!(cache_salt, Some("tenant"));
     assert_eq!(token_ids[..12], prompt[..12]);
     assert_eq!(block_hashes.len(), 3);
     let mut twin = Twin::default();
@@ -120,7 +122,7 @@ fn a_copy_whose_original_was_evicted_is_announced_again_before_its_children() {
     let removed = run
         .results
         .iter()
-        .flat_map(|r| &r.kv_events)
+        .flat_map(|r| r.kv_events.iter())
         .any(|ev| matches!(ev, KvCacheEvent::BlockRemoved { .. }));
     assert!(removed, "the scenario evicts A's blocks");
     assert_eq!(twin.stored.len(), e.scheduler().kv().pool().num_cached_hashes());

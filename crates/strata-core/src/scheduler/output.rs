@@ -128,5 +128,5 @@ pub struct StepResult {
     pub connector_stats: ConnectorStats,
     /// Blocks that entered and left the prefix cache and the connector's
     /// tiers in this step, when events are on (`EngineCore::enable_kv_events`).
-    pub kv_events: Vec<crate::kv::KvCacheEvent>,
+    pub kv_events: crate::kv::KvEventBatch,
 }

@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use strata_core::connector::KvLoadFailurePolicy;
 use strata_core::kv::hash::extend_block_hashes;
+use strata_core::kv::{KvCacheEvent, KvEventBatch};
 use strata_core::scheduler::SchedulerConfig;
 use strata_core::testing::FakeExecutor;
 use strata_core::{EngineCore, StepResult};
@@ -55,8 +56,8 @@ impl Twin {
         self.held.get(&m).cloned().unwrap_or_default()
     }
 
-    fn apply(&mut self, events: &[KvCacheEvent]) -> Result<(), String> {
-        for ev in events {
+    fn apply(&mut self, events: &KvEventBatch) -> Result<(), String> {
+        for ev in events.iter() {
             match ev {
                 KvCacheEvent::BlockStored { medium: KvMedium::Device, .. }
                 | KvCacheEvent::BlockRemoved { medium: KvMedium::Device, .. } => {}
@@ -68,27 +69,27 @@ impl Twin {
                     cache_salt,
                     medium,
                 } => {
-                    let held = self.held.entry(*medium).or_default();
-                    if *block_size != B || block_hashes.is_empty() {
+                    let held = self.held.entry(medium).or_default();
+                    if block_size != B || block_hashes.is_empty() {
                         return Err(format!("block_size {block_size}, {ev:?}"));
                     }
                     if token_ids.len() != B * block_hashes.len() {
                         return Err(format!("{} token ids for {ev:?}", token_ids.len()));
                     }
                     if let Some(p) = parent_block_hash {
-                        if !held.contains(p) {
+                        if !held.contains(&p) {
                             return Err(format!("parent {p:?} not announced in {medium:?}"));
                         }
                     }
                     let first = &self.expected[&block_hashes[0]];
                     let salt = if parent_block_hash.is_none() { first.salt.clone() } else { None };
-                    if *cache_salt != salt {
+                    if cache_salt != salt.as_deref() {
                         return Err(format!("salt {cache_salt:?}, expected {salt:?}"));
                     }
                     for (i, h) in block_hashes.iter().enumerate() {
                         let exp = self.expected.get(h).ok_or(format!("unknown hash {h:?}"))?;
                         let parent =
-                            if i == 0 { *parent_block_hash } else { Some(block_hashes[i - 1]) };
+                            if i == 0 { parent_block_hash } else { Some(block_hashes[i - 1]) };
                         if exp.parent != parent {
                             return Err(format!("{h:?} announced under parent {parent:?}"));
                         }
@@ -101,13 +102,13 @@ impl Twin {
                     }
                 }
                 KvCacheEvent::BlockRemoved { block_hashes, medium } => {
-                    let held = self.held.entry(*medium).or_default();
+                    let held = self.held.entry(medium).or_default();
                     for h in block_hashes {
                         if !held.remove(h) {
                             return Err(format!("{h:?} removed from {medium:?}, never announced"));
                         }
                     }
-                    *self.num_removed.entry(*medium).or_default() += block_hashes.len();
+                    *self.num_removed.entry(medium).or_default() += block_hashes.len();
                 }
                 KvCacheEvent::AllBlocksCleared => return Err("the tiers never clear".into()),
             }
@@ -271,8 +272,8 @@ fn host_events_follow_stores_and_evictions_exactly() {
     // The salt went with the salted chain's first block.
     let salted: Vec<_> = results
         .iter()
-        .flat_map(|r| &r.kv_events)
-        .filter(|e| matches!(e, KvCacheEvent::BlockStored { cache_salt: Some(s), .. } if s == "tenant-a"))
+        .flat_map(|r| r.kv_events.iter())
+        .filter(|e| matches!(e, KvCacheEvent::BlockStored { cache_salt: Some(s), .. } if *s == "tenant-a"))
         .collect();
     assert_eq!(salted.len(), 1);
 }
@@ -296,20 +297,19 @@ fn a_block_whose_parent_left_the_tier_waits_unannounced() {
                     | KvCacheEvent::BlockRemoved { medium: KvMedium::Host, .. }
             )
         })
-        .cloned()
         .collect();
     assert_eq!(
         host_events,
         vec![
             KvCacheEvent::BlockStored {
-                block_hashes: vec![hashes[0]],
+                block_hashes: &[hashes[0]],
                 parent_block_hash: None,
-                token_ids: p[..B].to_vec(),
+                token_ids: &p[..B],
                 block_size: B,
                 cache_salt: None,
                 medium: KvMedium::Host,
             },
-            KvCacheEvent::BlockRemoved { block_hashes: vec![hashes[0]], medium: KvMedium::Host },
+            KvCacheEvent::BlockRemoved { block_hashes: &[hashes[0]], medium: KvMedium::Host },
         ]
     );
     let (waiting_host, _) = h.check(&BTreeSet::new()).unwrap();

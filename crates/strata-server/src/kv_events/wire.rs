@@ -16,7 +16,7 @@
 //! cache salt goes in block 0's `extra_keys`, as vLLM puts it there.
 
 use rmp::encode;
-use strata_core::kv::{BlockHash, KvCacheEvent};
+use strata_core::kv::{BlockHash, KvCacheEvent, KvEventBatch};
 
 /// How events are laid out (the batch is always an array).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -30,13 +30,13 @@ pub enum EventFormat {
 }
 
 /// Encodes one batch.
-pub fn encode_batch(ts: f64, events: &[KvCacheEvent], format: EventFormat) -> Vec<u8> {
-    let mut w = Writer { buf: Vec::with_capacity(64 + 32 * events.len()), format };
+pub fn encode_batch(ts: f64, events: &KvEventBatch, format: EventFormat) -> Vec<u8> {
+    let mut w = Writer { buf: Vec::with_capacity(64 + 160 * events.len()), format };
     w.array(3);
     done(encode::write_f64(&mut w.buf, ts));
     w.array(events.len());
-    for e in events {
-        w.event(e);
+    for e in events.iter() {
+        w.event(&e);
     }
     w.uint(0); // data-parallel rank: strata runs one engine per process
     w.buf
@@ -129,7 +129,7 @@ impl Writer {
         }
     }
 
-    fn event(&mut self, e: &KvCacheEvent) {
+    fn event(&mut self, e: &KvCacheEvent<'_>) {
         match e {
             KvCacheEvent::BlockStored {
                 block_hashes,
@@ -148,7 +148,7 @@ impl Writer {
                     ("lora_id", Value::Nil),
                     ("medium", Value::Str(medium.wire_name())),
                     ("lora_name", Value::Nil),
-                    ("extra_keys", Value::Salt(cache_salt.as_deref(), block_hashes.len())),
+                    ("extra_keys", Value::Salt(*cache_salt, block_hashes.len())),
                     ("group_idx", Value::Uint(0)),
                     ("kv_cache_spec_kind", Value::Str("full_attention")),
                     ("kv_cache_spec_sliding_window", Value::Nil),
@@ -173,20 +173,16 @@ mod tests {
 
     use super::*;
 
-    fn stored() -> KvCacheEvent {
-        KvCacheEvent::BlockStored {
-            block_hashes: vec![BlockHash(1), BlockHash(u64::MAX)],
-            parent_block_hash: None,
-            token_ids: vec![5, 6, 7, 8],
-            block_size: 2,
-            cache_salt: Some("s".into()),
-            medium: KvMedium::Device,
-        }
+    fn stored(b: &mut KvEventBatch) {
+        let hashes = [BlockHash(1), BlockHash(u64::MAX)];
+        b.stored(&hashes, None, &[5, 6, 7, 8], 2, Some("s"), KvMedium::Device);
     }
 
     #[test]
     fn small_hashes_are_written_as_full_uint64() {
-        let bytes = encode_batch(1.5, &[stored()], EventFormat::Array);
+        let mut b = KvEventBatch::default();
+        stored(&mut b);
+        let bytes = encode_batch(1.5, &b, EventFormat::Array);
         // [0x93, f64 (9 bytes), 0x91, event array (0x9c: 12 entries),
         //  "BlockStored" (0xab + 11 bytes), hashes array 0x92, 0xcf + 8 bytes]
         let at = 1 + 9 + 1 + 1 + 12;
@@ -197,11 +193,10 @@ mod tests {
 
     #[test]
     fn map_and_array_layouts_carry_the_same_fields() {
-        let events = [
-            stored(),
-            KvCacheEvent::BlockRemoved { block_hashes: vec![BlockHash(9)], medium: KvMedium::Host },
-            KvCacheEvent::AllBlocksCleared,
-        ];
+        let mut events = KvEventBatch::default();
+        stored(&mut events);
+        events.removed(BlockHash(9), KvMedium::Host);
+        events.cleared();
         let map = encode_batch(2.0, &events, EventFormat::Map);
         let array = encode_batch(2.0, &events, EventFormat::Array);
         assert_eq!(map[0], 0x93);

@@ -2,6 +2,10 @@
 //! prefill (one token, KV held for the decode), then decode (the answer,
 //! streamed or not), with the client's usage composed from both.
 //!
+//! Both hops go under one `X-Request-Id` ([`request_id`]), which the
+//! answer carries back, error answers included (but for the 400 of a bad
+//! id, which names none).
+//!
 //! Disconnects: each upstream request lives in the handler's future or in
 //! the response body's stream. When the client goes away, hyper drops
 //! that future or stream, which drops the reqwest request with it; the
@@ -24,6 +28,7 @@ use tracing::Instrument;
 use super::error::RouterError;
 use super::metrics::{ErrorKind, Hop};
 use super::pool::{Engine, InFlight};
+use super::request_id;
 use super::rewrite::{decode_body, prefill_body, ClientRequest, SseRewriter, UsageComposer};
 use super::RouterState;
 use crate::completions::parse_body;
@@ -51,12 +56,27 @@ async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     state.metrics.request(path);
+    let id = match request_id::for_request(&headers) {
+        Ok(id) => id,
+        Err(e) => return state.respond(Err(e.into())),
+    };
+    let forward = Forward { auth: headers.get(header::AUTHORIZATION), request_id: &id };
     let mut watch = DisconnectWatch::new(state.clone());
-    let result = two_hop(&state, path, &headers, body, &mut watch)
-        .instrument(tracing::debug_span!("route", path))
+    let result = two_hop(&state, path, forward, body, &mut watch)
+        .instrument(tracing::debug_span!("route", path, x_request_id = id.as_str()))
         .await;
     watch.disarm();
-    state.respond(result)
+    request_id::echo(state.respond(result), Some(&id))
+}
+
+/// What both hops carry from the client's request besides its body.
+#[derive(Clone, Copy, Debug)]
+struct Forward<'a> {
+    /// The client's `Authorization`, so engines run with the same
+    /// `--api-key` accept it.
+    auth: Option<&'a HeaderValue>,
+    /// The client's `X-Request-Id`, or the one made for it.
+    request_id: &'a str,
 }
 
 /// Counts `client_disconnected` if dropped while armed: the handler's
@@ -96,20 +116,19 @@ impl Drop for DisconnectWatch {
 async fn two_hop(
     state: &RouterState,
     path: &'static str,
-    headers: &HeaderMap,
+    forward: Forward<'_>,
     body: Result<Bytes, BytesRejection>,
     watch: &mut DisconnectWatch,
 ) -> Result<Response, RouterError> {
     let client: Value = parse_body(body)?;
     let req = ClientRequest::check(&client)?;
-    let auth = headers.get(header::AUTHORIZATION);
 
     // Hop 1: prefill. The whole answer is small (one token), so it is read
     // before the in-flight count drops.
     let prefill = state.prefill.acquire(state.policy);
     let started = Instant::now();
     let resp =
-        send(state, Hop::Prefill, prefill.engine(), path, &prefill_body(&client, req.n), auth)
+        send(state, Hop::Prefill, prefill.engine(), path, &prefill_body(&client, req.n), forward)
             .await?;
     let status = resp.status();
     let bytes = read_all(Hop::Prefill, prefill.engine(), resp).await?;
@@ -133,8 +152,9 @@ async fn two_hop(
     // Hop 2: decode, timed to its response headers (its first byte).
     let decode = state.decode.acquire(state.policy);
     let started = Instant::now();
-    let resp = send(state, Hop::Decode, decode.engine(), path, &decode_body(&client, params), auth)
-        .await?;
+    let resp =
+        send(state, Hop::Decode, decode.engine(), path, &decode_body(&client, params), forward)
+            .await?;
     state.metrics.hop(Hop::Decode, started.elapsed().as_secs_f64());
     let status = resp.status();
     if !status.is_success() {
@@ -159,22 +179,22 @@ async fn two_hop(
     Ok((status, Json(answer)).into_response())
 }
 
-/// POSTs a JSON body to an engine; the client's `Authorization` goes along
-/// so engines run with the same `--api-key` accept it.
+/// POSTs a JSON body to an engine, with what it [`Forward`]s.
 async fn send(
     state: &RouterState,
     hop: Hop,
     engine: &Engine,
     path: &str,
     body: &Value,
-    auth: Option<&HeaderValue>,
+    forward: Forward<'_>,
 ) -> Result<reqwest::Response, RouterError> {
     let mut req = state
         .client
         .post(format!("{}{path}", engine.url))
         .header(header::CONTENT_TYPE, "application/json")
+        .header(request_id::HEADER, forward.request_id)
         .body(body.to_string());
-    if let Some(auth) = auth {
+    if let Some(auth) = forward.auth {
         req = req.header(header::AUTHORIZATION, auth.clone());
     }
     req.send().await.map_err(|e| unreachable(hop, engine, &e))

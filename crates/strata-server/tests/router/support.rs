@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,6 +32,8 @@ pub struct Seen {
     pub path: String,
     pub body: Value,
     pub auth: Option<String>,
+    /// Its `X-Request-Id`.
+    pub request_id: Option<String>,
 }
 
 #[derive(Clone, Default)]
@@ -48,8 +50,10 @@ impl Recorder {
 
     pub fn record(&self, uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Value {
         let body: Value = serde_json::from_slice(body).unwrap();
-        let auth = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap().to_owned());
-        self.seen.lock().unwrap().push(Seen { path: uri.path().into(), body: body.clone(), auth });
+        let text = |name| headers.get(name).map(|v: &HeaderValue| v.to_str().unwrap().to_owned());
+        let (auth, request_id) = (text(header::AUTHORIZATION.as_str()), text("x-request-id"));
+        let path = uri.path().into();
+        self.seen.lock().unwrap().push(Seen { path, body: body.clone(), auth, request_id });
         body
     }
 }
