@@ -34,6 +34,10 @@ struct ReqBlocks {
     blocks: Vec<BlockId>,
     /// Leading blocks already registered in the prefix cache.
     num_cached: usize,
+    /// Some registered block is a copy of one the cache finds elsewhere
+    /// (with events on; otherwise every registered block is the one the
+    /// cache finds, and stays so while held).
+    may_hold_copies: bool,
 }
 
 impl KvCacheManager {
@@ -130,9 +134,9 @@ impl KvCacheManager {
             // cached, and that one was evicted since). This request's
             // blocks still carry their hashes: make them findable again,
             // so the announced parent of the new blocks is in the cache.
-            // The usual case costs no lookup: the request's own block before
-            // the new ones is the findable one.
-            while start > 0
+            // The usual case costs no lookup: the request holds no copies.
+            while entry.may_hold_copies
+                && start > 0
                 && !self.pool.is_findable(entry.blocks[start - 1])
                 && self.pool.get_cached_block(req.block_hashes[start - 1]).is_none()
             {
@@ -144,6 +148,7 @@ impl KvCacheManager {
         let mut run: Option<usize> = None;
         for i in start..full {
             let newly = self.pool.cache_full_block(entry.blocks[i], req.block_hashes[i]);
+            entry.may_hold_copies |= !newly;
             match (newly, run) {
                 (true, None) => run = Some(i),
                 (false, Some(r)) => {
