@@ -40,6 +40,7 @@ impl<E: Executor> EngineCore<E> {
         config.block_size = spec.block_size;
         config.max_model_len = config.max_model_len.min(spec.max_model_len);
         let mut scheduler = Scheduler::new(config);
+        scheduler.set_vocab_size(executor.vocab_size());
         if let Some(c) = connector {
             scheduler = scheduler.with_connector(c);
         }

@@ -73,6 +73,9 @@ pub struct SampleRequest<'a> {
     /// Tokens generated so far (for penalties and bad words, and the
     /// position that keys the per-request random stream).
     pub output_token_ids: &'a [TokenId],
+    /// The tokens a grammar allows next (structured outputs): every other
+    /// token gets probability zero, before any other processing.
+    pub token_mask: Option<&'a crate::structured::TokenMask>,
 }
 
 /// A sequence's request for prompt logprobs in this step.
@@ -323,6 +326,7 @@ mod tests {
                         params: &params,
                         prompt_token_ids: &[],
                         output_token_ids: &[],
+                        token_mask: None,
                     }),
                     prompt_logprobs: None,
                 },

@@ -18,6 +18,7 @@ pub mod sampling;
 pub mod scheduler;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
+pub mod structured;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

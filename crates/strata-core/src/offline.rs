@@ -66,14 +66,8 @@ pub fn run_offline<E: Executor>(
     let mut engine = EngineCore::new(executor, offline_config(max_num_batched_tokens, 256));
     let mut index_of: BTreeMap<RequestId, usize> = BTreeMap::new();
     for (index, r) in requests.iter().enumerate() {
-        let new = NewRequest {
-            prompt_token_ids: r.prompt_token_ids.clone(),
-            params: r.params.clone(),
-            priority: 0,
-            cache_salt: None,
-            eos_token_ids: eos_token_ids.to_vec(),
-            kv_transfer_params: None,
-        };
+        let new = NewRequest::new(r.prompt_token_ids.clone(), r.params.clone())
+            .with_eos(eos_token_ids.to_vec());
         let id = engine
             .add_request(new, 0.0)
             .map_err(|source| OfflineError::Admission { index, source })?;

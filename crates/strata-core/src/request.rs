@@ -208,6 +208,8 @@ pub struct NewRequest {
     pub eos_token_ids: Vec<TokenId>,
     /// P/D disaggregation (see [`KvTransferParams`]).
     pub kv_transfer_params: Option<KvTransferParams>,
+    /// A grammar the output must follow (structured outputs).
+    pub structured: Option<crate::structured::SharedGrammar>,
 }
 
 impl NewRequest {
@@ -230,6 +232,7 @@ impl NewRequest {
             cache_salt: None,
             eos_token_ids: Vec::new(),
             kv_transfer_params: None,
+            structured: None,
         }
     }
 
@@ -250,6 +253,13 @@ impl NewRequest {
 
     pub fn with_kv_transfer_params(mut self, params: KvTransferParams) -> Self {
         self.kv_transfer_params = Some(params);
+        self
+    }
+
+    /// Constrains the output to `grammar` (each request gets its own
+    /// matcher).
+    pub fn with_structured(mut self, grammar: crate::structured::SharedGrammar) -> Self {
+        self.structured = Some(grammar);
         self
     }
 }
@@ -292,6 +302,8 @@ pub struct Request {
     /// token); a recompute after preemption then neither asks for them
     /// again nor skips the prefix cache.
     pub prompt_logprobs_delivered: bool,
+    /// The request's position in its grammar (structured outputs).
+    pub grammar: Option<Box<dyn crate::structured::GrammarMatcher>>,
 }
 
 impl Request {
@@ -325,6 +337,7 @@ impl Request {
             first_token_time: None,
             scheduled_time: None,
             kv_transfer_params: new.kv_transfer_params,
+            grammar: new.structured.as_ref().map(|g| g.matcher()),
             prompt_logprobs: Vec::new(),
             prompt_logprobs_delivered: false,
         }
@@ -389,6 +402,19 @@ impl Request {
             block_size,
             self.cache_salt.as_deref(),
         );
+    }
+
+    /// Feeds the token just appended to the request's grammar: a grammar
+    /// at its end ends the request (`stop`), and so does a token the
+    /// grammar refuses (`error`; the mask should have made it impossible).
+    pub fn advance_grammar(&mut self) -> Option<FinishReason> {
+        let grammar = self.grammar.as_mut()?;
+        let token = *self.output_token_ids.last()?;
+        match grammar.accept_token(token) {
+            Ok(()) if grammar.is_terminated() => Some(FinishReason::Stop),
+            Ok(()) => None,
+            Err(_) => Some(FinishReason::Error),
+        }
     }
 
     /// Whether `token` (just appended) ends the request, and why.

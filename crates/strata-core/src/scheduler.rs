@@ -45,6 +45,9 @@ mod kv_events_tests;
 mod output;
 #[cfg(test)]
 mod prompt_logprobs_tests;
+mod structured;
+#[cfg(test)]
+mod structured_tests;
 #[cfg(test)]
 mod tests;
 
@@ -133,6 +136,8 @@ pub struct Scheduler {
     finish_params: FxHashMap<RequestId, crate::request::KvTransferParams>,
     /// Counters for the next step record.
     stats: SchedulerStats,
+    /// The executor's vocabulary size (structured outputs' masks).
+    vocab_size: usize,
 }
 
 impl std::fmt::Debug for dyn ConnectorScheduler {
@@ -159,6 +164,7 @@ impl Scheduler {
             num_store_holds: 0,
             finish_params: FxHashMap::default(),
             stats: SchedulerStats::default(),
+            vocab_size: 0,
         }
     }
 
@@ -339,6 +345,7 @@ impl Scheduler {
             self.schedule_waiting(&mut out, &mut budget, now);
         }
         out.kv_connector_metadata = self.build_connector_meta();
+        self.fill_token_masks(&mut out);
         out
     }
 
@@ -539,7 +546,8 @@ impl Scheduler {
             seqs: out
                 .seqs
                 .iter()
-                .map(|s| {
+                .enumerate()
+                .map(|(i, s)| {
                     let req = self
                         .requests
                         .at(s.slot, &s.request_id)
@@ -568,6 +576,7 @@ impl Scheduler {
                             params: &req.params,
                             prompt_token_ids: &req.prompt_token_ids,
                             output_token_ids: &req.output_token_ids,
+                            token_mask: out.token_masks.get(i).and_then(Option::as_ref),
                         }),
                         prompt_logprobs,
                     }
@@ -660,6 +669,7 @@ impl Scheduler {
             let tok = sampled.next().expect("invariant: one sampled token per sampling sequence");
             debug_assert_eq!(tok.request_id, s.request_id);
             req.append_output(tok.token_id, bs);
+            let grammar_end = req.advance_grammar();
             if !req.record_emitted {
                 req.record_emitted = true;
                 req.first_token_time = Some(now);
@@ -672,7 +682,7 @@ impl Scheduler {
                     }
                 }
             }
-            let reason = req.check_stop(self.config.max_model_len);
+            let reason = req.check_stop(self.config.max_model_len).or(grammar_end);
             self.pending.outputs.push(RequestOutput {
                 request_id: req.id,
                 new_token_id: Some(tok.token_id),

@@ -263,7 +263,19 @@ impl FakeExecutor {
             .filter(|s| s.sample.is_some())
             .map(|s| {
                 let digest = self.kv.digest(s.block_table, bs, s.context_len());
-                let token_id = self.token_for(digest);
+                let mut token_id = self.token_for(digest);
+                // A grammar's mask: the first allowed id from the KV's
+                // choice on, wrapping (an empty mask imposes nothing, as in
+                // the model's sampler).
+                if let Some(mask) = s.sample.and_then(|r| r.token_mask) {
+                    if !mask.is_allowed(token_id) && !mask.is_empty() {
+                        let v = self.vocab_size as TokenId;
+                        token_id = (0..v)
+                            .map(|k| (token_id + k) % v)
+                            .find(|&t| mask.is_allowed(t))
+                            .expect("invariant: a non-empty mask allows a token");
+                    }
+                }
                 // A made-up but well-formed distribution: the sampled token
                 // is the most likely, other ids follow.
                 let logprobs = s.sample.and_then(|r| r.params.logprobs).map(|n| TopLogprobs {
@@ -392,14 +404,7 @@ mod tests {
         let mut e = EngineCore::new(sim, config);
         for _ in 0..2 {
             let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(3) };
-            let new = NewRequest {
-                prompt_token_ids: vec![5; 10],
-                params,
-                priority: 0,
-                cache_salt: None,
-                eos_token_ids: vec![],
-                kv_transfer_params: None,
-            };
+            let new = NewRequest::new(vec![5; 10], params);
             e.add_request(new, 0.0).unwrap();
         }
         let mut t = 0.0;

@@ -66,6 +66,12 @@ pub fn one_two_five(max: usize) -> Vec<f64> {
     out
 }
 
+/// Seconds to compute one structured-output token mask: 10 µs to 100 ms
+/// in 1-2.5-5 steps (a mask over a 150k-token vocabulary takes tens to
+/// hundreds of microseconds; a pathological grammar, milliseconds).
+pub const MASK_SECONDS: &[f64] =
+    &[1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1];
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -11,8 +11,10 @@
 mod kv_events;
 mod offload;
 mod pd;
+mod structured;
 
 pub use kv_events::KvEventCounters;
+pub use structured::{StructuredOutputMetrics, KINDS as STRUCTURED_KINDS};
 
 use crate::names::{engine, label};
 use std::collections::HashMap;
@@ -114,6 +116,7 @@ pub struct EngineMetrics {
     offload_tiers: Vec<strata_offload::OffloadTier>,
     pd: pd::PdFamilies,
     kv_events: kv_events::KvEventFamilies,
+    structured: structured::StructuredFamilies,
 }
 
 /// Makes each labelled histogram of a family with the family's buckets.
@@ -196,6 +199,7 @@ impl EngineMetrics {
             offload_tiers: Vec::new(),
             pd: pd::PdFamilies::new(),
             kv_events: kv_events::KvEventFamilies::default(),
+            structured: structured::StructuredFamilies::new(),
             base,
         };
         let mut registry = Registry::default();
@@ -203,6 +207,7 @@ impl EngineMetrics {
         m.register_offload(&mut registry);
         m.register_pd(&mut registry);
         m.register_kv_events(&mut registry);
+        m.register_structured(&mut registry);
         m.registry = Arc::new(registry);
         m
     }

@@ -16,6 +16,8 @@ mod exposition;
 mod log_line;
 pub mod names;
 
-pub use engine::{CacheConfigInfo, EngineMetrics, KvEventCounters};
+pub use engine::{
+    CacheConfigInfo, EngineMetrics, KvEventCounters, StructuredOutputMetrics, STRUCTURED_KINDS,
+};
 pub use exposition::{to_prometheus_text, MetricsExporter};
 pub use log_line::LogReporter;

@@ -84,6 +84,12 @@ pub mod kv_events {
     pub const QUEUED_BATCHES: &str = "strata:kv_events_queued_batches";
 }
 
+/// Structured outputs' families.
+pub mod structured {
+    pub const REQUESTS: &str = "strata:structured_output_requests";
+    pub const MASK_SECONDS: &str = "strata:structured_output_mask_seconds";
+}
+
 /// The P/D router's own families (`strata router`).
 pub mod router {
     pub const ROUTER_REQUESTS: &str = "strata:router_requests";

@@ -76,6 +76,32 @@ pub fn top_logprobs(row: &[f32], token: TokenId, n: u32) -> TopLogprobs {
     }
 }
 
+/// A grammar's mask (structured outputs), first, as vLLM applies its
+/// bitmask to the logits before the sampler: every token it does not
+/// allow gets -inf. An empty mask (a matcher that failed) imposes nothing;
+/// the scheduler ends that request when its matcher refuses the token.
+fn apply_token_mask(logits: &mut [f32], mask: &strata_core::structured::TokenMask) {
+    if mask.is_empty() {
+        return;
+    }
+    for (chunk, &word) in logits.chunks_mut(32).zip(mask.words()) {
+        if word == u32::MAX {
+            continue;
+        }
+        for (bit, l) in chunk.iter_mut().enumerate() {
+            if word & (1 << bit) == 0 {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+    // Logits past the mask's words (a mask shorter than the vocabulary)
+    // are not allowed either.
+    let covered = mask.words().len() * 32;
+    if logits.len() > covered {
+        logits[covered..].iter_mut().for_each(|l| *l = f32::NEG_INFINITY);
+    }
+}
+
 /// The logits processors that run before temperature, in vLLM v1's order
 /// (see the module header), in place on one row.
 fn apply_logits_processors(logits: &mut [f32], req: &SampleRequest<'_>) {
@@ -184,6 +210,9 @@ impl Sampler {
     ) -> SampledToken {
         let params = req.params;
         let mut logits = raw.to_vec();
+        if let Some(mask) = req.token_mask {
+            apply_token_mask(&mut logits, mask);
+        }
         if params.has_logits_processors() {
             apply_logits_processors(&mut logits, req);
         }
@@ -267,7 +296,12 @@ mod tests {
         let s = Sampler::new(1);
         let mut out = Vec::new();
         for _ in 0..n {
-            let req = SampleRequest { params, prompt_token_ids: prompt, output_token_ids: &out };
+            let req = SampleRequest {
+                params,
+                prompt_token_ids: prompt,
+                output_token_ids: &out,
+                token_mask: None,
+            };
             let t = s.sample(rid(1), logits, &req).token_id;
             out.push(t);
         }
@@ -277,7 +311,12 @@ mod tests {
     /// The logits after the processors that run before temperature.
     fn processed(params: &SamplingParams, prompt: &[u32], output: &[u32], raw: &[f32]) -> Vec<f32> {
         let mut logits = raw.to_vec();
-        let req = SampleRequest { params, prompt_token_ids: prompt, output_token_ids: output };
+        let req = SampleRequest {
+            params,
+            prompt_token_ids: prompt,
+            output_token_ids: output,
+            token_mask: None,
+        };
         apply_logits_processors(&mut logits, &req);
         logits
     }
@@ -372,9 +411,19 @@ mod tests {
         // Greedy: after [.., 1] token 2 (the favourite) is banned.
         let p =
             SamplingParams { bad_words_token_ids: vec![vec![1, 2]], ..SamplingParams::greedy(1) };
-        let req = SampleRequest { params: &p, prompt_token_ids: &[], output_token_ids: &[0, 1] };
+        let req = SampleRequest {
+            params: &p,
+            prompt_token_ids: &[],
+            output_token_ids: &[0, 1],
+            token_mask: None,
+        };
         assert_eq!(Sampler::new(0).sample(rid(1), &logits, &req).token_id, 1);
-        let req = SampleRequest { params: &p, prompt_token_ids: &[1], output_token_ids: &[0] };
+        let req = SampleRequest {
+            params: &p,
+            prompt_token_ids: &[1],
+            output_token_ids: &[0],
+            token_mask: None,
+        };
         assert_eq!(Sampler::new(0).sample(rid(1), &logits, &req).token_id, 2, "prompt not matched");
     }
 
@@ -487,7 +536,12 @@ mod tests {
         let out = Sampler::new(0).sample(
             rid(1),
             &logits,
-            &SampleRequest { params: &p, prompt_token_ids: &[], output_token_ids: &[] },
+            &SampleRequest {
+                params: &p,
+                prompt_token_ids: &[],
+                output_token_ids: &[],
+                token_mask: None,
+            },
         );
         let lp = out.logprobs.expect("requested");
         assert_eq!(lp.top.iter().map(|t| t.token_id).collect::<Vec<_>>(), vec![1, 2]);

@@ -39,6 +39,7 @@
 
 mod detect;
 pub mod jinja;
+pub mod reasoning;
 
 use std::sync::{Arc, Mutex};
 
@@ -153,7 +154,9 @@ pub struct ChatCompletionRequest {
     pub tool_choice: Option<Value>,
     pub functions: Option<Value>,
     pub function_call: Option<Value>,
-    pub response_format: Option<Value>,
+    /// vLLM's: false leaves the reasoning out of the answer (with
+    /// `--reasoning-parser`; default true).
+    pub include_reasoning: Option<bool>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }
@@ -173,14 +176,13 @@ pub const CHAT_FIELDS: &[&str] = &[
     "tool_choice",
     "functions",
     "function_call",
-    "response_format",
+    "include_reasoning",
 ];
 
-/// Fields strata reads only to refuse: tool calling and structured output
-/// are not implemented. Sent as `null`, empty (or `tool_choice: "none"`)
-/// they ask for nothing and pass.
-pub const REFUSED: &[&str] =
-    &["tools", "tool_choice", "functions", "function_call", "response_format"];
+/// Fields strata reads only to refuse: tool calling is not implemented.
+/// Sent as `null`, empty (or `tool_choice: "none"`) they ask for nothing
+/// and pass.
+pub const REFUSED: &[&str] = &["tools", "tool_choice", "functions", "function_call"];
 
 /// What the client is told when the model's template fails for any reason
 /// other than its own `raise_exception` (minijinja's message, with the
@@ -255,7 +257,6 @@ fn refuse_unsupported(req: &ChatCompletionRequest) -> Result<(), ApiError> {
         ("tool_choice", &req.tool_choice),
         ("functions", &req.functions),
         ("function_call", &req.function_call),
-        ("response_format", &req.response_format),
     ];
     for (name, value) in others {
         if value.as_ref().is_some_and(asks_for_something) {
@@ -706,6 +707,7 @@ async fn chat(
     let params = sampling_params_for(&state, &req.sampling, logprobs, max_default)?;
     let options = ChoiceOptions {
         request_id: request_id.clone(),
+        grammar: crate::structured::grammar(&state, &req.sampling)?,
         ..ChoiceOptions::from_fields(&req.sampling)?
     };
     let stream = req.sampling.stream.unwrap_or(false);
@@ -716,13 +718,20 @@ async fn chat(
             .await?;
     let id = request_id::response_id("chatcmpl", request_id.as_deref(), choices[0].id);
     let created = now_secs();
+    // With `--reasoning-parser`, the thinking is split from the answer.
+    let reasoning = reasoning::RequestReasoning::new(state.reasoning_parser, &req);
     if stream {
         let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let (id2, model2) = (id.clone(), model.clone());
+        let deltas = reasoning.map(|r| r.stream());
         let chunk = move |c: &mut Choice, text: &str| {
             let (index, finish, logprobs) = (c.index, c.finish, c.take_chat_logprobs());
+            let delta = match &deltas {
+                Some(d) => d.delta(index, text, finish.is_some()),
+                None => json!({"role": "assistant", "content": text}),
+            };
             json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                   "choices": [{"index": index, "delta": {"role": "assistant", "content": text},
+                   "choices": [{"index": index, "delta": delta,
                                 "logprobs": logprobs, "finish_reason": finish_str(finish),
                                 "stop_reason": c.stop_reason}]})
         };
@@ -736,7 +745,11 @@ async fn chat(
         .into_iter()
         .map(|mut c| {
             let logprobs = c.take_chat_logprobs();
-            let mut choice = json!({"index": c.index, "message": {"role": "assistant", "content": c.text},
+            let message = match &reasoning {
+                Some(r) => r.message(&c.text),
+                None => json!({"role": "assistant", "content": c.text}),
+            };
+            let mut choice = json!({"index": c.index, "message": message,
                    "logprobs": logprobs, "finish_reason": finish_str(c.finish),
                    "stop_reason": c.stop_reason});
             if req.sampling.prompt_logprobs.is_some() {

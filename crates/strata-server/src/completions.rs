@@ -336,6 +336,8 @@ pub struct ChoiceOptions {
     pub cache_salt: Option<String>,
     /// The client's `X-Request-Id` ([`request_id`]).
     pub request_id: Option<String>,
+    /// The grammar the output follows (structured outputs).
+    pub grammar: Option<strata_core::structured::SharedGrammar>,
 }
 
 impl From<Vec<String>> for ChoiceOptions {
@@ -347,6 +349,7 @@ impl From<Vec<String>> for ChoiceOptions {
             priority: 0,
             cache_salt: None,
             request_id: None,
+            grammar: None,
         }
     }
 }
@@ -363,6 +366,7 @@ impl ChoiceOptions {
             priority: f.priority.unwrap_or(0),
             cache_salt: f.cache_salt.clone(),
             request_id: None,
+            grammar: None,
         })
     }
 }
@@ -425,6 +429,7 @@ pub async fn submit_choices(
             cache_salt: options.cache_salt.clone(),
             eos_token_ids: state.tokenizer.eos_token_ids().to_vec(),
             kv_transfer_params: kv_transfer_params.clone(),
+            structured: options.grammar.clone(),
         };
         let watch = crate::stop::StopWatch::new(
             state.tokenizer.clone(),
@@ -576,6 +581,7 @@ async fn complete(
     }
     let options = ChoiceOptions {
         request_id: request_id.clone(),
+        grammar: crate::structured::grammar(&state, &req.sampling)?,
         ..ChoiceOptions::from_fields(&req.sampling)?
     };
     let stream = req.sampling.stream.unwrap_or(false);

@@ -51,6 +51,8 @@ pub const SAMPLING: &[&str] = &[
     "allowed_token_ids",
     "bad_words",
     "prompt_logprobs",
+    "response_format",
+    "structured_outputs",
     // OpenAI's end-user id: recorded nowhere, changes nothing (as vLLM).
     "user",
 ];
@@ -61,8 +63,8 @@ pub const COMPLETIONS: Fields = Fields {
     refused: &[&["suffix"], REFUSED],
 };
 
-/// Chat's own fields are in [`crate::chat::CHAT_FIELDS`]; tool calling and
-/// `response_format` are among them and refused by the chat handler.
+/// Chat's own fields are in [`crate::chat::CHAT_FIELDS`]; tool calling is
+/// among them and refused by the chat handler.
 pub const CHAT: Fields = Fields {
     endpoint: "/v1/chat/completions",
     known: &[crate::chat::CHAT_FIELDS, SAMPLING],
@@ -80,8 +82,6 @@ const REFUSED: &[&str] = &[
     "guided_grammar",
     "guided_decoding_backend",
     "guided_whitespace_pattern",
-    "structured_outputs",
-    "response_format",
     "logits_processors",
     "return_tokens_as_token_ids",
     "return_token_ids",

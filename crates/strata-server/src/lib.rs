@@ -17,6 +17,7 @@ pub mod kv_events;
 pub mod openai;
 pub mod router;
 pub mod stop;
+pub mod structured;
 
 use std::sync::Arc;
 
@@ -56,6 +57,12 @@ pub struct AppState {
     pub api_key: Option<String>,
     /// Requests in flight beyond which new ones get 503.
     pub max_queued_requests: usize,
+    /// Compiles structured-output constraints for the model, or why it
+    /// cannot (a tokenizer whose token bytes are unknown).
+    pub grammars: Result<Arc<strata_structured::GrammarCompiler>, String>,
+    /// `--reasoning-parser`: how a chat answer's thinking is split from
+    /// it (`None`: it is not).
+    pub reasoning_parser: Option<chat::reasoning::ReasoningParser>,
 }
 
 pub fn app(state: Arc<AppState>) -> Router {

@@ -83,6 +83,11 @@ pub struct SamplingFields {
     /// The log-probability of each prompt token (and this many
     /// alternatives), as vLLM returns them.
     pub prompt_logprobs: Option<u32>,
+    /// OpenAI's structured output (`text`, `json_object`, `json_schema`).
+    pub response_format: Option<serde_json::Value>,
+    /// vLLM's structured outputs (`json`, `regex`, `choice`, `grammar`,
+    /// `json_object`); see `crate::structured`.
+    pub structured_outputs: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -317,7 +317,6 @@ async fn chat_fields_strata_cannot_serve_are_refused_by_name() {
         ("tool_choice", json!("auto")),
         ("functions", json!([{"name": "f"}])),
         ("function_call", json!("auto")),
-        ("response_format", json!({"type": "json_object"})),
     ];
     for (field, value) in cases {
         let mut body = base();
@@ -327,10 +326,14 @@ async fn chat_fields_strata_cannot_serve_are_refused_by_name() {
         assert_eq!(v["error"]["param"], field, "{v}");
         assert!(v["error"]["message"].as_str().unwrap().contains(field), "{v}");
     }
-    // What SDKs send for "unset" passes.
-    for (field, value) in
-        [("tools", json!([])), ("tools", Value::Null), ("tool_choice", json!("none"))]
-    {
+    // What SDKs send for "unset" passes, and so does `response_format`
+    // (structured outputs are served).
+    for (field, value) in [
+        ("tools", json!([])),
+        ("tools", Value::Null),
+        ("tool_choice", json!("none")),
+        ("response_format", json!({"type": "json_object"})),
+    ] {
         let mut body = base();
         body[field] = value;
         let (status, v) = chat(&s, body).await;

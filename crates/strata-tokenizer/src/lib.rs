@@ -134,6 +134,14 @@ impl Tokenizer {
     }
 
     /// Size of the vocabulary including added tokens.
+    /// The tokenizer as `tokenizer.json` would hold it (for tools that
+    /// read that format, such as the structured-output grammar engine).
+    pub fn to_json(&self) -> Result<Value> {
+        let text =
+            self.inner.to_string(false).map_err(|e| TokenizerError::Tokenize(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| TokenizerError::Tokenize(e.to_string()))
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

@@ -133,6 +133,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                                     params: &params,
                                     prompt_token_ids: &seqs[s][..args.prompt_len],
                                     output_token_ids: &outputs[s],
+                                    token_mask: None,
                                 }),
                                 prompt_logprobs: None,
                             }

@@ -46,6 +46,11 @@ pub struct ServeArgs {
     /// request's template runs sandboxed, with an instruction budget).
     #[arg(long)]
     pub trust_request_chat_template: bool,
+    /// Serve a thinking model's `<think>…</think>` as the chat answer's
+    /// `reasoning`, apart from its `content` (vLLM's parsers: `deepseek_r1`,
+    /// `qwen3`).
+    #[arg(long, value_name = "NAME")]
+    pub reasoning_parser: Option<strata_server::chat::reasoning::ReasoningParser>,
     /// Sampling defaults: `auto` reads the model's generation_config.json,
     /// `vllm` uses none, or a directory holding a generation_config.json.
     #[arg(long, default_value = "auto")]
@@ -509,6 +514,7 @@ fn serve<E: Executor + Send + 'static>(
     tokenizer: Tokenizer,
 ) -> Result<()> {
     let spec = executor.kv_cache_spec();
+    let vocab_size = executor.vocab_size();
     let config = SchedulerConfig {
         max_num_seqs: args.max_num_seqs,
         max_num_batched_tokens: args.max_num_batched_tokens,
@@ -594,9 +600,22 @@ fn serve<E: Executor + Send + 'static>(
         kv_events,
     );
     engine.set_health_stall_timeout(Duration::from_secs_f64(args.health_stall_timeout));
+    let tokenizer = Arc::new(tokenizer);
+    let grammars = strata_structured::GrammarCompiler::new(tokenizer.clone(), vocab_size)
+        .map(|c| Arc::new(c.observed(structured_observer(&engine))))
+        .inspect_err(|why| tracing::warn!("structured outputs are off for this model: {why}"));
+    // vLLM refuses a reasoning parser whose tags the tokenizer lacks.
+    if let Some(parser) = args.reasoning_parser {
+        let missing =
+            parser.required_tokens().into_iter().find(|t| tokenizer.token_to_id(t).is_none());
+        if let Some(tag) = missing {
+            let name = parser.name();
+            anyhow::bail!("--reasoning-parser {name}: the tokenizer has no `{tag}` token");
+        }
+    }
     let state = Arc::new(AppState {
         engine: engine.clone(),
-        tokenizer: Arc::new(tokenizer),
+        tokenizer,
         served_model_name: name,
         model_aliases: names,
         max_model_len: spec.max_model_len,
@@ -604,6 +623,8 @@ fn serve<E: Executor + Send + 'static>(
         trust_request_chat_template: args.trust_request_chat_template,
         api_key: args.api_key.clone(),
         max_queued_requests: args.max_queued_requests,
+        reasoning_parser: args.reasoning_parser,
+        grammars,
     });
     let addr: SocketAddr =
         format!("{}:{}", args.host, args.port).parse().context("invalid --host/--port")?;
@@ -617,6 +638,21 @@ fn serve<E: Executor + Send + 'static>(
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Structured outputs report to the engine's metrics.
+fn structured_observer(engine: &EngineHandle) -> strata_structured::Observer {
+    let metrics = engine.metrics.lock().map(|m| m.structured_output_metrics()).ok();
+    match metrics {
+        Some(m) => {
+            let mask = m.clone();
+            strata_structured::Observer {
+                request: Arc::new(move |kind| m.count_request(kind)),
+                mask_seconds: Arc::new(move |s| mask.observe_mask_seconds(s)),
+            }
+        }
+        None => strata_structured::Observer::default(),
+    }
 }
 
 /// `--kv-events-config`, parsed and checked (`None`: no events).

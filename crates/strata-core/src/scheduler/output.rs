@@ -34,6 +34,10 @@ pub struct SchedulerOutput {
     /// The connector's work for this step; `Some` every step a connector
     /// is configured.
     pub kv_connector_metadata: Option<ConnectorMeta>,
+    /// The tokens each sampling sequence may sample, by index in `seqs`
+    /// (`None` for an unconstrained one); empty when no scheduled request
+    /// is constrained (structured outputs).
+    pub token_masks: Vec<Option<crate::structured::TokenMask>>,
 }
 
 impl SchedulerOutput {

@@ -29,9 +29,11 @@ pub fn fake_state(tokenizer: Tokenizer) -> AppState {
     let engine = EngineCore::new(exec, config);
     let cache = CacheConfigInfo::device(16, 256);
     let metrics = EngineMetrics::new("builtin", "0", 1024, &cache);
+    let tokenizer = Arc::new(tokenizer);
+    let grammars = strata_structured::GrammarCompiler::new(tokenizer.clone(), 512).map(Arc::new);
     AppState {
         engine: EngineHandle::spawn(engine, metrics, Duration::from_secs(10)),
-        tokenizer: Arc::new(tokenizer),
+        tokenizer,
         served_model_name: "builtin".into(),
         model_aliases: Vec::new(),
         max_model_len: 1024,
@@ -39,5 +41,7 @@ pub fn fake_state(tokenizer: Tokenizer) -> AppState {
         trust_request_chat_template: false,
         api_key: None,
         max_queued_requests: 64,
+        grammars,
+        reasoning_parser: None,
     }
 }
