@@ -91,9 +91,9 @@ assert r1 == r2, (r1, r2)
 
 # A field strata does not implement is refused by name.
 try:
-    chat(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
-    raise AssertionError("tools was accepted")
+    chat(extra_body={"functions": [{"name": "f", "parameters": {"type": "object"}}]})
+    raise AssertionError("functions was accepted")
 except Exception as e:  # openai.BadRequestError
-    assert getattr(e, "status_code", None) == 400 and "tools" in str(e), e
+    assert getattr(e, "status_code", None) == 400 and "functions" in str(e), e
 
 print(json.dumps({"ok": True}))

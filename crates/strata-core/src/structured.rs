@@ -53,6 +53,11 @@ impl TokenMask {
         self.words.get(token as usize / 32).is_some_and(|w| w & (1 << (token % 32)) != 0)
     }
 
+    /// Allows every token.
+    pub fn allow_all(&mut self) {
+        self.words.iter_mut().for_each(|w| *w = u32::MAX);
+    }
+
     /// Whether no token is allowed.
     pub fn is_empty(&self) -> bool {
         self.words.iter().all(|&w| w == 0)
@@ -82,6 +87,60 @@ pub trait CompiledGrammar: Send + Sync + std::fmt::Debug {
 /// shares it; each request makes its own matcher).
 pub type SharedGrammar = Arc<dyn CompiledGrammar>;
 
+/// `inner`, starting only once `token` has been sampled (a reasoning
+/// model's end of thinking, as vLLM starts the grammar after the
+/// reasoning): before it every token is allowed and nothing is fed to
+/// `inner`; `token` itself is not part of the constrained output.
+pub fn after_token(inner: SharedGrammar, token: TokenId) -> SharedGrammar {
+    Arc::new(AfterToken { inner, token })
+}
+
+#[derive(Debug)]
+struct AfterToken {
+    inner: SharedGrammar,
+    token: TokenId,
+}
+
+impl CompiledGrammar for AfterToken {
+    fn matcher(&self) -> Box<dyn GrammarMatcher> {
+        Box::new(AfterTokenMatcher {
+            inner: self.inner.matcher(),
+            token: self.token,
+            started: false,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct AfterTokenMatcher {
+    inner: Box<dyn GrammarMatcher>,
+    token: TokenId,
+    started: bool,
+}
+
+impl GrammarMatcher for AfterTokenMatcher {
+    fn fill_next_token_mask(&mut self, mask: &mut TokenMask) -> Result<(), String> {
+        if self.started {
+            self.inner.fill_next_token_mask(mask)
+        } else {
+            mask.allow_all();
+            Ok(())
+        }
+    }
+
+    fn accept_token(&mut self, token: TokenId) -> Result<(), String> {
+        if self.started {
+            return self.inner.accept_token(token);
+        }
+        self.started = token == self.token;
+        Ok(())
+    }
+
+    fn is_terminated(&self) -> bool {
+        self.started && self.inner.is_terminated()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +157,52 @@ mod tests {
         assert!([0, 31, 32, 69].iter().all(|&t| m.is_allowed(t)));
         assert!(!m.is_allowed(1) && !m.is_allowed(33) && !m.is_allowed(500));
         assert_eq!(m.words()[0], 1 | 1 << 31);
+    }
+
+    /// Allows only token 7, then ends.
+    #[derive(Debug)]
+    struct Seven(bool);
+
+    impl GrammarMatcher for Seven {
+        fn fill_next_token_mask(&mut self, mask: &mut TokenMask) -> Result<(), String> {
+            mask.allow(7);
+            Ok(())
+        }
+        fn accept_token(&mut self, token: TokenId) -> Result<(), String> {
+            self.0 = token == 7;
+            if self.0 {
+                Ok(())
+            } else {
+                Err("not 7".into())
+            }
+        }
+        fn is_terminated(&self) -> bool {
+            self.0
+        }
+    }
+
+    #[derive(Debug)]
+    struct SevenGrammar;
+
+    impl CompiledGrammar for SevenGrammar {
+        fn matcher(&self) -> Box<dyn GrammarMatcher> {
+            Box::new(Seven(false))
+        }
+    }
+
+    #[test]
+    fn a_grammar_after_a_token_allows_anything_until_it() {
+        let mut m = after_token(Arc::new(SevenGrammar), 99).matcher();
+        let mut mask = TokenMask::new(128);
+        m.fill_next_token_mask(&mut mask).unwrap();
+        assert!(mask.is_allowed(3) && mask.is_allowed(127));
+        m.accept_token(3).unwrap();
+        m.accept_token(99).unwrap();
+        assert!(!m.is_terminated());
+        let mut mask = TokenMask::new(128);
+        m.fill_next_token_mask(&mut mask).unwrap();
+        assert!(mask.is_allowed(7) && !mask.is_allowed(3));
+        m.accept_token(7).unwrap();
+        assert!(m.is_terminated());
     }
 }

@@ -40,6 +40,8 @@
 mod detect;
 pub mod jinja;
 pub mod reasoning;
+pub mod tool_choice;
+pub mod tools;
 
 use std::sync::{Arc, Mutex};
 
@@ -149,9 +151,10 @@ pub struct ChatCompletionRequest {
     pub chat_template_kwargs: Option<TemplateValue>,
     /// Documents for retrieval-augmented templates.
     pub documents: Option<TemplateValue>,
-    /// Refused until tool calling is implemented (see [`REFUSED`]).
-    pub tools: Option<TemplateValue>,
+    /// Tool calling ([`tool_choice`]).
+    pub tools: Option<Value>,
     pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
     pub functions: Option<Value>,
     pub function_call: Option<Value>,
     /// vLLM's: false leaves the reasoning out of the answer (with
@@ -174,15 +177,16 @@ pub const CHAT_FIELDS: &[&str] = &[
     "documents",
     "tools",
     "tool_choice",
+    "parallel_tool_calls",
     "functions",
     "function_call",
     "include_reasoning",
 ];
 
-/// Fields strata reads only to refuse: tool calling is not implemented.
-/// Sent as `null`, empty (or `tool_choice: "none"`) they ask for nothing
-/// and pass.
-pub const REFUSED: &[&str] = &["tools", "tool_choice", "functions", "function_call"];
+/// Fields strata reads only to refuse: OpenAI's deprecated function
+/// calling (use `tools`). Sent as `null` or empty they ask for nothing and
+/// pass.
+pub const REFUSED: &[&str] = &["functions", "function_call"];
 
 /// What the client is told when the model's template fails for any reason
 /// other than its own `raise_exception` (minijinja's message, with the
@@ -247,17 +251,7 @@ fn template_value_asks(v: &TemplateValue) -> bool {
 
 /// Refuses what strata cannot serve yet (see [`REFUSED`]).
 fn refuse_unsupported(req: &ChatCompletionRequest) -> Result<(), ApiError> {
-    if req.tools.as_ref().is_some_and(template_value_asks) {
-        return Err(ApiError::invalid(
-            "tools",
-            "`tools` is not supported by strata (tool calling is not implemented)",
-        ));
-    }
-    let others = [
-        ("tool_choice", &req.tool_choice),
-        ("functions", &req.functions),
-        ("function_call", &req.function_call),
-    ];
+    let others = [("functions", &req.functions), ("function_call", &req.function_call)];
     for (name, value) in others {
         if value.as_ref().is_some_and(asks_for_something) {
             return Err(ApiError::invalid(name, format!("`{name}` is not supported by strata")));
@@ -306,7 +300,7 @@ pub fn request_inputs(req: &ChatCompletionRequest) -> Result<TemplateInputs, Api
                     if template_value_asks(&value) {
                         return Err(ApiError::invalid(
                             "chat_template_kwargs",
-                            "`tools` is not supported by strata (tool calling is not implemented)",
+                            "set `tools` on the request, not in chat_template_kwargs",
                         ));
                     }
                 }
@@ -333,9 +327,10 @@ pub fn request_inputs(req: &ChatCompletionRequest) -> Result<TemplateInputs, Api
             "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
         ));
     }
+    let tools = req.tools.as_ref().and_then(Value::as_array).filter(|t| !t.is_empty());
     Ok(TemplateInputs {
         messages: req.messages.clone(),
-        tools: None,
+        tools: tools.map(|t| t.iter().map(TemplateValue::from_serialize).collect()),
         documents,
         add_generation_prompt,
         continue_final_message,
@@ -705,9 +700,21 @@ async fn chat(
     // Without `max_tokens` a chat may run to the end of the context (vLLM).
     let max_default = MaxTokensDefault::RestOfContext { prompt_tokens: prompt_ids.len() };
     let params = sampling_params_for(&state, &req.sampling, logprobs, max_default)?;
+    let tools = tool_choice::plan(&state, &req)?;
+    let mut grammar = match tools.grammar.clone() {
+        Some(g) => Some(g),
+        None => crate::structured::grammar(&state, &req.sampling)?,
+    };
+    // With a thinking model the constraint starts after the thinking.
+    let reasoning = reasoning::RequestReasoning::new(state.reasoning_parser, &req);
+    let thinking_end =
+        reasoning.filter(|r| r.thinking()).and_then(|r| state.tokenizer.token_to_id(r.end_tag()));
+    if let Some(end) = thinking_end {
+        grammar = grammar.map(|g| strata_core::structured::after_token(g, end));
+    }
     let options = ChoiceOptions {
         request_id: request_id.clone(),
-        grammar: crate::structured::grammar(&state, &req.sampling)?,
+        grammar,
         ..ChoiceOptions::from_fields(&req.sampling)?
     };
     let stream = req.sampling.stream.unwrap_or(false);
@@ -719,20 +726,22 @@ async fn chat(
     let id = request_id::response_id("chatcmpl", request_id.as_deref(), choices[0].id);
     let created = now_secs();
     // With `--reasoning-parser`, the thinking is split from the answer.
-    let reasoning = reasoning::RequestReasoning::new(state.reasoning_parser, &req);
     if stream {
         let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let (id2, model2) = (id.clone(), model.clone());
         let deltas = reasoning.map(|r| r.stream());
+        let tool_deltas = tools.stream();
         let chunk = move |c: &mut Choice, text: &str| {
             let (index, finish, logprobs) = (c.index, c.finish, c.take_chat_logprobs());
-            let delta = match &deltas {
+            let mut delta = match &deltas {
                 Some(d) => d.delta(index, text, finish.is_some()),
                 None => json!({"role": "assistant", "content": text}),
             };
+            let called = tool_deltas.delta(index, &mut delta, finish.is_some());
+            let finish = called.map(Value::from).unwrap_or(json!(finish_str(finish)));
             json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                    "choices": [{"index": index, "delta": delta,
-                                "logprobs": logprobs, "finish_reason": finish_str(finish),
+                                "logprobs": logprobs, "finish_reason": finish,
                                 "stop_reason": c.stop_reason}]})
         };
         let usage_chunk = move |usage: Usage| json!({"id": id2, "object": "chat.completion.chunk", "created": created, "model": model2, "choices": [], "usage": usage});
@@ -745,12 +754,14 @@ async fn chat(
         .into_iter()
         .map(|mut c| {
             let logprobs = c.take_chat_logprobs();
-            let message = match &reasoning {
+            let mut message = match &reasoning {
                 Some(r) => r.message(&c.text),
                 None => json!({"role": "assistant", "content": c.text}),
             };
+            let called = tools.message(&mut message);
+            let finish = called.map(Value::from).unwrap_or(json!(finish_str(c.finish)));
             let mut choice = json!({"index": c.index, "message": message,
-                   "logprobs": logprobs, "finish_reason": finish_str(c.finish),
+                   "logprobs": logprobs, "finish_reason": finish,
                    "stop_reason": c.stop_reason});
             if req.sampling.prompt_logprobs.is_some() {
                 choice["prompt_logprobs"] = prompt_logprobs_json(&state, &c);

@@ -60,6 +60,10 @@ pub struct AppState {
     /// Compiles structured-output constraints for the model, or why it
     /// cannot (a tokenizer whose token bytes are unknown).
     pub grammars: Result<Arc<strata_structured::GrammarCompiler>, String>,
+    /// `--tool-call-parser` (reads tool calls out of `auto` answers).
+    pub tool_call_parser: Option<Arc<dyn chat::tools::ToolCallParser>>,
+    /// `--enable-auto-tool-choice`: `tool_choice: "auto"` is served.
+    pub enable_auto_tool_choice: bool,
     /// `--reasoning-parser`: how a chat answer's thinking is split from
     /// it (`None`: it is not).
     pub reasoning_parser: Option<chat::reasoning::ReasoningParser>,

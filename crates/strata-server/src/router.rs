@@ -31,7 +31,7 @@ mod error;
 pub mod metrics;
 mod pool;
 mod proxy;
-mod request_id;
+pub(crate) mod request_id;
 pub mod rewrite;
 
 use std::sync::Arc;

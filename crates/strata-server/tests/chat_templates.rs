@@ -107,9 +107,8 @@ fn check(name: &str) {
     let mut failures = Vec::new();
     for case in &fixture.cases {
         let label = format!("{name}/{}", case.name);
-        let mut inputs = request_inputs(&case.request).unwrap_or_else(|e| panic!("{label}: {e}"));
-        // Tools are refused at the door; the renderer takes them.
-        inputs.tools = case.request.tools.as_ref().map(|t| t.try_iter().unwrap().collect());
+        // The request's tools reach the template as the route passes them.
+        let inputs = request_inputs(&case.request).unwrap_or_else(|e| panic!("{label}: {e}"));
         let messages = template_messages(&inputs.messages, format).unwrap();
         let messages = serde_json::to_value(&messages).unwrap();
         if messages != case.template_messages {
@@ -313,7 +312,6 @@ async fn chat_fields_strata_cannot_serve_are_refused_by_name() {
     let base = || json!({"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 2});
     let tool = json!({"type": "function", "function": {"name": "f", "parameters": {}}});
     let cases = [
-        ("tools", json!([tool])),
         ("tool_choice", json!("auto")),
         ("functions", json!([{"name": "f"}])),
         ("function_call", json!("auto")),
@@ -326,6 +324,14 @@ async fn chat_fields_strata_cannot_serve_are_refused_by_name() {
         assert_eq!(v["error"]["param"], field, "{v}");
         assert!(v["error"]["message"].as_str().unwrap().contains(field), "{v}");
     }
+    // Tools with the default choice (auto) need a server that parses
+    // tool calls, as in vLLM.
+    let mut body = base();
+    body["tools"] = json!([tool]);
+    let (status, v) = chat(&s, body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["param"], "tool_choice");
+    assert!(v["error"]["message"].as_str().unwrap().contains("--enable-auto-tool-choice"), "{v}");
     // What SDKs send for "unset" passes, and so does `response_format`
     // (structured outputs are served).
     for (field, value) in [

@@ -51,6 +51,13 @@ pub struct ServeArgs {
     /// `qwen3`).
     #[arg(long, value_name = "NAME")]
     pub reasoning_parser: Option<strata_server::chat::reasoning::ReasoningParser>,
+    /// Serve `tool_choice: "auto"` (needs --tool-call-parser), as vLLM.
+    #[arg(long)]
+    pub enable_auto_tool_choice: bool,
+    /// How tool calls are read from a model's answer (vLLM's names:
+    /// hermes, llama3_json, mistral, qwen3_xml, qwen3_coder, pythonic).
+    #[arg(long, value_name = "NAME", value_parser = tool_call_parser_name)]
+    pub tool_call_parser: Option<String>,
     /// Sampling defaults: `auto` reads the model's generation_config.json,
     /// `vllm` uses none, or a directory holding a generation_config.json.
     #[arg(long, default_value = "auto")]
@@ -106,6 +113,16 @@ pub struct ServeArgs {
     pub pd: PdArgs,
     #[command(flatten)]
     pub vllm: VllmCompatArgs,
+}
+
+/// `--tool-call-parser`: one of the parsers strata has.
+fn tool_call_parser_name(s: &str) -> Result<String, String> {
+    let known = strata_server::chat::tools::PARSERS;
+    if known.contains(&s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("unknown tool call parser {s:?} (known: {})", known.join(", ")))
+    }
 }
 
 /// `--health-stall-timeout`: finite seconds, at least 1 (an idle engine
@@ -604,6 +621,9 @@ fn serve<E: Executor + Send + 'static>(
     let grammars = strata_structured::GrammarCompiler::new(tokenizer.clone(), vocab_size)
         .map(|c| Arc::new(c.observed(structured_observer(&engine))))
         .inspect_err(|why| tracing::warn!("structured outputs are off for this model: {why}"));
+    if args.enable_auto_tool_choice && args.tool_call_parser.is_none() {
+        anyhow::bail!("--enable-auto-tool-choice needs --tool-call-parser (as in vLLM)");
+    }
     // vLLM refuses a reasoning parser whose tags the tokenizer lacks.
     if let Some(parser) = args.reasoning_parser {
         let missing =
@@ -625,6 +645,12 @@ fn serve<E: Executor + Send + 'static>(
         max_queued_requests: args.max_queued_requests,
         reasoning_parser: args.reasoning_parser,
         grammars,
+        tool_call_parser: args
+            .tool_call_parser
+            .as_deref()
+            .and_then(strata_server::chat::tools::parser)
+            .map(Arc::from),
+        enable_auto_tool_choice: args.enable_auto_tool_choice,
     });
     let addr: SocketAddr =
         format!("{}:{}", args.host, args.port).parse().context("invalid --host/--port")?;

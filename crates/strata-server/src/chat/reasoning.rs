@@ -236,6 +236,17 @@ impl RequestReasoning {
         })
     }
 
+    /// Whether the model thinks first (then a grammar starts after its
+    /// end-of-thinking token).
+    pub fn thinking(&self) -> bool {
+        self.thinking
+    }
+
+    /// The token that ends the thinking.
+    pub fn end_tag(&self) -> &'static str {
+        self.parser.required_tokens()[1]
+    }
+
     /// A non-streamed choice's `message`.
     pub fn message(&self, text: &str) -> Value {
         let (reasoning, content) = self.parser.parse(text, self.thinking);

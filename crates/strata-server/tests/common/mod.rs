@@ -42,6 +42,8 @@ pub fn fake_state(tokenizer: Tokenizer) -> AppState {
         api_key: None,
         max_queued_requests: 64,
         grammars,
+        tool_call_parser: None,
+        enable_auto_tool_choice: false,
         reasoning_parser: None,
     }
 }
