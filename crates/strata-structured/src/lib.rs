@@ -156,7 +156,30 @@ impl GrammarCompiler {
         let mut info = TokRxInfo::new(vocab_size as u32, eos);
         info.tok_bos = tokenizer.bos_token_id();
         let trie = TokTrie::from(&info, &words);
-        let env: toktrie::TokEnv = Arc::new(TokEnv { trie, tokenizer });
+        Self::with_env(Arc::new(TokEnv { trie, tokenizer }), eos_token_ids)
+    }
+
+    /// The compiler for a vocabulary given as each token's bytes (special
+    /// tokens prefixed with `0xFF`, as llguidance marks them; empty for
+    /// ids that are never allowed), without a tokenizer: the few strings
+    /// llguidance tokenizes are split by greedy longest match over the
+    /// same tokens. For benchmarks and tests of vocabularies strata has no
+    /// `tokenizer.json` for; a served model uses [`GrammarCompiler::new`].
+    pub fn from_token_bytes(
+        words: &[Vec<u8>],
+        eos_token_ids: Vec<TokenId>,
+    ) -> Result<Self, String> {
+        let eos = *eos_token_ids.first().ok_or("the vocabulary has no end-of-sequence token")?;
+        if let Some(e) = eos_token_ids.iter().find(|&&e| e as usize >= words.len()) {
+            return Err(format!("end-of-sequence token {e} is outside the {} tokens", words.len()));
+        }
+        let info = TokRxInfo::new(words.len() as u32, eos);
+        let trie = TokTrie::from(&info, words);
+        Self::with_env(Arc::new(toktrie::ApproximateTokEnv::new(trie)), eos_token_ids)
+    }
+
+    fn with_env(env: toktrie::TokEnv, eos_token_ids: Vec<TokenId>) -> Result<Self, String> {
+        let vocab_size = env.tok_trie().vocab_size();
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
         factory.quiet();
         Ok(Self {

@@ -105,3 +105,23 @@ fn a_schema_llguidance_refuses_is_an_error_and_repeats_hit_the_cache() {
     let b = c.compile(&s).unwrap();
     assert!(Arc::ptr_eq(&a, &b), "the second compile comes from the cache");
 }
+
+#[test]
+fn a_compiler_from_token_bytes_masks_by_those_bytes() {
+    // The 256 bytes, two longer tokens, an end-of-sequence special and a
+    // padding id without bytes.
+    let mut words: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+    words.extend([b"ab".to_vec(), b"abc".to_vec(), b"\xFF<|end|>".to_vec(), Vec::new()]);
+    let c = GrammarCompiler::from_token_bytes(&words, vec![258]).unwrap();
+    let mut m = c.compile(&Constraint::Regex("abc".into())).unwrap().matcher();
+    let mut mask = TokenMask::new(words.len());
+    m.fill_next_token_mask(&mut mask).unwrap();
+    let allowed: Vec<u32> = (0..words.len() as u32).filter(|&t| mask.is_allowed(t)).collect();
+    assert_eq!(allowed, [u32::from(b'a'), 256, 257]);
+    m.accept_token(257).unwrap();
+    let mut mask = TokenMask::new(words.len());
+    m.fill_next_token_mask(&mut mask).unwrap();
+    assert!(mask.is_allowed(258) && !mask.is_allowed(259));
+    assert!(GrammarCompiler::from_token_bytes(&words, vec![300]).is_err());
+    assert!(GrammarCompiler::from_token_bytes(&words, vec![]).is_err());
+}
