@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{post_json, serve_with, Server};
+use common::{metric, post_json, serve_with, Server};
 use serde_json::{json, Value};
 
 /// Bytes of one KV block of the built-in model (4 layers, K and V, 16
@@ -71,15 +71,6 @@ fn wait_for_files(disk: &Path, n: usize) {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(block_files(disk).len() >= n, "{} block files, wanted {n}", block_files(disk).len());
-}
-
-fn metric(url: &str, line_start: &str) -> f64 {
-    let text =
-        ureq::get(&format!("{url}/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(line_start))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[test]

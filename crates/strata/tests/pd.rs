@@ -7,17 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{post_json, serve_with};
+use common::{metric, post_json, serve_with};
 use serde_json::{json, Value};
-
-fn metric(url: &str, prefix: &str) -> f64 {
-    let text =
-        ureq::get(&format!("{url}/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 fn sources(usage: &Value) -> (u64, u64, u64) {
     let s = &usage["prompt_tokens_details"]["sources"];

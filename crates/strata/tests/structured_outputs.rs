@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{post_json, serve_with};
+use common::{metric, post_json, serve_with};
 use serde_json::{json, Value};
 
 /// 200 generated JSON schemas (chat and completions), regex, choice, Lark,
@@ -18,15 +18,6 @@ use serde_json::{json, Value};
 fn pypi_openai_client_structured_outputs_are_always_valid() {
     let (_s, url) = serve_with(vec![]);
     common::run_client_script("structured_outputs_check.py", &[&url]);
-}
-
-fn metric(url: &str, prefix: &str) -> f64 {
-    let text =
-        ureq::get(&format!("{url}/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn schema() -> Value {

@@ -559,7 +559,7 @@ fn sort_entries(entries: &mut [(String, Value, Value)]) -> Result<(), Error> {
 /// A JSON string as Python's encoder writes it (`ensure_ascii`: every
 /// character outside printable ASCII as `\uXXXX`, surrogate pairs above
 /// the BMP).
-fn json_string(s: &str, ensure_ascii: bool, out: &mut String) {
+pub(crate) fn json_string(s: &str, ensure_ascii: bool, out: &mut String) {
     out.push('"');
     for c in s.chars() {
         match c {

@@ -76,6 +76,17 @@ pub fn post_json(url: &str, body: &serde_json::Value) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// The sum of the `/metrics` samples whose line starts with `prefix` (a
+/// family, or a family and the start of its labels).
+pub fn metric(url: &str, prefix: &str) -> f64 {
+    let text =
+        ureq::get(&format!("{url}/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The Python of the venv that `scripts/test` makes at
 /// `<target dir>/tmp/openai-venv`, with the official OpenAI client pinned in
 /// `scripts/requirements-test.txt`. The tests never install it themselves:

@@ -16,7 +16,6 @@
 //! escaped (`\n`, `\r`, `\t`, `\b`, `\f`, else `\u00xx`); floats as
 //! Python's `repr` (`1.0`, `1e+16`, `1.5e-05`, `NaN`, `Infinity`).
 
-use std::fmt::Write as _;
 
 /// A value as Python holds what `json.loads` (or `ast`) produced.
 #[derive(Clone, Debug, PartialEq)]
@@ -89,25 +88,10 @@ pub(super) fn dict_insert(entries: &mut Vec<(String, PyValue)>, key: String, val
     }
 }
 
-/// `json.dumps` of a string.
+/// `json.dumps` of a string (`ensure_ascii=False`, as vLLM writes
+/// arguments): the chat templates' encoder.
 pub(super) fn write_str(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    crate::chat::jinja::json_string(s, false, out);
 }
 
 /// Python's `repr(float)` as `json.dumps` writes it.
