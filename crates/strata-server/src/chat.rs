@@ -738,6 +738,11 @@ async fn chat(
                 None => json!({"role": "assistant", "content": text}),
             };
             let called = tool_deltas.delta(index, &mut delta, finish.is_some());
+            // Nothing to say (a tag, a call held back): no chunk, as vLLM.
+            let empty = delta.as_object().is_some_and(|d| d.keys().all(|k| k == "role"));
+            if empty && finish.is_none() && logprobs.is_null() {
+                return Value::Null;
+            }
             let finish = called.map(Value::from).unwrap_or(json!(finish_str(finish)));
             json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                    "choices": [{"index": index, "delta": delta,

@@ -779,7 +779,12 @@ where
             let mut out = Vec::new();
             let text = c.apply(&state, update);
             if !text.is_empty() || c.finish.is_some() {
-                out.push(Event::default().data(chunk(c, &text).to_string()));
+                // A chunk builder answers `null` for a piece that says
+                // nothing (a reasoning tag, a tool call held back).
+                let value = chunk(c, &text);
+                if !value.is_null() {
+                    out.push(Event::default().data(value.to_string()));
+                }
             }
             if c.finish.is_some() {
                 usage.add(c.usage_record(), c.completion_tokens);

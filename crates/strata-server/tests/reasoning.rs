@@ -175,6 +175,10 @@ async fn chat_stream(state: &Arc<AppState>, body: Value) -> (Vec<String>, Vec<St
         let chunk: Value = serde_json::from_str(data).unwrap();
         let delta = &chunk["choices"][0]["delta"];
         assert!(delta.get("reasoning_content").is_none(), "{data}");
+        // A piece that was all tag sends no chunk (as vLLM); only the last
+        // chunk, which carries the finish reason, may have an empty delta.
+        let says_something = ["reasoning", "content"].iter().any(|k| delta.get(*k).is_some());
+        assert!(says_something || !chunk["choices"][0]["finish_reason"].is_null(), "{data}");
         if let Some(r) = delta["reasoning"].as_str() {
             reasoning.push(r.to_owned());
         }

@@ -16,7 +16,6 @@
 //! escaped (`\n`, `\r`, `\t`, `\b`, `\f`, else `\u00xx`); floats as
 //! Python's `repr` (`1.0`, `1e+16`, `1.5e-05`, `NaN`, `Infinity`).
 
-
 /// A value as Python holds what `json.loads` (or `ast`) produced.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum PyValue {
