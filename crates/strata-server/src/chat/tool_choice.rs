@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use strata_core::structured::SharedGrammar;
 use strata_structured::Constraint;
 
-use super::tools::{StreamEvent, ToolCallParser, ToolCallStream};
+use super::tools::{StreamEvent, ToolCallParser, ToolCallStream, ToolSchema};
 use super::ChatCompletionRequest;
 use crate::error::ApiError;
 use crate::AppState;
@@ -34,7 +34,8 @@ use crate::AppState;
 enum Mode {
     /// Text only (no tools, or `tool_choice: "none"`).
     Text,
-    Auto(Arc<dyn ToolCallParser>),
+    /// The parser, and the request's tools it converts values by.
+    Auto(Arc<dyn ToolCallParser>, Arc<[ToolSchema]>),
     Required,
     Named(String),
 }
@@ -49,13 +50,7 @@ pub struct ToolPlan {
     pub template_tools: Option<Vec<TemplateValue>>,
 }
 
-/// One tool of the request.
-struct Tool {
-    name: String,
-    parameters: Value,
-}
-
-fn tools_of(req: &ChatCompletionRequest) -> Result<Vec<Tool>, ApiError> {
+fn tools_of(req: &ChatCompletionRequest) -> Result<Vec<ToolSchema>, ApiError> {
     let Some(tools) = &req.tools else { return Ok(Vec::new()) };
     let tools = tools
         .as_array()
@@ -86,7 +81,7 @@ fn tools_of(req: &ChatCompletionRequest) -> Result<Vec<Tool>, ApiError> {
                     ))
                 }
             };
-            Ok(Tool { name: name.to_string(), parameters })
+            Ok(ToolSchema { name: name.to_string(), parameters })
         })
         .collect()
 }
@@ -117,8 +112,8 @@ pub fn plan(state: &AppState, req: &ChatCompletionRequest) -> Result<ToolPlan, A
     }
     let mode = match &choice {
         Value::String(s) if s == "none" => Mode::Text,
-        Value::Null => auto(state)?,
-        Value::String(s) if s == "auto" => auto(state)?,
+        Value::Null => auto(state, &tools)?,
+        Value::String(s) if s == "auto" => auto(state, &tools)?,
         Value::String(s) if s == "required" => Mode::Required,
         Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
             let name = o
@@ -147,7 +142,7 @@ pub fn plan(state: &AppState, req: &ChatCompletionRequest) -> Result<ToolPlan, A
             Some(Constraint::JsonSchema(spaced(tool.parameters.clone())))
         }
         Mode::Required => Some(Constraint::JsonSchema(spaced(required_schema(&tools, req)))),
-        Mode::Text | Mode::Auto(_) => None,
+        Mode::Text | Mode::Auto(..) => None,
     };
     let grammar = match constraint {
         Some(_) if constrained => {
@@ -169,9 +164,9 @@ pub fn plan(state: &AppState, req: &ChatCompletionRequest) -> Result<ToolPlan, A
     Ok(ToolPlan { mode, grammar, template_tools })
 }
 
-fn auto(state: &AppState) -> Result<Mode, ApiError> {
+fn auto(state: &AppState, tools: &[ToolSchema]) -> Result<Mode, ApiError> {
     match (&state.tool_call_parser, state.enable_auto_tool_choice) {
-        (Some(p), true) => Ok(Mode::Auto(p.clone())),
+        (Some(p), true) => Ok(Mode::Auto(p.clone(), tools.into())),
         _ => Err(ApiError::invalid(
             "tool_choice",
             "\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set",
@@ -198,7 +193,7 @@ fn spaced(mut schema: Value) -> Value {
 /// name with its parameters; strata also closes each call to other keys
 /// (vLLM's leaves them open, which lets a weak model pad a call with keys
 /// no client reads).
-fn required_schema(tools: &[Tool], req: &ChatCompletionRequest) -> Value {
+fn required_schema(tools: &[ToolSchema], req: &ChatCompletionRequest) -> Value {
     let calls: Vec<Value> = tools
         .iter()
         .map(|t| {
@@ -258,8 +253,8 @@ impl ToolPlan {
                 calls if calls.is_empty() => return None,
                 calls => calls,
             },
-            Mode::Auto(parser) => {
-                let parsed = parser.parse(&content);
+            Mode::Auto(parser, tools) => {
+                let parsed = parser.parse(&content, tools);
                 if parsed.tool_calls.is_empty() {
                     return None;
                 }
@@ -315,7 +310,9 @@ impl ToolDeltas {
         let text = delta.get("content").and_then(Value::as_str).unwrap_or("").to_string();
         let mut choices = self.choices.lock().unwrap_or_else(|e| e.into_inner());
         let state = choices.entry(index).or_insert_with(|| match &self.mode {
-            Mode::Auto(p) => ChoiceStream::Auto { parser: p.stream(), called: false },
+            Mode::Auto(p, tools) => {
+                ChoiceStream::Auto { parser: p.stream(tools.clone()), called: false }
+            }
             Mode::Named(_) => ChoiceStream::Named { started: false },
             Mode::Required => ChoiceStream::Required { text: String::new() },
             Mode::Text => ChoiceStream::Required { text: String::new() },

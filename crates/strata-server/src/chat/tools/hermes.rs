@@ -30,7 +30,7 @@ pub(super) struct Hermes;
 impl Format for Hermes {
     const GATE: Gate = Gate::Markers(&[START]);
 
-    fn parse(&self, output: &str) -> Parsed {
+    fn parse(&self, output: &str, _tools: &[super::ToolSchema]) -> Parsed {
         let Some(first) = output.find(START) else {
             return Parsed::content(output);
         };

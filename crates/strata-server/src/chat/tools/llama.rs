@@ -28,7 +28,7 @@ pub(super) struct Llama3Json;
 impl Format for Llama3Json {
     const GATE: Gate = Gate::Starts(&[BOT, "{"]);
 
-    fn parse(&self, output: &str) -> Parsed {
+    fn parse(&self, output: &str, _tools: &[super::ToolSchema]) -> Parsed {
         if !(output.starts_with(BOT) || output.starts_with('{')) {
             return Parsed::content(output);
         }

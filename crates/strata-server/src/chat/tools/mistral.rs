@@ -41,7 +41,7 @@ pub(super) struct Mistral;
 impl Format for Mistral {
     const GATE: Gate = Gate::Markers(&[BOT]);
 
-    fn parse(&self, output: &str) -> Parsed {
+    fn parse(&self, output: &str, _tools: &[super::ToolSchema]) -> Parsed {
         let mut pieces = output.split(BOT);
         let content = pieces.next().unwrap_or_default();
         let raw: Vec<&str> = pieces.collect();

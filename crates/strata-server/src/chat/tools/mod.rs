@@ -15,6 +15,10 @@
 //! floats as Python's `repr`), see [`pyjson`]; `mistral` (v11+ format)
 //! passes the model's argument text through untouched, as vLLM does.
 //!
+//! Parsers get the request's tools ([`ToolSchema`]) as vLLM's get
+//! `request.tools`; only the Qwen3 ones read them (values converted by
+//! their schema, see `schema.rs`).
+//!
 //! Invariants (checked by `tests.rs` on every fixture at every split):
 //!
 //! * The content a [`ToolCallStream`] emits, concatenated, equals
@@ -43,6 +47,9 @@ mod mistral;
 mod pyjson;
 mod pythonic;
 mod qwen3;
+mod schema;
+
+use std::sync::Arc;
 
 /// One tool call the model made.
 #[derive(Clone, Debug, PartialEq)]
@@ -74,9 +81,21 @@ pub enum StreamEvent {
     ToolCallArguments { index: usize, fragment: String },
 }
 
+/// One tool of the request, as the parsers see it (vLLM hands its
+/// parsers `request.tools`): only `qwen3_coder` and `qwen3_xml` read it,
+/// to convert each parameter by its schema; the others ignore it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolSchema {
+    pub name: String,
+    /// The function's `parameters` JSON schema.
+    pub parameters: serde_json::Value,
+}
+
 pub trait ToolCallParser: Send + Sync + std::fmt::Debug {
-    fn parse(&self, output: &str) -> Parsed;
-    fn stream(&self) -> Box<dyn ToolCallStream>;
+    /// Splits a complete output; `tools` are the request's.
+    fn parse(&self, output: &str, tools: &[ToolSchema]) -> Parsed;
+    /// A stream over one output of a request with these `tools`.
+    fn stream(&self, tools: Arc<[ToolSchema]>) -> Box<dyn ToolCallStream>;
 }
 
 pub trait ToolCallStream: Send {
@@ -113,7 +132,7 @@ enum Gate {
 
 /// One model family's format: the non-streamed split, and its gate.
 trait Format: Clone + Send + Sync + std::fmt::Debug + 'static {
-    fn parse(&self, output: &str) -> Parsed;
+    fn parse(&self, output: &str, tools: &[ToolSchema]) -> Parsed;
     const GATE: Gate;
 }
 
@@ -121,13 +140,14 @@ trait Format: Clone + Send + Sync + std::fmt::Debug + 'static {
 struct Split<F>(F);
 
 impl<F: Format> ToolCallParser for Split<F> {
-    fn parse(&self, output: &str) -> Parsed {
-        self.0.parse(output)
+    fn parse(&self, output: &str, tools: &[ToolSchema]) -> Parsed {
+        self.0.parse(output, tools)
     }
 
-    fn stream(&self) -> Box<dyn ToolCallStream> {
+    fn stream(&self, tools: Arc<[ToolSchema]>) -> Box<dyn ToolCallStream> {
         Box::new(Stream {
             format: self.0.clone(),
+            tools,
             text: String::new(),
             sent: 0,
             phase: Phase::Open,
@@ -149,6 +169,8 @@ enum Phase {
 #[derive(Debug)]
 struct Stream<F> {
     format: F,
+    /// The request's tools, for the parse at finish.
+    tools: Arc<[ToolSchema]>,
     /// The whole output so far.
     text: String,
     /// How much of `text` was emitted as content.
@@ -210,7 +232,7 @@ impl<F: Format> ToolCallStream for Stream<F> {
             return Vec::new();
         }
         self.phase = Phase::Finished;
-        let parsed = self.format.parse(&self.text);
+        let parsed = self.format.parse(&self.text, &self.tools);
         let content = parsed.content.unwrap_or_default();
         let sent = &self.text[..self.sent];
         debug_assert!(content.starts_with(sent), "invariant: streamed content is a prefix");

@@ -22,6 +22,10 @@
 //! after it); a positional argument must be a literal or a name; `\N{...}`
 //! escapes, lone surrogates, `*args` / `**kwargs` and integers in base
 //! 2/8/16 past 128 bits are refused; identifiers are not NFKC-normalised.
+//!
+//! [`literal_eval`] reads the same subset as `ast.literal_eval` does for
+//! the Qwen3 parsers' schema fallbacks: a sign on a number, tuples (as
+//! lists) and a bare tuple are also taken there.
 
 use super::pyjson::{dict_insert, float_repr, PyValue};
 use super::{Format, Gate, Parsed, ToolCall};
@@ -32,11 +36,11 @@ pub(super) struct Pythonic;
 impl Format for Pythonic {
     const GATE: Gate = Gate::Starts(&["["]);
 
-    fn parse(&self, output: &str) -> Parsed {
+    fn parse(&self, output: &str, _tools: &[super::ToolSchema]) -> Parsed {
         if !regex_matches(output) || output.contains('\0') {
             return Parsed::content(output);
         }
-        match (Py { s: output, i: 0 }).module() {
+        match (Py { s: output, i: 0, literal: false }).module() {
             Some(tool_calls) => Parsed { content: None, tool_calls },
             None => Parsed::content(output),
         }
@@ -114,6 +118,43 @@ const KEYWORDS: &[&str] = &[
 struct Py<'a> {
     s: &'a str,
     i: usize,
+    /// `ast.literal_eval`'s reading: also a sign before a number, and
+    /// tuples (read as lists, as `json.dumps` writes them).
+    literal: bool,
+}
+
+/// `ast.literal_eval(s)` for what `json.dumps` can then write (`None`
+/// also for a value it cannot write: a set, bytes, a complex number).
+/// Departures as the module header's.
+pub(super) fn literal_eval(s: &str) -> Option<PyValue> {
+    let s = s.trim_start_matches([' ', '\t']);
+    // Eval mode: after blank lines, an indented first line is an
+    // `IndentationError`.
+    let first_line = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    if s.starts_with(['\n', '\r']) && first_line.starts_with([' ', '\t']) {
+        return None;
+    }
+    let mut py = Py { s, i: 0, literal: true };
+    let first = py.value()?;
+    let value = if py.eat(",") {
+        // A bare tuple: `1, 2`.
+        let mut items = vec![first];
+        loop {
+            py.skip();
+            if py.rest().is_empty() {
+                break;
+            }
+            items.push(py.value()?);
+            if !py.eat(",") {
+                break;
+            }
+        }
+        PyValue::List(items)
+    } else {
+        first
+    };
+    py.skip();
+    py.rest().is_empty().then_some(value)
 }
 
 impl<'a> Py<'a> {
@@ -265,8 +306,30 @@ impl<'a> Py<'a> {
         }
         if c == '(' {
             self.i += 1;
+            if self.literal {
+                return self.tuple();
+            }
             let inner = self.value()?;
             return self.eat(")").then_some(inner);
+        }
+        if self.literal && (c == '-' || c == '+') {
+            // `ast.literal_eval`'s `_convert_signed_num`: one sign on a
+            // number constant.
+            self.i += 1;
+            self.skip();
+            let next = self.rest().chars().next()?;
+            if !(next.is_ascii_digit() || next == '.' || next == '(') {
+                return None;
+            }
+            return match (c, self.value()?) {
+                ('+', v @ (PyValue::Int(_) | PyValue::Float(_))) => Some(v),
+                (_, PyValue::Int(d)) if d == "0" => Some(PyValue::Int(d)),
+                (_, PyValue::Int(d)) => Some(PyValue::Int(
+                    d.strip_prefix('-').map_or_else(|| format!("-{d}"), str::to_owned),
+                )),
+                (_, PyValue::Float(x)) => Some(PyValue::Float(-x)),
+                _ => None,
+            };
         }
         let word = self.ident()?;
         if matches!(self.rest().chars().next(), Some('"' | '\'')) {
@@ -279,6 +342,25 @@ impl<'a> Py<'a> {
             "None" => Some(PyValue::Null),
             _ => None, // a name: not a literal
         }
+    }
+
+    /// After `(` in literal mode: a parenthesised value, or a tuple.
+    fn tuple(&mut self) -> Option<PyValue> {
+        if self.eat(")") {
+            return Some(PyValue::List(Vec::new()));
+        }
+        let first = self.value()?;
+        if self.eat(")") {
+            return Some(first);
+        }
+        let mut items = vec![first];
+        while self.eat(",") {
+            if self.eat(")") {
+                return Some(PyValue::List(items));
+            }
+            items.push(self.value()?);
+        }
+        self.eat(")").then_some(PyValue::List(items))
     }
 
     /// Adjacent string literals, concatenated; the first one's prefix
@@ -513,7 +595,7 @@ mod unit {
             ("1j", None),
         ];
         for (src, want) in cases {
-            let got = Py { s: src, i: 0 }.value().map(|v| v.dumps());
+            let got = Py { s: src, i: 0, literal: false }.value().map(|v| v.dumps());
             assert_eq!(got.as_deref(), want, "{src}");
         }
     }

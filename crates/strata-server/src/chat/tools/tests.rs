@@ -13,6 +13,20 @@ struct Case {
     output: String,
     content: Option<String>,
     tool_calls: Vec<Call>,
+    /// The request's `tools` (OpenAI's shape), when the case gives them.
+    #[serde(default)]
+    tools: Vec<serde_json::Value>,
+}
+
+/// A case's tools as `tool_choice.rs` hands them to the parsers.
+fn schemas(tools: &[serde_json::Value]) -> Arc<[ToolSchema]> {
+    tools
+        .iter()
+        .map(|t| ToolSchema {
+            name: t["function"]["name"].as_str().unwrap().to_owned(),
+            parameters: t["function"]["parameters"].clone(),
+        })
+        .collect()
 }
 
 #[derive(Debug, Deserialize)]
@@ -31,8 +45,8 @@ fn cases(parser: &str) -> Vec<Case> {
 
 /// Streams `pieces`; returns the joined content and the calls, checking
 /// that each call starts before its arguments, indices in order.
-fn streamed(parser: &dyn ToolCallParser, pieces: &[&str]) -> Parsed {
-    let mut stream = parser.stream();
+fn streamed(parser: &dyn ToolCallParser, tools: &Arc<[ToolSchema]>, pieces: &[&str]) -> Parsed {
+    let mut stream = parser.stream(tools.clone());
     let mut events = Vec::new();
     for piece in pieces {
         events.extend(stream.push(piece));
@@ -85,7 +99,8 @@ fn every_parser_has_fixtures_split_as_vllm_does_whole_and_streamed_at_every_boun
                     .map(|c| ToolCall { name: c.name.clone(), arguments: c.arguments.clone() })
                     .collect(),
             };
-            let got = parser.parse(&case.output);
+            let tools = schemas(&case.tools);
+            let got = parser.parse(&case.output, &tools);
             assert_eq!(got, want, "{name}/{}: parse", case.name);
             // Streamed content is compared joined: `None` and `""` both
             // stream as nothing.
@@ -94,7 +109,7 @@ fn every_parser_has_fixtures_split_as_vllm_does_whole_and_streamed_at_every_boun
                 tool_calls: want.tool_calls.clone(),
             };
             for pieces in splits(&case.output) {
-                let got = streamed(parser.as_ref(), &pieces);
+                let got = streamed(parser.as_ref(), &tools, &pieces);
                 assert_eq!(got, want_streamed, "{name}/{}: streamed as {pieces:?}", case.name);
             }
         }
@@ -110,7 +125,7 @@ fn unknown_parser_names_are_none() {
 #[test]
 fn plain_answers_stream_as_they_come() {
     for &name in PARSERS {
-        let mut stream = parser(name).unwrap().stream();
+        let mut stream = parser(name).unwrap().stream(Arc::from([]));
         assert_eq!(stream.push("Hello"), vec![StreamEvent::Content("Hello".into())], "{name}");
         let mut rest = stream.push(" there <b");
         rest.extend(stream.push(">!"));
@@ -128,7 +143,7 @@ fn plain_answers_stream_as_they_come() {
 
 #[test]
 fn a_call_is_held_until_the_end() {
-    let mut stream = parser("hermes").unwrap().stream();
+    let mut stream = parser("hermes").unwrap().stream(Arc::from([]));
     let mut events = stream.push("Let me check.<tool_c");
     assert_eq!(events, vec![StreamEvent::Content("Let me check.".into())]);
     events = stream.push("all>{\"name\": \"f\", \"arguments\": {\"a\":1}}</tool_call>");
