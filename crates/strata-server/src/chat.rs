@@ -737,7 +737,8 @@ async fn chat(
                 Some(d) => d.delta(index, text, finish.is_some()),
                 None => json!({"role": "assistant", "content": text}),
             };
-            let called = tool_deltas.delta(index, &mut delta, finish.is_some());
+            let called =
+                tool_deltas.as_ref().and_then(|t| t.delta(index, &mut delta, finish.is_some()));
             // Nothing to say (a tag, a call held back): no chunk, as vLLM.
             let empty = delta.as_object().is_some_and(|d| d.keys().all(|k| k == "role"));
             if empty && finish.is_none() && logprobs.is_null() {

@@ -276,6 +276,20 @@ async fn publish(
     let mut ring = Ring { batches: VecDeque::new(), capacity: config.buffer_steps };
     let mut seq: u64 = 0;
     let mut inbox = Inbox { rx, empty_polls: 0 };
+    // Every batch, sent or not: encoded, its buffers back to the engine
+    // (emptied: it records its next steps into them; the engine may be
+    // gone, no matter), numbered and kept for replay. Returns its number,
+    // payload and number of events.
+    let take = |ts: f64, mut events: KvEventBatch, ring: &mut Ring, seq: &mut u64| {
+        let payload = Bytes::from(wire::encode_batch(ts, &events, config.format));
+        let num_events = events.len() as u64;
+        events.clear();
+        let _ = spares.try_send(events);
+        counters.queued_batches.dec();
+        ring.push(*seq, payload.clone());
+        *seq += 1;
+        (*seq - 1, payload, num_events)
+    };
     // Connecting: retried until the subscriber's side is up; batches made
     // meanwhile are numbered and kept for replay (a PUB without peers
     // drops them, as ZMQ does).
@@ -291,13 +305,8 @@ async fn publish(
                     break;
                 }
                 batch = inbox.next() => match batch {
-                    Some((ts, mut events)) => {
-                        let payload = Bytes::from(wire::encode_batch(ts, &events, config.format));
-                        events.clear();
-                        let _ = spares.try_send(events);
-                        counters.queued_batches.dec();
-                        ring.push(seq, payload);
-                        seq += 1;
+                    Some((ts, events)) => {
+                        take(ts, events, &mut ring, &mut seq);
                     }
                     None => return,
                 },
@@ -308,13 +317,8 @@ async fn publish(
     loop {
         tokio::select! {
             batch = inbox.next() => {
-                let Some((ts, mut events)) = batch else { return };
-                let payload = Bytes::from(wire::encode_batch(ts, &events, config.format));
-                let num_events = events.len() as u64;
-                // Back to the engine, emptied: it records its next steps
-                // into these buffers (the engine may be gone: no matter).
-                events.clear();
-                let _ = spares.try_send(events);
+                let Some((ts, events)) = batch else { return };
+                let (seq, payload, num_events) = take(ts, events, &mut ring, &mut seq);
                 let message = ZmqMessage::try_from(vec![
                     topic.clone(),
                     Bytes::copy_from_slice(&seq.to_be_bytes()),
@@ -326,11 +330,8 @@ async fn publish(
                 if let Err(e) = socket.send(message).await {
                     tracing::warn!("KV events: sending batch {seq}: {e}");
                 }
-                counters.queued_batches.dec();
                 counters.published_batches.inc();
                 counters.published_events.inc_by(num_events);
-                ring.push(seq, payload);
-                seq += 1;
             }
             request = recv_replay(&mut replay) => serve_replay(&mut replay, request, &topic, &ring).await,
         }

@@ -274,17 +274,35 @@ impl ToolPlan {
         None
     }
 
-    /// The per-choice state of a streamed request.
-    pub fn stream(&self) -> ToolDeltas {
-        ToolDeltas { mode: self.mode.clone(), choices: Mutex::new(BTreeMap::new()) }
+    /// The per-choice state of a streamed request; `None` when the answer
+    /// is text (nothing to rewrite).
+    pub fn stream(&self) -> Option<ToolDeltas> {
+        if matches!(self.mode, Mode::Text) {
+            return None;
+        }
+        Some(ToolDeltas { mode: self.mode.clone(), choices: Mutex::new(BTreeMap::new()) })
     }
 }
 
 /// One streamed choice's tool-call state.
 enum ChoiceStream {
     Auto { parser: Box<dyn ToolCallStream>, called: bool },
-    Named { started: bool },
+    Named { name: String, started: bool },
     Required { text: String },
+}
+
+impl ChoiceStream {
+    /// The state of a new choice; `None` for a text answer.
+    fn new(mode: &Mode) -> Option<Self> {
+        Some(match mode {
+            Mode::Text => return None,
+            Mode::Auto(p, tools) => {
+                ChoiceStream::Auto { parser: p.stream(tools.clone()), called: false }
+            }
+            Mode::Named(name) => ChoiceStream::Named { name: name.clone(), started: false },
+            Mode::Required => ChoiceStream::Required { text: String::new() },
+        })
+    }
 }
 
 /// The tool-call state of a streamed request's choices, by index (the SSE
@@ -309,20 +327,14 @@ impl ToolDeltas {
     pub fn delta(&self, index: usize, delta: &mut Value, last: bool) -> Option<&'static str> {
         let text = delta.get("content").and_then(Value::as_str).unwrap_or("").to_string();
         let mut choices = self.choices.lock().unwrap_or_else(|e| e.into_inner());
-        let state = choices.entry(index).or_insert_with(|| match &self.mode {
-            Mode::Auto(p, tools) => {
-                ChoiceStream::Auto { parser: p.stream(tools.clone()), called: false }
-            }
-            Mode::Named(_) => ChoiceStream::Named { started: false },
-            Mode::Required => ChoiceStream::Required { text: String::new() },
-            Mode::Text => ChoiceStream::Required { text: String::new() },
+        let state = choices.entry(index).or_insert_with(|| {
+            ChoiceStream::new(&self.mode).expect("invariant: ToolDeltas is made for tool modes")
         });
         let mut content = String::new();
         let mut calls = Vec::new();
         let mut finish = None;
-        match (state, &self.mode) {
-            (_, Mode::Text) => return None,
-            (ChoiceStream::Named { started }, Mode::Named(name)) => {
+        match state {
+            ChoiceStream::Named { name, started } => {
                 if !*started && (!text.is_empty() || last) {
                     *started = true;
                     calls.push(call_json(Some(call_id()), Some(0), name, &text));
@@ -330,7 +342,7 @@ impl ToolDeltas {
                     calls.push(json!({"index": 0, "function": {"arguments": text}}));
                 }
             }
-            (ChoiceStream::Required { text: held }, _) => {
+            ChoiceStream::Required { text: held } => {
                 held.push_str(&text);
                 if last {
                     for (i, (name, args)) in required_calls(held).iter().enumerate() {
@@ -338,7 +350,7 @@ impl ToolDeltas {
                     }
                 }
             }
-            (ChoiceStream::Auto { parser, called }, _) => {
+            ChoiceStream::Auto { parser, called } => {
                 let mut events = parser.push(&text);
                 if last {
                     events.extend(parser.finish());
@@ -360,7 +372,6 @@ impl ToolDeltas {
                     finish = Some("tool_calls");
                 }
             }
-            _ => {}
         }
         if last {
             choices.remove(&index);
