@@ -270,6 +270,14 @@ pub trait ConnectorWorker: Send {
     /// Takes the loads finished, blocks failed, stores finished and stats
     /// since the last call.
     fn get_finished(&mut self, kv: &mut dyn KvBlockIo) -> ConnectorOutput;
+
+    /// Waits at most `timeout` for background work (a load, a store) to
+    /// finish; the engine calls it between steps that only wait for loads,
+    /// so a worker that can tell wakes it at once instead of after the
+    /// timeout. The default sleeps the timeout.
+    fn wait_for_progress(&mut self, timeout: std::time::Duration) {
+        std::thread::sleep(timeout);
+    }
 }
 
 /// A connector's worker side as an executor holds it (or none): runs it
@@ -312,6 +320,15 @@ impl WorkerHandle {
         let mut out = self.kept.take().unwrap_or_default();
         out.merge(w.get_finished(kv));
         Some(out)
+    }
+
+    /// Waits at most `timeout` for the worker's background work
+    /// ([`ConnectorWorker::wait_for_progress`]); sleeps without one.
+    pub fn wait(&mut self, timeout: std::time::Duration) {
+        match &mut self.worker {
+            Some(w) => w.wait_for_progress(timeout),
+            None => std::thread::sleep(timeout),
+        }
     }
 
     /// The step failed after `finish`: its report goes with the next one.

@@ -60,6 +60,13 @@ impl<E: Executor> EngineCore<E> {
         &self.executor
     }
 
+    /// Between steps that only wait for KV loads: waits at most `timeout`,
+    /// returning as soon as the connector's background work may have
+    /// finished (the next step collects it).
+    pub fn wait_for_kv(&mut self, timeout: std::time::Duration) {
+        self.executor.wait_for_connector(timeout);
+    }
+
     /// Queues a request; its id is returned, or why it can never run.
     /// Token ids of the prompt and of the sampling parameters
     /// (`logit_bias`, `allowed_token_ids`, `bad_words_token_ids`) are

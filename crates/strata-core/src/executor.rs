@@ -272,6 +272,14 @@ pub trait Executor {
     ///
     /// [`WorkerHandle::keep`]: crate::connector::WorkerHandle::keep
     fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput, Self::Error>;
+
+    /// Waits at most `timeout` for the connector's background work
+    /// ([`WorkerHandle::wait`]); the default sleeps.
+    ///
+    /// [`WorkerHandle::wait`]: crate::connector::WorkerHandle::wait
+    fn wait_for_connector(&mut self, timeout: std::time::Duration) {
+        std::thread::sleep(timeout);
+    }
 }
 
 /// A borrowed executor drives an engine as well as an owned one.
@@ -288,6 +296,10 @@ impl<E: Executor> Executor for &mut E {
 
     fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput, Self::Error> {
         (**self).execute(batch)
+    }
+
+    fn wait_for_connector(&mut self, timeout: std::time::Duration) {
+        (**self).wait_for_connector(timeout)
     }
 }
 

@@ -304,6 +304,10 @@ impl Executor for FakeExecutor {
         self.vocab_size
     }
 
+    fn wait_for_connector(&mut self, timeout: std::time::Duration) {
+        self.connector.wait(timeout);
+    }
+
     fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput, BatchError> {
         batch.validate(&self.spec)?;
         self.connector.start(batch.kv_connector_metadata, &mut self.kv);
@@ -365,6 +369,10 @@ impl Executor for SimExecutor {
 
     fn vocab_size(&self) -> usize {
         self.inner.vocab_size
+    }
+
+    fn wait_for_connector(&mut self, timeout: std::time::Duration) {
+        self.inner.wait_for_connector(timeout);
     }
 
     fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput, BatchError> {

@@ -268,6 +268,10 @@ impl<B: Backend> Executor for ModelExecutor<B> {
         self.model.config().vocab_size
     }
 
+    fn wait_for_connector(&mut self, timeout: std::time::Duration) {
+        self.connector.wait(timeout);
+    }
+
     fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput> {
         batch.validate(&self.spec)?;
         self.check_token_ids(batch)?;

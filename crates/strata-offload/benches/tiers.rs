@@ -2,15 +2,26 @@
 //! baselines measured in the same run (best of several repetitions):
 //!
 //! - host store (device -> host) and host load (host -> device) of 256
-//!   blocks of a Qwen2.5-0.5B-shaped KV (393 KiB each) against a plain
+//!   blocks of a Qwen2.5-0.5B-shaped KV (384 KiB each) against a plain
 //!   memcpy of the same bytes;
-//! - disk load of those blocks (reader thread, verification included)
-//!   against a sequential read of one file of the same size (both from the
-//!   page cache: the figure is the tier's overhead, not the device's);
+//! - disk store of those blocks (write-through into the slab, until the
+//!   writer reports them written) against a sequential write of the same
+//!   bytes to a new file;
+//! - disk load of those blocks (reader threads, verification included,
+//!   into warm host slots) against a sequential read of one file of the
+//!   same size, both from the page cache (the figure is the tier's
+//!   overhead, not the device's), then both with the page cache dropped
+//!   (`posix_fadvise(DONTNEED)`) before each repetition, and the tier with
+//!   `O_DIRECT` against the same cold read;
+//! - the disk rows run on a device whose copies cost nothing (a GPU's DMA
+//!   costs the CPU nothing): they measure the tier's hop. Two more rows
+//!   add a CPU backend's pool copies (device -> host -> disk and back),
+//!   which move twice the bytes of their baseline;
 //! - time to first token of an 8k-token prompt on a builtin-shaped model
 //!   (8192-token context) served from host, from disk, and recomputed.
 //!
-//! `cargo bench -p strata-offload --bench tiers`
+//! `cargo bench -p strata-offload --bench tiers` (`-- tiers` or `-- ttft`
+//! for one part)
 
 #![allow(clippy::unwrap_used)]
 
@@ -22,14 +33,36 @@ use strata_core::kv::BlockHash;
 use strata_core::request::Request;
 use strata_core::scheduler::SchedulerConfig;
 use strata_core::testing::VecKv;
-use strata_core::{BlockId, EngineCore, Executor, NewRequest, RequestId, SamplingParams};
+use strata_core::{
+    BlockId, EngineCore, Executor, KvBlockIo, NewRequest, RequestId, SamplingParams,
+};
 use strata_model::weights::DType;
 use strata_model::{load_cpu_executor, KvPoolConfig, LoadOptions, ModelSource};
-use strata_offload::{open, DiskConfig, OffloadConfig};
+use strata_offload::{open, DiskConfig, OffloadConfig, TransferType};
 
 const BPB: usize = 24 * 2 * 16 * 128 * 4;
 const N: usize = 256;
 const REPS: usize = 5;
+/// How long the bench waits for the connector between polls, woken early
+/// by a completion, as the engine's driver does between steps when only
+/// loads are in flight (a spinning waiter would take a core from the disk
+/// threads).
+const POLL: Duration = Duration::from_micros(200);
+
+/// A device whose copies cost the CPU nothing, as an accelerator's DMA
+/// does: the disk rows measured with it are the tier's own hop (the host
+/// rows measure the copies to and from a CPU backend's pool).
+struct NullKv;
+
+impl KvBlockIo for NullKv {
+    fn bytes_per_block(&self) -> usize {
+        BPB
+    }
+
+    fn read_block(&self, _: BlockId, _: &mut [u8]) {}
+
+    fn write_block(&mut self, _: BlockId, _: &[u8]) {}
+}
 
 /// A device pool of `BPB`-byte blocks.
 fn pool(data: Vec<u8>) -> VecKv {
@@ -61,7 +94,7 @@ fn tiers() {
 
     let dir = tempfile::tempdir().unwrap();
     // The baseline's file, written (and flushed) long before it is read,
-    // as the tier's block files are.
+    // as the tier's slab is.
     let file = dir.path().join("sequential.bin");
     {
         use std::io::Write;
@@ -71,7 +104,11 @@ fn tiers() {
     }
     let cfg = OffloadConfig {
         host_bytes: (2 * N * BPB) as u64,
-        disk: Some(DiskConfig { dir: dir.path().to_path_buf(), capacity_bytes: 1 << 40 }),
+        disk: Some(DiskConfig {
+            dir: dir.path().to_path_buf(),
+            capacity_bytes: 1 << 40,
+            direct_io: false,
+        }),
         fingerprint: 1,
         bytes_per_block: BPB,
         block_size: 16,
@@ -98,41 +135,58 @@ fn tiers() {
             d
         })
     };
-    // Disk store: from the step that hands N blocks to a fresh connector
-    // until the writer reports all N on disk, against a sequential write of
-    // the same bytes in block-sized chunks (both into the page cache; sync
-    // before each repetition so neither competes with old writeback).
+    // Disk store: a fresh slab behind a host tier of N slots that already
+    // holds N earlier blocks (written, so its buffers are warm and the
+    // writer holds none of them); from the step that hands it N new blocks
+    // until the writer reports all N on disk (the slab grows by N slots),
+    // against a sequential write of the same bytes in block-sized chunks to
+    // a new file (both into the page cache; sync before each repetition so
+    // neither competes with old writeback).
     let mut store_round = 0u64;
-    let disk_store = best(|| {
-        store_round += 1;
-        let _ = std::process::Command::new("sync").status();
-        let sub = dir.path().join(format!("store-{store_round}"));
-        let (_, mut w) = open(OffloadConfig {
-            disk: Some(DiskConfig { dir: sub.clone(), capacity_bytes: 1 << 40 }),
-            ..cfg.clone()
-        });
-        let stores = (0..N)
-            .map(|i| StoreSpec { block_id: BlockId(i as u32), block_hash: BlockHash(i as u64) })
-            .collect();
-        let t = Instant::now();
-        w.start_load_kv(&ConnectorMeta { loads: vec![], stores }, &mut pool);
-        let mut written = 0;
-        while written < N {
-            let out = w.get_finished(&mut pool);
-            written += out
-                .stats
-                .merged::<strata_offload::OffloadStats>()
-                .transfers
-                .iter()
-                .filter(|x| x.transfer_type == strata_offload::TransferType::HostToDisk)
-                .count();
-            std::thread::yield_now();
-        }
-        let d = t.elapsed();
-        drop(w);
-        let _ = std::fs::remove_dir_all(&sub);
-        d
-    });
+    let mut disk_store = |kv: &mut dyn KvBlockIo| {
+        best(|| {
+            store_round += 1;
+            let sub = dir.path().join(format!("store-{store_round}"));
+            let (_, mut w) = open(OffloadConfig {
+                host_bytes: (N * BPB) as u64,
+                disk: Some(DiskConfig {
+                    dir: sub.clone(),
+                    capacity_bytes: 1 << 40,
+                    direct_io: false,
+                }),
+                ..cfg.clone()
+            })
+            .unwrap();
+            let stores = |base: u64| ConnectorMeta {
+                loads: vec![],
+                stores: (0..N)
+                    .map(|i| StoreSpec {
+                        block_id: BlockId(i as u32),
+                        block_hash: BlockHash(base + i as u64),
+                    })
+                    .collect(),
+            };
+            let written = |w: &mut strata_offload::OffloadWorker, kv: &mut dyn KvBlockIo| {
+                let mut n = 0;
+                while n < N {
+                    n += transfers(&w.get_finished(kv), TransferType::HostToDisk);
+                    w.wait_for_progress(POLL);
+                }
+            };
+            w.start_load_kv(&stores(0), kv);
+            written(&mut w, kv);
+            let _ = std::process::Command::new("sync").status();
+            let t = Instant::now();
+            w.start_load_kv(&stores(1 << 32), kv);
+            written(&mut w, kv);
+            let d = t.elapsed();
+            drop(w);
+            let _ = std::fs::remove_dir_all(&sub);
+            d
+        })
+    };
+    let disk_store_hop = disk_store(&mut NullKv);
+    let disk_store_e2e = disk_store(&mut pool);
     let seq_write = best(|| {
         use std::io::Write;
         let _ = std::process::Command::new("sync").status();
@@ -147,30 +201,38 @@ fn tiers() {
         std::fs::remove_file(&path).unwrap();
         d
     });
-    let (_, mut host_only) = open(OffloadConfig { disk: None, ..cfg.clone() });
+    let (_, mut host_only) = open(OffloadConfig { disk: None, ..cfg.clone() }).unwrap();
     let store_host_only = store_into(&mut host_only, &mut pool);
     drop(host_only);
-    let (mut sched, mut worker) = open(cfg.clone());
+    let (mut sched, mut worker) = open(cfg.clone()).unwrap();
     let store = store_into(&mut worker, &mut pool);
-    // Host load: a request whose prompt's blocks are all in the host tier.
-    let tokens: Vec<u32> = (0..(N * 16 + 1) as u32).collect();
-    let mut hashes = Vec::new();
-    extend_block_hashes(&mut hashes, &tokens, 16, None);
-    let stores = hashes
-        .iter()
-        .enumerate()
-        .map(|(i, &h)| StoreSpec { block_id: BlockId(i as u32), block_hash: h })
-        .collect();
-    worker.start_load_kv(&ConnectorMeta { loads: vec![], stores }, &mut pool);
-    worker.get_finished(&mut pool);
+    // Two prompts of N blocks each, A and B, stored (and written through).
+    let prompt_of = |base: u32| -> (Vec<u32>, Vec<BlockHash>) {
+        let tokens: Vec<u32> = (base..base + (N * 16 + 1) as u32).collect();
+        let mut hashes = Vec::new();
+        extend_block_hashes(&mut hashes, &tokens, 16, None);
+        (tokens, hashes)
+    };
+    let prompts = [prompt_of(0), prompt_of(1 << 20)];
+    for (_, hashes) in &prompts {
+        let stores = hashes
+            .iter()
+            .enumerate()
+            .map(|(i, &h)| StoreSpec { block_id: BlockId(i as u32), block_hash: h })
+            .collect();
+        worker.start_load_kv(&ConnectorMeta { loads: vec![], stores }, &mut pool);
+        worker.get_finished(&mut pool);
+    }
     let blocks: Vec<BlockId> = (0..N as u32).map(BlockId).collect();
     let mut id = 0;
+    // Host load: a request whose prompt's blocks are all in the host tier.
+    let (tokens, hashes) = &prompts[1];
     let load = best(|| {
         id += 1;
-        let req = request(id, &tokens, 16);
+        let req = request(id, tokens, 16);
         let n = sched.get_num_new_matched_tokens(&req, 0);
         assert_eq!(n, N * 16);
-        sched.update_state_after_alloc(&req, &blocks, &hashes);
+        sched.update_state_after_alloc(&req, &blocks, hashes);
         let meta = sched.build_connector_meta();
         let t = Instant::now();
         worker.start_load_kv(&meta, &mut pool);
@@ -179,30 +241,60 @@ fn tiers() {
         d
     });
 
-    // Disk load: a fresh connector (empty host tier) on the same
-    // directory; wait for the writer to finish first.
+    // Disk load: a fresh connector on the same directory (joining the old
+    // one's writer first) whose host tier holds one prompt: loading A from
+    // disk promotes it and evicts B, and the other way round, so every
+    // repetition reads all N blocks from disk into warm host slots, as a
+    // server's full host tier does.
     drop((sched, worker));
     // Let the kernel finish writing back what the stores wrote, so neither
     // the tier nor the baseline competes with writeback.
     let _ = std::process::Command::new("sync").status();
-    let (mut sched, mut worker) = open(OffloadConfig { host_bytes: BPB as u64, ..cfg });
-    let disk = best(|| {
-        id += 1;
-        let req = request(id, &tokens, 16);
-        let n = sched.get_num_new_matched_tokens(&req, 0);
-        assert_eq!(n, N * 16, "all blocks on disk");
-        sched.update_state_after_alloc(&req, &blocks, &hashes);
-        let meta = sched.build_connector_meta();
-        let t = Instant::now();
-        worker.start_load_kv(&meta, &mut pool);
-        loop {
-            if !worker.get_finished(&mut pool).finished_recving.is_empty() {
-                break;
+    let disk_cfg = |direct_io: bool| OffloadConfig {
+        host_bytes: (N * BPB) as u64,
+        disk: Some(DiskConfig {
+            dir: dir.path().to_path_buf(),
+            capacity_bytes: 1 << 40,
+            direct_io,
+        }),
+        ..cfg.clone()
+    };
+    let mut k = 0;
+    let mut from_disk = |sched: &mut strata_offload::OffloadScheduler,
+                         worker: &mut strata_offload::OffloadWorker,
+                         kv: &mut dyn KvBlockIo,
+                         id: &mut u64,
+                         drop_cache: bool| {
+        best(|| {
+            k += 1;
+            if drop_cache {
+                evict_from_page_cache(dir.path());
             }
-            std::thread::yield_now();
-        }
-        t.elapsed()
-    });
+            *id += 1;
+            let (tokens, hashes) = &prompts[k % 2];
+            let req = request(*id, tokens, 16);
+            assert_eq!(sched.get_num_new_matched_tokens(&req, 0), N * 16, "all blocks on disk");
+            sched.update_state_after_alloc(&req, &blocks, hashes);
+            let meta = sched.build_connector_meta();
+            let t = Instant::now();
+            worker.start_load_kv(&meta, kv);
+            let mut read = 0;
+            loop {
+                let out = worker.get_finished(kv);
+                read += transfers(&out, TransferType::DiskToHost);
+                if !out.finished_recving.is_empty() {
+                    break;
+                }
+                worker.wait_for_progress(POLL);
+            }
+            let d = t.elapsed();
+            assert_eq!(read, N, "every block came from disk");
+            d
+        })
+    };
+    let (mut sched, mut worker) = open(disk_cfg(false)).unwrap();
+    let disk_hop = from_disk(&mut sched, &mut worker, &mut NullKv, &mut id, false);
+    let disk_e2e = from_disk(&mut sched, &mut worker, &mut pool, &mut id, false);
     let mut sequential_read = || {
         use std::io::Read;
         // A sequential read in block-sized chunks into one buffer.
@@ -216,23 +308,13 @@ fn tiers() {
     };
     let seq = best(&mut sequential_read);
     // The same with the page cache dropped before each repetition (the
-    // files were synced above, so their pages can be dropped): what a
+    // slab was synced above, so its pages can be dropped): what a
     // restarted server reading a real device sees.
-    let tier_dir = dir.path().to_path_buf();
-    let disk_cold = best(|| {
-        evict_from_page_cache(&tier_dir);
-        id += 1;
-        let req = request(id, &tokens, 16);
-        assert_eq!(sched.get_num_new_matched_tokens(&req, 0), N * 16);
-        sched.update_state_after_alloc(&req, &blocks, &hashes);
-        let meta = sched.build_connector_meta();
-        let t = Instant::now();
-        worker.start_load_kv(&meta, &mut pool);
-        while worker.get_finished(&mut pool).finished_recving.is_empty() {
-            std::thread::yield_now();
-        }
-        t.elapsed()
-    });
+    let disk_cold = from_disk(&mut sched, &mut worker, &mut NullKv, &mut id, true);
+    drop((sched, worker));
+    let (mut sched, mut worker) = open(disk_cfg(true)).unwrap();
+    let disk_direct = from_disk(&mut sched, &mut worker, &mut NullKv, &mut id, true);
+    drop((sched, worker));
     let seq_cold = best(|| {
         evict_from_page_cache(&file);
         sequential_read()
@@ -248,9 +330,12 @@ fn tiers() {
         ("host store (device -> host), no disk tier", store_host_only, memcpy),
         ("host store (device -> host), disk tier on (write-through queued)", store, memcpy),
         ("host load (host -> device)", load, memcpy),
-        ("disk store (host -> disk, write-through until written)", disk_store, seq_write),
-        ("disk load (disk -> host -> device)", disk, seq),
-        ("disk load, page cache dropped", disk_cold, seq_cold),
+        ("disk store (host -> disk, written through until reported)", disk_store_hop, seq_write),
+        ("disk load (disk -> host)", disk_hop, seq),
+        ("disk load, page cache dropped (disk -> host)", disk_cold, seq_cold),
+        ("disk load, O_DIRECT (disk -> host)", disk_direct, seq_cold),
+        ("CPU backend: disk store (device -> host -> disk)", disk_store_e2e, seq_write),
+        ("CPU backend: disk load (disk -> host -> device)", disk_e2e, seq),
     ] {
         println!(
             "| {name} | {:.2} | {:.2} | {:.2} |",
@@ -263,6 +348,14 @@ fn tiers() {
         "(baselines: memcpy of the same bytes; sequential write and read of one {} MiB file, from the page cache or, for the cold row, from the device)",
         bytes >> 20
     );
+}
+
+/// How many transfers of this type an output reports (failures are not
+/// expected here).
+fn transfers(out: &strata_core::connector::ConnectorOutput, ty: TransferType) -> usize {
+    let stats = out.stats.merged::<strata_offload::OffloadStats>();
+    assert!(stats.failures.is_empty(), "{:?}", stats.failures);
+    stats.transfers.iter().filter(|x| x.transfer_type == ty).count()
 }
 
 /// Drops the page-cache pages of a file, or of every file under a
@@ -300,11 +393,16 @@ fn ttft() {
         let spec = exec.kv_cache_spec();
         let (sched, worker) = open(OffloadConfig {
             host_bytes,
-            disk: Some(DiskConfig { dir: dir.path().to_path_buf(), capacity_bytes: 1 << 36 }),
+            disk: Some(DiskConfig {
+                dir: dir.path().to_path_buf(),
+                capacity_bytes: 1 << 36,
+                direct_io: false,
+            }),
             fingerprint: exec.kv_fingerprint(),
             bytes_per_block: spec.bytes_per_block,
             block_size: spec.block_size,
-        });
+        })
+        .unwrap();
         exec.set_connector(Box::new(worker));
         let config = SchedulerConfig {
             max_num_seqs: 4,
@@ -358,9 +456,16 @@ fn ttft() {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    tiers();
-    ttft();
+    // `cargo bench ... -- tiers` or `-- ttft` runs one part (for profiling).
+    let part = |name: &str| args.is_empty() || args.iter().any(|a| a == name);
+    if part("tiers") {
+        tiers();
+    }
+    if part("ttft") {
+        ttft();
+    }
 }

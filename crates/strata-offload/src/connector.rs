@@ -31,9 +31,7 @@
 //! [`TierEvents`] where it happens (see `events` for the rules).
 
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Instant;
 
 use rustc_hash::FxHashMap;
@@ -49,9 +47,10 @@ use crate::stats::{
     OffloadFailure, OffloadOp, OffloadStats, OffloadTier, TierUsage, TransferRecord, TransferType,
 };
 
-use crate::disk::{self, DiskIndex};
+use crate::disk;
 use crate::events::{BlockInfo, TierEvents};
 use crate::host::HostTier;
+use disk_io::{DiskThreads, DiskTier, Done, Read, Write};
 
 /// Disk writes queued beyond this many are skipped (and counted): the
 /// writer is behind, and RAM must not fill with copies waiting for it.
@@ -61,6 +60,9 @@ const MAX_QUEUED_WRITES: usize = 4096;
 pub struct DiskConfig {
     pub dir: PathBuf,
     pub capacity_bytes: u64,
+    /// Read with `O_DIRECT` (bypassing the page cache), where the file
+    /// system supports it.
+    pub direct_io: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -76,7 +78,8 @@ pub struct OffloadConfig {
 #[derive(Clone, Copy, Debug)]
 enum Source {
     Host(u32),
-    Disk,
+    /// The block's slot in the slab.
+    Disk(u32),
 }
 
 /// What a lookup found for a request not yet admitted.
@@ -94,33 +97,6 @@ struct Lookup {
 struct InflightLoad {
     remaining: usize,
     cancelled: bool,
-}
-
-enum Job {
-    Read { req: RequestId, block: BlockId, hash: BlockHash },
-    Write { hash: BlockHash, data: Arc<Vec<u8>> },
-    Delete { hash: BlockHash },
-}
-
-enum Done {
-    Read {
-        req: RequestId,
-        block: BlockId,
-        hash: BlockHash,
-        result: Result<Vec<u8>, OffloadFailure>,
-        seconds: f64,
-    },
-    Write {
-        hash: BlockHash,
-        result: Result<(), OffloadFailure>,
-        seconds: f64,
-    },
-}
-
-#[derive(Debug)]
-struct DiskTier {
-    index: DiskIndex,
-    queued_writes: usize,
 }
 
 #[derive(Debug)]
@@ -149,7 +125,10 @@ impl Shared {
         let mut usage = vec![TierUsage {
             tier: OffloadTier::Host,
             residency: frac(self.host.num_used(), self.host.num_slots()),
-            inflight: frac(self.host.num_pinned(), self.host.num_slots()),
+            inflight: frac(
+                self.host.num_pinned() + self.host.num_reserved(),
+                self.host.num_slots(),
+            ),
         }];
         if let Some(d) = &self.disk {
             usage.push(TierUsage {
@@ -183,12 +162,7 @@ impl Shared {
     }
 
     /// Queues a write-through of a host-resident block to disk.
-    fn queue_disk_write(
-        &mut self,
-        hash: BlockHash,
-        info: &Option<BlockInfo>,
-        jobs: &mpsc::Sender<Job>,
-    ) {
+    fn queue_disk_write(&mut self, hash: BlockHash, info: &Option<BlockInfo>, disk: &DiskThreads) {
         let Some(d) = &mut self.disk else { return };
         if d.index.contains(hash) {
             d.index.touch(hash);
@@ -205,7 +179,7 @@ impl Shared {
         // Shared, not copied: the slot is copied only if it is refilled
         // before the writer is done with it.
         let Some(data) = self.host.shared(hash) else { return };
-        let Some(evicted) = d.index.begin_write(hash) else {
+        let Some(disk::Reserved { slot, fresh, evicted }) = d.index.begin_write(hash) else {
             self.stats.allocation_failures += 1;
             return;
         };
@@ -213,13 +187,15 @@ impl Shared {
             self.stats.evictions.push((OffloadTier::Disk, evicted.len() as u32));
         }
         for victim in evicted {
+            // Its slot is overwritten by a later write; nothing to delete.
             self.events.left(KvMedium::Disk, victim);
-            let _ = jobs.send(Job::Delete { hash: victim });
         }
         d.queued_writes += 1;
-        if jobs.send(Job::Write { hash, data }).is_err() {
+        let seq = d.next_seq;
+        d.next_seq += 1;
+        if disk.write(Write { hash, slot, fresh, seq, data }).is_err() {
             d.queued_writes -= 1;
-            d.index.finish_write(hash, false);
+            d.index.finish_write(hash, Err(OffloadFailure::Io));
         } else {
             self.events.write_queued(hash, info);
         }
@@ -252,28 +228,26 @@ pub struct OffloadScheduler {
 /// writes are done).
 pub struct OffloadWorker {
     shared: Arc<Mutex<Shared>>,
-    jobs: Option<mpsc::Sender<Job>>,
-    done: Option<mpsc::Receiver<Done>>,
-    /// Read buffers handed back to the readers once their data is copied
-    /// out (a fresh block-sized buffer costs a page fault per page).
-    recycle: Option<mpsc::Sender<Vec<u8>>>,
-    threads: Vec<JoinHandle<()>>,
+    /// The disk threads and their queues (joined on drop).
+    disk: Option<DiskThreads>,
+    /// Read buffers of loads the host tier had no slot for, kept for the
+    /// next ones (a fresh block-sized buffer costs a page fault per page).
+    spare: Vec<Vec<u8>>,
+    /// Completions taken while waiting for progress, handled by the next
+    /// `get_finished`.
+    early: Vec<Done>,
 }
-
-/// Threads reading block files: reads are independent, so several run at
-/// once (page-cache copies and checksums use more than one core; a cold
-/// device sees several requests in flight).
-const NUM_READERS: usize = 4;
 
 impl std::fmt::Debug for OffloadWorker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OffloadWorker").field("threads", &self.threads.len()).finish()
+        f.debug_struct("OffloadWorker").field("disk", &self.disk.is_some()).finish()
     }
 }
 
-/// Opens the tiers (rebuilding the disk index from `dir`) and returns the
-/// connector's two halves.
-pub fn open(config: OffloadConfig) -> (OffloadScheduler, OffloadWorker) {
+/// Opens the tiers (rebuilding the disk index from the slab under `dir`)
+/// and returns the connector's two halves. Fails if the disk tier's
+/// directory or slab cannot be opened, or another process holds the slab.
+pub fn open(config: OffloadConfig) -> std::io::Result<(OffloadScheduler, OffloadWorker)> {
     let bpb = config.bytes_per_block.max(1);
     let num_slots = (config.host_bytes / bpb as u64) as usize;
     let mut shared = Shared {
@@ -289,98 +263,19 @@ pub fn open(config: OffloadConfig) -> (OffloadScheduler, OffloadWorker) {
         out: ConnectorOutput::default(),
         events: TierEvents::new(config.block_size.max(1)),
     };
-    let mut threads = Vec::new();
-    let (jobs, done, recycle) = match &config.disk {
-        None => (None, None, None),
+    let disk = match &config.disk {
+        None => None,
         Some(d) => {
-            let dir = disk::model_dir(&d.dir, config.fingerprint);
-            let capacity = (d.capacity_bytes / (disk::HEADER_LEN + bpb) as u64) as usize;
-            let mut index = DiskIndex::new(capacity);
-            if let Err(e) = std::fs::create_dir_all(&dir) {
-                tracing::warn!(dir = %dir.display(), "KV disk tier: cannot create the directory ({e}); stores will fail and be counted");
-            }
-            match disk::scan(&dir, bpb) {
-                Ok(disk::Scan { blocks: found, num_removed }) => {
-                    for _ in 0..num_removed {
-                        shared.stats.failures.push((
-                            OffloadTier::Disk,
-                            OffloadOp::Load,
-                            OffloadFailure::Truncated,
-                        ));
-                    }
-                    // Oldest first; past the capacity, the oldest go.
-                    let skip = found.len().saturating_sub(capacity);
-                    for &h in &found[..skip] {
-                        disk::remove_block(&dir, h);
-                    }
-                    for &h in &found[skip..] {
-                        index.insert_ready(h);
-                    }
-                    tracing::info!(dir = %dir.display(), blocks = found.len() - skip, capacity, "KV disk tier opened");
-                }
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), "KV disk tier: cannot list the directory ({e})")
-                }
-            }
-            shared.disk = Some(DiskTier { index, queued_writes: 0 });
-            let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
-            let (reads_tx, reads_rx) = mpsc::channel::<Job>();
-            let (done_tx, done_rx) = mpsc::channel::<Done>();
-            let (recycle_tx, recycle_rx) = mpsc::channel::<Vec<u8>>();
-            let fp = config.fingerprint;
-            // NUM_READERS threads read (loads wait on them), one writes and
-            // deletes (stores never delay loads). The dispatcher splits the
-            // queue.
-            let write_dir = dir.clone();
-            let reads_rx = Arc::new(Mutex::new(reads_rx));
-            let recycle_rx = Arc::new(Mutex::new(recycle_rx));
-            for _ in 0..NUM_READERS {
-                let (read_dir, read_done) = (dir.clone(), done_tx.clone());
-                let (reads_rx, recycle_rx) = (reads_rx.clone(), recycle_rx.clone());
-                threads.push(std::thread::spawn(move || loop {
-                    // Hold the queue's lock only to take the next job.
-                    let job = reads_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    let Ok(Job::Read { req, block, hash }) = job else { break };
-                    let start = Instant::now();
-                    let recycled = recycle_rx.lock().unwrap_or_else(|e| e.into_inner()).try_recv();
-                    let mut buf = recycled.unwrap_or_else(|_| vec![0u8; bpb]);
-                    let result = disk::read_block(&read_dir, fp, hash, &mut buf);
-                    if result.is_err() {
-                        disk::remove_block(&read_dir, hash);
-                    }
-                    let seconds = start.elapsed().as_secs_f64();
-                    let result = result.map(|()| buf);
-                    if read_done.send(Done::Read { req, block, hash, result, seconds }).is_err() {
-                        break;
-                    }
-                }));
-            }
-            threads.push(std::thread::spawn(move || {
-                for job in jobs_rx {
-                    match job {
-                        Job::Read { .. } => {
-                            if reads_tx.send(job).is_err() {
-                                break;
-                            }
-                        }
-                        Job::Write { hash, data } => {
-                            let start = Instant::now();
-                            let result = disk::write_block(&write_dir, fp, hash, &data);
-                            let seconds = start.elapsed().as_secs_f64();
-                            let _ = done_tx.send(Done::Write { hash, result, seconds });
-                        }
-                        Job::Delete { hash } => disk::remove_block(&write_dir, hash),
-                    }
-                }
-            }));
-            (Some(jobs_tx), Some(done_rx), Some(recycle_tx))
+            let (tier, threads) = disk_io::open(d, config.fingerprint, bpb, &mut shared.stats)?;
+            shared.disk = Some(tier);
+            Some(threads)
         }
     };
     let shared = Arc::new(Mutex::new(shared));
-    (
+    Ok((
         OffloadScheduler { shared: shared.clone() },
-        OffloadWorker { shared, jobs, done, recycle, threads },
-    )
+        OffloadWorker { shared, disk, spare: Vec::new(), early: Vec::new() },
+    ))
 }
 
 impl ConnectorScheduler for OffloadScheduler {
@@ -454,10 +349,8 @@ impl ConnectorScheduler for OffloadScheduler {
         for (i, (&b, &h)) in block_ids.iter().zip(block_hashes).enumerate() {
             let source = if let Some(slot) = s.host.pin(h) {
                 Some(Source::Host(slot))
-            } else if s.disk.as_mut().is_some_and(|d| d.index.pin(h)) {
-                Some(Source::Disk)
             } else {
-                None
+                s.disk.as_mut().and_then(|d| d.index.pin(h)).map(Source::Disk)
             };
             if known && source.is_some() {
                 // The request's tokens: a block from start-up (or from
@@ -465,7 +358,7 @@ impl ConnectorScheduler for OffloadScheduler {
                 // block will be once promoted into host.
                 let info = s.events.info(req, first + i);
                 let medium = match source {
-                    Some(Source::Disk) => {
+                    Some(Source::Disk(_)) => {
                         s.events.load_planned(h, info.clone());
                         KvMedium::Disk
                     }
@@ -501,7 +394,7 @@ impl ConnectorScheduler for OffloadScheduler {
             for (_, h, src) in plan {
                 match src {
                     Source::Host(slot) => s.host.unpin(slot),
-                    Source::Disk => {
+                    Source::Disk(_) => {
                         if let Some(d) = &mut s.disk {
                             d.index.unpin(h, true);
                         }
@@ -577,14 +470,14 @@ impl OffloadWorker {
                 continue;
             }
             let start = Instant::now();
-            let for_disk = if self.jobs.is_some() { info.clone() } else { None };
+            let for_disk = if self.disk.is_some() { info.clone() } else { None };
             if s.host_insert(st.block_hash, info, |slot| kv.read_block(st.block_id, slot)) {
                 seconds += start.elapsed().as_secs_f64();
                 copied += 1;
                 // Written through now: the block may leave the host tier
                 // before this loop ends.
-                if let Some(jobs) = &self.jobs {
-                    s.queue_disk_write(st.block_hash, &for_disk, jobs);
+                if let Some(d) = &self.disk {
+                    s.queue_disk_write(st.block_hash, &for_disk, d);
                 }
             }
         }
@@ -613,13 +506,32 @@ impl OffloadWorker {
                     s.host.touch(h);
                     from_host += 1;
                 }
-                Source::Disk => {
-                    let sent = self.jobs.as_ref().is_some_and(|j| {
-                        j.send(Job::Read { req: load.request_id, block: b, hash: h }).is_ok()
-                    });
-                    if sent {
-                        from_disk += 1;
-                    } else {
+                Source::Disk(slot) => {
+                    // Read straight into a host slot (the promotion), or
+                    // into a spare buffer if every slot is busy.
+                    let (host_slot, buf) = match s.host.reserve() {
+                        Some((a, buf)) => {
+                            if let Some(old) = a.evicted {
+                                s.stats.evictions.push((OffloadTier::Host, 1));
+                                s.events.left(KvMedium::Host, old);
+                            }
+                            (Some(a.slot), buf)
+                        }
+                        None => {
+                            if s.host.num_slots() > 0 {
+                                s.stats.allocation_failures += 1;
+                            }
+                            (None, self.spare.pop().unwrap_or_default())
+                        }
+                    };
+                    let read =
+                        Read { req: load.request_id, block: b, hash: h, slot, host_slot, buf };
+                    let sent = match &self.disk {
+                        Some(d) => d.read(read),
+                        None => Err(read),
+                    };
+                    if let Err(read) = sent {
+                        give_back(&mut s, &mut self.spare, read);
                         if let Some(d) = &mut s.disk {
                             d.index.unpin(h, true);
                         }
@@ -630,6 +542,8 @@ impl OffloadWorker {
                             OffloadFailure::Io,
                         ));
                         s.out.invalid_block_ids.push(b);
+                    } else {
+                        from_disk += 1;
                     }
                 }
             }
@@ -659,7 +573,7 @@ impl OffloadWorker {
                 let info = s.events.write_ends(hash);
                 if let Some(d) = &mut s.disk {
                     d.queued_writes = d.queued_writes.saturating_sub(1);
-                    d.index.finish_write(hash, result.is_ok());
+                    d.index.finish_write(hash, result);
                     if d.index.is_ready(hash) {
                         s.events.present(KvMedium::Disk, hash, info);
                     }
@@ -689,47 +603,44 @@ impl OffloadWorker {
                     }
                 }
             }
-            Done::Read { req, block, hash, result, seconds } => {
+            Done::Read { read, result, seconds } => {
+                let (req, block, hash) = (read.req, read.block, read.hash);
                 if let Some(d) = &mut s.disk {
                     d.index.unpin(hash, result.is_ok());
                 }
-                // A file that failed verification is gone from the tier.
+                // A slot that failed verification is gone from the tier.
                 s.disk_maybe_left(hash);
                 let info = s.events.load_ends(hash);
                 let cancelled = s.inflight.get(&req).is_none_or(|l| l.cancelled);
                 match result {
-                    Ok(data) => {
+                    Ok(()) => {
                         s.stats.transfers.push(TransferRecord {
                             transfer_type: TransferType::DiskToHost,
                             bytes: bpb,
                             seconds,
                             num_blocks: 1,
                         });
-                        if !s.host.contains(hash) && s.host.num_slots() > 0 {
-                            // Promotion: the next hit is served from RAM.
-                            s.host_insert(hash, info, |slot| slot.copy_from_slice(&data));
-                        } else if s.host.contains(hash) {
-                            s.events.present(KvMedium::Host, hash, info);
-                        }
                         if !cancelled {
-                            let start = Instant::now();
-                            kv.write_block(block, &data);
-                            s.stats.transfers.push(TransferRecord {
-                                transfer_type: TransferType::HostToDevice,
-                                bytes: bpb,
-                                seconds: start.elapsed().as_secs_f64(),
-                                num_blocks: 1,
-                            });
+                            to_device(&mut s, block, &read.buf, kv);
                         }
-                        if let Some(r) = &self.recycle {
-                            let _ = r.send(data);
+                        // Promotion: the block was read into its host slot,
+                        // so the next hit is served from RAM.
+                        match read.host_slot {
+                            Some(slot) => {
+                                s.host.fill_reserved(slot, hash, read.buf);
+                            }
+                            None => keep_spare(&mut self.spare, read.buf),
+                        }
+                        if s.host.contains(hash) {
+                            s.events.present(KvMedium::Host, hash, info);
                         }
                     }
                     Err(f) => {
+                        give_back(&mut s, &mut self.spare, read);
                         tracing::warn!(
                             block_hash = hash.0,
                             reason = f.as_str(),
-                            "KV disk tier: a block failed to load; its file is deleted"
+                            "KV disk tier: a block failed to load; its slot is cleared"
                         );
                         s.stats.failures.push((OffloadTier::Disk, OffloadOp::Load, f));
                         s.out.invalid_block_ids.push(block);
@@ -747,6 +658,35 @@ impl OffloadWorker {
     }
 }
 
+/// Copies a block read from disk into its device block.
+fn to_device(s: &mut Shared, block: BlockId, data: &[u8], kv: &mut dyn KvBlockIo) {
+    let start = Instant::now();
+    kv.write_block(block, data);
+    s.stats.transfers.push(TransferRecord {
+        transfer_type: TransferType::HostToDevice,
+        bytes: s.bytes_per_block as u64,
+        seconds: start.elapsed().as_secs_f64(),
+        num_blocks: 1,
+    });
+}
+
+/// Spare read buffers kept at most (beyond, they are freed).
+const MAX_SPARE: usize = 64;
+
+fn keep_spare(spare: &mut Vec<Vec<u8>>, buf: Vec<u8>) {
+    if spare.len() < MAX_SPARE {
+        spare.push(buf);
+    }
+}
+
+/// A read that will not complete: its buffer goes back where it came from.
+fn give_back(s: &mut Shared, spare: &mut Vec<Vec<u8>>, read: Read) {
+    match read.host_slot {
+        Some(slot) => s.host.release(slot, read.buf),
+        None => keep_spare(spare, read.buf),
+    }
+}
+
 impl ConnectorWorker for OffloadWorker {
     fn start_load_kv(&mut self, meta: &ConnectorMeta, kv: &mut dyn KvBlockIo) {
         // Stores first: they read blocks computed in earlier steps, and a
@@ -760,8 +700,10 @@ impl ConnectorWorker for OffloadWorker {
     }
 
     fn get_finished(&mut self, kv: &mut dyn KvBlockIo) -> ConnectorOutput {
-        let done: Vec<Done> =
-            self.done.as_ref().map(|rx| rx.try_iter().collect()).unwrap_or_default();
+        let mut done = std::mem::take(&mut self.early);
+        if let Some(d) = &self.disk {
+            done.extend(d.completed());
+        }
         for d in done {
             self.on_done(d, kv);
         }
@@ -772,18 +714,21 @@ impl ConnectorWorker for OffloadWorker {
         out.stats = ConnectorStats::of(stats);
         out
     }
-}
 
-impl Drop for OffloadWorker {
-    fn drop(&mut self) {
-        // Closing the queue lets the threads finish what is queued (so
-        // blocks written through reach the disk) and exit.
-        self.jobs = None;
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+    /// Wakes as soon as a disk read completes (writes hold no request up).
+    fn wait_for_progress(&mut self, timeout: std::time::Duration) {
+        match &self.disk {
+            Some(disk) => {
+                if let Some(d) = disk.wait_for_read(timeout) {
+                    self.early.push(d);
+                }
+            }
+            None => std::thread::sleep(timeout),
         }
     }
 }
+
+mod disk_io;
 
 #[cfg(test)]
 mod tests;

@@ -7,9 +7,14 @@
 //! to slot, and LRU eviction among slots nobody is reading. A slot pinned
 //! by a load in flight is never evicted or overwritten.
 //!
-//! Invariants (checked by `check_invariants` in tests): every slot is free
-//! or indexed under exactly one hash; a pinned slot is indexed; the LRU set
-//! holds exactly the indexed, unpinned slots.
+//! A block coming from disk is read straight into a slot: the load
+//! [`HostTier::reserve`]s one (not findable, not evictable), the reader
+//! fills the buffer taken from it, and [`HostTier::fill_reserved`] indexes
+//! it (or [`HostTier::release`] frees it).
+//!
+//! Invariants (checked by `check_invariants` in tests): every slot is free,
+//! reserved, or indexed under exactly one hash; a pinned slot is indexed;
+//! the LRU set holds exactly the indexed, unpinned slots.
 
 use std::collections::BTreeSet;
 
@@ -19,6 +24,8 @@ use strata_core::kv::BlockHash;
 #[derive(Clone, Copy, Debug, Default)]
 struct Slot {
     hash: Option<BlockHash>,
+    /// Reserved for a block being read from disk.
+    reserved: bool,
     pins: u32,
     /// Recency tick of the last store or hit.
     last_use: u64,
@@ -41,6 +48,7 @@ pub struct HostTier {
     /// Evictable slots by recency: (last_use, slot).
     lru: BTreeSet<(u64, u32)>,
     tick: u64,
+    num_reserved: usize,
 }
 
 impl std::fmt::Debug for HostTier {
@@ -67,6 +75,7 @@ impl HostTier {
             index: FxHashMap::default(),
             lru: BTreeSet::new(),
             tick: 0,
+            num_reserved: 0,
         }
     }
 
@@ -82,6 +91,11 @@ impl HostTier {
     /// module's invariant), without a scan (this is read every step).
     pub fn num_pinned(&self) -> usize {
         self.index.len() - self.lru.len()
+    }
+
+    /// Slots reserved for blocks being read from disk.
+    pub fn num_reserved(&self) -> usize {
+        self.num_reserved
     }
 
     pub fn bytes_per_block(&self) -> usize {
@@ -139,29 +153,79 @@ impl HostTier {
         }
     }
 
+    /// A free slot, or the least recently used unpinned one with the block
+    /// it evicts; `None` when every slot is pinned or reserved.
+    fn take_slot(&mut self) -> Option<Allocation> {
+        if let Some(slot) = self.free.pop() {
+            return Some(Allocation { slot, evicted: None });
+        }
+        let &(last_use, slot) = self.lru.iter().next()?;
+        self.lru.remove(&(last_use, slot));
+        let old = self.slots[slot as usize].hash.take();
+        if let Some(old) = old {
+            self.index.remove(&old);
+        }
+        Some(Allocation { slot, evicted: old })
+    }
+
     /// A slot for a new block, evicting the least recently used unpinned
-    /// block if the tier is full. `None` when every slot is pinned (the
-    /// store is skipped and counted). The slot is indexed under `hash`
-    /// at once; the caller fills it with [`Self::slot_mut`].
+    /// block if the tier is full. `None` when every slot is pinned or
+    /// reserved (the store is skipped and counted). The slot is indexed
+    /// under `hash` at once; the caller fills it with [`Self::slot_mut`].
     pub fn allocate(&mut self, hash: BlockHash) -> Option<Allocation> {
         debug_assert!(!self.contains(hash), "allocate of a block already here");
-        let (slot, evicted) = match self.free.pop() {
-            Some(slot) => (slot, None),
-            None => {
-                let &(last_use, slot) = self.lru.iter().next()?;
-                self.lru.remove(&(last_use, slot));
-                let old = self.slots[slot as usize].hash.take();
-                if let Some(old) = old {
-                    self.index.remove(&old);
-                }
-                (slot, old)
-            }
-        };
+        let a = self.take_slot()?;
+        self.index_slot(a.slot, hash);
+        Some(a)
+    }
+
+    fn index_slot(&mut self, slot: u32, hash: BlockHash) {
         let tick = self.next_tick();
-        self.slots[slot as usize] = Slot { hash: Some(hash), pins: 0, last_use: tick };
+        self.slots[slot as usize] =
+            Slot { hash: Some(hash), reserved: false, pins: 0, last_use: tick };
         self.index.insert(hash, slot);
         self.lru.insert((tick, slot));
-        Some(Allocation { slot, evicted })
+    }
+
+    /// Reserves a slot for a block to be read from disk (evicting like
+    /// [`Self::allocate`]), and takes its buffer out for the reader: the
+    /// slot is neither findable nor evictable until
+    /// [`Self::fill_reserved`] or [`Self::release`] gives the buffer back.
+    /// A slot never filled gives an empty buffer: the reader sizes it (off
+    /// the step's thread, where first-touch page faults cost most).
+    pub fn reserve(&mut self) -> Option<(Allocation, Vec<u8>)> {
+        let a = self.take_slot()?;
+        self.slots[a.slot as usize] = Slot { reserved: true, ..Slot::default() };
+        self.num_reserved += 1;
+        // A buffer still shared with the disk writer stays with it; the
+        // reader gets a new one.
+        let shared = std::mem::take(&mut self.data[a.slot as usize]);
+        Some((a, std::sync::Arc::try_unwrap(shared).unwrap_or_default()))
+    }
+
+    /// A reserved slot's block arrived in `buf`: the slot holds `hash`
+    /// from now on. `false` (and the slot freed) if `hash` is already in
+    /// another slot (another load promoted it first).
+    pub fn fill_reserved(&mut self, slot: u32, hash: BlockHash, buf: Vec<u8>) -> bool {
+        if self.contains(hash) {
+            self.release(slot, buf);
+            return false;
+        }
+        debug_assert!(self.slots[slot as usize].reserved);
+        self.num_reserved -= 1;
+        self.data[slot as usize] = std::sync::Arc::new(buf);
+        self.index_slot(slot, hash);
+        true
+    }
+
+    /// A reserved slot is not needed (its read failed): free again, with
+    /// its buffer.
+    pub fn release(&mut self, slot: u32, buf: Vec<u8>) {
+        debug_assert!(self.slots[slot as usize].reserved);
+        self.num_reserved -= 1;
+        self.data[slot as usize] = std::sync::Arc::new(buf);
+        self.slots[slot as usize] = Slot::default();
+        self.free.push(slot);
     }
 
     /// Forgets a block (its contents are no longer wanted). Pinned blocks
@@ -204,10 +268,15 @@ impl HostTier {
             }
         }
         let used = self.slots.iter().filter(|s| s.hash.is_some()).count();
-        if used != self.index.len() || used + self.free.len() != self.slots.len() {
+        let reserved = self.slots.iter().filter(|s| s.reserved).count();
+        if used != self.index.len()
+            || reserved != self.num_reserved
+            || used + reserved + self.free.len() != self.slots.len()
+        {
             return Err(format!(
-                "{used} slots used, {} indexed, {} free of {}",
+                "{used} slots used, {} indexed, {reserved} reserved ({} counted), {} free of {}",
                 self.index.len(),
+                self.num_reserved,
                 self.free.len(),
                 self.slots.len()
             ));
@@ -216,6 +285,9 @@ impl HostTier {
             let in_lru = self.lru.contains(&(s.last_use, i as u32));
             if s.pins > 0 && s.hash.is_none() {
                 return Err(format!("slot {i} is pinned but holds nothing"));
+            }
+            if s.reserved && s.hash.is_some() {
+                return Err(format!("slot {i} is reserved but holds a block"));
             }
             if in_lru != (s.hash.is_some() && s.pins == 0) {
                 return Err(format!("slot {i}: evictable = {in_lru}, pins = {}", s.pins));
@@ -265,6 +337,10 @@ mod tests {
         Unpin(u8),
         Touch(u8),
         Remove(u8),
+        Reserve,
+        /// Fills the oldest reservation with block `k`.
+        Fill(u8),
+        Release,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -274,17 +350,22 @@ mod tests {
             (0u8..12).prop_map(Op::Unpin),
             (0u8..12).prop_map(Op::Touch),
             (0u8..12).prop_map(Op::Remove),
+            Just(Op::Reserve),
+            (0u8..12).prop_map(Op::Fill),
+            Just(Op::Release),
         ]
     }
 
     proptest! {
-        /// Random store / pin / unpin / touch / remove: no slot leaks, a
-        /// block is only ever served under its own key, pinned blocks are
-        /// never evicted.
+        /// Random store / pin / unpin / touch / remove / reserve / fill /
+        /// release: no slot leaks, a block is only ever served under its
+        /// own key, pinned blocks are never evicted, reserved slots are
+        /// never handed out twice.
         #[test]
         fn never_leaks_or_serves_a_block_under_a_wrong_key(ops in proptest::collection::vec(op(), 1..200)) {
             let mut t = HostTier::new(4, 8);
             let mut pins: Vec<(u8, u32)> = Vec::new();
+            let mut reserved: Vec<(u32, Vec<u8>)> = Vec::new();
             for op in ops {
                 match op {
                     Op::Store(k) => {
@@ -313,6 +394,31 @@ mod tests {
                     Op::Remove(k) => {
                         t.remove(BlockHash(k as u64));
                     }
+                    Op::Reserve => {
+                        if let Some((a, mut buf)) = t.reserve() {
+                            prop_assert!(buf.is_empty() || buf.len() == 8);
+                            buf.resize(8, 0);
+                            prop_assert!(reserved.iter().all(|(s, _)| *s != a.slot), "a reserved slot handed out twice");
+                            if let Some(e) = a.evicted {
+                                prop_assert!(pins.iter().all(|(p, _)| *p as u64 != e.0), "a pinned block was evicted");
+                            }
+                            reserved.push((a.slot, buf));
+                        }
+                    }
+                    Op::Fill(k) => {
+                        if !reserved.is_empty() {
+                            let (slot, mut buf) = reserved.remove(0);
+                            buf.fill(k);
+                            let h = BlockHash(k as u64);
+                            let was_here = t.contains(h);
+                            prop_assert_eq!(t.fill_reserved(slot, h, buf), !was_here);
+                        }
+                    }
+                    Op::Release => {
+                        if let Some((slot, buf)) = reserved.pop() {
+                            t.release(slot, buf);
+                        }
+                    }
                 }
                 t.check_invariants().map_err(TestCaseError::fail)?;
                 for k in 0u8..12 {
@@ -328,6 +434,10 @@ mod tests {
             for (_, slot) in pins.drain(..) {
                 t.unpin(slot);
             }
+            for (slot, buf) in reserved.drain(..) {
+                t.release(slot, buf);
+            }
+            prop_assert_eq!(t.num_reserved(), 0);
             prop_assert_eq!(t.num_pinned(), 0);
             t.check_invariants().map_err(TestCaseError::fail)?;
         }

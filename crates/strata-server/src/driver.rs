@@ -381,8 +381,9 @@ fn run<E: Executor>(
             tracing::info!("{line}");
         }
         if result.step.is_some_and(|s| s.num_tokens() == 0) && engine.has_unfinished() {
-            // Only loads in flight: do not spin on the connector.
-            std::thread::sleep(Duration::from_micros(200));
+            // Only loads in flight: do not spin on the connector; wait for
+            // it (woken as soon as a load may have finished).
+            engine.wait_for_kv(Duration::from_micros(200));
         }
     }
 }

@@ -409,6 +409,12 @@ pub struct OffloadArgs {
     /// Disk tier size in GB.
     #[arg(long, default_value_t = 10.0)]
     pub kv_offload_disk_gb: f64,
+    /// Read the disk tier with O_DIRECT, bypassing the page cache (for
+    /// fast NVMe whose page cache would only duplicate the host tier).
+    /// Falls back to buffered reads, with a warning, where the file
+    /// system refuses it (tmpfs).
+    #[arg(long)]
+    pub kv_offload_disk_direct_io: bool,
     /// What a failed KV load does to its request: `fail` ends it with
     /// finish_reason `error`; `recompute` computes the failed blocks.
     #[arg(long, value_enum, default_value_t = FailurePolicy::Fail)]
@@ -433,6 +439,9 @@ impl OffloadArgs {
         spec: &strata_core::KvCacheSpec,
         fingerprint: u64,
     ) -> Result<Option<(strata_offload::OffloadScheduler, strata_offload::OffloadWorker)>> {
+        if self.kv_offload_disk_direct_io && self.kv_offload_disk_dir.is_none() {
+            anyhow::bail!("--kv-offload-disk-direct-io needs --kv-offload-disk-dir");
+        }
         if !self.enabled() {
             return Ok(None);
         }
@@ -448,14 +457,16 @@ impl OffloadArgs {
         let disk = self.kv_offload_disk_dir.as_ref().map(|dir| strata_offload::DiskConfig {
             dir: dir.clone(),
             capacity_bytes: gb(self.kv_offload_disk_gb),
+            direct_io: self.kv_offload_disk_direct_io,
         });
-        Ok(Some(strata_offload::open(strata_offload::OffloadConfig {
+        let halves = strata_offload::open(strata_offload::OffloadConfig {
             host_bytes,
             disk,
             fingerprint,
             bytes_per_block: spec.bytes_per_block,
             block_size: spec.block_size,
-        })))
+        })?;
+        Ok(Some(halves))
     }
 
     fn tiers(&self) -> String {

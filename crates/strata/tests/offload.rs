@@ -1,13 +1,14 @@
 //! The KV offload tiers end to end: a real server on the built-in model
 //! with a small device pool, a host tier and a disk tier in a temporary
 //! directory; repeated prompts come back from host, then from disk, then
-//! from disk after a restart, and a damaged block file is never served.
+//! from disk after a restart, and a damaged block is never served.
 //! Outputs are compared with the cold run (greedy).
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use serde_json::{json, Value};
 /// Bytes of one KV block of the built-in model (4 layers, K and V, 16
 /// slots of 2 heads x 64, f32).
 const BLOCK_BYTES: f64 = (4 * 2 * 16 * 128 * 4) as f64;
+const BPB: usize = BLOCK_BYTES as usize;
 
 fn start(disk: &Path, policy: &str) -> (Server, String) {
     let host_gb = format!("{}", 100.0 * BLOCK_BYTES / 1e9);
@@ -52,25 +54,48 @@ fn source(usage: &Value, name: &str) -> u64 {
     usage["prompt_tokens_details"]["sources"][name].as_u64().unwrap()
 }
 
-fn block_files(disk: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for model in std::fs::read_dir(disk).unwrap().flatten() {
-        for f in std::fs::read_dir(model.path()).unwrap().flatten() {
-            if f.path().extension().is_some_and(|x| x == "kv") {
-                files.push(f.path());
-            }
-        }
-    }
-    files
+/// The slab of the (one) model under the disk tier's directory.
+fn slab(disk: &Path) -> PathBuf {
+    let model = std::fs::read_dir(disk).unwrap().flatten().next().expect("a model directory");
+    strata_offload::disk::slab_path(&model.path())
+}
+
+/// Offsets of the slots holding a block (a header with the magic: the
+/// header is written last), read as an operator would, while the server
+/// holds the slab.
+fn block_slots(disk: &Path) -> Vec<u64> {
+    let Ok(bytes) = std::fs::read(slab(disk)) else { return Vec::new() };
+    let stride = strata_offload::disk::stride(BPB);
+    (0..bytes.len() / stride)
+        .map(|i| i * stride)
+        .filter(|&o| &bytes[o + BPB..o + BPB + 8] == b"STRATAKV")
+        .map(|o| o as u64)
+        .collect()
 }
 
 /// Waits (bounded) until the writer has put at least `n` blocks on disk.
-fn wait_for_files(disk: &Path, n: usize) {
+fn wait_for_blocks(disk: &Path, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while block_files(disk).len() < n && Instant::now() < deadline {
+    while block_slots(disk).len() < n && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(block_files(disk).len() >= n, "{} block files, wanted {n}", block_files(disk).len());
+    assert!(block_slots(disk).len() >= n, "{} blocks on disk, wanted {n}", block_slots(disk).len());
+}
+
+/// Every block the slab's headers vouch for passes verification (what a
+/// start-up would trust is whole). Needs the slab unlocked (no server).
+fn every_trusted_block_verifies(disk: &Path) -> usize {
+    use strata_offload::disk::{ReadScratch, Slab};
+    let model = slab(disk).parent().unwrap().to_path_buf();
+    let fp = u64::from_str_radix(model.file_name().unwrap().to_str().unwrap(), 16).unwrap();
+    let (slab, scan) = Slab::open(&model, fp, BPB, u32::MAX, false).unwrap();
+    assert_eq!(scan.num_removed, 0, "no damaged header");
+    for &(hash, slot) in &scan.blocks {
+        let mut out = vec![0u8; BPB];
+        slab.read(slot, hash, &mut out, &mut ReadScratch::default())
+            .unwrap_or_else(|f| panic!("slot {slot} fails verification: {f:?}"));
+    }
+    scan.blocks.len()
 }
 
 #[test]
@@ -104,7 +129,7 @@ fn repeated_prompts_come_back_from_host_then_disk_then_disk_after_a_restart() {
     assert_eq!(text, cold, "a disk hit gives the cold run's output");
     assert_eq!(source(&usage, "disk"), full, "{usage}");
     assert!(metric(&url, "vllm:kv_offload_total_bytes_total{") > 0.0);
-    wait_for_files(disk.path(), 9 * 17);
+    wait_for_blocks(disk.path(), 9 * 17);
     drop(server);
 
     // A restart rebuilds the disk index: the first request hits disk.
@@ -116,27 +141,33 @@ fn repeated_prompts_come_back_from_host_then_disk_then_disk_after_a_restart() {
 }
 
 #[test]
-fn damaged_block_files_are_never_served_and_output_stays_correct() {
+fn damaged_blocks_are_never_served_and_output_stays_correct() {
     let disk = tempfile::tempdir().unwrap();
     let a = prompt(20);
     let (server, url) = start(disk.path(), "recompute");
     let (cold, usage) = complete(&url, &a);
     let p = usage["prompt_tokens"].as_u64().unwrap();
-    wait_for_files(disk.path(), (p as usize) / 16);
+    wait_for_blocks(disk.path(), (p as usize) / 16);
     drop(server);
 
-    // Damage every file in a different way: flip a byte in some, cut
-    // others short, swap in another block's file for the rest.
-    let files = block_files(disk.path());
-    let donor = std::fs::read(&files[0]).unwrap();
-    for (i, f) in files.iter().enumerate().skip(1) {
-        let mut bytes = std::fs::read(f).unwrap();
+    // Damage every block but one in a different way: flip a payload
+    // byte in some, clear the header of others (a store cut short), copy
+    // another block's slot over the rest.
+    let slots = block_slots(disk.path());
+    let f = std::fs::File::options().read(true).write(true).open(slab(disk.path())).unwrap();
+    let stride = strata_offload::disk::stride(BPB);
+    let mut donor = vec![0u8; stride];
+    f.read_exact_at(&mut donor, slots[0]).unwrap();
+    for (i, &at) in slots.iter().enumerate().skip(1) {
         match i % 3 {
-            0 => bytes[100] ^= 0x5a,
-            1 => bytes.truncate(bytes.len() - 7),
-            _ => bytes = donor.clone(),
+            0 => {
+                let mut b = [0u8; 1];
+                f.read_exact_at(&mut b, at + 100).unwrap();
+                f.write_all_at(&[b[0] ^ 0x5a], at + 100).unwrap();
+            }
+            1 => f.write_all_at(&[0u8; strata_offload::disk::HEADER_LEN], at + BPB as u64).unwrap(),
+            _ => f.write_all_at(&donor, at).unwrap(),
         }
-        std::fs::write(f, &bytes).unwrap();
     }
     let (server, url) = start(disk.path(), "recompute");
     let (text, usage) = complete(&url, &a);
@@ -147,22 +178,36 @@ fn damaged_block_files_are_never_served_and_output_stays_correct() {
     drop(server);
 }
 
+/// Runs `strata serve` with a disk tier at `disk`, expecting it to refuse
+/// to start; its stderr.
+fn refused_start(disk: &Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["serve", "--port", "0", "--kv-offload-host-gb", "0.01", "--kv-offload-disk-dir"])
+        .arg(disk)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the server started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A disk tier that cannot be opened is a configuration error, said at
+/// start-up: a directory that cannot be created, a slab another engine
+/// holds.
 #[test]
-fn an_unwritable_disk_directory_is_counted_and_serving_goes_on() {
+fn an_unusable_disk_directory_or_a_slab_in_use_refuses_to_start() {
     let parent = tempfile::tempdir().unwrap();
     // A file where the directory should be: nothing can be created in it.
     let blocked = parent.path().join("not-a-dir");
     std::fs::write(&blocked, b"x").unwrap();
-    let (_server, url) = start(&blocked, "fail");
-    let a = prompt(30);
-    let (cold, _) = complete(&url, &a);
-    let (again, _) = complete(&url, &a);
-    assert_eq!(cold, again);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&url, "strata:kv_offload_failures_total{") == 0.0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(metric(&url, "strata:kv_offload_failures_total{") > 0.0, "failed stores are counted");
+    let err = refused_start(&blocked);
+    assert!(err.contains("KV disk tier at") && err.contains("not-a-dir"), "{err}");
+
+    let shared = tempfile::tempdir().unwrap();
+    let (_first, url) = start(shared.path(), "fail");
+    complete(&url, &prompt(30));
+    let err = refused_start(shared.path());
+    assert!(err.contains("in use by another process"), "{err}");
 }
 
 /// A tmpfs of `bytes` mounted on a fresh directory, unmounted when dropped.
@@ -202,11 +247,11 @@ fn metric_with(url: &str, family: &str, labels: &str) -> f64 {
         .sum()
 }
 
-/// The disk tier on a real full device (a 2 MiB tmpfs holds about 30
-/// block files; the tier is told it has 1 GB): stores that hit ENOSPC are
+/// The disk tier on a real full device (a 2 MiB tmpfs holds about 15
+/// blocks; the tier is told it has 1 GB): stores that hit ENOSPC are
 /// skipped and counted as `no_space`, the tier then holds what fits and
 /// evicts old blocks to make room for new ones, every answer stays the cold
-/// run's, no half-written file is left, and a restart on the same device
+/// run's, nothing half-written is trusted, and a restart on the same device
 /// serves its blocks.
 #[test]
 fn root_tmpfs_a_full_disk_is_counted_makes_room_and_serving_goes_on() {
@@ -244,13 +289,9 @@ fn root_tmpfs_a_full_disk_is_counted_makes_room_and_serving_goes_on() {
     assert!(to_disk() > written, "stores succeed again after the tier shrank");
     std::thread::sleep(Duration::from_millis(300));
     drop(server);
-    // Nothing half-written: only whole block files.
-    for model in std::fs::read_dir(disk.0.path()).unwrap().flatten() {
-        for f in std::fs::read_dir(model.path()).unwrap().flatten() {
-            let name = f.file_name().to_string_lossy().into_owned();
-            assert!(name.ends_with(".kv"), "stray file {name}");
-        }
-    }
+    // Nothing half-written that a start-up would trust: every slot with
+    // a header verifies.
+    assert!(every_trusted_block_verifies(disk.0.path()) > 0);
     // A restart on the same device: the freshest prompt comes from disk,
     // with the cold answer.
     let (_server, url) = start(disk.0.path(), "fail");
@@ -290,16 +331,35 @@ fn killed_mid_write_then_restarted_serves_only_verified_blocks() {
             }
         })
     };
-    wait_for_files(disk.path(), 17);
+    wait_for_blocks(disk.path(), 17);
     server.kill();
     busy.join().unwrap();
 
-    let model_dir = std::fs::read_dir(disk.path()).unwrap().flatten().next().unwrap().path();
-    let stray = model_dir.join("00000000deadbeef.kv.tmp");
+    // What the kill left, looked at on a copy (opening the slab repairs
+    // it): every slot a start-up would trust verifies.
+    let slab_file = slab(disk.path());
+    let copy = tempfile::tempdir().unwrap();
+    let model_name = slab_file.parent().unwrap().file_name().unwrap();
+    std::fs::create_dir(copy.path().join(model_name)).unwrap();
+    std::fs::copy(&slab_file, copy.path().join(model_name).join("blocks.slab")).unwrap();
+    assert!(every_trusted_block_verifies(copy.path()) >= 17);
+
+    // Leftovers of interrupted writes: a store cut short while extending
+    // the slab (half a slot at its end), and a temporary file of the
+    // previous one-file-per-block format.
+    let stride = strata_offload::disk::stride(BPB) as u64;
+    let f = std::fs::File::options().write(true).open(&slab_file).unwrap();
+    // (The kill may have left one already.)
+    let len = f.metadata().unwrap().len();
+    f.write_all_at(&vec![0x5a; BPB / 2], len).unwrap();
+    drop(f);
+    let stray = slab_file.with_file_name("00000000deadbeef.kv.tmp");
     std::fs::write(&stray, vec![0u8; 1000]).unwrap();
 
     let (_server, url) = start(disk.path(), "fail");
     assert!(!stray.exists(), "start-up removes temporary files of interrupted writes");
+    let len = std::fs::metadata(&slab_file).unwrap().len();
+    assert_eq!(len % stride, 0, "start-up cuts off the partial slot");
     for (p, w) in prompts.iter().zip(&want) {
         assert_eq!(&complete(&url, p).0, w);
     }

@@ -17,7 +17,7 @@ use strata_core::scheduler::SchedulerConfig;
 use strata_core::testing::FakeExecutor;
 use strata_core::{EngineCore, StepResult};
 
-use super::tests::{config, offload, prompt, req, B, BPB};
+use super::tests::{config, flip_byte, offload, prompt, req, slot_offset, B, BPB};
 use super::*;
 
 struct Expected {
@@ -152,7 +152,7 @@ struct Harness {
 
 impl Harness {
     fn new(cfg: OffloadConfig, policy: KvLoadFailurePolicy, prefix_caching: bool) -> Self {
-        let (sched, worker) = open(cfg);
+        let (sched, worker) = open(cfg).unwrap();
         let shared = sched.shared.clone();
         let exec = FakeExecutor::new(64, B, 4096).with_bytes_per_block(BPB).with_connector(worker);
         let sc = SchedulerConfig { enable_prefix_caching: prefix_caching, ..config(policy) };
@@ -241,7 +241,7 @@ impl Harness {
 fn disk_config(host_slots: u64, dir: &std::path::Path, disk_blocks: u64) -> OffloadConfig {
     let mut cfg = offload(host_slots, Some(dir));
     if let Some(d) = &mut cfg.disk {
-        d.capacity_bytes = disk_blocks * (disk::HEADER_LEN + BPB) as u64;
+        d.capacity_bytes = disk_blocks * disk::stride(BPB) as u64;
     }
     cfg
 }
@@ -374,10 +374,7 @@ fn a_failed_verification_removes_the_block_and_its_child_waits_for_the_recompute
     }
     let mut h = Harness::new(disk_config(8, dir.path(), 64), KvLoadFailurePolicy::Recompute, false);
     let ph = h.twin.learn(&p, None);
-    let victim = disk::block_path(&disk::model_dir(dir.path(), 42), ph[1]);
-    let mut bytes = std::fs::read(&victim).unwrap();
-    bytes[disk::HEADER_LEN + 1] ^= 0xff;
-    std::fs::write(&victim, &bytes).unwrap();
+    flip_byte(dir.path(), slot_offset(dir.path(), ph[1]) + 1);
     h.add(&p, None);
     let results = h.idle().unwrap();
     let rec = strata_core::testing::prefill_records(&results)[0];
@@ -396,7 +393,7 @@ fn a_failed_verification_removes_the_block_and_its_child_waits_for_the_recompute
 #[test]
 fn with_events_off_nothing_is_recorded_or_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let (sched, worker) = open(disk_config(2, dir.path(), 4));
+    let (sched, worker) = open(disk_config(2, dir.path(), 4)).unwrap();
     let shared = sched.shared.clone();
     let exec = FakeExecutor::new(64, B, 4096).with_bytes_per_block(BPB).with_connector(worker);
     let mut e =

@@ -31,15 +31,40 @@ pub(super) fn config(policy: KvLoadFailurePolicy) -> SchedulerConfig {
 pub(super) fn offload(host_slots: u64, disk: Option<&std::path::Path>) -> OffloadConfig {
     OffloadConfig {
         host_bytes: host_slots * BPB as u64,
-        disk: disk.map(|d| DiskConfig { dir: d.to_path_buf(), capacity_bytes: 1 << 20 }),
+        disk: disk.map(|d| DiskConfig {
+            dir: d.to_path_buf(),
+            capacity_bytes: 1 << 20,
+            direct_io: false,
+        }),
         fingerprint: 42,
         bytes_per_block: BPB,
         block_size: B,
     }
 }
 
+/// The slab offset of the slot holding `hash`, found by reading the file
+/// as an operator would (headers carry the block hash at +20).
+pub(super) fn slot_offset(root: &std::path::Path, hash: BlockHash) -> u64 {
+    let bytes = std::fs::read(disk::slab_path(&disk::model_dir(root, 42))).unwrap();
+    let stride = disk::stride(BPB);
+    (0..bytes.len() / stride)
+        .map(|i| i * stride)
+        .find(|&o| bytes[o + BPB + 20..o + BPB + 28] == hash.0.to_le_bytes())
+        .expect("the block is on disk") as u64
+}
+
+/// Damages the slab at `at` by flipping a byte (plain file I/O).
+pub(super) fn flip_byte(root: &std::path::Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let path = disk::slab_path(&disk::model_dir(root, 42));
+    let f = std::fs::File::options().read(true).write(true).open(path).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0xff], at).unwrap();
+}
+
 fn engine(cfg: OffloadConfig, policy: KvLoadFailurePolicy) -> EngineCore<FakeExecutor> {
-    let (sched, worker) = open(cfg);
+    let (sched, worker) = open(cfg).unwrap();
     let exec = FakeExecutor::new(64, B, 4096).with_bytes_per_block(BPB).with_connector(worker);
     EngineCore::with_connector(exec, config(policy), Some(Box::new(sched)))
 }
@@ -167,6 +192,68 @@ fn blocks_reach_disk_survive_a_restart_and_load_from_disk() {
     assert_eq!(again.records()[0].host, 12);
 }
 
+/// Waiting for progress (the engine does, between steps, while only loads
+/// are in flight) returns as soon as a disk read has landed, long before
+/// its timeout; a finished store does not end the wait (it holds no
+/// request up).
+#[test]
+fn waiting_for_progress_wakes_for_disk_reads_not_for_stores() {
+    use strata_core::testing::VecKv;
+    let dir = tempfile::tempdir().unwrap();
+    let mut kv = VecKv { bytes_per_block: BPB, data: vec![7u8; 8 * BPB] };
+    let p = prompt(6, 13);
+    let mut hashes = Vec::new();
+    strata_core::kv::hash::extend_block_hashes(&mut hashes, &p, B, None);
+    let stores = |hashes: &[BlockHash]| ConnectorMeta {
+        loads: vec![],
+        stores: hashes
+            .iter()
+            .enumerate()
+            .map(|(i, &h)| StoreSpec { block_id: BlockId(i as u32), block_hash: h })
+            .collect(),
+    };
+    {
+        let (_, mut w) = open(offload(8, Some(dir.path()))).unwrap();
+        w.start_load_kv(&stores(&hashes), &mut kv);
+        // Dropping the worker joins the writer after its queue.
+    }
+    let (mut sched, mut worker) = open(offload(8, Some(dir.path()))).unwrap();
+    let r = Request::new(RequestId::new(1).unwrap(), req(&p), 0.0, B);
+    assert_eq!(sched.get_num_new_matched_tokens(&r, 0), 12, "on disk");
+    let blocks: Vec<BlockId> = (0..3).map(BlockId).collect();
+    sched.update_state_after_alloc(&r, &blocks, &hashes);
+    worker.start_load_kv(&sched.build_connector_meta(), &mut kv);
+    let long = std::time::Duration::from_secs(60);
+    let mut read = 0;
+    for _ in 0..3 {
+        let start = Instant::now();
+        worker.wait_for_progress(long);
+        assert!(start.elapsed() < long, "woken by a read, not the timeout");
+        let out = worker.get_finished(&mut kv);
+        let stats = out.stats.merged::<OffloadStats>();
+        read +=
+            stats.transfers.iter().filter(|x| x.transfer_type == TransferType::DiskToHost).count();
+        if !out.finished_recving.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(read, 3, "every block read from disk");
+
+    // Only a store in flight: the wait lasts its whole (short) timeout.
+    let other = [BlockHash(1 << 40)];
+    worker.start_load_kv(&stores(&other), &mut kv);
+    let short = std::time::Duration::from_millis(300);
+    let start = Instant::now();
+    worker.wait_for_progress(short);
+    assert!(start.elapsed() >= short, "a store's completion does not end the wait");
+    let out = worker.get_finished(&mut kv);
+    let stats = out.stats.merged::<OffloadStats>();
+    assert!(
+        stats.transfers.iter().any(|x| x.transfer_type == TransferType::HostToDisk),
+        "the store did finish meanwhile"
+    );
+}
+
 #[test]
 fn a_mix_of_host_and_disk_blocks_is_booked_under_disk() {
     let dir = tempfile::tempdir().unwrap();
@@ -197,20 +284,31 @@ fn corrupt_and_foreign_files_are_never_served() {
             settle(&mut e, &mut t);
             run.tokens.into_values().next().unwrap()
         };
-        let model_dir = disk::model_dir(dir.path(), 42);
         let mut hashes = Vec::new();
         strata_core::kv::hash::extend_block_hashes(&mut hashes, &p, B, None);
-        let victim = disk::block_path(&model_dir, hashes[1]);
-        let mut bytes = std::fs::read(&victim).unwrap();
-        match damage {
-            "corrupt" => bytes[disk::HEADER_LEN + 3] ^= 0xff,
-            "truncate" => bytes.truncate(bytes.len() - 1),
-            _ => bytes = std::fs::read(disk::block_path(&model_dir, hashes[0])).unwrap(),
-        }
-        // Damaged after start-up (a file cut short before it is caught by
-        // the start-up scan, which drops it and counts it).
+        // Damaged after start-up (the start-up scan would catch a damaged
+        // header, clear it and count it).
         let mut e = engine(offload(8, Some(dir.path())), KvLoadFailurePolicy::Recompute);
-        std::fs::write(&victim, &bytes).unwrap();
+        let victim = slot_offset(dir.path(), hashes[1]);
+        let slab = disk::slab_path(&disk::model_dir(dir.path(), 42));
+        match damage {
+            "corrupt" => flip_byte(dir.path(), victim + 3),
+            "truncate" => {
+                // What a store cut short leaves: no header.
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::File::options().write(true).open(&slab).unwrap();
+                f.write_all_at(&[0u8; disk::HEADER_LEN], victim + BPB as u64).unwrap();
+            }
+            _ => {
+                // Block 0's slot copied over block 1's.
+                let bytes = std::fs::read(&slab).unwrap();
+                let src = slot_offset(dir.path(), hashes[0]) as usize;
+                let slot = bytes[src..src + disk::stride(BPB)].to_vec();
+                use std::os::unix::fs::FileExt;
+                let f = std::fs::File::options().write(true).open(&slab).unwrap();
+                f.write_all_at(&slot, victim).unwrap();
+            }
+        }
         e.add_request(req(&p), t).unwrap();
         let run = drain(&mut e, &mut t);
         let rec = run.records()[0];
@@ -224,14 +322,19 @@ fn corrupt_and_foreign_files_are_never_served() {
         let failures = run.stats().failures;
         assert_eq!(failures.len(), 1, "{damage}");
         assert_eq!((failures[0].0, failures[0].1), (OffloadTier::Disk, OffloadOp::Load));
-        // The bad file was deleted; the recompute may have written the
-        // block again, correctly this time.
+        // The bad slot was cleared; the recompute may have written the
+        // block again, correctly this time: every block a restart would
+        // trust verifies.
         settle(&mut e, &mut t);
-        if victim.exists() {
-            let mut out = vec![0u8; BPB];
-            disk::read_block(&model_dir, 42, hashes[1], &mut out).unwrap();
-        }
         assert_eq!(e.scheduler().kv().pool().num_free_blocks(), 64);
+        drop(e);
+        let (slab, scan) =
+            disk::Slab::open(&disk::model_dir(dir.path(), 42), 42, BPB, 256, false).unwrap();
+        assert_eq!(scan.num_removed, 0, "{damage}: the damaged header was cleared");
+        for (h, slot) in scan.blocks {
+            let mut out = vec![0u8; BPB];
+            slab.read(slot, h, &mut out, &mut disk::ReadScratch::default()).unwrap();
+        }
     }
 }
 
@@ -314,7 +417,7 @@ mod random {
         #[test]
         fn random_traffic_through_the_tiers_serves_only_the_right_blocks(ops in proptest::collection::vec(op(), 1..60)) {
             let dir = tempfile::tempdir().unwrap();
-            let (sched, worker) = open(offload(3, Some(dir.path())));
+            let (sched, worker) = open(offload(3, Some(dir.path()))).unwrap();
             let shared = sched.shared.clone();
             let exec = FakeExecutor::new(64, B, 4096).with_bytes_per_block(BPB).with_connector(worker);
             let mut e = EngineCore::with_connector(exec, config(KvLoadFailurePolicy::Fail), Some(Box::new(sched)));
