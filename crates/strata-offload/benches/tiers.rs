@@ -143,17 +143,18 @@ fn tiers() {
     // a new file (both into the page cache; sync before each repetition so
     // neither competes with old writeback).
     let mut store_round = 0u64;
-    let mut disk_store = |kv: &mut dyn KvBlockIo| {
+    // With `overwrite`, the tier holds only N blocks: the new ones evict
+    // the earlier ones and overwrite their slots (a full tier's steady
+    // state).
+    let mut disk_store = |kv: &mut dyn KvBlockIo, overwrite: bool| {
         best(|| {
             store_round += 1;
             let sub = dir.path().join(format!("store-{store_round}"));
+            let capacity_bytes =
+                if overwrite { (N * strata_offload::disk::stride(BPB)) as u64 } else { 1 << 40 };
             let (_, mut w) = open(OffloadConfig {
                 host_bytes: (N * BPB) as u64,
-                disk: Some(DiskConfig {
-                    dir: sub.clone(),
-                    capacity_bytes: 1 << 40,
-                    direct_io: false,
-                }),
+                disk: Some(DiskConfig { dir: sub.clone(), capacity_bytes, direct_io: false }),
                 ..cfg.clone()
             })
             .unwrap();
@@ -185,8 +186,9 @@ fn tiers() {
             d
         })
     };
-    let disk_store_hop = disk_store(&mut NullKv);
-    let disk_store_e2e = disk_store(&mut pool);
+    let disk_store_hop = disk_store(&mut NullKv, false);
+    let disk_store_full = disk_store(&mut NullKv, true);
+    let disk_store_e2e = disk_store(&mut pool, false);
     let seq_write = best(|| {
         use std::io::Write;
         let _ = std::process::Command::new("sync").status();
@@ -319,6 +321,26 @@ fn tiers() {
         evict_from_page_cache(&file);
         sequential_read()
     });
+    // Start-up: opening the slab reads every slot's header.
+    let start_up = |drop_cache: bool| {
+        best(|| {
+            if drop_cache {
+                evict_from_page_cache(dir.path());
+            }
+            let t = Instant::now();
+            let (sched, worker) = open(disk_cfg(false)).unwrap();
+            let d = t.elapsed();
+            drop((sched, worker));
+            d
+        })
+    };
+    let (start_warm, start_cold) = (start_up(false), start_up(true));
+    let slots = std::fs::metadata(strata_offload::disk::slab_path(
+        &strata_offload::disk::model_dir(dir.path(), cfg.fingerprint),
+    ))
+    .unwrap()
+    .len() as usize
+        / strata_offload::disk::stride(BPB);
 
     println!(
         "| transfer ({N} blocks x {} KiB = {} MiB) | GB/s | baseline GB/s | ratio |",
@@ -331,6 +353,7 @@ fn tiers() {
         ("host store (device -> host), disk tier on (write-through queued)", store, memcpy),
         ("host load (host -> device)", load, memcpy),
         ("disk store (host -> disk, written through until reported)", disk_store_hop, seq_write),
+        ("disk store, a full tier (overwriting evicted slots)", disk_store_full, seq_write),
         ("disk load (disk -> host)", disk_hop, seq),
         ("disk load, page cache dropped (disk -> host)", disk_cold, seq_cold),
         ("disk load, O_DIRECT (disk -> host)", disk_direct, seq_cold),
@@ -345,8 +368,13 @@ fn tiers() {
         );
     }
     println!(
-        "(baselines: memcpy of the same bytes; sequential write and read of one {} MiB file, from the page cache or, for the cold row, from the device)",
+        "(baselines: memcpy of the same bytes; sequential write and read of one {} MiB file, from the page cache or, for the cold rows, from the device)",
         bytes >> 20
+    );
+    println!(
+        "start-up, opening a slab of {slots} slots: {:.1} ms from the page cache, {:.1} ms with it dropped",
+        start_warm.as_secs_f64() * 1e3,
+        start_cold.as_secs_f64() * 1e3
     );
 }
 
