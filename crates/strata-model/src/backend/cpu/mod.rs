@@ -12,6 +12,7 @@ use super::{AttentionShape, Backend, StepMetadata};
 use crate::error::{ModelError, Result};
 use crate::weights::{DType, HostData, HostTensor};
 
+pub use attention::reference as reference_attention;
 pub use matmul::linear as matmul_linear;
 
 /// A raw output pointer shared by rayon tasks that write disjoint columns
