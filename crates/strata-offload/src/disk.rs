@@ -21,20 +21,21 @@
 //!  +48            4 CRC-32 of header bytes 0..48 /
 //! ```
 //!
-//! One file instead of one file per block: a store is three `pwrite`s into
-//! the page cache, with no file created, renamed or deleted, which is what
-//! kept the per-file format at about half of a sequential write
-//! (`cargo bench -p strata-offload --bench tiers`). Eviction is in memory
-//! only: the slot is overwritten by the next store.
+//! One file instead of one file per block: a store is two or three
+//! `pwrite`s into the page cache, with no file created, renamed or
+//! deleted, which is what kept the per-file format at about half of a
+//! sequential write (`cargo bench -p strata-offload --bench tiers`).
+//! Eviction is in memory only: the slot is overwritten by the next store.
 //!
-//! **Crash safety.** A store first zeroes the slot's header (if the file
-//! reaches it), then writes the payload, then the header with the slot's
-//! padding (so a complete slab is whole slots). A process killed at any point leaves the
-//! slot either with its old block whole, with no header (never trusted), or
-//! with the new block whole. Every load checks all of it anyway: a header
-//! that fails its CRC, or whose fingerprint, hash or length differ from
-//! what was asked, or a payload that fails its CRC, is never served; the
-//! reader zeroes that header, and the caller treats the load as failed.
+//! **Crash safety.** A store into a slot that may hold a block first
+//! zeroes its header and padding, then writes the payload, then the header
+//! with the padding (so a complete slab is whole slots). A process killed
+//! at any point leaves the slot either with its old block whole, with no
+//! header (never trusted), or with the new block whole. Every load checks
+//! all of it anyway: a header that fails its CRC, or whose fingerprint,
+//! hash or length differ from what was asked, or a payload that fails its
+//! CRC, is never served; the reader zeroes that header, and the caller
+//! treats the load as failed.
 //!
 //! **Start-up** reads only the headers (52 bytes per slot), rebuilds the
 //! index with the oldest write evicted first (the sequence number), frees

@@ -53,6 +53,96 @@ fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// `out[j] = scale * (query . keys[j * stride..][..query.len()])`.
+#[inline(always)]
+fn score_row<const FMA: bool>(
+    query: &[f32],
+    keys: &[f32],
+    stride: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: the FMA variant runs only inside `run_item_avx2_fma`,
+        // called once the CPU was found to have AVX2 and FMA.
+        unsafe { score_row_avx2(query, keys, stride, scale, out) };
+        return;
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot::<FMA>(query, &keys[j * stride..][..query.len()]) * scale;
+    }
+}
+
+/// [`score_row`] with AVX2 and FMA: four keys at a time, so each load of
+/// the query serves four multiply-adds and four independent sums keep
+/// both FMA units busy.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn score_row_avx2(query: &[f32], keys: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let hd = query.len();
+    let n = out.len();
+    if n == 0 {
+        return;
+    }
+    // Every row read below lies within `keys`.
+    assert!(keys.len() >= (n - 1) * stride + hd, "keys too short");
+    let body = hd / 8 * 8;
+    let (q, k) = (query.as_ptr(), keys.as_ptr());
+    let hsum = |v: __m256| -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+    };
+    let tail = |row: usize| -> f32 {
+        query[body..]
+            .iter()
+            .zip(&keys[row * stride + body..][..hd - body])
+            .map(|(a, b)| a * b)
+            .sum()
+    };
+    let mut j = 0;
+    while j + 4 <= n {
+        let rows = [j * stride, (j + 1) * stride, (j + 2) * stride, (j + 3) * stride];
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut d = 0;
+        while d < body {
+            // SAFETY: d + 8 <= hd, so the query load and each key row's
+            // load (row start + d + 8 <= row start + hd) are in bounds
+            // (checked above).
+            unsafe {
+                let qv = _mm256_loadu_ps(q.add(d));
+                for m in 0..4 {
+                    acc[m] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k.add(rows[m] + d)), acc[m]);
+                }
+            }
+            d += 8;
+        }
+        for m in 0..4 {
+            out[j + m] = (hsum(acc[m]) + tail(j + m)) * scale;
+        }
+        j += 4;
+    }
+    while j < n {
+        let mut acc = _mm256_setzero_ps();
+        let mut d = 0;
+        while d < body {
+            // SAFETY: as above, for one row.
+            unsafe {
+                acc = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(q.add(d)),
+                    _mm256_loadu_ps(k.add(j * stride + d)),
+                    acc,
+                );
+            }
+            d += 8;
+        }
+        out[j] = (hsum(acc) + tail(j)) * scale;
+        j += 1;
+    }
+}
+
 /// `out += sum_j weights[j] * values[j * stride..][..out.len()]`, a lane
 /// of `out` at a time held in registers across all the rows (one load per
 /// multiply-add instead of three).
@@ -220,9 +310,7 @@ fn run_item_with<const FMA: bool>(
             // Keys past the query's position are masked.
             let visible = seen.saturating_sub(j0).min(n);
             let s = &mut scores[r * bs..r * bs + n];
-            for (jj, score) in s[..visible].iter_mut().enumerate() {
-                *score = dot::<FMA>(query, &keys[jj * kvw + col..][..head_dim]) * scale;
-            }
+            score_row::<FMA>(query, &keys[col..], kvw, scale, &mut s[..visible]);
             s[visible..].fill(f32::NEG_INFINITY);
         }
         for r in 0..rows {
