@@ -170,6 +170,16 @@ impl ConnectorWorker for MultiWorker {
         }
         out
     }
+
+    /// Waits on the last connector (the offload tiers, in strata's P/D
+    /// and offload composition), which may end the wait early; the others'
+    /// work is collected at most `timeout` later, as with a plain sleep.
+    fn wait_for_progress(&mut self, timeout: std::time::Duration) {
+        match self.parts.last_mut() {
+            Some(w) => w.wait_for_progress(timeout),
+            None => std::thread::sleep(timeout),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -185,6 +195,35 @@ mod tests {
 
     fn req(prompt: Vec<u32>) -> NewRequest {
         NewRequest::new(prompt, SamplingParams { ignore_eos: true, ..SamplingParams::greedy(2) })
+    }
+
+    /// A worker that only records that the engine waited on it.
+    struct Waited(Arc<Mutex<u32>>);
+
+    impl ConnectorWorker for Waited {
+        fn start_load_kv(&mut self, _: &ConnectorMeta, _: &mut dyn KvBlockIo) {}
+
+        fn get_finished(&mut self, _: &mut dyn KvBlockIo) -> ConnectorOutput {
+            ConnectorOutput::default()
+        }
+
+        fn wait_for_progress(&mut self, _: std::time::Duration) {
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        }
+    }
+
+    /// The wait goes to the last connector, which can end it early (a
+    /// plain sleep would take the whole 30 s and leave the count at 0).
+    #[test]
+    fn the_wait_goes_to_the_last_connector() {
+        let first = TestConnector::new(TokenSource::Remote, B);
+        let calls = Arc::new(Mutex::new(0));
+        let (_, mut worker) = multi(vec![
+            (Box::new(first.clone()), Box::new(first)),
+            (Box::new(TestConnector::new(TokenSource::Host, B)), Box::new(Waited(calls.clone()))),
+        ]);
+        worker.wait_for_progress(std::time::Duration::from_secs(30));
+        assert_eq!(*calls.lock().unwrap_or_else(|e| e.into_inner()), 1);
     }
 
     /// Two test connectors (remote first, host second) behind one engine:
