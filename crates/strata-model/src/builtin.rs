@@ -27,6 +27,7 @@ pub fn config() -> ModelConfig {
         rms_norm_eps: 1e-5,
         rope_theta: 10_000.0,
         rope_scaling: RopeScaling::None,
+        rope_interleaved: false,
         max_position_embeddings: 4096,
         tie_word_embeddings: false,
         attention_bias: false,

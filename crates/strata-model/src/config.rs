@@ -65,6 +65,11 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position: f64,
     },
+    /// Each inverse frequency divided by its own factor: how llama.cpp's
+    /// converter stores Llama 3 scaling in a GGUF file (`rope_freqs.weight`).
+    Factors {
+        factors: Vec<f32>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -80,6 +85,10 @@ pub struct ModelConfig {
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub rope_scaling: RopeScaling,
+    /// Rotary pairs are adjacent dimensions `(2i, 2i + 1)` instead of the
+    /// two halves `(i, i + head_dim / 2)`: the layout of `llama` GGUF files,
+    /// whose converter permutes the q/k rows into it.
+    pub rope_interleaved: bool,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     /// q/k/v projections carry a bias (Qwen2, some Llamas).
@@ -229,6 +238,7 @@ impl ModelConfig {
             rms_norm_eps: f.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
+            rope_interleaved: false,
             max_position_embeddings: f.usize("max_position_embeddings")?,
             tie_word_embeddings: f.opt_bool("tie_word_embeddings")?.unwrap_or(false),
             attention_bias: match architecture {
@@ -246,7 +256,7 @@ impl ModelConfig {
     /// model to disk so it loads through the same path as any checkpoint).
     pub fn to_json(&self) -> Value {
         let mut rope = serde_json::json!({ "rope_type": "default", "rope_theta": self.rope_theta });
-        match self.rope_scaling {
+        match &self.rope_scaling {
             RopeScaling::None => {}
             RopeScaling::Linear { factor } => {
                 rope = serde_json::json!({"rope_type": "linear", "factor": factor, "rope_theta": self.rope_theta});
@@ -260,9 +270,15 @@ impl ModelConfig {
                 rope = serde_json::json!({
                     "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
                     "high_freq_factor": high_freq_factor,
-                    "original_max_position_embeddings": original_max_position as u64,
+                    "original_max_position_embeddings": *original_max_position as u64,
                     "rope_theta": self.rope_theta,
                 });
+            }
+            // Not a transformers rope type: only GGUF files have these, and
+            // the JSON serves to fingerprint their KV.
+            RopeScaling::Factors { factors } => {
+                rope = serde_json::json!({"rope_type": "strata_factors", "factors": factors,
+                    "rope_theta": self.rope_theta});
             }
         }
         let mut config = serde_json::json!({
@@ -286,6 +302,9 @@ impl ModelConfig {
         });
         if let Some(dtype) = self.dtype {
             config["torch_dtype"] = dtype.torch_name().into();
+        }
+        if self.rope_interleaved {
+            config["strata_rope_interleaved"] = true.into();
         }
         config
     }

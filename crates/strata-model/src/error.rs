@@ -26,6 +26,8 @@ pub enum ModelError {
     UnsupportedArchitecture { path: PathBuf, found: Vec<String>, supported: Vec<&'static str> },
     #[error("{path}: not a valid safetensors file: {message}")]
     Safetensors { path: PathBuf, message: String },
+    #[error("{path}: not a usable GGUF file: {message}")]
+    Gguf { path: PathBuf, message: String },
     #[error("tensor `{name}` not found in {location}")]
     MissingTensor { name: String, location: String },
     #[error("{path}: tensor `{name}` has shape {found:?}, expected {expected:?}")]

@@ -14,8 +14,18 @@ use crate::builtin;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::executor::{KvPoolConfig, ModelExecutor};
+use crate::gguf::GgufFile;
 use crate::models::DecoderModel;
-use crate::weights::{DType, DummyWeights, HostData, SafetensorsWeights, WeightSource};
+use crate::quant::QuantType;
+use crate::weights::{
+    config_from_gguf, DType, DummyWeights, GgufWeights, HostData, SafetensorsWeights, WeightSource,
+};
+
+/// Whether `path` names a GGUF file (by its extension, as llama.cpp and
+/// vLLM decide).
+pub fn is_gguf_path(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum ModelSource {
@@ -23,6 +33,8 @@ pub enum ModelSource {
     Builtin,
     /// A Hugging Face checkpoint directory.
     Dir(PathBuf),
+    /// A GGUF file (llama.cpp's format).
+    Gguf(PathBuf),
     /// Deterministic random weights for `config` (vLLM's `load_format=dummy`).
     Dummy { config: Box<ModelConfig>, seed: u64, dtype: DType },
 }
@@ -31,6 +43,9 @@ pub enum ModelSource {
 pub struct LoadOptions {
     /// Convert weight matrices to this dtype (`None`: keep the stored one).
     pub dtype: Option<DType>,
+    /// Quantize the decoder layers' linear weights at load
+    /// (`--quantization`), after any `dtype` conversion.
+    pub quantization: Option<QuantType>,
     pub kv: KvPoolConfig,
     /// Cap on sequence length (`None`: the config's max_position_embeddings).
     pub max_model_len: Option<usize>,
@@ -39,10 +54,12 @@ pub struct LoadOptions {
 }
 
 impl ModelSource {
-    /// `builtin` or a directory path.
+    /// `builtin`, a `.gguf` file, or a directory path.
     pub fn parse(spec: &str) -> Self {
         if spec == "builtin" {
             Self::Builtin
+        } else if is_gguf_path(Path::new(spec)) {
+            Self::Gguf(PathBuf::from(spec))
         } else {
             Self::Dir(PathBuf::from(spec))
         }
@@ -52,6 +69,7 @@ impl ModelSource {
         match self {
             Self::Builtin => Ok(builtin::config()),
             Self::Dir(dir) => ModelConfig::from_file(&dir.join("config.json")),
+            Self::Gguf(path) => config_from_gguf(&GgufFile::open(path)?),
             Self::Dummy { config, .. } => Ok((**config).clone()),
         }
     }
@@ -60,6 +78,7 @@ impl ModelSource {
         Ok(match self {
             Self::Builtin => Box::new(builtin::weights()),
             Self::Dir(dir) => Box::new(SafetensorsWeights::open(dir)?),
+            Self::Gguf(path) => Box::new(GgufWeights::new(GgufFile::open(path)?)),
             Self::Dummy { config, seed, dtype } => {
                 let bytes = tensor_manifest(config)
                     .iter()
@@ -96,6 +115,7 @@ pub fn load_executor<B: Backend>(
         &config,
         weights.as_ref(),
         opts.dtype,
+        opts.quantization,
         max_model_len,
         &mut on_tensor,
     )?;
@@ -135,6 +155,9 @@ impl ModelSource {
         h.write(self.config()?.to_json().to_string().as_bytes());
         h.write(&(opts.kv.block_size as u64).to_le_bytes());
         h.write(opts.dtype.map_or("stored", |d| d.torch_name()).as_bytes());
+        if let Some(q) = opts.quantization {
+            h.write(q.name().as_bytes());
+        }
         match self {
             Self::Builtin => h.write(concat!("builtin-", env!("CARGO_PKG_VERSION")).as_bytes()),
             Self::Dummy { seed, dtype, .. } => {
@@ -152,6 +175,7 @@ impl ModelSource {
                     sample_file(&mut h, &path).map_err(|e| ModelError::io(&path, e))?;
                 }
             }
+            Self::Gguf(path) => sample_file(&mut h, path).map_err(|e| ModelError::io(path, e))?,
         }
         Ok(h.0)
     }
@@ -231,6 +255,11 @@ pub fn write_checkpoint(dir: &Path, config: &ModelConfig, source: &dyn WeightSou
     for (name, shape) in tensor_manifest(config) {
         let t = source.load(&name, &shape)?;
         let (dtype, bytes) = match &t.data {
+            HostData::Quant(q) => {
+                return Err(ModelError::InvalidInput(format!(
+                    "`{name}` is {q:?}: a quantized model cannot be written as safetensors"
+                )))
+            }
             HostData::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             HostData::F16(v) => (Dtype::F16, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             HostData::BF16(v) => (Dtype::BF16, v.iter().flat_map(|x| x.to_le_bytes()).collect()),

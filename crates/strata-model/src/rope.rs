@@ -13,15 +13,20 @@ pub fn inverse_frequencies(config: &ModelConfig) -> Vec<f32> {
         .map(|i| 1.0 / config.rope_theta.powf((2 * i) as f64 / dim as f64))
         .map(|f| f as f32 as f64)
         .collect();
-    let scaled: Vec<f64> = match config.rope_scaling {
+    let scaled: Vec<f64> = match &config.rope_scaling {
         RopeScaling::None => base,
         RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+        RopeScaling::Factors { factors } => {
+            base.iter().zip(factors).map(|(f, &d)| f / f64::from(d)).collect()
+        }
         RopeScaling::Llama3 {
             factor,
             low_freq_factor,
             high_freq_factor,
             original_max_position,
         } => {
+            let (factor, low_freq_factor, high_freq_factor, original_max_position) =
+                (*factor, *low_freq_factor, *high_freq_factor, *original_max_position);
             let low_freq_wavelen = original_max_position / low_freq_factor;
             let high_freq_wavelen = original_max_position / high_freq_factor;
             base.iter()

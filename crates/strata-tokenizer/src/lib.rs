@@ -11,6 +11,7 @@
 
 pub mod builtin;
 pub mod chat_template;
+pub mod gguf;
 pub mod incremental;
 
 pub use chat_template::{load_chat_template_arg, ChatConfig, ChatTemplates, SpecialToken};
@@ -31,6 +32,9 @@ pub enum TokenizerError {
     /// template.
     #[error("{0}")]
     ChatTemplate(String),
+    /// GGUF tokenizer metadata that strata cannot build a tokenizer from.
+    #[error("GGUF tokenizer: {0}")]
+    Gguf(String),
 }
 
 pub type Result<T, E = TokenizerError> = std::result::Result<T, E>;

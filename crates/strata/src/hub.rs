@@ -130,18 +130,22 @@ pub fn is_repo_id(s: &str) -> bool {
 }
 
 /// What a resolution must provide.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Want {
     /// Config and safetensors weights, and the tokenizer files unless the
     /// tokenizer comes from elsewhere (`--tokenizer`).
     Model { tokenizer: bool },
     /// The tokenizer files only.
     Tokenizer,
+    /// One GGUF file of the repo (`--gguf-file`); it carries its config
+    /// and tokenizer.
+    Gguf(String),
 }
 
 impl Want {
-    fn small_files(self) -> Vec<(&'static str, bool)> {
-        match self {
+    fn small_files(&self) -> Vec<(&'static str, bool)> {
+        match *self {
+            Want::Gguf(_) => Vec::new(),
             Want::Model { tokenizer } => {
                 let mut files = MODEL_CONFIG_FILES.to_vec();
                 if tokenizer {
@@ -173,7 +177,7 @@ pub fn resolve(env: &HubEnv, repo_id: &str, revision: &str, want: Want) -> Resul
                 env.cache_dir.display()
             );
         };
-        let missing = missing_files(&snapshot, want);
+        let missing = missing_files(&snapshot, &want);
         if !missing.is_empty() {
             bail!(
                 "model `{repo_id}` (revision `{revision}`) is only partly in the Hugging Face \
@@ -193,21 +197,21 @@ pub fn resolve(env: &HubEnv, repo_id: &str, revision: &str, want: Want) -> Resul
     // or tag is looked up, as vLLM does, to find a newer commit).
     if is_commit(revision) {
         if let Some(snapshot) = cache.snapshot(revision) {
-            if missing_files(&snapshot, want).is_empty() {
+            if missing_files(&snapshot, &want).is_empty() {
                 return Ok(snapshot);
             }
         }
     }
     let hub = Hub::new(env, repo_id, revision)?;
     match hub.listing() {
-        Ok(listing) => hub.fetch(&cache, &listing, want),
+        Ok(listing) => hub.fetch(&cache, &listing, &want),
         Err(failure) => {
             // As huggingface_hub: when the hub cannot answer (down, out of
             // reach, or refusing a token that once worked), a complete
             // cached copy is used; an unknown revision is not "cached".
             if !failure.is_revision_not_found() {
                 if let Some(snapshot) = cache.snapshot(revision) {
-                    if missing_files(&snapshot, want).is_empty() {
+                    if missing_files(&snapshot, &want).is_empty() {
                         tracing::warn!(
                             "{}; using the cached copy in {}",
                             hub.describe(&failure, None),
@@ -460,7 +464,7 @@ impl<'a> Hub<'a> {
 
     /// Brings the files `want` needs from the listed commit into its
     /// snapshot; returns the snapshot directory.
-    fn fetch(&self, cache: &CachedRepo, listing: &Listing, want: Want) -> Result<PathBuf> {
+    fn fetch(&self, cache: &CachedRepo, listing: &Listing, want: &Want) -> Result<PathBuf> {
         let (repo, rev, commit) = (self.repo_id, self.revision, listing.commit.as_str());
         let at = if rev == commit {
             format!("commit {commit}")
@@ -477,7 +481,7 @@ impl<'a> Hub<'a> {
                         "model `{repo}` ({at}) has no config.json: it is not a transformers \
                          checkpoint that strata can load"
                     ),
-                    "tokenizer.json" if want == Want::Tokenizer => format!(
+                    "tokenizer.json" if *want == Want::Tokenizer => format!(
                         "`{repo}` ({at}) has no tokenizer.json, the only tokenizer format \
                          strata reads"
                     ),
@@ -490,7 +494,7 @@ impl<'a> Hub<'a> {
         }
         // Named chat templates beside chat_template.jinja (transformers'
         // `additional_chat_templates/NAME.jinja`), with the tokenizer.
-        if want != (Want::Model { tokenizer: false }) {
+        if matches!(want, Want::Tokenizer | Want::Model { tokenizer: true }) {
             files.extend(
                 listing
                     .files
@@ -505,6 +509,19 @@ impl<'a> Hub<'a> {
         }
         let weights = match want {
             Want::Tokenizer => None,
+            Want::Gguf(name) if listing.has(name) => Some(name.as_str()),
+            Want::Gguf(name) => {
+                let ggufs: Vec<&str> = listing
+                    .files
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|f| f.to_ascii_lowercase().ends_with(".gguf"))
+                    .collect();
+                bail!(
+                    "model `{repo}` ({at}) has no file `{name}`; its GGUF files: {}",
+                    if ggufs.is_empty() { "none".to_owned() } else { ggufs.join(", ") }
+                );
+            }
             Want::Model { .. } if listing.has(INDEX) => Some(INDEX),
             Want::Model { .. } if listing.has(SINGLE) => Some(SINGLE),
             Want::Model { .. } => {

@@ -10,8 +10,12 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use strata_model::backend::cpu::CpuBackend;
 use strata_model::config::{Architecture, RopeScaling};
+use strata_model::gguf::GgufFile;
+use strata_model::loader::is_gguf_path;
+use strata_model::quant::QuantType;
 use strata_model::weights::DType;
 use strata_model::{builtin, KvPoolConfig, LoadOptions, ModelConfig, ModelExecutor, ModelSource};
+use strata_tokenizer::gguf::GgufVocab;
 use strata_tokenizer::Tokenizer;
 
 use crate::hub;
@@ -35,6 +39,11 @@ pub struct ModelArgs {
     pub num_kv_blocks: Option<usize>,
     pub kv_cache_memory: f64,
     pub max_model_len: Option<usize>,
+    /// The GGUF file to load from a model directory (or hub repo) that
+    /// holds several.
+    pub gguf_file: Option<String>,
+    /// Quantize the linear weights at load (`q8_0`, `q4_k`, ...).
+    pub quantization: Option<QuantType>,
     /// The first successful [`ModelArgs::resolve`], so a second call (the
     /// server's generation defaults) neither asks the hub again nor can
     /// land on another commit.
@@ -78,6 +87,25 @@ pub struct ModelFlags {
     /// Cap on prompt plus output length (default: the model's maximum).
     #[arg(long)]
     pub max_model_len: Option<usize>,
+    /// The GGUF file to load from MODEL when MODEL is a directory or a hub
+    /// repo (`strata serve org/name-GGUF --gguf-file name-Q4_K_M.gguf`); a
+    /// MODEL that is itself a `.gguf` path needs none.
+    #[arg(long, value_name = "NAME")]
+    pub gguf_file: Option<String>,
+    /// Quantize the decoder's linear weights at load time with llama.cpp's
+    /// block formats: q8_0, q4_k (also q4_0, q4_1, q5_0, q5_1, q5_k,
+    /// q6_k). K types fall back to q5_0/q5_1/q8_0 for matrices whose input
+    /// width is not a multiple of 256, as llama.cpp does.
+    #[arg(long, value_name = "TYPE", value_parser = parse_quantization)]
+    pub quantization: Option<QuantType>,
+}
+
+fn parse_quantization(s: &str) -> Result<QuantType, String> {
+    QuantType::from_name(s).ok_or_else(|| {
+        let names: Vec<String> =
+            QuantType::ALL.iter().map(|q| q.name().to_ascii_lowercase()).collect();
+        format!("unknown quantization `{s}` (one of: {})", names.join(", "))
+    })
 }
 
 impl TryFrom<ModelFlags> for ModelArgs {
@@ -106,6 +134,8 @@ impl TryFrom<ModelFlags> for ModelArgs {
             num_kv_blocks: f.num_kv_blocks,
             kv_cache_memory: f.kv_cache_memory,
             max_model_len: f.max_model_len,
+            gguf_file: f.gguf_file,
+            quantization: f.quantization,
             resolved: std::sync::OnceLock::new(),
         })
     }
@@ -183,6 +213,7 @@ pub fn qwen25_05b_shape() -> ModelConfig {
         rms_norm_eps: 1e-6,
         rope_theta: 1_000_000.0,
         rope_scaling: RopeScaling::None,
+        rope_interleaved: false,
         max_position_embeddings: 32_768,
         tie_word_embeddings: true,
         attention_bias: true,
@@ -258,10 +289,17 @@ impl ModelArgs {
                 seed: builtin::SEED,
                 dtype: dtype.unwrap_or(DType::BF16),
             },
-            Location::Dir(dir) => ModelSource::Dir(dir),
+            Location::Dir(path) => match &self.gguf_file {
+                Some(name) => ModelSource::Gguf(path.join(name)),
+                None if is_gguf_path(&path) => ModelSource::Gguf(path),
+                None => ModelSource::Dir(path),
+            },
             Location::Hub(id) => {
                 let rev = self.revision.as_deref().unwrap_or("main");
-                let want = hub::Want::Model { tokenizer: tokenizer_dir.is_none() };
+                let want = match &self.gguf_file {
+                    Some(name) => hub::Want::Gguf(name.clone()),
+                    None => hub::Want::Model { tokenizer: tokenizer_dir.is_none() },
+                };
                 let snapshot = hub::resolve(&hub::HubEnv::from_env()?, &id, rev, want)?;
                 tracing::info!(
                     model = %id,
@@ -269,9 +307,16 @@ impl ModelArgs {
                     dir = %snapshot.display(),
                     "resolved hub model"
                 );
-                ModelSource::Dir(snapshot)
+                match &self.gguf_file {
+                    Some(name) => ModelSource::Gguf(snapshot.join(name)),
+                    None => ModelSource::Dir(snapshot),
+                }
             }
         };
+        if let (ModelSource::Dir(_) | ModelSource::Builtin, Some(name)) = (&source, &self.gguf_file)
+        {
+            bail!("--gguf-file `{name}` needs MODEL to be a directory or a hub repo holding it");
+        }
         Ok(Resolved { source, tokenizer_dir })
     }
 
@@ -295,6 +340,7 @@ impl ModelArgs {
             },
             max_model_len: self.max_model_len,
             sampler_seed: seed,
+            quantization: self.quantization,
         };
         let started = std::time::Instant::now();
         let bar = std::io::stderr().is_terminal().then(|| {
@@ -337,6 +383,7 @@ impl ModelArgs {
             }
             (None, ModelSource::Builtin) => Some(Tokenizer::builtin()),
             (None, ModelSource::Dir(dir)) => Some(Tokenizer::from_dir(dir)?),
+            (None, ModelSource::Gguf(path)) => Some(gguf_tokenizer(path)?),
             (None, ModelSource::Dummy { .. }) => None,
         };
         tracing::info!(
@@ -347,6 +394,70 @@ impl ModelArgs {
         );
         Ok(Loaded { executor, tokenizer })
     }
+}
+
+/// The tokenizer a GGUF file carries in its `tokenizer.*` metadata.
+fn gguf_tokenizer(path: &Path) -> Result<Tokenizer> {
+    let file = GgufFile::open(path)?;
+    let vocab = gguf_vocab(&file).with_context(|| format!("{}: tokenizer", path.display()))?;
+    Tokenizer::from_gguf(&vocab).with_context(|| format!("{}: tokenizer", path.display()))
+}
+
+/// Reads llama.cpp's tokenizer keys into [`GgufVocab`].
+fn gguf_vocab(file: &GgufFile) -> Result<GgufVocab> {
+    use strata_model::gguf::GgufValue;
+    let get = |key: &str| file.get(&format!("tokenizer.{key}"));
+    let array = |key: &str| -> Result<&[GgufValue]> {
+        match get(key) {
+            None => Ok(&[]),
+            Some(v) => v.as_array().with_context(|| format!("tokenizer.{key} is not an array")),
+        }
+    };
+    let strings = |key: &str| -> Result<Vec<String>> {
+        array(key)?
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<_>>()
+            .with_context(|| format!("tokenizer.{key} holds a non-string"))
+    };
+    let id = |key: &str| -> Result<Option<u32>> {
+        get(key)
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .with_context(|| format!("tokenizer.{key} is not a token id"))
+            })
+            .transpose()
+    };
+    let flag = |key: &str| get(key).and_then(GgufValue::as_bool);
+    let model = get("ggml.model")
+        .and_then(GgufValue::as_str)
+        .context("the file has no tokenizer (tokenizer.ggml.model); give one with --tokenizer")?;
+    Ok(GgufVocab {
+        model: model.to_owned(),
+        pre: get("ggml.pre").and_then(GgufValue::as_str).map(str::to_owned),
+        tokens: strings("ggml.tokens")?,
+        token_types: array("ggml.token_type")?
+            .iter()
+            .map(|v| v.as_i64().and_then(|n| i32::try_from(n).ok()))
+            .collect::<Option<_>>()
+            .context("tokenizer.ggml.token_type holds a non-integer")?,
+        scores: array("ggml.scores")?
+            .iter()
+            .map(|v| v.as_f64().map(|f| f as f32))
+            .collect::<Option<_>>()
+            .context("tokenizer.ggml.scores holds a non-number")?,
+        merges: strings("ggml.merges")?,
+        bos_token_id: id("ggml.bos_token_id")?,
+        eos_token_id: id("ggml.eos_token_id")?,
+        eot_token_id: id("ggml.eot_token_id")?,
+        eom_token_id: id("ggml.eom_token_id")?,
+        unknown_token_id: id("ggml.unknown_token_id")?,
+        padding_token_id: id("ggml.padding_token_id")?,
+        add_bos_token: flag("ggml.add_bos_token"),
+        add_eos_token: flag("ggml.add_eos_token"),
+        chat_template: get("chat_template").and_then(GgufValue::as_str).map(str::to_owned),
+    })
 }
 
 pub fn export_builtin(dir: &Path) -> Result<()> {
@@ -404,5 +515,36 @@ mod tests {
         // An existing directory wins over the hub id it spells.
         let cwd_relative = here.to_str().unwrap();
         assert_eq!(locate(cwd_relative), Location::Dir(here.clone()));
+    }
+
+    /// The tokenizer read from GGUF metadata against llama.cpp's
+    /// `llama-tokenize` on the same files (special tokens parsed, as a
+    /// server's prompts are): `fixtures/gguf/llama_cpp_reference.json`.
+    #[test]
+    fn gguf_tokenization_equals_llama_cpp() {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/gguf");
+        let reference: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixtures.join("llama_cpp_reference.json")).unwrap(),
+        )
+        .unwrap();
+        let mut checked = 0;
+        for case in reference["tokenize"].as_array().unwrap() {
+            if !case["parse_special"].as_bool().unwrap() {
+                continue;
+            }
+            let want: Vec<u32> = case["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| u32::try_from(v.as_u64().unwrap()).unwrap())
+                .collect();
+            let prompt = case["prompt"].as_str().unwrap();
+            for file in case["same_tokenizer_files"].as_array().unwrap() {
+                let tokenizer = gguf_tokenizer(&fixtures.join(file.as_str().unwrap())).unwrap();
+                assert_eq!(tokenizer.encode(prompt, true).unwrap(), want, "{file} {prompt:?}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 300, "{checked} cases");
     }
 }

@@ -108,10 +108,19 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Self::Tensor;
     /// Splits columns into consecutive pieces of the given widths.
     fn split_cols(&self, x: &Self::Tensor, widths: &[usize]) -> Vec<Self::Tensor>;
-    /// Rotary embedding (rotate-half layout) of each `head_dim` slice, in
-    /// place, at the step's positions. `table` is `[positions, head_dim]`:
-    /// cosines in the first half of a row, sines in the second.
-    fn rope(&self, x: &mut Self::Tensor, head_dim: usize, table: &Self::Weight, step: &Self::Step);
+    /// Rotary embedding of each `head_dim` slice, in place, at the step's
+    /// positions. `table` is `[positions, head_dim]`: cosines in the first
+    /// half of a row, sines in the second. Pair `i` is dimensions
+    /// `(i, i + head_dim / 2)` (rotate-half), or `(2i, 2i + 1)` when
+    /// `interleaved` (llama.cpp's layout for `llama` GGUF files).
+    fn rope(
+        &self,
+        x: &mut Self::Tensor,
+        head_dim: usize,
+        table: &Self::Weight,
+        step: &Self::Step,
+        interleaved: bool,
+    );
     /// `silu(gate) * up` where `gate_up = [gate | up]`.
     fn silu_mul(&self, gate_up: &Self::Tensor) -> Self::Tensor;
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor);

@@ -10,8 +10,9 @@
 use crate::backend::{AttentionShape, Backend};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::quant::QuantType;
 use crate::rope::rope_table;
-use crate::weights::{DType, HostData, HostTensor, WeightSource};
+use crate::weights::{DType, HostData, HostTensor, QuantData, WeightSource};
 
 struct Layer<B: Backend> {
     input_norm: B::Weight,
@@ -46,24 +47,39 @@ impl<B: Backend> std::fmt::Debug for DecoderModel<B> {
     }
 }
 
-/// Stacks tensors along rows (all in the first part's dtype).
+/// Stacks tensors along rows: dense parts in the first part's dtype, or,
+/// when any part is a GGUF matrix, as a stack of row blocks that keeps
+/// each part's storage type.
 fn concat_rows(name: &str, parts: Vec<HostTensor>) -> HostTensor {
     let cols = parts[0].cols();
     let rows: usize = parts.iter().map(HostTensor::rows).sum();
     let shape = if parts[0].shape.len() == 1 { vec![rows * cols] } else { vec![rows, cols] };
-    let dtype = parts[0].data.dtype();
-    let mut f32s = Vec::new();
-    let mut bits = Vec::new();
-    for part in parts {
-        match part.data.convert(dtype) {
-            HostData::F32(v) => f32s.extend(v),
-            HostData::F16(v) | HostData::BF16(v) => bits.extend(v),
+    let data = match parts[0].data.dtype() {
+        Some(dtype) if parts.iter().all(|p| p.data.dtype().is_some()) => {
+            let mut f32s = Vec::new();
+            let mut bits = Vec::new();
+            for part in parts {
+                match part.data.convert(dtype) {
+                    HostData::F32(v) => f32s.extend(v),
+                    HostData::F16(v) | HostData::BF16(v) => bits.extend(v),
+                    HostData::Quant(_) => unreachable!("invariant: dense parts convert densely"),
+                }
+            }
+            match dtype {
+                DType::F32 => HostData::F32(f32s),
+                DType::F16 => HostData::F16(bits),
+                DType::BF16 => HostData::BF16(bits),
+            }
         }
-    }
-    let data = match dtype {
-        DType::F32 => HostData::F32(f32s),
-        DType::F16 => HostData::F16(bits),
-        DType::BF16 => HostData::BF16(bits),
+        _ => HostData::Quant(QuantData::concat(
+            parts
+                .into_iter()
+                .map(|p| {
+                    let rows = p.rows();
+                    QuantData::from_dense_or_quant(p.data, rows)
+                })
+                .collect(),
+        )),
     };
     HostTensor { name: name.to_owned(), shape, data }
 }
@@ -72,6 +88,7 @@ struct Loader<'a, B: Backend> {
     backend: &'a B,
     source: &'a dyn WeightSource,
     dtype: Option<DType>,
+    quantization: Option<QuantType>,
     progress: &'a mut dyn FnMut(u64),
     bytes: u64,
 }
@@ -79,8 +96,7 @@ struct Loader<'a, B: Backend> {
 impl<B: Backend> Loader<'_, B> {
     fn host(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor> {
         let mut t = self.source.load(name, shape)?;
-        let stored = t.data.len() as u64 * t.data.dtype().size_in_bytes() as u64;
-        (self.progress)(stored);
+        (self.progress)(t.data.byte_len() as u64);
         if let (Some(dtype), 2) = (self.dtype, shape.len()) {
             t.data = t.data.convert(dtype);
         }
@@ -88,8 +104,7 @@ impl<B: Backend> Loader<'_, B> {
     }
 
     fn upload(&mut self, t: HostTensor) -> Result<B::Weight> {
-        let size = if t.shape.len() == 1 { 4 } else { t.data.dtype().size_in_bytes() };
-        self.bytes += (t.data.len() * size) as u64;
+        self.bytes += if t.shape.len() == 1 { t.data.len() * 4 } else { t.data.byte_len() } as u64;
         self.backend.upload(t)
     }
 
@@ -98,30 +113,60 @@ impl<B: Backend> Loader<'_, B> {
         self.upload(t)
     }
 
-    fn fused(&mut self, name: &str, parts: &[(String, Vec<usize>)]) -> Result<B::Weight> {
+    /// A decoder layer's linear weight or bias, fused from `parts` (one
+    /// part: as it is); matrices are quantized first when `--quantization`
+    /// asks for it.
+    fn linear(&mut self, name: &str, parts: &[(String, Vec<usize>)]) -> Result<B::Weight> {
         let hosts =
             parts.iter().map(|(n, s)| self.host(n, s)).collect::<Result<Vec<HostTensor>>>()?;
-        let fused = concat_rows(name, hosts);
-        self.upload(fused)
+        let mut t = if hosts.len() == 1 {
+            hosts.into_iter().next().expect("invariant: one part")
+        } else {
+            concat_rows(name, hosts)
+        };
+        if let (Some(q), Some(_), 2) = (self.quantization, t.data.dtype(), t.shape.len()) {
+            let (rows, cols) = (t.rows(), t.cols());
+            if let Some(target) = quantization_target(q, cols) {
+                t.data = HostData::Quant(QuantData::quantize(target, &t.data.to_f32(), rows, cols));
+            }
+        }
+        self.upload(t)
     }
+}
+
+/// The block type `--quantization q` gives a matrix of `cols` columns:
+/// `q` itself when the columns fill its blocks, else llama.cpp's fallback
+/// for K types (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, 32-element blocks),
+/// else none (the matrix keeps its dtype).
+pub fn quantization_target(q: QuantType, cols: usize) -> Option<QuantType> {
+    let fallback = match q {
+        QuantType::Q4K => QuantType::Q5_0,
+        QuantType::Q5K => QuantType::Q5_1,
+        QuantType::Q6K => QuantType::Q8_0,
+        other => other,
+    };
+    [q, fallback].into_iter().find(|t| t.row_bytes(cols).is_some())
 }
 
 impl<B: Backend> DecoderModel<B> {
     /// Loads every tensor the config calls for, checking shapes. `dtype`
-    /// converts matrices (e.g. a bf16 checkpoint run in f32); `progress`
-    /// receives the bytes of each tensor read.
+    /// converts matrices (e.g. a bf16 checkpoint run in f32, or a GGUF
+    /// file dequantized); `quantization` quantizes the decoder layers'
+    /// linear weights after that; `progress` receives the bytes of each
+    /// tensor read.
     pub fn load(
         backend: &B,
         config: &ModelConfig,
         source: &dyn WeightSource,
         dtype: Option<DType>,
+        quantization: Option<QuantType>,
         max_model_len: usize,
         progress: &mut dyn FnMut(u64),
     ) -> Result<Self> {
         let c = config;
         let (h, v, i) = (c.hidden_size, c.vocab_size, c.intermediate_size);
         let (qw, kvw) = (c.q_width(), c.kv_width());
-        let mut ld = Loader { backend, source, dtype, progress, bytes: 0 };
+        let mut ld = Loader { backend, source, dtype, quantization, progress, bytes: 0 };
         let embed = ld.weight("model.embed_tokens.weight", &[v, h])?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
@@ -132,7 +177,7 @@ impl<B: Backend> DecoderModel<B> {
                     if cols == 0 { vec![rows] } else { vec![rows, cols] },
                 )
             };
-            let qkv = ld.fused(
+            let qkv = ld.linear(
                 &format!("{p}.self_attn.qkv_proj.weight"),
                 &[
                     attn("q_proj.weight", qw, h),
@@ -141,7 +186,7 @@ impl<B: Backend> DecoderModel<B> {
                 ],
             )?;
             let qkv_bias = if c.attention_bias {
-                Some(ld.fused(
+                Some(ld.linear(
                     &format!("{p}.self_attn.qkv_proj.bias"),
                     &[
                         attn("q_proj.bias", qw, 0),
@@ -166,16 +211,22 @@ impl<B: Backend> DecoderModel<B> {
                 qkv_bias,
                 q_norm,
                 k_norm,
-                o_proj: ld.weight(&format!("{p}.self_attn.o_proj.weight"), &[h, qw])?,
+                o_proj: ld.linear(
+                    &format!("{p}.self_attn.o_proj.weight"),
+                    &[attn("o_proj.weight", h, qw)],
+                )?,
                 post_norm: ld.weight(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate_up: ld.fused(
+                gate_up: ld.linear(
                     &format!("{p}.mlp.gate_up_proj.weight"),
                     &[
                         (format!("{p}.mlp.gate_proj.weight"), vec![i, h]),
                         (format!("{p}.mlp.up_proj.weight"), vec![i, h]),
                     ],
                 )?,
-                down: ld.weight(&format!("{p}.mlp.down_proj.weight"), &[h, i])?,
+                down: ld.linear(
+                    &format!("{p}.mlp.down_proj.weight"),
+                    &[(format!("{p}.mlp.down_proj.weight"), vec![h, i])],
+                )?,
             });
         }
         let norm = ld.weight("model.norm.weight", &[h])?;
@@ -239,8 +290,8 @@ impl<B: Backend> DecoderModel<B> {
                 backend.rms_norm_heads(&mut q, qn, c.head_dim, eps);
                 backend.rms_norm_heads(&mut k, kn, c.head_dim, eps);
             }
-            backend.rope(&mut q, c.head_dim, &self.rope, step);
-            backend.rope(&mut k, c.head_dim, &self.rope, step);
+            backend.rope(&mut q, c.head_dim, &self.rope, step, c.rope_interleaved);
+            backend.rope(&mut k, c.head_dim, &self.rope, step, c.rope_interleaved);
             backend.write_kv(cache, &k, &v, step);
             let attn = backend.paged_attention(&q, cache, shape, step);
             let o = backend.linear(&attn, &layer.o_proj, None);

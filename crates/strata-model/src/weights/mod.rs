@@ -7,10 +7,14 @@
 //! their 16-bit form until the backend decides how to store them.
 
 mod dummy;
+mod gguf;
+mod quantized;
 mod safetensors;
 
 pub(crate) use dummy::splitmix64;
 pub use dummy::DummyWeights;
+pub use gguf::{config_from_gguf, open_gguf, GgufWeights};
+pub use quantized::{decode_row, Bytes, QuantData, RowBlock};
 pub use safetensors::SafetensorsWeights;
 
 use half::{bf16, f16};
@@ -50,27 +54,42 @@ impl DType {
     }
 }
 
-/// Tensor values in host memory. 16-bit formats keep their raw bits.
+/// Tensor values in host memory. 16-bit formats keep their raw bits;
+/// GGUF matrices keep their block formats ([`QuantData`]).
 #[derive(Clone)]
 pub enum HostData {
     F32(Vec<f32>),
     F16(Vec<u16>),
     BF16(Vec<u16>),
+    Quant(QuantData),
 }
 
 impl HostData {
-    pub fn dtype(&self) -> DType {
+    /// The dense dtype, or `None` for a GGUF matrix.
+    pub fn dtype(&self) -> Option<DType> {
         match self {
-            Self::F32(_) => DType::F32,
-            Self::F16(_) => DType::F16,
-            Self::BF16(_) => DType::BF16,
+            Self::F32(_) => Some(DType::F32),
+            Self::F16(_) => Some(DType::F16),
+            Self::BF16(_) => Some(DType::BF16),
+            Self::Quant(_) => None,
         }
     }
 
+    /// Number of elements.
     pub fn len(&self) -> usize {
         match self {
             Self::F32(v) => v.len(),
             Self::F16(v) | Self::BF16(v) => v.len(),
+            Self::Quant(q) => q.rows() * q.cols,
+        }
+    }
+
+    /// Bytes the values occupy.
+    pub fn byte_len(&self) -> usize {
+        match self {
+            Self::F32(v) => v.len() * 4,
+            Self::F16(v) | Self::BF16(v) => v.len() * 2,
+            Self::Quant(q) => q.byte_len(),
         }
     }
 
@@ -84,12 +103,14 @@ impl HostData {
             Self::F32(v) => v.clone(),
             Self::F16(v) => v.iter().map(|&b| f16::from_bits(b).to_f32()).collect(),
             Self::BF16(v) => v.iter().map(|&b| bf16::from_bits(b).to_f32()).collect(),
+            Self::Quant(q) => q.to_f32(),
         }
     }
 
-    /// The values in `dtype` (rounding to nearest when narrowing).
+    /// The values in `dtype` (rounding to nearest when narrowing;
+    /// dequantizing a GGUF matrix).
     pub fn convert(self, dtype: DType) -> Self {
-        if self.dtype() == dtype {
+        if self.dtype() == Some(dtype) {
             return self;
         }
         let values = self.to_f32();
@@ -105,7 +126,10 @@ impl HostData {
 
 impl std::fmt::Debug for HostData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}[{}]", self.dtype(), self.len())
+        match self {
+            Self::Quant(q) => write!(f, "{q:?}"),
+            _ => write!(f, "{:?}[{}]", self.dtype(), self.len()),
+        }
     }
 }
 

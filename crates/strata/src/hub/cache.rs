@@ -89,13 +89,18 @@ pub(super) fn index_shards(index: &Path) -> Result<Vec<String>> {
 }
 
 /// What a cached snapshot lacks for `want` (empty: complete).
-pub(super) fn missing_files(snapshot: &Path, want: Want) -> Vec<String> {
+pub(super) fn missing_files(snapshot: &Path, want: &Want) -> Vec<String> {
     let mut missing: Vec<String> = want
         .small_files()
         .into_iter()
         .filter(|(f, required)| *required && !snapshot.join(f).is_file())
         .map(|(f, _)| f.to_owned())
         .collect();
+    if let Want::Gguf(name) = want {
+        if !snapshot.join(name).is_file() {
+            missing.push(name.clone());
+        }
+    }
     if let Want::Model { .. } = want {
         let index = snapshot.join(INDEX);
         if index.is_file() {

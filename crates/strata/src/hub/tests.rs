@@ -46,7 +46,7 @@ fn offline_snapshot_lookup_and_completeness() {
     assert_eq!(c.snapshot("main"), Some(snap.clone()));
     let want = Want::Model { tokenizer: true };
     assert_eq!(
-        missing_files(&snap, want),
+        missing_files(&snap, &want),
         ["config.json", "tokenizer.json", "model.safetensors or model.safetensors.index.json"]
     );
     std::fs::write(snap.join("config.json"), "{}").unwrap();
@@ -57,8 +57,8 @@ fn offline_snapshot_lookup_and_completeness() {
     )
     .unwrap();
     std::fs::write(snap.join("m-1.safetensors"), "x").unwrap();
-    assert_eq!(missing_files(&snap, Want::Model { tokenizer: false }), ["m-2.safetensors"]);
-    assert_eq!(missing_files(&snap, Want::Tokenizer), ["tokenizer.json"]);
+    assert_eq!(missing_files(&snap, &Want::Model { tokenizer: false }), ["m-2.safetensors"]);
+    assert_eq!(missing_files(&snap, &Want::Tokenizer), ["tokenizer.json"]);
 }
 
 #[test]

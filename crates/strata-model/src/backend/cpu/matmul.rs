@@ -1,10 +1,13 @@
-//! `out[m, n] = x[m, k] @ w[n, k]^T` with `w` in f32, f16 or bf16.
+//! `out[m, n] = x[m, k] @ w[n, k]^T` with `w` in f32, f16, bf16 or a GGUF
+//! block format.
 //!
 //! Two regimes:
 //! - decode-sized `m` (up to [`GEMV_MAX_ROWS`]): memory-bound, so each
 //!   weight row is streamed once and dotted with every input row while it
 //!   is in registers. AVX2+FMA kernels widen f16/bf16 on the fly (bf16 is a
 //!   16-bit shift, f16 uses F16C), with a portable fallback.
+//!   Quantized weights use the integer block dot products of
+//!   [`crate::quant`] on inputs quantized once per call.
 //! - larger `m` (prefill): compute-bound, so `gemm` does the work, one
 //!   panel of weight rows per rayon task: the panel is first copied (and
 //!   widened, for 16-bit weights) into a per-task buffer that stays in
@@ -18,7 +21,9 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::{CpuWeight, OutPtr};
-use crate::weights::HostData;
+use crate::gguf::TensorType;
+use crate::quant::{self, ActQuant, QuantType};
+use crate::weights::{decode_row, HostData};
 
 /// Up to this many input rows use the GEMV kernels.
 pub const GEMV_MAX_ROWS: usize = 8;
@@ -112,6 +117,37 @@ fn gemv(x: &[f32], m: usize, k: usize, w: &CpuWeight, out: &mut [f32]) {
 /// `dst[j * m + i] = x[i, :] . w[j, :]`.
 fn gemv_into(x: &[f32], m: usize, k: usize, w: &CpuWeight, dst: &mut [f32]) {
     let chunk = gemv_chunk(w.rows);
+    if let HostData::Quant(q) = &w.data {
+        // The inputs are quantized once per block type of the matrix (as
+        // llama.cpp does: Q8_0/Q8_1/Q8_K blocks), then each weight row is
+        // one integer dot product per input row.
+        let acts: Vec<(QuantType, ActQuant)> = q
+            .quant_types()
+            .into_iter()
+            .map(|t| (t, quant::quantize_activations(t, x, m, k)))
+            .collect();
+        dst.par_chunks_mut(chunk * m).enumerate().for_each_init(
+            || vec![0.0f32; k],
+            |row, (c, d)| {
+                let first = c * chunk;
+                for (i, dr) in d.chunks_mut(m).enumerate() {
+                    match q.row(first + i) {
+                        (TensorType::Quant(t), bytes) => {
+                            let a = &acts.iter().find(|(at, _)| *at == t).expect("invariant").1;
+                            quant::vec_dot(t, bytes, a, dr);
+                        }
+                        (ty, bytes) => {
+                            decode_row(ty, bytes, row);
+                            for (o, xr) in dr.iter_mut().zip(x.chunks(k)) {
+                                *o = row.iter().zip(xr).map(|(a, b)| a * b).sum();
+                            }
+                        }
+                    }
+                }
+            },
+        );
+        return;
+    }
     dst.par_chunks_mut(chunk * m).enumerate().for_each(|(c, d)| {
         let first = c * chunk;
         for (i, dr) in d.chunks_mut(m).enumerate() {
@@ -138,6 +174,9 @@ fn dot_rows(x: &[f32], m: usize, k: usize, w: &CpuWeight, r: usize, out: &mut [f
                     HostData::F32(v) => simd::dot_f32(x, m, k, &v[range], out),
                     HostData::BF16(v) => simd::dot_bf16(x, m, k, &v[range], out),
                     HostData::F16(v) => simd::dot_f16(x, m, k, &v[range], out),
+                    HostData::Quant(_) => {
+                        unreachable!("invariant: quantized rows take gemv_into's path")
+                    }
                 }
             }
             return;

@@ -1,6 +1,7 @@
 //! The CPU backend: f32 activations in `Vec`s, weights in their stored
-//! dtype, matrix products through `matmul` (hand-written AVX2 GEMV for
-//! decode-sized batches, `gemm` otherwise), rayon across rows.
+//! dtype or GGUF block format, matrix products through `matmul`
+//! (hand-written AVX2 GEMV for decode-sized batches, integer dot products
+//! on quantized blocks, `gemm` otherwise), rayon across rows.
 
 mod attention;
 mod matmul;
@@ -92,6 +93,7 @@ impl CpuWeight {
                     *o = f32::from_bits((b as u32) << 16);
                 }
             }
+            HostData::Quant(q) => q.row_to_f32(r, out),
         }
     }
 }
@@ -219,7 +221,14 @@ impl Backend for CpuBackend {
             .collect()
     }
 
-    fn rope(&self, x: &mut CpuTensor, head_dim: usize, table: &CpuWeight, step: &StepMetadata) {
+    fn rope(
+        &self,
+        x: &mut CpuTensor,
+        head_dim: usize,
+        table: &CpuWeight,
+        step: &StepMetadata,
+        interleaved: bool,
+    ) {
         let table = table.f32_values();
         let half = head_dim / 2;
         x.data.par_chunks_mut(x.cols).zip(&step.positions).for_each(|(row, &pos)| {
@@ -227,9 +236,10 @@ impl Backend for CpuBackend {
             let (cos, sin) = t.split_at(half);
             for h in row.chunks_mut(head_dim) {
                 for i in 0..half {
-                    let (a, b) = (h[i], h[i + half]);
-                    h[i] = a * cos[i] - b * sin[i];
-                    h[i + half] = b * cos[i] + a * sin[i];
+                    let (ia, ib) = if interleaved { (2 * i, 2 * i + 1) } else { (i, i + half) };
+                    let (a, b) = (h[ia], h[ib]);
+                    h[ia] = a * cos[i] - b * sin[i];
+                    h[ib] = b * cos[i] + a * sin[i];
                 }
             }
         });

@@ -1,0 +1,270 @@
+//! AVX2/FMA dot products of quantized weight rows with quantized inputs.
+//!
+//! Each weight block is unpacked to bytes once and multiplied with up to
+//! four input rows (`maddubs`: unsigned weight bytes times signed input
+//! bytes, pairs summed to i16; `madd` widens to i32 with the sub-block
+//! scale), so prefill and decode batches share the unpacking. The integer
+//! sums are the portable kernels' exactly; only the f32 accumulation of the
+//! per-block results differs (eight lanes, summed at the end).
+//!
+//! Ranges: a Q6_K byte is at most 63, an input byte at least -127, so a
+//! `maddubs` pair is within ±16002 and minus `32 * input` within ±24130:
+//! no i16 saturation in any type.
+
+use std::arch::x86_64::*;
+
+use super::formats::scale_min_k4;
+use super::{ActQuant, Q8Block, Q8KBlock, QuantType};
+
+/// 32 bytes at the start of `s` (which must hold them).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load(s: &[u8]) -> __m256i {
+    let s: &[u8; 32] = s[..32].try_into().expect("invariant: 32 bytes");
+    // SAFETY: `s` is 32 readable bytes; the load is unaligned.
+    unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn load_i8(s: &[i8]) -> __m256i {
+    let s: &[i8; 32] = s[..32].try_into().expect("invariant: 32 bytes");
+    // SAFETY: as in `load`.
+    unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
+}
+
+/// 16 bytes of nibbles: low nibbles in lanes 0..16, high in 16..32.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn nibbles_16(s: &[u8]) -> __m256i {
+    let s: &[u8; 16] = s[..16].try_into().expect("invariant: 16 bytes");
+    // SAFETY: `s` is 16 readable bytes; the load is unaligned.
+    let v = unsafe { _mm_loadu_si128(s.as_ptr().cast()) };
+    let both = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
+    _mm256_and_si256(both, _mm256_set1_epi8(0xF))
+}
+
+/// 0x10 in each byte `j` whose bit `j` of the little-endian `qh` is set.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn fifth_bits(qh: &[u8]) -> __m256i {
+    let bits = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]) as i32;
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits),
+        _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0),
+    );
+    let select = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn f16(b: &[u8]) -> f32 {
+    let bits = i32::from(u16::from_le_bytes([b[0], b[1]]));
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+}
+
+/// Unsigned weight bytes times signed input bytes, summed to i32 x 8.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn dot_u8_i8(w: __m256i, a: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(w, a), _mm256_set1_epi16(1))
+}
+
+/// Signed times signed (`|w| * sign(a, w)`), summed to i32 x 8.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn dot_i8_i8(w: __m256i, a: __m256i) -> __m256i {
+    dot_u8_i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w))
+}
+
+/// A 32-value block type (ggml id `T`) with `N` input rows.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_32<const T: u32, const N: usize>(w: &[u8], a: [&[Q8Block]; N]) -> [f32; N] {
+    let q = QuantType::from_ggml_type(T).expect("invariant: a ggml id");
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut offset = [0.0f32; N];
+    for (i, b) in w.chunks_exact(q.block_bytes()).enumerate() {
+        let d = f16(b);
+        // (weight bytes, signed?, the block's offset for Q4_1/Q5_1)
+        let (wq, signed, m) = match q {
+            QuantType::Q4_0 => {
+                (_mm256_sub_epi8(nibbles_16(&b[2..]), _mm256_set1_epi8(8)), true, 0.0)
+            }
+            QuantType::Q4_1 => (nibbles_16(&b[4..]), false, f16(&b[2..])),
+            QuantType::Q5_0 => {
+                let v = _mm256_or_si256(nibbles_16(&b[6..]), fifth_bits(&b[2..]));
+                (_mm256_sub_epi8(v, _mm256_set1_epi8(16)), true, 0.0)
+            }
+            QuantType::Q5_1 => {
+                (_mm256_or_si256(nibbles_16(&b[8..]), fifth_bits(&b[4..])), false, f16(&b[2..]))
+            }
+            QuantType::Q8_0 => (load(&b[2..]), true, 0.0),
+            _ => unreachable!("invariant: a 32-value type"),
+        };
+        for r in 0..N {
+            let ab = &a[r][i];
+            let qa = load_i8(&ab.qs);
+            let p = if signed { dot_i8_i8(wq, qa) } else { dot_u8_i8(wq, qa) };
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), _mm256_cvtepi32_ps(p), acc[r]);
+            offset[r] += m * ab.s;
+        }
+    }
+    std::array::from_fn(|r| hsum(acc[r]) + offset[r])
+}
+
+/// Q4_K (`FIVE` false) or Q5_K blocks with `N` input rows.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q45k<const FIVE: bool, const N: usize>(w: &[u8], a: [&[Q8KBlock]; N]) -> [f32; N] {
+    let bytes = if FIVE { 176 } else { 144 };
+    let m4 = _mm256_set1_epi8(0xF);
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut mins = [0.0f32; N];
+    for (i, b) in w.chunks_exact(bytes).enumerate() {
+        let (d, dmin) = (f16(b), f16(&b[2..]));
+        let mut sc = [0i16; 8];
+        let mut mn = [0i32; 8];
+        for j in 0..8 {
+            let (s, m) = scale_min_k4(j, &b[4..16]);
+            sc[j] = i16::from(s);
+            mn[j] = i32::from(m);
+        }
+        let (qh, qs) = if FIVE { (Some(load(&b[16..])), &b[48..176]) } else { (None, &b[16..144]) };
+        let mut sumi = [_mm256_setzero_si256(); N];
+        for c in 0..4 {
+            let bits = load(&qs[32 * c..]);
+            let mut lo = _mm256_and_si256(bits, m4);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+            if let Some(qh) = qh {
+                let high = |sub: usize| {
+                    let mask = _mm256_set1_epi8(1 << sub);
+                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, mask), mask);
+                    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+                };
+                lo = _mm256_or_si256(lo, high(2 * c));
+                hi = _mm256_or_si256(hi, high(2 * c + 1));
+            }
+            let (s_lo, s_hi) = (_mm256_set1_epi16(sc[2 * c]), _mm256_set1_epi16(sc[2 * c + 1]));
+            for r in 0..N {
+                let qa = &a[r][i].qs[64 * c..];
+                let p_lo = _mm256_madd_epi16(s_lo, _mm256_maddubs_epi16(lo, load_i8(qa)));
+                let p_hi = _mm256_madd_epi16(s_hi, _mm256_maddubs_epi16(hi, load_i8(&qa[32..])));
+                sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(p_lo, p_hi));
+            }
+        }
+        for r in 0..N {
+            let ab = &a[r][i];
+            let msum: i32 = (0..8)
+                .map(|j| mn[j] * (i32::from(ab.bsums[2 * j]) + i32::from(ab.bsums[2 * j + 1])))
+                .sum();
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+            mins[r] += ab.d * dmin * msum as f32;
+        }
+    }
+    std::array::from_fn(|r| hsum(acc[r]) - mins[r])
+}
+
+/// Q6_K blocks with `N` input rows.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q6k<const N: usize>(w: &[u8], a: [&[Q8KBlock]; N]) -> [f32; N] {
+    let m4 = _mm256_set1_epi8(0xF);
+    let m32 = _mm256_set1_epi8(32);
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (i, b) in w.chunks_exact(210).enumerate() {
+        let d = f16(&b[208..]);
+        let sc = &b[192..208];
+        let mut sumi = [_mm256_setzero_si256(); N];
+        for half in 0..2 {
+            let qh = load(&b[128 + 32 * half..]);
+            let b1 = load(&b[64 * half..]);
+            let b2 = load(&b[64 * half + 32..]);
+            let hbits = |mask: i8| _mm256_and_si256(qh, _mm256_set1_epi8(mask));
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(hbits(0x03), 4)),
+                _mm256_or_si256(_mm256_and_si256(b2, m4), _mm256_slli_epi16(hbits(0x0C), 2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4), hbits(0x30)),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
+                    _mm256_srli_epi16(hbits(0xC0u8 as i8), 2),
+                ),
+            ];
+            for (s, q) in q.into_iter().enumerate() {
+                let g = 8 * half + 2 * s;
+                let scale = _mm256_set_m128i(
+                    _mm_set1_epi16(i16::from(sc[g + 1] as i8)),
+                    _mm_set1_epi16(i16::from(sc[g] as i8)),
+                );
+                for r in 0..N {
+                    let qa = load_i8(&a[r][i].qs[128 * half + 32 * s..]);
+                    let p = _mm256_sub_epi16(
+                        _mm256_maddubs_epi16(q, qa),
+                        _mm256_maddubs_epi16(m32, qa),
+                    );
+                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(scale, p));
+                }
+            }
+        }
+        for r in 0..N {
+            acc[r] =
+                _mm256_fmadd_ps(_mm256_set1_ps(d * a[r][i].d), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
+        }
+    }
+    std::array::from_fn(|r| hsum(acc[r]))
+}
+
+/// Runs `$kernel` over the input rows four at a time, then one at a time.
+macro_rules! by_rows {
+    ($blocks:expr, $nb:expr, $out:expr, |$a:ident| $kernel:expr) => {{
+        let rows: usize = $out.len();
+        let mut r = 0;
+        while r + 4 <= rows {
+            let $a: [_; 4] = std::array::from_fn(|i| &$blocks[(r + i) * $nb..(r + i + 1) * $nb]);
+            $out[r..r + 4].copy_from_slice(&$kernel);
+            r += 4;
+        }
+        while r < rows {
+            let $a = [&$blocks[r * $nb..(r + 1) * $nb]];
+            $out[r..r + 1].copy_from_slice(&$kernel);
+            r += 1;
+        }
+    }};
+}
+
+/// `out[i] = w . x[i]` for each quantized input row.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn vec_dot(t: QuantType, w: &[u8], acts: &ActQuant, out: &mut [f32]) {
+    match acts {
+        ActQuant::Q8 { cols, blocks, .. } => {
+            let nb = cols / 32;
+            match t {
+                QuantType::Q4_0 => by_rows!(blocks, nb, out, |a| dot_32::<2, _>(w, a)),
+                QuantType::Q4_1 => by_rows!(blocks, nb, out, |a| dot_32::<3, _>(w, a)),
+                QuantType::Q5_0 => by_rows!(blocks, nb, out, |a| dot_32::<6, _>(w, a)),
+                QuantType::Q5_1 => by_rows!(blocks, nb, out, |a| dot_32::<7, _>(w, a)),
+                QuantType::Q8_0 => by_rows!(blocks, nb, out, |a| dot_32::<8, _>(w, a)),
+                _ => unreachable!("invariant: K types use Q8_K inputs"),
+            }
+        }
+        ActQuant::Q8K { cols, blocks, .. } => {
+            let nb = cols / 256;
+            match t {
+                QuantType::Q4K => by_rows!(blocks, nb, out, |a| dot_q45k::<false, _>(w, a)),
+                QuantType::Q5K => by_rows!(blocks, nb, out, |a| dot_q45k::<true, _>(w, a)),
+                QuantType::Q6K => by_rows!(blocks, nb, out, |a| dot_q6k(w, a)),
+                _ => unreachable!("invariant: 32-value types use Q8 inputs"),
+            }
+        }
+    }
+}

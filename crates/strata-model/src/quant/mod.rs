@@ -1,0 +1,233 @@
+//! ggml's block-quantized weight formats: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (32
+//! elements a block) and the K-quants Q4_K, Q5_K, Q6_K (256 a block), as
+//! GGUF files store them.
+//!
+//! - [`dequantize_row`] widens blocks to f32 exactly as ggml (and the `gguf`
+//!   Python package) does, bit for bit: the same f32 operations in the same
+//!   order, never fused.
+//! - [`quantize_row`] is ggml's reference quantizer of each type
+//!   (`quantize_row_*_ref`), for `--quantization` at load time.
+//! - [`quantize_activations`] + [`vec_dot`] are the matmul: the inputs are
+//!   quantized once per 32 (or 256) values to 8 bits with an f32 scale, as
+//!   llama.cpp does (its scales are f16; f32 loses nothing), and each
+//!   weight row is an integer dot product per block, scaled once per block.
+//!   AVX2 kernels when the CPU has them (detected at run time), a portable
+//!   version otherwise; both sum the same integers, so they differ only in
+//!   the f32 rounding of the per-block sums.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod dot;
+mod formats;
+#[cfg(test)]
+mod tests;
+
+pub use formats::{dequantize_row, quantize_row};
+
+/// A block-quantized storage type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
+pub enum QuantType {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+impl QuantType {
+    pub const ALL: [QuantType; 8] = [
+        Self::Q4_0,
+        Self::Q4_1,
+        Self::Q5_0,
+        Self::Q5_1,
+        Self::Q8_0,
+        Self::Q4K,
+        Self::Q5K,
+        Self::Q6K,
+    ];
+
+    /// ggml's type id (`enum ggml_type`).
+    pub fn ggml_type(self) -> u32 {
+        match self {
+            Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
+            Self::Q8_0 => 8,
+            Self::Q4K => 12,
+            Self::Q5K => 13,
+            Self::Q6K => 14,
+        }
+    }
+
+    pub fn from_ggml_type(id: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|q| q.ggml_type() == id)
+    }
+
+    /// ggml's name ("Q4_K").
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q4_0 => "Q4_0",
+            Self::Q4_1 => "Q4_1",
+            Self::Q5_0 => "Q5_0",
+            Self::Q5_1 => "Q5_1",
+            Self::Q8_0 => "Q8_0",
+            Self::Q4K => "Q4_K",
+            Self::Q5K => "Q5_K",
+            Self::Q6K => "Q6_K",
+        }
+    }
+
+    /// The type named `name`, in any case ("q4_k", "Q8_0").
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|q| q.name().eq_ignore_ascii_case(name))
+    }
+
+    /// Values per block.
+    pub fn block_elems(self) -> usize {
+        match self {
+            Self::Q4K | Self::Q5K | Self::Q6K => 256,
+            _ => 32,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Self::Q4_0 => 18,
+            Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q5_1 => 24,
+            Self::Q8_0 => 34,
+            Self::Q4K => 144,
+            Self::Q5K => 176,
+            Self::Q6K => 210,
+        }
+    }
+
+    /// Bytes of a row of `cols` values, or `None` when `cols` is not a
+    /// whole number of blocks.
+    pub fn row_bytes(self, cols: usize) -> Option<usize> {
+        (cols % self.block_elems() == 0).then(|| cols / self.block_elems() * self.block_bytes())
+    }
+
+    /// Whether the inputs are quantized in 256-value blocks (Q8_K).
+    fn super_blocks(self) -> bool {
+        self.block_elems() == 256
+    }
+}
+
+/// 32 inputs quantized to 8 bits: `x ≈ d * qs`, and `s = d * Σ qs` (the
+/// term a block with an offset, Q4_1/Q5_1, needs).
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(8))]
+pub struct Q8Block {
+    pub d: f32,
+    pub s: f32,
+    pub qs: [i8; 32],
+}
+
+/// 256 inputs quantized to 8 bits (`x ≈ d * qs`), with the sums of each
+/// 16 (for the K-quants' per-sub-block minimums and offsets).
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(8))]
+pub struct Q8KBlock {
+    pub d: f32,
+    pub qs: [i8; 256],
+    pub bsums: [i16; 16],
+}
+
+/// The `m x k` inputs of a matmul, quantized per block for one weight type.
+#[derive(Clone, Debug)]
+pub enum ActQuant {
+    Q8 { rows: usize, cols: usize, blocks: Vec<Q8Block> },
+    Q8K { rows: usize, cols: usize, blocks: Vec<Q8KBlock> },
+}
+
+impl ActQuant {
+    pub fn rows(&self) -> usize {
+        match self {
+            Self::Q8 { rows, .. } | Self::Q8K { rows, .. } => *rows,
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            Self::Q8 { cols, .. } | Self::Q8K { cols, .. } => *cols,
+        }
+    }
+}
+
+/// Quantizes the `m x k` row-major `x` for products with `t` weights.
+pub fn quantize_activations(t: QuantType, x: &[f32], m: usize, k: usize) -> ActQuant {
+    assert_eq!(x.len(), m * k, "invariant: activations are m x k");
+    assert!(t.row_bytes(k).is_some(), "invariant: {} rows of {k} values", t.name());
+    if t.super_blocks() {
+        let blocks = x.chunks_exact(256).map(dot::quantize_q8k).collect();
+        ActQuant::Q8K { rows: m, cols: k, blocks }
+    } else {
+        let blocks = x.chunks_exact(32).map(dot::quantize_q8).collect();
+        ActQuant::Q8 { rows: m, cols: k, blocks }
+    }
+}
+
+/// `out[i] = w . x[i, :]` for one weight row of type `t` and each of the
+/// `acts.rows()` quantized input rows.
+pub fn vec_dot(t: QuantType, w: &[u8], acts: &ActQuant, out: &mut [f32]) {
+    let k = acts.cols();
+    assert_eq!(Some(w.len()), t.row_bytes(k), "invariant: a {} row of {k} values", t.name());
+    assert_eq!(out.len(), acts.rows(), "invariant: one output per input row");
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd_available() {
+            // SAFETY: AVX2, FMA and F16C were detected at run time; the lengths
+            // were checked above.
+            unsafe { avx2::vec_dot(t, w, acts, out) };
+            return;
+        }
+    }
+    dot::vec_dot(t, w, acts, out);
+}
+
+/// The portable kernels, whatever the CPU (tests compare both paths).
+pub fn vec_dot_portable(t: QuantType, w: &[u8], acts: &ActQuant, out: &mut [f32]) {
+    let k = acts.cols();
+    assert_eq!(Some(w.len()), t.row_bytes(k), "invariant: a {} row of {k} values", t.name());
+    assert_eq!(out.len(), acts.rows(), "invariant: one output per input row");
+    dot::vec_dot(t, w, acts, out);
+}
+
+/// Whether [`vec_dot`] uses the AVX2/FMA/F16C kernels on this CPU.
+pub fn simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// An f16 stored little-endian at `b[0..2]`, widened.
+#[inline]
+fn f16_at(b: &[u8]) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
+}
+
+/// ggml's `nearest_int`: round half to even through the f32 mantissa
+/// (for |x| < 2^22).
+#[inline]
+fn nearest_int(x: f32) -> i32 {
+    let v = x + 12_582_912.0;
+    (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}

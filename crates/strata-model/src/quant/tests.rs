@@ -1,0 +1,191 @@
+//! Quantized dot products against an f64 reference on random blocks, the
+//! AVX2 kernels against the portable ones, and round trips.
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// Random values with a spread of magnitudes (outliers, zeros, tiny).
+fn values(n: usize) -> impl Strategy<Value = Vec<f32>> {
+    prop::collection::vec(
+        prop_oneof![
+            4 => -1.0f32..1.0,
+            1 => -20.0f32..20.0,
+            1 => Just(0.0f32),
+            1 => -1e-3f32..1e-3,
+        ],
+        n,
+    )
+}
+
+fn quantized(t: QuantType, x: &[f32]) -> Vec<u8> {
+    let mut out = vec![0u8; t.row_bytes(x.len()).unwrap()];
+    quantize_row(t, x, &mut out);
+    out
+}
+
+fn dequantized(t: QuantType, bytes: &[u8], n: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; n];
+    dequantize_row(t, bytes, &mut out);
+    out
+}
+
+/// The exact dot of the dequantized weights with the inputs as quantized
+/// (the integer products are exact; only scales are rounded), in f64.
+fn reference(w: &[f32], acts: &ActQuant, row: usize) -> f64 {
+    let k = acts.cols();
+    let x: Vec<f64> = match acts {
+        ActQuant::Q8 { blocks, .. } => blocks[row * k / 32..(row + 1) * k / 32]
+            .iter()
+            .flat_map(|b| b.qs.iter().map(move |&q| f64::from(b.d) * f64::from(q)))
+            .collect(),
+        ActQuant::Q8K { blocks, .. } => blocks[row * k / 256..(row + 1) * k / 256]
+            .iter()
+            .flat_map(|b| b.qs.iter().map(move |&q| f64::from(b.d) * f64::from(q)))
+            .collect(),
+    };
+    w.iter().zip(&x).map(|(&w, &x)| f64::from(w) * x).sum()
+}
+
+fn check_type(t: QuantType, w: &[f32], x: &[f32], m: usize) -> Result<(), TestCaseError> {
+    let k = w.len();
+    let bytes = quantized(t, w);
+    let wd = dequantized(t, &bytes, k);
+    let acts = quantize_activations(t, x, m, k);
+    let mut fast = vec![0.0f32; m];
+    let mut portable = vec![0.0f32; m];
+    vec_dot(t, &bytes, &acts, &mut fast);
+    vec_dot_portable(t, &bytes, &acts, &mut portable);
+    for r in 0..m {
+        let want = reference(&wd, &acts, r);
+        // Bound: f32 rounding of each block's scaled sum, relative to the
+        // sum of magnitudes.
+        let mag: f64 = wd
+            .iter()
+            .zip(&x[r * k..])
+            .map(|(&w, &x)| f64::from(w.abs()) * f64::from(x.abs()))
+            .sum();
+        let tol = 1e-5 * mag + 1e-6;
+        prop_assert!(
+            (f64::from(fast[r]) - want).abs() <= tol,
+            "{} row {r}: simd {} vs {want} (tol {tol})",
+            t.name(),
+            fast[r]
+        );
+        prop_assert!(
+            (f64::from(portable[r]) - want).abs() <= tol,
+            "{} row {r}: portable {} vs {want} (tol {tol})",
+            t.name(),
+            portable[r]
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn dot_products_of_32_value_types(
+        w in values(96),
+        x in values(96 * 5),
+    ) {
+        for t in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q5_0, QuantType::Q5_1, QuantType::Q8_0] {
+            for m in [1, 5] {
+                check_type(t, &w, &x[..96 * m], m)?;
+            }
+        }
+    }
+
+    #[test]
+    fn dot_products_of_k_types(
+        w in values(512),
+        x in values(512 * 5),
+    ) {
+        for t in [QuantType::Q4K, QuantType::Q5K, QuantType::Q6K] {
+            for m in [1, 5] {
+                check_type(t, &w, &x[..512 * m], m)?;
+            }
+        }
+    }
+
+    /// Inputs quantized to 8 bits are within half a step of the values.
+    #[test]
+    fn input_quantization_is_within_half_a_step(x in values(512)) {
+        for t in [QuantType::Q8_0, QuantType::Q4K] {
+            let acts = quantize_activations(t, &x, 2, 256);
+            let back: Vec<(f32, f32)> = match &acts {
+                ActQuant::Q8 { blocks, .. } => {
+                    blocks.iter().flat_map(|b| b.qs.iter().map(move |&q| (b.d * f32::from(q), b.d))).collect()
+                }
+                ActQuant::Q8K { blocks, .. } => {
+                    blocks.iter().flat_map(|b| b.qs.iter().map(move |&q| (b.d * f32::from(q), b.d))).collect()
+                }
+            };
+            for (&v, (got, d)) in x.iter().zip(back) {
+                prop_assert!((v - got).abs() <= 0.5001 * d.abs() + 1e-30, "{v} -> {got} (step {d})");
+            }
+        }
+    }
+
+    /// Quantize then dequantize stays within each type's step.
+    #[test]
+    fn round_trip_error_is_within_the_step(w in values(256)) {
+        for t in QuantType::ALL {
+            let back = dequantized(t, &quantized(t, &w), 256);
+            for (block, (orig, got)) in w.chunks(32).zip(back.chunks(32)).enumerate() {
+                let range = orig.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                let levels = match t {
+                    QuantType::Q8_0 => 127.0,
+                    QuantType::Q5_0 | QuantType::Q5_1 | QuantType::Q5K | QuantType::Q6K => 15.0,
+                    _ => 7.0,
+                };
+                // K types share a block scale: a sub-block of small values
+                // keeps a step set by the block's largest sub-block.
+                let scale_of = if t.block_elems() == 256 { w.iter().fold(0.0f32, |a, v| a.max(v.abs())) } else { range };
+                let tol = 1.01 * scale_of / levels + 1e-6;
+                for (a, b) in orig.iter().zip(got) {
+                    prop_assert!((a - b).abs() <= tol, "{} block {block}: {a} -> {b} (tol {tol})", t.name());
+                }
+            }
+        }
+    }
+}
+
+/// The type table matches ggml's.
+#[test]
+fn type_table() {
+    for q in QuantType::ALL {
+        assert_eq!(QuantType::from_ggml_type(q.ggml_type()), Some(q));
+        assert_eq!(QuantType::from_name(&q.name().to_lowercase()), Some(q));
+        assert_eq!(q.row_bytes(q.block_elems() * 3), Some(3 * q.block_bytes()));
+        assert_eq!(q.row_bytes(q.block_elems() + 16), None);
+    }
+    assert_eq!(QuantType::from_ggml_type(10), None, "Q2_K is not supported");
+    assert_eq!(QuantType::from_name("q4_k_m"), None, "a file mix, not a type");
+}
+
+/// ggml's `nearest_int` rounds half to even.
+#[test]
+fn nearest_int_matches_ggml() {
+    assert_eq!(nearest_int(2.5), 2);
+    assert_eq!(nearest_int(3.5), 4);
+    assert_eq!(nearest_int(-2.5), -2);
+    assert_eq!(nearest_int(-0.4), 0);
+    assert_eq!(nearest_int(1000.7), 1001);
+}
+
+/// A block of all zeros quantizes to zeros and its products are zero.
+#[test]
+fn zero_blocks() {
+    for t in QuantType::ALL {
+        let w = vec![0.0f32; 256];
+        let bytes = quantized(t, &w);
+        assert!(dequantized(t, &bytes, 256).iter().all(|&v| v == 0.0), "{}", t.name());
+        let x: Vec<f32> = (0..256).map(|i| i as f32 / 10.0).collect();
+        let acts = quantize_activations(t, &x, 1, 256);
+        let mut out = [1.0f32];
+        vec_dot(t, &bytes, &acts, &mut out);
+        assert_eq!(out[0], 0.0, "{}", t.name());
+    }
+}
