@@ -1,7 +1,7 @@
 //! Input quantization and the portable dot products of quantized weight
 //! rows with quantized inputs.
 
-use super::formats::scale_min_k4;
+use super::formats::{scale_min_k4, KBlock};
 use super::{f16_at, nearest_int, ActQuant, Q8Block, Q8KBlock, QuantType};
 
 /// 32 values to 8 bits: `d = max|x| / 127`, `q = round(x / d)`.
@@ -109,13 +109,7 @@ fn dot_32(t: QuantType, b: &[u8], a: &Q8Block) -> f32 {
 fn dot_256(t: QuantType, b: &[u8], a: &Q8KBlock) -> f32 {
     match t {
         QuantType::Q4K | QuantType::Q5K => {
-            let (d, dmin) = (f16_at(b), f16_at(&b[2..]));
-            let scales = &b[4..16];
-            let (qh, qs) = if t == QuantType::Q4K {
-                (None, &b[16..144])
-            } else {
-                (Some(&b[16..48]), &b[48..176])
-            };
+            let KBlock { d, dmin, scales, qh, qs } = KBlock::of(t, b);
             let (mut isum, mut msum) = (0i32, 0i32);
             for sub in 0..8 {
                 let (sc, m) = scale_min_k4(sub, scales);

@@ -70,13 +70,7 @@ pub fn dequantize_row(t: QuantType, bytes: &[u8], out: &mut [f32]) {
                 }
             }
             QuantType::Q4K | QuantType::Q5K => {
-                let (d, dmin) = (f16_at(b), f16_at(&b[2..]));
-                let scales = &b[4..16];
-                let (qh, qs) = if t == QuantType::Q4K {
-                    (None, &b[16..144])
-                } else {
-                    (Some(&b[16..48]), &b[48..176])
-                };
+                let KBlock { d, dmin, scales, qh, qs } = KBlock::of(t, b);
                 for c in 0..4 {
                     for half in 0..2 {
                         let sub = 2 * c + half;
@@ -115,6 +109,23 @@ pub fn dequantize_row(t: QuantType, bytes: &[u8], out: &mut [f32]) {
                 }
             }
         }
+    }
+}
+
+/// The fields of a Q4_K (no `qh`) or Q5_K block.
+pub(super) struct KBlock<'a> {
+    pub d: f32,
+    pub dmin: f32,
+    pub scales: &'a [u8],
+    pub qh: Option<&'a [u8]>,
+    pub qs: &'a [u8],
+}
+
+impl<'a> KBlock<'a> {
+    pub fn of(t: QuantType, b: &'a [u8]) -> Self {
+        let (qh, qs) =
+            if t == QuantType::Q4K { (None, &b[16..144]) } else { (Some(&b[16..48]), &b[48..176]) };
+        Self { d: f16_at(b), dmin: f16_at(&b[2..]), scales: &b[4..16], qh, qs }
     }
 }
 
