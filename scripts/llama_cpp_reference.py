@@ -56,6 +56,15 @@ TOKENIZE_PROMPTS = [
     "<|endoftext|>",
     "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>",
     "<|end_of_text|> and <|im_start",
+    # SentencePiece-relevant (tiny-spm-llama): runs of spaces (no extra-whitespace removal, dummy
+    # prefix), newlines (byte pieces), characters missing from the vocab (byte fallback),
+    # single digits (split_digits), its own special tokens.
+    "  double  spaces",
+    "\n\n",
+    " ",
+    "ꙮ and 🦀: byte fallback",
+    "12345",
+    "<s>[INST] hi [/INST]</s>",
 ]
 
 # The first three fixtures/models reference prompts (raw text, tokenizer defaults).
@@ -228,6 +237,18 @@ def bytes_to_unicode():
 
 def token_pieces(kv):
     """Bytes llama-server appends to its generated text per token (special=false: CONTROL -> b'')."""
+    if kv["tokenizer.ggml.model"] == "llama":  # SentencePiece (llama_vocab::impl::token_to_piece)
+        pieces = []
+        for text, ttype in zip(kv["tokenizer.ggml.tokens"], kv["tokenizer.ggml.token_type"]):
+            if ttype == 1:  # NORMAL: U+2581 -> space
+                pieces.append(text.replace("\u2581", " ").encode("utf-8"))
+            elif ttype == 6:  # BYTE: <0xXX>
+                pieces.append(bytes([int(text[3:5], 16)]))
+            elif ttype == 4:  # USER_DEFINED: verbatim
+                pieces.append(text.encode("utf-8"))
+            else:  # CONTROL / UNKNOWN / UNUSED: not rendered without --special
+                pieces.append(b"")
+        return pieces
     assert kv["tokenizer.ggml.model"] == "gpt2", kv["tokenizer.ggml.model"]
     u2b = {u: b for b, u in bytes_to_unicode().items()}
     pieces = []

@@ -17,10 +17,12 @@
 //! before the model runs, as llama.cpp's `tokenizer_st_partition` matches
 //! them when special tokens are parsed (strata always parses them).
 //!
-//! Refused: SentencePiece vocabularies (`"llama"`): llama.cpp merges them by
-//! score with ties broken by position, which a `tokenizers` BPE (ties broken
-//! by merge rank) cannot reproduce exactly; and every other model and
-//! pre-tokenizer name, as llama.cpp refuses names it does not know.
+//! SentencePiece vocabularies (`"llama"`: Llama 2, Mistral, TinyLlama...)
+//! become a BPE with byte fallback whose merges come from the scores, as
+//! transformers' `LlamaTokenizerFast` is built (`spm_tokenizer`).
+//!
+//! Refused: every other model and pre-tokenizer name, as llama.cpp refuses
+//! names it does not know.
 //!
 //! Known differences from llama.cpp, none of which arises for the
 //! vocabularies llama.cpp's converter writes for common models:
@@ -36,12 +38,19 @@
 //! Like llama.cpp, and unlike some `tokenizer.json` files (Qwen2's has an
 //! NFC normalizer), the text is not normalized before it is split.
 
+use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
+use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{Merges, Vocab, BPE};
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::{SpecialToken as TemplateToken, TemplateProcessing};
+use tokenizers::NormalizerWrapper;
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 use crate::{ChatConfig, ChatTemplates, Result, SpecialToken, Tokenizer, TokenizerError};
@@ -81,6 +90,9 @@ pub struct GgufVocab {
     pub add_bos_token: Option<bool>,
     /// `tokenizer.ggml.add_eos_token`.
     pub add_eos_token: Option<bool>,
+    /// `tokenizer.ggml.add_space_prefix` (SentencePiece: a space before
+    /// the text and after each special token; llama.cpp's default true).
+    pub add_space_prefix: Option<bool>,
     /// `tokenizer.chat_template`.
     pub chat_template: Option<String>,
 }
@@ -301,6 +313,65 @@ fn token_texts(tokens: &[String]) -> Result<Vec<String>> {
     Ok(texts)
 }
 
+/// A SentencePiece vocabulary as a `tokenizers` BPE with byte fallback,
+/// the layout of transformers' `LlamaTokenizerFast`: merges derived from
+/// the scores (every split of a token into two tokens, ranked by the
+/// token's score, highest first, as transformers' `SentencePieceExtractor`
+/// orders them), spaces as `▁`, a `▁` before each piece of text when
+/// `add_space_prefix`, and characters without a token as `<0xXX>` byte
+/// tokens. llama.cpp merges the adjacent pair whose token scores highest,
+/// the leftmost on ties: the same result wherever scores are distinct, as
+/// they are in the vocabularies SentencePiece trains.
+fn spm_tokenizer(
+    model_vocab: Vocab,
+    texts: &[String],
+    scores: &[f32],
+    unknown: Option<u32>,
+    add_space_prefix: bool,
+) -> Result<tokenizers::Tokenizer> {
+    let mut merges: Vec<(f32, u32, u32)> = Vec::new();
+    for (id, piece) in texts.iter().enumerate() {
+        let score = scores.get(id).copied().unwrap_or(0.0);
+        let mut local: Vec<(u32, u32)> = piece
+            .char_indices()
+            .skip(1)
+            .filter_map(|(at, _)| {
+                let (l, r) = piece.split_at(at);
+                Some((*model_vocab.get(l)?, *model_vocab.get(r)?))
+            })
+            .collect();
+        local.sort_unstable();
+        merges.extend(local.into_iter().map(|(l, r)| (score, l, r)));
+    }
+    // Stable: equal scores keep token order, then the parts' ids.
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let merges: Merges = merges
+        .into_iter()
+        .map(|(_, l, r)| (texts[l as usize].clone(), texts[r as usize].clone()))
+        .collect();
+    let mut builder = BPE::builder().vocab_and_merges(model_vocab, merges).byte_fallback(true);
+    if let Some(unk) = unknown {
+        builder = builder.unk_token(texts[unk as usize].clone());
+    }
+    let bpe = builder.build().map_err(|e| gguf_err(format!("SentencePiece vocabulary: {e}")))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
+    let space = Replace::new(" ", "\u{2581}").map_err(|e| gguf_err(e.to_string()))?;
+    let normalizer: NormalizerWrapper = if add_space_prefix {
+        NormalizerSequence::new(vec![Prepend::new("\u{2581}".into()).into(), space.into()]).into()
+    } else {
+        space.into()
+    };
+    inner.with_normalizer(Some(normalizer));
+    let unspace = Replace::new("\u{2581}", " ").map_err(|e| gguf_err(e.to_string()))?;
+    let mut decoders: Vec<DecoderWrapper> =
+        vec![unspace.into(), ByteFallback::new().into(), Fuse::new().into()];
+    if add_space_prefix {
+        decoders.push(Strip::new(' ', 1, 0).into());
+    }
+    inner.with_decoder(Some(DecoderSequence::new(decoders)));
+    Ok(inner)
+}
+
 /// `tokenizer.ggml.merges` as pairs: each entry splits at its first space
 /// after the first byte (llama.cpp's `word.find(' ', 1)`), and a repeated
 /// pair keeps its first rank, as llama.cpp's `bpe_ranks.emplace` does.
@@ -438,28 +509,29 @@ impl Tokenizer {
     /// on; the chat template sees `bos_token` and `eos_token` as the texts
     /// of those tokens, as llama.cpp renders templates.
     pub fn from_gguf(vocab: &GgufVocab) -> Result<Self> {
-        match vocab.model.as_str() {
-            "gpt2" => {}
-            "llama" => {
-                return Err(gguf_err(
-                    "SentencePiece (tokenizer.ggml.model = llama) GGUF vocabularies are not supported yet",
-                ))
-            }
+        let spm = match vocab.model.as_str() {
+            "gpt2" => false,
+            "llama" => true,
             other => {
                 return Err(gguf_err(format!(
-                    "unsupported tokenizer.ggml.model {other:?} (strata supports \"gpt2\", byte-level BPE)"
+                    "unsupported tokenizer.ggml.model {other:?} (strata supports \"gpt2\", \
+                     byte-level BPE, and \"llama\", SentencePiece)"
                 )))
             }
-        }
-        let pre_name = vocab.pre.as_deref().filter(|p| !p.is_empty()).unwrap_or("default");
-        let pre = PRE_TOKENIZERS.iter().find(|p| p.names.contains(&pre_name)).ok_or_else(|| {
-            let known: Vec<&str> =
-                PRE_TOKENIZERS.iter().flat_map(|p| p.names.iter().copied()).collect();
-            gguf_err(format!(
-                "unsupported tokenizer.ggml.pre {pre_name:?} (supported: {})",
-                known.join(", ")
-            ))
-        })?;
+        };
+        let pre = if spm {
+            None
+        } else {
+            let pre_name = vocab.pre.as_deref().filter(|p| !p.is_empty()).unwrap_or("default");
+            Some(PRE_TOKENIZERS.iter().find(|p| p.names.contains(&pre_name)).ok_or_else(|| {
+                let known: Vec<&str> =
+                    PRE_TOKENIZERS.iter().flat_map(|p| p.names.iter().copied()).collect();
+                gguf_err(format!(
+                    "unsupported tokenizer.ggml.pre {pre_name:?} (supported: {})",
+                    known.join(", ")
+                ))
+            })?)
+        };
 
         let n = vocab.tokens.len();
         if n == 0 {
@@ -473,7 +545,7 @@ impl Tokenizer {
                 )));
             }
         }
-        if vocab.merges.is_empty() {
+        if !spm && vocab.merges.is_empty() {
             return Err(gguf_err(
                 "tokenizer.ggml.merges is missing (a gpt2 vocabulary needs merges)",
             ));
@@ -482,9 +554,10 @@ impl Tokenizer {
         let eos = checked_id(vocab.eos_token_id, "eos_token_id", n)?;
         let eot = checked_id(vocab.eot_token_id, "eot_token_id", n)?;
         let eom = checked_id(vocab.eom_token_id, "eom_token_id", n)?;
-        checked_id(vocab.unknown_token_id, "unknown_token_id", n)?;
+        let unknown = checked_id(vocab.unknown_token_id, "unknown_token_id", n)?;
         checked_id(vocab.padding_token_id, "padding_token_id", n)?;
-        let add_bos = vocab.add_bos_token.unwrap_or(pre.add_bos);
+        // llama.cpp's defaults: SentencePiece vocabularies add BOS.
+        let add_bos = vocab.add_bos_token.unwrap_or(pre.is_none_or(|p| p.add_bos));
         let add_eos = vocab.add_eos_token.unwrap_or(false);
         if add_bos && bos.is_none() {
             return Err(gguf_err(
@@ -503,14 +576,26 @@ impl Tokenizer {
 
         let model_vocab: Vocab =
             texts.iter().enumerate().map(|(id, t)| (t.clone(), id as u32)).collect();
-        let bpe = BPE::builder()
-            .vocab_and_merges(model_vocab, merge_pairs(&vocab.merges)?)
-            .ignore_merges(pre.ignore_merges)
-            .build()
-            .map_err(|e| gguf_err(format!("tokenizer.ggml.merges: {e}")))?;
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
-        inner.with_decoder(Some(ByteLevelDecoder::new(false, false, false)));
+        let mut inner = match pre {
+            Some(pre) => {
+                let bpe = BPE::builder()
+                    .vocab_and_merges(model_vocab, merge_pairs(&vocab.merges)?)
+                    .ignore_merges(pre.ignore_merges)
+                    .build()
+                    .map_err(|e| gguf_err(format!("tokenizer.ggml.merges: {e}")))?;
+                let mut inner = tokenizers::Tokenizer::new(bpe);
+                inner.with_pre_tokenizer(Some(pre_tokenizer(pre)?));
+                inner.with_decoder(Some(ByteLevelDecoder::new(false, false, false)));
+                inner
+            }
+            None => spm_tokenizer(
+                model_vocab,
+                &texts,
+                &vocab.scores,
+                unknown,
+                vocab.add_space_prefix.unwrap_or(true),
+            )?,
+        };
         inner.with_post_processor(post_processor(
             &texts,
             bos.filter(|_| add_bos),

@@ -456,6 +456,7 @@ fn gguf_vocab(file: &GgufFile) -> Result<GgufVocab> {
         padding_token_id: id("ggml.padding_token_id")?,
         add_bos_token: flag("ggml.add_bos_token"),
         add_eos_token: flag("ggml.add_eos_token"),
+        add_space_prefix: flag("ggml.add_space_prefix"),
         chat_template: get("chat_template").and_then(GgufValue::as_str).map(str::to_owned),
     })
 }

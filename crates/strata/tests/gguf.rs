@@ -42,6 +42,17 @@ fn pypi_openai_client_on_a_q4_k_m_gguf_file() {
     common::run_client_script("openai_gguf_check.py", &[&url, "tiny-q4km"]);
 }
 
+/// A SentencePiece vocabulary (as Llama 2, Mistral and TinyLlama GGUF
+/// files carry), with its chat template, through the same client checks.
+#[test]
+fn pypi_openai_client_on_a_sentencepiece_gguf_file() {
+    common::openai_venv_python();
+    let file = gguf_dir().join("tiny-spm-llama-q8_0.gguf");
+    let (_server, url) =
+        common::serve_with(vec![file.to_str().unwrap(), "--served-model-name", "tiny-spm"]);
+    common::run_client_script("openai_gguf_check.py", &[&url, "tiny-spm"]);
+}
+
 /// `--model DIR --gguf-file NAME` is the same model as the file's path;
 /// a missing name is an error that lists the directory's GGUF files.
 #[test]
