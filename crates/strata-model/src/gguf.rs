@@ -105,6 +105,21 @@ pub enum TensorType {
     Quant(QuantType),
 }
 
+/// ggml's name for a type id (`ggml_type_name`), for errors about types
+/// strata does not compute with.
+fn ggml_type_name(id: u32) -> &'static str {
+    // ggml's `enum ggml_type`, ten names a line (ids 0-9, 10-19, ...).
+    #[rustfmt::skip]
+    const NAMES: [&str; 40] = [
+        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1",
+        "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S",
+        "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M",
+        "BF16", "Q4_0_4_4", "Q4_0_4_8", "Q4_0_8_8", "TQ1_0", "TQ2_0", "IQ4_NL_4_4", "IQ4_NL_4_8",
+        "IQ4_NL_8_8", "MXFP4",
+    ];
+    NAMES.get(id as usize).copied().unwrap_or("unknown")
+}
+
 impl TensorType {
     /// ggml's type ids (`enum ggml_type`).
     pub fn from_ggml(id: u32) -> Option<Self> {
@@ -324,8 +339,9 @@ impl GgufFile {
             let ty_id = c.u32().map_err(tensor_err)?;
             let ty = TensorType::from_ggml(ty_id).ok_or_else(|| {
                 tensor_err(format!(
-                    "ggml type {ty_id} is not supported (F32, F16, BF16, Q4_0, Q4_1, Q5_0, \
-                     Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)"
+                    "ggml type {ty_id} ({}) is not supported (F32, F16, BF16, Q4_0, Q4_1, \
+                     Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)",
+                    ggml_type_name(ty_id)
                 ))
             })?;
             let offset = c.u64().map_err(tensor_err)?;
@@ -457,7 +473,8 @@ mod tests {
     fn corrupt_files_are_errors_naming_the_problem() {
         let e = |bytes: Vec<u8>| parse(bytes).unwrap_err().to_string();
         assert!(e(file(23, [3, 2], 0)).contains("truncated download"));
-        assert!(e(file(64, [3, 2], 99)).contains("ggml type 99"));
+        assert!(e(file(64, [3, 2], 99)).contains("ggml type 99 (unknown)"));
+        assert!(e(file(64, [256, 1], 10)).contains("ggml type 10 (Q2_K) is not supported"));
         // 33 columns do not fill Q8_0 blocks of 32.
         assert!(e(file(64, [33, 1], 8)).contains("whole Q8_0 blocks"));
         let mut bad = file(24, [3, 2], 0);
