@@ -148,3 +148,36 @@ fn hub_repo_gguf_file_downloads_only_that_file() {
         out.stderr
     );
 }
+
+/// `--quantization q8_0|q4_k` on a safetensors checkpoint serves through
+/// the same kernels; an unknown type is refused with the list of types.
+#[test]
+fn quantization_flag_on_a_checkpoint() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-qwen2");
+    for q in ["q8_0", "q4_k"] {
+        let (_s, url) = common::serve_with(vec![
+            dir.to_str().unwrap(),
+            "--quantization",
+            q,
+            "--served-model-name",
+            "m",
+        ]);
+        let answer = greedy(&url, "m");
+        assert!(answer["text"].as_str().is_some_and(|t| !t.is_empty()), "{q}: {answer}");
+    }
+    let home = tempfile::tempdir().unwrap();
+    let out = run(
+        &mut strata_cmd(
+            &["generate", dir.to_str().unwrap(), "--quantization", "q3_k", "--prompt", "x"],
+            "http://127.0.0.1:9",
+            home.path(),
+        ),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("unknown quantization `q3_k`") && out.stderr.contains("q4_k"),
+        "{}",
+        out.stderr
+    );
+}
