@@ -21,6 +21,8 @@ pub mod models;
 pub mod quant;
 pub mod rope;
 pub mod sampler;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig};

@@ -15,6 +15,7 @@ use std::arch::x86_64::*;
 
 use super::formats::scale_min_k4;
 use super::{ActQuant, Q8Block, Q8KBlock, QuantType};
+use crate::simd::hsum;
 
 /// 32 bytes at the start of `s` (which must hold them).
 #[inline]
@@ -78,14 +79,6 @@ fn prefetch_ahead(b: &[u8]) {
 fn f16(b: &[u8]) -> f32 {
     let bits = i32::from(u16::from_le_bytes([b[0], b[1]]));
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
 }
 
 /// Unsigned weight bytes times signed input bytes, summed to i32 x 8.

@@ -81,6 +81,8 @@ fn score_row<const FMA: bool>(
 #[target_feature(enable = "avx2,fma")]
 unsafe fn score_row_avx2(query: &[f32], keys: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
     use std::arch::x86_64::*;
+
+    use crate::simd::hsum;
     let hd = query.len();
     let n = out.len();
     if n == 0 {
@@ -90,11 +92,6 @@ unsafe fn score_row_avx2(query: &[f32], keys: &[f32], stride: usize, scale: f32,
     assert!(keys.len() >= (n - 1) * stride + hd, "keys too short");
     let body = hd / 8 * 8;
     let (q, k) = (query.as_ptr(), keys.as_ptr());
-    let hsum = |v: __m256| -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
-    };
     let tail = |row: usize| -> f32 {
         query[body..]
             .iter()

@@ -199,6 +199,7 @@ mod simd {
     use std::sync::OnceLock;
 
     use super::GEMV_MAX_ROWS;
+    use crate::simd::hsum;
 
     pub(in crate::backend::cpu) fn available() -> bool {
         static AVAILABLE: OnceLock<bool> = OnceLock::new();
@@ -207,17 +208,6 @@ mod simd {
                 && is_x86_feature_detected!("fma")
                 && is_x86_feature_detected!("f16c")
         })
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
     }
 
     /// One kernel body per weight dtype: `$load(ptr, offset)` yields eight

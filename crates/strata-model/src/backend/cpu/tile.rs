@@ -50,13 +50,7 @@ pub fn tiled(x: &[f32], m: usize, k: usize, w: &CpuWeight, out: &mut [f32]) -> b
 mod kernel {
     use std::arch::x86_64::*;
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
-    }
+    use crate::simd::hsum;
 
     /// `MR` input rows against `NR` weight rows.
     ///
