@@ -18,11 +18,9 @@
 //! - Llama 3's frequency-dependent RoPE scaling is stored as per-dimension
 //!   divisors in the `rope_freqs.weight` tensor, not as parameters.
 
-use std::path::Path;
-
 use memmap2::UncheckedAdvice;
 
-use super::{Bytes, HostData, HostTensor, QuantData, WeightSource};
+use super::{decode_row, Bytes, HostData, HostTensor, QuantData, WeightSource};
 use crate::config::{Architecture, ModelConfig, RopeScaling};
 use crate::error::{ModelError, Result};
 use crate::gguf::{GgufFile, GgufValue, TensorInfo, TensorType};
@@ -75,10 +73,6 @@ impl GgufWeights {
         Self { file }
     }
 
-    pub fn file(&self) -> &GgufFile {
-        &self.file
-    }
-
     fn info(&self, hf: &str) -> Option<(String, &TensorInfo)> {
         let name = gguf_name(hf)?;
         let info = self.file.tensors.get(&name)?;
@@ -127,10 +121,11 @@ impl WeightSource for GgufWeights {
                 Bytes::Mapped { map: self.file.map().clone(), start: info.offset, len: info.len },
             )),
             // A quantized vector (no converter writes one): widened.
-            TensorType::Quant(_) => HostData::F32(
-                QuantData::single(info.ty, 1, info.num_elements(), Bytes::Owned(bytes.into()))
-                    .to_f32(),
-            ),
+            TensorType::Quant(_) => {
+                let mut values = vec![0.0f32; info.num_elements()];
+                decode_row(info.ty, bytes, &mut values);
+                HostData::F32(values)
+            }
             ty => {
                 let data = dense(ty, bytes);
                 // Copied out: release the mapped pages, as for safetensors.
@@ -261,7 +256,8 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
             if rope_scaling != RopeScaling::None {
                 return Err(err("rope_freqs.weight together with rope.scaling.type".into()));
             }
-            let factors = dense(TensorType::F32, file.tensor_bytes(info)).to_f32();
+            let mut factors = vec![0.0f32; head_dim / 2];
+            decode_row(TensorType::F32, file.tensor_bytes(info), &mut factors);
             RopeScaling::Factors { factors }
         }
         Some(info) => {
@@ -315,13 +311,6 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
         bos_token_id: m.token_id("tokenizer.ggml.bos_token_id"),
         eos_token_ids,
     })
-}
-
-/// Opens `path` and reads its config.
-pub fn open_gguf(path: &Path) -> Result<(GgufWeights, ModelConfig)> {
-    let file = GgufFile::open(path)?;
-    let config = config_from_gguf(&file)?;
-    Ok((GgufWeights::new(file), config))
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ mod safetensors;
 
 pub(crate) use dummy::splitmix64;
 pub use dummy::DummyWeights;
-pub use gguf::{config_from_gguf, open_gguf, GgufWeights};
+pub use gguf::{config_from_gguf, GgufWeights};
 pub use quantized::{decode_row, Bytes, QuantData, RowBlock};
 pub use safetensors::SafetensorsWeights;
 
@@ -128,7 +128,9 @@ impl std::fmt::Debug for HostData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Quant(q) => write!(f, "{q:?}"),
-            _ => write!(f, "{:?}[{}]", self.dtype(), self.len()),
+            Self::F32(_) | Self::F16(_) | Self::BF16(_) => {
+                write!(f, "{:?}[{}]", self.dtype().expect("invariant: dense"), self.len())
+            }
         }
     }
 }
