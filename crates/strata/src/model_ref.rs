@@ -280,6 +280,14 @@ impl ModelArgs {
                 }
             }),
         };
+        // A directory (local or a hub snapshot): the GGUF file `--gguf-file`
+        // names in it, or the directory as a checkpoint; a `.gguf` path as
+        // it is.
+        let in_dir = |path: PathBuf| match &self.gguf_file {
+            Some(name) => ModelSource::Gguf(path.join(name)),
+            None if is_gguf_path(&path) => ModelSource::Gguf(path),
+            None => ModelSource::Dir(path),
+        };
         let source = match location {
             // The simulated executor has no weights; it speaks the built-in
             // model's tokenizer and vocabulary (no generation config).
@@ -289,11 +297,7 @@ impl ModelArgs {
                 seed: builtin::SEED,
                 dtype: dtype.unwrap_or(DType::BF16),
             },
-            Location::Dir(path) => match &self.gguf_file {
-                Some(name) => ModelSource::Gguf(path.join(name)),
-                None if is_gguf_path(&path) => ModelSource::Gguf(path),
-                None => ModelSource::Dir(path),
-            },
+            Location::Dir(path) => in_dir(path),
             Location::Hub(id) => {
                 let rev = self.revision.as_deref().unwrap_or("main");
                 let want = match &self.gguf_file {
@@ -307,15 +311,15 @@ impl ModelArgs {
                     dir = %snapshot.display(),
                     "resolved hub model"
                 );
-                match &self.gguf_file {
-                    Some(name) => ModelSource::Gguf(snapshot.join(name)),
-                    None => ModelSource::Dir(snapshot),
-                }
+                in_dir(snapshot)
             }
         };
-        if let (ModelSource::Dir(_) | ModelSource::Builtin, Some(name)) = (&source, &self.gguf_file)
-        {
-            bail!("--gguf-file `{name}` needs MODEL to be a directory or a hub repo holding it");
+        if let Some(name) = &self.gguf_file {
+            if !matches!(source, ModelSource::Gguf(_)) {
+                bail!(
+                    "--gguf-file `{name}` needs MODEL to be a directory or a hub repo holding it"
+                );
+            }
         }
         Ok(Resolved { source, tokenizer_dir })
     }
@@ -516,6 +520,16 @@ mod tests {
         // An existing directory wins over the hub id it spells.
         let cwd_relative = here.to_str().unwrap();
         assert_eq!(locate(cwd_relative), Location::Dir(here.clone()));
+    }
+
+    /// `--gguf-file` is refused, not ignored, where MODEL holds no GGUF
+    /// file (built-in, simulated and shape models).
+    #[test]
+    fn gguf_file_needs_a_directory_or_a_hub_repo() {
+        for model in ["builtin", "sim", "qwen2.5-0.5b-shape"] {
+            let e = parse(&[model, "--gguf-file", "m.gguf"]).unwrap().resolve().unwrap_err();
+            assert!(e.to_string().contains("--gguf-file `m.gguf` needs MODEL"), "{model}: {e}");
+        }
     }
 
     /// The tokenizer read from GGUF metadata against llama.cpp's
