@@ -2,6 +2,18 @@
 //! attention, quantized dot products).
 
 use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+/// Whether this CPU has AVX2, FMA and F16C, which the matmul and
+/// quantized kernels need (detected once).
+pub(crate) fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
+}
 
 /// The sum of the eight lanes of `v`.
 #[inline]

@@ -205,12 +205,7 @@ pub fn vec_dot_portable(t: QuantType, w: &[u8], acts: &ActQuant, out: &mut [f32]
 pub fn simd_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVAILABLE.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c")
-        })
+        crate::simd::available()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -196,19 +196,10 @@ fn portable_dot(x: &[f32], m: usize, k: usize, w: &CpuWeight, r: usize, out: &mu
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::arch::x86_64::*;
-    use std::sync::OnceLock;
 
     use super::GEMV_MAX_ROWS;
+    pub(in crate::backend::cpu) use crate::simd::available;
     use crate::simd::hsum;
-
-    pub(in crate::backend::cpu) fn available() -> bool {
-        static AVAILABLE: OnceLock<bool> = OnceLock::new();
-        *AVAILABLE.get_or_init(|| {
-            is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-        })
-    }
 
     /// One kernel body per weight dtype: `$load(ptr, offset)` yields eight
     /// widened weights, `$widen` one (for the tail). Two accumulators per input row hide FMA latency.
