@@ -17,6 +17,8 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_gemm;
 mod dot;
 mod formats;
 #[cfg(test)]
@@ -191,6 +193,39 @@ pub fn vec_dot(t: QuantType, w: &[u8], acts: &ActQuant, out: &mut [f32]) {
         }
     }
     dot::vec_dot(t, w, acts, out);
+}
+
+/// `out[i * nr + j] = w_j . x_i` for the `nr` consecutive weight rows
+/// `w_j` of type `t` in `w` and every input row `x_i` of `acts` (an
+/// `m x nr` result): the product for prefill and decode batches. The K
+/// types have register-tiled AVX2 kernels ([`has_tiled_gemm`]); other
+/// types, and CPUs without AVX2, run [`vec_dot`] row by row.
+pub fn gemm(t: QuantType, w: &[u8], nr: usize, acts: &ActQuant, out: &mut [f32]) {
+    let (m, k) = (acts.rows(), acts.cols());
+    let row_bytes = t.row_bytes(k).expect("invariant: whole blocks");
+    assert_eq!(w.len(), nr * row_bytes, "invariant: nr rows of {} x {k}", t.name());
+    assert_eq!(out.len(), m * nr, "invariant: an m x nr output");
+    #[cfg(target_arch = "x86_64")]
+    {
+        if let (true, ActQuant::Q8K { blocks, .. }) = (has_tiled_gemm(t), acts) {
+            // SAFETY: has_tiled_gemm checked AVX2/FMA/F16C at run time; the
+            // kernel asserts the lengths it reads.
+            unsafe { avx2_gemm::gemm_k(t, w, nr, blocks, m, k / 256, out) };
+            return;
+        }
+    }
+    let mut col = vec![0.0f32; m];
+    for (j, row) in w.chunks_exact(row_bytes).enumerate() {
+        vec_dot(t, row, acts, &mut col);
+        for (i, v) in col.iter().enumerate() {
+            out[i * nr + j] = *v;
+        }
+    }
+}
+
+/// Whether [`gemm`] has a register-tiled kernel for `t` on this CPU.
+pub fn has_tiled_gemm(t: QuantType) -> bool {
+    simd_available() && matches!(t, QuantType::Q4K | QuantType::Q5K | QuantType::Q6K)
 }
 
 /// The portable kernels, whatever the CPU (tests compare both paths).

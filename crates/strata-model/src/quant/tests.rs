@@ -82,8 +82,58 @@ fn check_type(t: QuantType, w: &[f32], x: &[f32], m: usize) -> Result<(), TestCa
     Ok(())
 }
 
+/// [`gemm`] of `nr` weight rows (`w` is `nr x k`) with `m` input rows
+/// against the f64 reference of each pair.
+fn check_gemm(
+    t: QuantType,
+    w: &[f32],
+    nr: usize,
+    x: &[f32],
+    m: usize,
+) -> Result<(), TestCaseError> {
+    let k = w.len() / nr;
+    let bytes: Vec<u8> = w.chunks(k).flat_map(|row| quantized(t, row)).collect();
+    let acts = quantize_activations(t, x, m, k);
+    let mut out = vec![f32::NAN; m * nr];
+    gemm(t, &bytes, nr, &acts, &mut out);
+    let row_bytes = bytes.len() / nr;
+    for j in 0..nr {
+        let wd = dequantized(t, &bytes[j * row_bytes..(j + 1) * row_bytes], k);
+        for i in 0..m {
+            let want = reference(&wd, &acts, i);
+            let mag: f64 = wd
+                .iter()
+                .zip(&x[i * k..])
+                .map(|(&w, &x)| f64::from(w.abs()) * f64::from(x.abs()))
+                .sum();
+            let tol = 1e-5 * mag + 1e-6;
+            let got = f64::from(out[i * nr + j]);
+            prop_assert!(
+                (got - want).abs() <= tol,
+                "{} weight row {j} input row {i} of {nr}x{m}: {got} vs {want} (tol {tol})",
+                t.name()
+            );
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Every tile shape (2 or 1 weight rows by 4..1 input rows) of the
+    /// batched product, each type.
+    #[test]
+    fn gemm_matches_the_reference(
+        w in values(512 * 3),
+        x in values(512 * 9),
+    ) {
+        for t in QuantType::ALL {
+            for (nr, m) in [(3, 9), (2, 4), (1, 3), (3, 2), (1, 5), (2, 6), (1, 7), (1, 8), (2, 1)] {
+                check_gemm(t, &w[..512 * nr], nr, &x[..512 * m], m)?;
+            }
+        }
+    }
 
     #[test]
     fn dot_products_of_32_value_types(

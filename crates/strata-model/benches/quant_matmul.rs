@@ -1,0 +1,62 @@
+//! Batched products on quantized weights (prefill chunks and decode
+//! batches) against the f32 product of the same dequantized values, both
+//! measured in this run, best of several repetitions, on the machine's
+//! thread pool: the Llama-3.2-1B projections (q/k/v, o, gate/up, down) in
+//! Q4_K and Q6_K (the types of a Q4_K_M file), at 32 and 512 input rows.
+//!
+//! Prints GMAC/s for both and the ratio (quantized / f32).
+//!
+//! `RAYON_NUM_THREADS=2 cargo bench -p strata-model --bench quant_matmul`
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use strata_model::backend::cpu::{matmul_linear, CpuWeight};
+use strata_model::quant::QuantType;
+use strata_model::weights::{HostData, QuantData};
+
+fn fill(n: usize, seed: u32) -> Vec<f32> {
+    (0..n as u32)
+        .map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
+        .collect()
+}
+
+fn best(reps: usize, mut f: impl FnMut() -> Duration) -> Duration {
+    (0..reps).map(|_| f()).min().unwrap()
+}
+
+fn main() {
+    let shapes =
+        [("qkv", 3072, 2048), ("o", 2048, 2048), ("gate_up", 16384, 2048), ("down", 2048, 8192)];
+    println!("| type | matrix | rows | f32 GMAC/s | quantized GMAC/s | quantized / f32 |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for t in [QuantType::Q4K, QuantType::Q6K] {
+        for (name, n, k) in shapes {
+            let q = QuantData::quantize(t, &fill(n * k, 7), n, k);
+            let dense = CpuWeight { rows: n, cols: k, data: HostData::F32(q.to_f32()) };
+            let quant = CpuWeight { rows: n, cols: k, data: HostData::Quant(q) };
+            for m in [32, 512] {
+                let x = fill(m * k, 11);
+                let mut out = vec![0.0f32; m * n];
+                let reps = if m * n * k > 4_000_000_000 { 3 } else { 5 };
+                let mut time = |w: &CpuWeight| {
+                    best(reps, || {
+                        let start = Instant::now();
+                        matmul_linear(&x, m, k, w, &mut out);
+                        start.elapsed()
+                    })
+                };
+                let (base, this) = (time(&dense), time(&quant));
+                let gmac = |d: Duration| (m * n * k) as f64 / d.as_secs_f64() / 1e9;
+                println!(
+                    "| {} | {name} {n}x{k} | {m} | {:.1} | {:.1} | {:.2}x |",
+                    t.name(),
+                    gmac(base),
+                    gmac(this),
+                    base.as_secs_f64() / this.as_secs_f64()
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! AVX2 register-tiled products of K-quant weight rows (Q4_K, Q5_K, Q6_K)
+//! with many quantized input rows: prefill and batched decode.
+//!
+//! The dot-product kernels of `avx2` unpack a weight row once per four
+//! input rows and finish each 256-value block with scalar work (scales,
+//! minimums) per input row; with many input rows that scalar work costs as
+//! much as the multiplications. Here one weight row meets eight input rows
+//! at a time, with eight integer accumulators in registers (measured:
+//! eight beats four and six by 15-30%), and every per-block term is vector
+//! work:
+//!
+//! - the sub-block scales are unpacked once per weight row and block (the
+//!   6-bit Q4_K/Q5_K layout as four 32-bit masks, llama.cpp's trick) and
+//!   selected per sub-block with a byte shuffle;
+//! - `maddubs` (unsigned weight bytes times signed input bytes, pairs to
+//!   i16) then `madd` with the sub-block scale (to i32) is the whole
+//!   integer product: 64 multiply-adds in four instructions;
+//! - the Q4_K/Q5_K minimums and the Q6_K offset of 32 are taken out once
+//!   per block through the inputs' 16-value sums (`bsums`), one `madd` per
+//!   input row (each minimum paired with two sums), instead of per value;
+//! - each block's integer sums are scaled in f32 (the weight's and the
+//!   input's block scales) into eight-lane accumulators, summed at the end.
+//!
+//! The integers are the portable kernels' exactly (`dot`); only the f32
+//! accumulation order differs. Ranges are those of `avx2` (no i16
+//! saturation: a `maddubs` pair is at most 2 * 63 * 128).
+
+use std::arch::x86_64::*;
+
+use super::{Q8KBlock, QuantType};
+use crate::simd::hsum;
+
+/// Input rows per tile (one weight row against this many).
+const TILE: usize = 8;
+
+/// 32 bytes at `p`, unaligned.
+///
+/// # Safety
+/// `p..p + 32` is readable.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn load(p: *const u8) -> __m256i {
+    // SAFETY: the caller's contract.
+    unsafe { _mm256_loadu_si256(p.cast()) }
+}
+
+/// How far ahead of the block being read the weight row is prefetched:
+/// a single input row (decode) streams the weights from memory, and the
+/// hardware prefetcher alone leaves that short of the bandwidth.
+const PREFETCH_BYTES: usize = 1024;
+
+/// Asks for the weight bytes `PREFETCH_BYTES` past `p` (a hint: it never
+/// faults, whatever the address).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn prefetch_ahead(p: *const u8) {
+    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES).cast());
+}
+
+/// The f16 at `p` widened.
+///
+/// # Safety
+/// `p..p + 2` is readable.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    // SAFETY: the caller's contract; the read is unaligned.
+    let bits = unsafe { p.cast::<u16>().read_unaligned() };
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+/// The 8 scales and 8 minimums of a Q4_K/Q5_K block (its 12 scale bytes
+/// at `p`) as i16: scales in lanes 0..8, minimums in lanes 8..16.
+///
+/// # Safety
+/// `p..p + 12` is readable.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn scales_mins_k4(p: *const u8) -> __m256i {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    // SAFETY: the caller's contract; the reads are unaligned.
+    let [u0, u1, u2] = unsafe { p.cast::<[u32; 3]>().read_unaligned() }.map(u32::from_le);
+    // Scales 0..4 are the low 6 bits of bytes 0..4, minimums 0..4 of bytes
+    // 4..8; scales and minimums 4..8 are the nibbles of bytes 8..12 with
+    // the top 2 bits of bytes 0..4 and 4..8 above them.
+    let scales_hi = (u2 & LOW4) | (((u0 >> 6) & LOW2) << 4);
+    let mins_hi = ((u2 >> 4) & LOW4) | (((u1 >> 6) & LOW2) << 4);
+    let packed =
+        _mm_set_epi32(mins_hi as i32, (u1 & LOW6) as i32, scales_hi as i32, (u0 & LOW6) as i32);
+    _mm256_cvtepu8_epi16(packed)
+}
+
+/// The shuffle that copies i16 lane `j` (of each 128-bit half) to every
+/// lane.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn lane_i16(j: usize) -> __m256i {
+    let pair = (((2 * j + 1) << 8) | (2 * j)) as i16;
+    _mm256_set1_epi16(pair)
+}
+
+/// The shuffle that copies byte `2t` to every byte of the low half and
+/// byte `2t + 1` to every byte of the high half.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn bytes_2t(t: usize) -> __m256i {
+    _mm256_set_m128i(_mm_set1_epi8((2 * t + 1) as i8), _mm_set1_epi8((2 * t) as i8))
+}
+
+/// The per-block f32 step: `acc += (f32(sum) * d - f32(sub) * dsub) * da`
+/// with `da` (the input block's scale) broadcast from memory.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn scaled(acc: __m256, sum: __m256i, d: __m256, sub: __m256i, dsub: __m256, da: &f32) -> __m256 {
+    let sub = _mm256_mul_ps(_mm256_cvtepi32_ps(sub), dsub);
+    let block = _mm256_fmsub_ps(_mm256_cvtepi32_ps(sum), d, sub);
+    _mm256_fmadd_ps(block, _mm256_broadcast_ss(da), acc)
+}
+
+/// One Q4_K (`FIVE` false) or Q5_K weight row against `C` input rows.
+///
+/// # Safety
+/// `w` points at `nb` blocks of the type; each `a[c]` at `nb` input
+/// blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_q45k<const FIVE: bool, const C: usize>(
+    w: *const u8,
+    a: [*const Q8KBlock; C],
+    nb: usize,
+) -> [f32; C] {
+    let bytes = if FIVE { 176 } else { 144 };
+    let m4 = _mm256_set1_epi8(0xF);
+    let mut acc = [_mm256_setzero_ps(); C];
+    for i in 0..nb {
+        // SAFETY: (whole block) i < nb keeps every weight read inside block
+        // i of the row (offsets below 176) and every input read inside
+        // input block i.
+        unsafe {
+            let blk = w.add(i * bytes);
+            prefetch_ahead(blk);
+            prefetch_ahead(blk.add(64));
+            if FIVE {
+                prefetch_ahead(blk.add(128));
+            }
+            let act: [&Q8KBlock; C] = std::array::from_fn(|c| &*a[c].add(i));
+            let sm = scales_mins_k4(blk.add(4));
+            let scales = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
+            // Each minimum twice, to meet the inputs' 16-value sums.
+            let mins = _mm256_extracti128_si256::<1>(sm);
+            let mins =
+                _mm256_set_m128i(_mm_unpackhi_epi16(mins, mins), _mm_unpacklo_epi16(mins, mins));
+            let qs = blk.add(if FIVE { 48 } else { 16 });
+            let mut sumi = [_mm256_setzero_si256(); C];
+            for p in 0..4 {
+                let bits = load(qs.add(32 * p));
+                let mut lo = _mm256_and_si256(bits, m4);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
+                if FIVE {
+                    let qh = load(blk.add(16));
+                    let high = |sub: usize| {
+                        let mask = _mm256_set1_epi8(1 << sub);
+                        let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, mask), mask);
+                        _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+                    };
+                    lo = _mm256_or_si256(lo, high(2 * p));
+                    hi = _mm256_or_si256(hi, high(2 * p + 1));
+                }
+                let s_lo = _mm256_shuffle_epi8(scales, lane_i16(2 * p));
+                let s_hi = _mm256_shuffle_epi8(scales, lane_i16(2 * p + 1));
+                for c in 0..C {
+                    let q = act[c].qs.as_ptr().cast::<u8>().add(64 * p);
+                    let p_lo = _mm256_madd_epi16(s_lo, _mm256_maddubs_epi16(lo, load(q)));
+                    let p_hi = _mm256_madd_epi16(s_hi, _mm256_maddubs_epi16(hi, load(q.add(32))));
+                    sumi[c] = _mm256_add_epi32(sumi[c], _mm256_add_epi32(p_lo, p_hi));
+                }
+            }
+            let d = _mm256_set1_ps(f16_at(blk));
+            let dmin = _mm256_set1_ps(f16_at(blk.add(2)));
+            for c in 0..C {
+                let bsums = _mm256_loadu_si256(act[c].bsums.as_ptr().cast());
+                let m = _mm256_madd_epi16(mins, bsums);
+                acc[c] = scaled(acc[c], sumi[c], d, m, dmin, &act[c].d);
+            }
+        }
+    }
+    acc.map(|v| hsum(v))
+}
+
+/// One Q6_K weight row against `C` input rows.
+///
+/// # Safety
+/// As for [`tile_q45k`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_q6k<const C: usize>(w: *const u8, a: [*const Q8KBlock; C], nb: usize) -> [f32; C] {
+    let m4 = _mm256_set1_epi8(0xF);
+    let mut acc = [_mm256_setzero_ps(); C];
+    for i in 0..nb {
+        // SAFETY: (whole block) as in `tile_q45k`, with 210-byte blocks.
+        unsafe {
+            let blk = w.add(i * 210);
+            prefetch_ahead(blk);
+            prefetch_ahead(blk.add(64));
+            prefetch_ahead(blk.add(128));
+            prefetch_ahead(blk.add(192));
+            let act: [&Q8KBlock; C] = std::array::from_fn(|c| &*a[c].add(i));
+            // The 16 signed scales as bytes in both halves, for the shuffles.
+            let sc8 = _mm_loadu_si128(blk.add(192).cast());
+            let scales = _mm256_broadcastsi128_si256(sc8);
+            let mut sumi = [_mm256_setzero_si256(); C];
+            for t in 0..8 {
+                // Values 32t..32t + 32: low nibbles of 32 bytes (t even) or
+                // their high nibbles, and two bits of the high-bit bytes.
+                let (half, s) = (t / 4, t % 4);
+                let ql = load(blk.add(64 * half + 32 * (s % 2)));
+                let ql = if s < 2 { ql } else { _mm256_srli_epi16::<4>(ql) };
+                let qh = load(blk.add(128 + 32 * half));
+                let qh = match s {
+                    0 => _mm256_slli_epi16::<4>(qh),
+                    1 => _mm256_slli_epi16::<2>(qh),
+                    2 => qh,
+                    _ => _mm256_srli_epi16::<2>(qh),
+                };
+                let q = _mm256_or_si256(
+                    _mm256_and_si256(ql, m4),
+                    _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
+                );
+                // Scale 2t for the first 16 values, 2t + 1 for the next:
+                // each byte copied to both bytes of an i16, then
+                // sign-extended by the arithmetic shift.
+                let scale = _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(scales, bytes_2t(t)));
+                for c in 0..C {
+                    let qa = load(act[c].qs.as_ptr().cast::<u8>().add(32 * t));
+                    let p = _mm256_madd_epi16(scale, _mm256_maddubs_epi16(q, qa));
+                    sumi[c] = _mm256_add_epi32(sumi[c], p);
+                }
+            }
+            // The weights are q - 32: take out 32 * scale * (input sum).
+            let wide = _mm256_cvtepi8_epi16(sc8);
+            let d = _mm256_set1_ps(f16_at(blk.add(208)));
+            let d32 = _mm256_mul_ps(d, _mm256_set1_ps(32.0));
+            for c in 0..C {
+                let bsums = _mm256_loadu_si256(act[c].bsums.as_ptr().cast());
+                let offset = _mm256_madd_epi16(wide, bsums);
+                acc[c] = scaled(acc[c], sumi[c], d, offset, d32, &act[c].d);
+            }
+        }
+    }
+    acc.map(|v| hsum(v))
+}
+
+/// One weight row of a K type against `C` input rows.
+///
+/// # Safety
+/// As for [`tile_q45k`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile<const C: usize>(
+    t: QuantType,
+    w: *const u8,
+    a: [*const Q8KBlock; C],
+    nb: usize,
+) -> [f32; C] {
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        match t {
+            QuantType::Q4K => tile_q45k::<false, C>(w, a, nb),
+            QuantType::Q5K => tile_q45k::<true, C>(w, a, nb),
+            QuantType::Q6K => tile_q6k::<C>(w, a, nb),
+            _ => unreachable!("invariant: only K types are tiled"),
+        }
+    }
+}
+
+/// `out[i * nr + j] = w_j . x_i` for the `nr` consecutive rows `w_j` of a
+/// K type `t` in `w` and the `m` input rows in `a` (`nb` blocks each).
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn gemm_k(
+    t: QuantType,
+    w: &[u8],
+    nr: usize,
+    a: &[Q8KBlock],
+    m: usize,
+    nb: usize,
+    out: &mut [f32],
+) {
+    let row_bytes = nb * t.block_bytes();
+    assert_eq!(w.len(), nr * row_bytes, "invariant: nr weight rows of nb blocks");
+    assert_eq!(a.len(), m * nb, "invariant: m input rows of nb blocks");
+    assert_eq!(out.len(), m * nr, "invariant: an m x nr output");
+    let wp = |j: usize| w[j * row_bytes..].as_ptr();
+    let ap = |i: usize| a[i * nb..].as_ptr();
+    let mut i = 0;
+    while i < m {
+        let c = TILE.min(m - i);
+        for j in 0..nr {
+            macro_rules! run {
+                ($c:literal) => {{
+                    let inputs = std::array::from_fn(|x| ap(i + x));
+                    // SAFETY: row j and inputs i..i + $c exist (c was
+                    // clamped to what is left), each of nb blocks, as the
+                    // lengths asserted above guarantee.
+                    let got = unsafe { tile::<$c>(t, wp(j), inputs, nb) };
+                    for (y, v) in got.iter().enumerate() {
+                        out[(i + y) * nr + j] = *v;
+                    }
+                }};
+            }
+            match c {
+                8 => run!(8),
+                7 => run!(7),
+                6 => run!(6),
+                5 => run!(5),
+                4 => run!(4),
+                3 => run!(3),
+                2 => run!(2),
+                _ => run!(1),
+            }
+        }
+        i += c;
+    }
+}
