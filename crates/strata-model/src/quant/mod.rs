@@ -25,6 +25,7 @@ mod formats;
 mod tests;
 
 pub use formats::{dequantize_row, quantize_row};
+use rayon::prelude::*;
 
 /// A block-quantized storage type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -143,11 +144,47 @@ pub struct Q8KBlock {
     pub bsums: [i16; 16],
 }
 
+/// One 256-value block of eight consecutive input rows, its per-block
+/// terms transposed so that lane `c` belongs to input row `c`: what the
+/// tiled kernels need once per block, read with one load instead of eight.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(32))]
+pub struct Q8KGroup {
+    /// Each row's scale.
+    pub d: [f32; 8],
+    /// `sums32[j][2c + e]`: row `c`'s sum of values `32 (2j + e)..+32`.
+    pub sums32: [[i16; 16]; 4],
+    /// `sums16[g][2c + e]`: row `c`'s sum of values `16 (2g + e)..+16`.
+    pub sums16: [[i16; 16]; 8],
+}
+
+impl Q8KGroup {
+    /// The group of `rows` (eight blocks at the same position).
+    fn new(rows: [&Q8KBlock; 8]) -> Self {
+        let mut g = Q8KGroup { d: [0.0; 8], sums32: [[0; 16]; 4], sums16: [[0; 16]; 8] };
+        for (c, b) in rows.iter().enumerate() {
+            g.d[c] = b.d;
+            for e in 0..2 {
+                for j in 0..4 {
+                    let s = 2 * (2 * j + e);
+                    g.sums32[j][2 * c + e] = b.bsums[s] + b.bsums[s + 1];
+                }
+                for (h, sums) in g.sums16.iter_mut().enumerate() {
+                    sums[2 * c + e] = b.bsums[2 * h + e];
+                }
+            }
+        }
+        g
+    }
+}
+
 /// The `m x k` inputs of a matmul, quantized per block for one weight type.
+/// `Q8K` also holds, for each whole group of eight rows and each block,
+/// the transposed terms of [`Q8KGroup`] (row-group-major).
 #[derive(Clone, Debug)]
 pub enum ActQuant {
     Q8 { rows: usize, cols: usize, blocks: Vec<Q8Block> },
-    Q8K { rows: usize, cols: usize, blocks: Vec<Q8KBlock> },
+    Q8K { rows: usize, cols: usize, blocks: Vec<Q8KBlock>, groups: Vec<Q8KGroup> },
 }
 
 impl ActQuant {
@@ -169,10 +206,18 @@ pub fn quantize_activations(t: QuantType, x: &[f32], m: usize, k: usize) -> ActQ
     assert_eq!(x.len(), m * k, "invariant: activations are m x k");
     assert!(t.row_bytes(k).is_some(), "invariant: {} rows of {k} values", t.name());
     if t.super_blocks() {
-        let blocks = x.chunks_exact(256).map(dot::quantize_q8k).collect();
-        ActQuant::Q8K { rows: m, cols: k, blocks }
+        let blocks: Vec<Q8KBlock> =
+            x.par_chunks_exact(256).with_min_len(64).map(dot::quantize_q8k).collect();
+        let nb = k / 256;
+        let groups = blocks
+            .par_chunks_exact(8 * nb)
+            .flat_map_iter(|rows| {
+                (0..nb).map(move |i| Q8KGroup::new(std::array::from_fn(|c| &rows[c * nb + i])))
+            })
+            .collect();
+        ActQuant::Q8K { rows: m, cols: k, blocks, groups }
     } else {
-        let blocks = x.chunks_exact(32).map(dot::quantize_q8).collect();
+        let blocks = x.par_chunks_exact(32).with_min_len(512).map(dot::quantize_q8).collect();
         ActQuant::Q8 { rows: m, cols: k, blocks }
     }
 }
@@ -207,10 +252,10 @@ pub fn gemm(t: QuantType, w: &[u8], nr: usize, acts: &ActQuant, out: &mut [f32])
     assert_eq!(out.len(), m * nr, "invariant: an m x nr output");
     #[cfg(target_arch = "x86_64")]
     {
-        if let (true, ActQuant::Q8K { blocks, .. }) = (has_tiled_gemm(t), acts) {
+        if let (true, ActQuant::Q8K { blocks, groups, .. }) = (has_tiled_gemm(t), acts) {
             // SAFETY: has_tiled_gemm checked AVX2/FMA/F16C at run time; the
             // kernel asserts the lengths it reads.
-            unsafe { avx2_gemm::gemm_k(t, w, nr, blocks, m, k / 256, out) };
+            unsafe { avx2_gemm::gemm_k(t, w, nr, blocks, groups, m, k / 256, out) };
             return;
         }
     }

@@ -126,10 +126,10 @@ proptest! {
     #[test]
     fn gemm_matches_the_reference(
         w in values(512 * 3),
-        x in values(512 * 9),
+        x in values(512 * 17),
     ) {
         for t in QuantType::ALL {
-            for (nr, m) in [(3, 9), (2, 4), (1, 3), (3, 2), (1, 5), (2, 6), (1, 7), (1, 8), (2, 1)] {
+            for (nr, m) in [(3, 9), (2, 4), (1, 3), (3, 2), (1, 5), (2, 6), (1, 7), (1, 8), (2, 1), (1, 17)] {
                 check_gemm(t, &w[..512 * nr], nr, &x[..512 * m], m)?;
             }
         }

@@ -7,9 +7,10 @@
 //! of weight rows are multiplied with them by the register-tiled integer
 //! kernels of [`crate::quant::gemm`] (one weight row against eight input
 //! rows). Measured against the f32 product of the same dequantized values
-//! (`cargo bench -p strata-model --bench quant_matmul`), Q4_K runs at
-//! 1.4-2.0x its speed at 32 rows and 1.0-1.1x at 512, and batch-1 decode
-//! beats the dot-product kernels below by vectorising the per-block work.
+//! (`cargo bench -p strata-model --bench quant_matmul`, 2 threads), Q4_K
+//! runs at 1.5-2.4x its speed at 32 rows and 1.1-1.3x at 512, Q6_K at
+//! 1.3-2.1x and 0.9x; batch-1 decode beats the dot-product kernels below
+//! by vectorising the per-block work.
 //!
 //! Other matrices have two regimes:
 //! - decode-sized `m` (up to [`GEMV_MAX_ROWS`]): memory-bound, so each
