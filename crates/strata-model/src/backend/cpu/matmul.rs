@@ -5,7 +5,7 @@
 //! Q6_K: all of a Q4_K_M or Q5_K_M file's K-type matrices) take one path
 //! at every `m`: the inputs are quantized per 256 values once, and panels
 //! of weight rows are multiplied with them by the register-tiled integer
-//! kernels of [`crate::quant::gemm`] (one weight row against eight input
+//! kernels of [`crate::quant::gemm()`] (one weight row against eight input
 //! rows). Measured against the f32 product of the same dequantized values
 //! (`cargo bench -p strata-model --bench quant_matmul`, 2 threads), Q4_K
 //! runs at 1.5-2.4x its speed at 32 rows and 1.1-1.3x at 512, Q6_K at
