@@ -268,7 +268,7 @@ pub fn gemm(t: QuantType, w: &[u8], nr: usize, acts: &ActQuant, out: &mut [f32])
     }
 }
 
-/// Whether [`gemm`] has a register-tiled kernel for `t` on this CPU.
+/// Whether [`gemm()`] has a register-tiled kernel for `t` on this CPU.
 pub fn has_tiled_gemm(t: QuantType) -> bool {
     simd_available() && matches!(t, QuantType::Q4K | QuantType::Q5K | QuantType::Q6K)
 }
