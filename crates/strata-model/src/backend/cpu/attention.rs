@@ -19,6 +19,14 @@
 //! and group are merged at the end (the maximum subtracted before
 //! exponentiation throughout; exact up to rounding).
 //!
+//! On CPUs with AVX2 and FMA (head sizes a multiple of 16), `avx2` runs
+//! the items: softmax updates every 64 keys, query rows in pairs against
+//! each key and value vector, a vector `exp`. Measured with `cargo bench
+//! -p strata-model --bench attention` (2 threads), against this file's
+//! portable kernel in the same build: a 512-token chunk after 3584 tokens
+//! 171 -> 70 ms (Qwen2.5-0.5B shape) and 412 -> 196 ms (Llama-3.2-1B),
+//! batch-1 decode after 8192 tokens 0.79 -> 0.45 ms and 2.2 -> 1.6 ms.
+//!
 //! [`reference`] is the plain two-pass kernel this replaced: the tests'
 //! oracle and the bench's baseline.
 
@@ -246,9 +254,15 @@ fn run_item(
     step: &StepMetadata,
 ) -> Partial {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if crate::simd::available() {
         // SAFETY: the CPU has AVX2 and FMA, checked just above.
-        return unsafe { run_item_avx2_fma(item, q, layer, shape, step) };
+        return unsafe {
+            if avx2::supports(shape.head_dim) {
+                avx2::run_item(item, q, layer, shape, step)
+            } else {
+                run_item_avx2_fma(item, q, layer, shape, step)
+            }
+        };
     }
     run_item_with::<false>(item, q, layer, shape, step)
 }
@@ -438,5 +452,7 @@ pub fn reference(
     out
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 #[cfg(test)]
 mod tests;

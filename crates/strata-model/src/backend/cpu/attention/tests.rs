@@ -137,7 +137,7 @@ proptest! {
         seqs in proptest::collection::vec((1usize..700, 1usize..40), 1..4),
         num_kv_heads in 1usize..4,
         group in prop_oneof![Just(1usize), Just(2), Just(7)],
-        head_dim in prop_oneof![Just(8usize), Just(20), Just(64)],
+        head_dim in prop_oneof![Just(8usize), Just(20), Just(32), Just(64), Just(128)],
         bs in prop_oneof![Just(1usize), Just(4), Just(16)],
         seed in any::<u64>(),
     ) {
