@@ -114,6 +114,41 @@ fn rms_normalize(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// `out = silu(gate) * up`, `silu(g) = g / (1 + e^-g)`: eight lanes at a
+/// time with the vector `exp` where the CPU has AVX2/FMA (one libm call
+/// per value was 3% of a prefill), the rest as written.
+fn silu_mul_row(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::available() {
+        // SAFETY: AVX2/FMA detected; the three slices have equal lengths.
+        done = unsafe { simd_silu_mul(gate, up, out) };
+    }
+    for ((o, &g), &u) in out[done..].iter_mut().zip(&gate[done..]).zip(&up[done..]) {
+        *o = g / (1.0 + (-g).exp()) * u;
+    }
+}
+
+/// The whole vectors of [`silu_mul_row`]; returns how many values it did.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn simd_silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let whole = out.len().min(gate.len()).min(up.len()) / 8 * 8;
+    let one = _mm256_set1_ps(1.0);
+    for i in (0..whole).step_by(8) {
+        // SAFETY: i + 8 <= whole, within each slice.
+        unsafe {
+            let g = _mm256_loadu_ps(gate.as_ptr().add(i));
+            let e = crate::simd::exp(_mm256_sub_ps(_mm256_setzero_ps(), g));
+            let silu = _mm256_div_ps(g, _mm256_add_ps(one, e));
+            let u = _mm256_loadu_ps(up.as_ptr().add(i));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(silu, u));
+        }
+    }
+    whole
+}
+
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Weight = CpuWeight;
@@ -251,9 +286,7 @@ impl Backend for CpuBackend {
         out.data.par_chunks_mut(inter).zip(gate_up.data.par_chunks(gate_up.cols)).for_each(
             |(o, gu)| {
                 let (gate, up) = gu.split_at(inter);
-                for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-                    *o = g / (1.0 + (-g).exp()) * u;
-                }
+                silu_mul_row(gate, up, o);
             },
         );
         out

@@ -21,7 +21,7 @@ use std::arch::x86_64::*;
 use super::{Item, Partial};
 use crate::backend::cpu::{CpuKvLayer, CpuTensor};
 use crate::backend::{AttentionShape, StepMetadata};
-use crate::simd::hsum;
+use crate::simd::{exp, hsum};
 
 /// Keys per softmax update.
 const SPAN: usize = 64;
@@ -30,37 +30,6 @@ const SPAN: usize = 64;
 /// half-width outputs fit the registers).
 pub(super) fn supports(head_dim: usize) -> bool {
     head_dim % 16 == 0 && head_dim <= 256
-}
-
-/// `e^x` for each lane; lanes at or below `-87.3` (including masked
-/// `-inf` scores) are exactly 0.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-fn exp(x: __m256) -> __m256 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 in two parts, so that n * C1 is exact.
-    const C1: f32 = 0.693_359_4;
-    const C2: f32 = -2.121_944_4e-4;
-    const P: [f32; 6] =
-        [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
-    let low = _mm256_set1_ps(-87.336_55);
-    let live = _mm256_cmp_ps::<_CMP_GT_OQ>(x, low);
-    let x = _mm256_min_ps(_mm256_max_ps(x, low), _mm256_set1_ps(88.376_26));
-    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
-        x,
-        _mm256_set1_ps(LOG2E),
-    ));
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(C1), x);
-    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(C2), r);
-    let mut p = _mm256_set1_ps(P[0]);
-    for c in &P[1..] {
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
-    }
-    let r2 = _mm256_mul_ps(r, r);
-    let p = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0));
-    let pow2 =
-        _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
-    _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(pow2)), live)
 }
 
 /// The sums of four vectors' lanes, in lanes 0..4.
@@ -345,7 +314,7 @@ mod tests {
             let x = -110.0 + i as f32 * 0.0005;
             let mut got = [0.0f32; 8];
             // SAFETY: AVX2/FMA checked above; `got` is 8 floats.
-            unsafe { _mm256_storeu_ps(got.as_mut_ptr(), super::exp(_mm256_set1_ps(x))) };
+            unsafe { _mm256_storeu_ps(got.as_mut_ptr(), crate::simd::exp(_mm256_set1_ps(x))) };
             let want = f64::from(x).exp();
             if x <= -87.336_55 {
                 assert!(got[0] == 0.0 && want < 1.2e-38, "exp({x}) = {} below the range", got[0]);
@@ -357,7 +326,8 @@ mod tests {
         }
         println!("worst relative error {worst:e}");
         // SAFETY: AVX2/FMA checked above.
-        let masked = unsafe { _mm256_cvtss_f32(super::exp(_mm256_set1_ps(f32::NEG_INFINITY))) };
+        let masked =
+            unsafe { _mm256_cvtss_f32(crate::simd::exp(_mm256_set1_ps(f32::NEG_INFINITY))) };
         assert_eq!(masked, 0.0, "a masked score weighs nothing");
     }
 }
