@@ -279,6 +279,40 @@ unsafe fn run_item_avx2_fma(
     run_item_with::<true>(item, q, layer, shape, step)
 }
 
+/// What both item kernels start from: the sequence's block table, each
+/// query row (token-major, then head of the group: row r is token
+/// t0 + r / group, head g * group + r % group) and how many keys it sees,
+/// the group's column in the KV rows, and the empty online-softmax state.
+struct ItemRows<'a> {
+    table: &'a [u32],
+    queries: Vec<&'a [f32]>,
+    seen: Vec<usize>,
+    col: usize,
+    p: Partial,
+}
+
+impl<'a> ItemRows<'a> {
+    fn new(item: Item, q: &'a CpuTensor, shape: AttentionShape, step: &'a StepMetadata) -> Self {
+        let AttentionShape { num_heads, num_kv_heads, head_dim, .. } = shape;
+        let group = num_heads / num_kv_heads;
+        let (t0, t1) = item.tokens;
+        let seq = &step.seqs[step.token_seq[t0] as usize];
+        let table =
+            &step.block_tables[seq.block_table_start..seq.block_table_start + seq.num_blocks];
+        let rows = (t1 - t0) * group;
+        let queries = (0..rows)
+            .map(|r| &q.row(t0 + r / group)[(item.g * group + r % group) * head_dim..][..head_dim])
+            .collect();
+        let seen = (0..rows).map(|r| step.positions[t0 + r / group] as usize + 1).collect();
+        let p = Partial {
+            max: vec![f32::NEG_INFINITY; rows],
+            sum: vec![0.0; rows],
+            out: vec![0.0; rows * head_dim],
+        };
+        Self { table, queries, seen, col: item.g * head_dim, p }
+    }
+}
+
 /// Runs one item: its keys, one paged block (or the part of it in range)
 /// at a time; a query never sees keys past its own position. Inlined into
 /// each instruction-set variant above.
@@ -290,25 +324,10 @@ fn run_item_with<const FMA: bool>(
     shape: AttentionShape,
     step: &StepMetadata,
 ) -> Partial {
-    let AttentionShape { num_heads, num_kv_heads, head_dim, scale } = shape;
-    let group = num_heads / num_kv_heads;
+    let AttentionShape { head_dim, scale, .. } = shape;
     let (kvw, bs) = (layer.kv_width, step.block_size);
-    let (t0, t1) = item.tokens;
-    let seq = &step.seqs[step.token_seq[t0] as usize];
-    let table = &step.block_tables[seq.block_table_start..seq.block_table_start + seq.num_blocks];
-    let rows = (t1 - t0) * group;
-    // Row r: token t0 + r / group, head g * group + r % group; its query,
-    // and how many keys it sees.
-    let queries: Vec<&[f32]> = (0..rows)
-        .map(|r| &q.row(t0 + r / group)[(item.g * group + r % group) * head_dim..][..head_dim])
-        .collect();
-    let seen: Vec<usize> = (0..rows).map(|r| step.positions[t0 + r / group] as usize + 1).collect();
-    let col = item.g * head_dim;
-    let mut p = Partial {
-        max: vec![f32::NEG_INFINITY; rows],
-        sum: vec![0.0; rows],
-        out: vec![0.0; rows * head_dim],
-    };
+    let ItemRows { table, queries, seen, col, mut p } = ItemRows::new(item, q, shape, step);
+    let rows = queries.len();
     let mut scores = vec![0.0f32; rows * bs];
     let (first, end) = item.keys;
     let mut j0 = first;

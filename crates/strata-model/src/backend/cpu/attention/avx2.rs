@@ -18,7 +18,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Item, Partial};
+use super::{Item, ItemRows, Partial};
 use crate::backend::cpu::{CpuKvLayer, CpuTensor};
 use crate::backend::{AttentionShape, StepMetadata};
 use crate::simd::{exp, hsum};
@@ -195,23 +195,10 @@ pub(super) unsafe fn run_item(
     shape: AttentionShape,
     step: &StepMetadata,
 ) -> Partial {
-    let AttentionShape { num_heads, num_kv_heads, head_dim: hd, scale } = shape;
-    let group = num_heads / num_kv_heads;
+    let AttentionShape { head_dim: hd, scale, .. } = shape;
     let (kvw, bs) = (layer.kv_width, step.block_size);
-    let (t0, t1) = item.tokens;
-    let seq = &step.seqs[step.token_seq[t0] as usize];
-    let table = &step.block_tables[seq.block_table_start..seq.block_table_start + seq.num_blocks];
-    let rows = (t1 - t0) * group;
-    let queries: Vec<&[f32]> = (0..rows)
-        .map(|r| &q.row(t0 + r / group)[(item.g * group + r % group) * hd..][..hd])
-        .collect();
-    let seen: Vec<usize> = (0..rows).map(|r| step.positions[t0 + r / group] as usize + 1).collect();
-    let col = item.g * hd;
-    let mut p = Partial {
-        max: vec![f32::NEG_INFINITY; rows],
-        sum: vec![0.0; rows],
-        out: vec![0.0; rows * hd],
-    };
+    let ItemRows { table, queries, seen, col, mut p } = ItemRows::new(item, q, shape, step);
+    let rows = queries.len();
     let mut scores = vec![0.0f32; rows * SPAN];
     // (offset in the span, first slot, keys) of each paged block's part.
     let mut segs: Vec<(usize, usize, usize)> = Vec::with_capacity(SPAN);
