@@ -47,6 +47,13 @@ fn reference(w: &[f32], acts: &ActQuant, row: usize) -> f64 {
     w.iter().zip(&x).map(|(&w, &x)| f64::from(w) * x).sum()
 }
 
+/// The bound on a dot product of weights `wd` with inputs `x`: f32
+/// rounding of each block's scaled sum, relative to the sum of magnitudes.
+fn tolerance(wd: &[f32], x: &[f32]) -> f64 {
+    let mag: f64 = wd.iter().zip(x).map(|(&w, &x)| f64::from(w.abs()) * f64::from(x.abs())).sum();
+    1e-5 * mag + 1e-6
+}
+
 fn check_type(t: QuantType, w: &[f32], x: &[f32], m: usize) -> Result<(), TestCaseError> {
     let k = w.len();
     let bytes = quantized(t, w);
@@ -58,14 +65,7 @@ fn check_type(t: QuantType, w: &[f32], x: &[f32], m: usize) -> Result<(), TestCa
     vec_dot_portable(t, &bytes, &acts, &mut portable);
     for r in 0..m {
         let want = reference(&wd, &acts, r);
-        // Bound: f32 rounding of each block's scaled sum, relative to the
-        // sum of magnitudes.
-        let mag: f64 = wd
-            .iter()
-            .zip(&x[r * k..])
-            .map(|(&w, &x)| f64::from(w.abs()) * f64::from(x.abs()))
-            .sum();
-        let tol = 1e-5 * mag + 1e-6;
+        let tol = tolerance(&wd, &x[r * k..]);
         prop_assert!(
             (f64::from(fast[r]) - want).abs() <= tol,
             "{} row {r}: simd {} vs {want} (tol {tol})",
@@ -101,12 +101,7 @@ fn check_gemm(
         let wd = dequantized(t, &bytes[j * row_bytes..(j + 1) * row_bytes], k);
         for i in 0..m {
             let want = reference(&wd, &acts, i);
-            let mag: f64 = wd
-                .iter()
-                .zip(&x[i * k..])
-                .map(|(&w, &x)| f64::from(w.abs()) * f64::from(x.abs()))
-                .sum();
-            let tol = 1e-5 * mag + 1e-6;
+            let tol = tolerance(&wd, &x[i * k..]);
             let got = f64::from(out[i * nr + j]);
             prop_assert!(
                 (got - want).abs() <= tol,
