@@ -14,7 +14,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use strata_model::backend::cpu::{reference_attention, CpuBackend, CpuKvLayer, CpuTensor};
 use strata_model::backend::{AttentionShape, Backend, SeqAttention, StepMetadata};
@@ -44,15 +44,8 @@ fn step(context: usize, n: usize) -> StepMetadata {
     }
 }
 
-fn fill(n: usize, seed: u32) -> Vec<f32> {
-    (0..n as u32)
-        .map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
-        .collect()
-}
-
-fn best(reps: usize, mut f: impl FnMut() -> Duration) -> Duration {
-    (0..reps).map(|_| f()).min().unwrap()
-}
+mod common;
+use common::{best, fill};
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {

@@ -16,15 +16,8 @@ use strata_model::backend::cpu::{matmul_linear, CpuWeight};
 use strata_model::quant::QuantType;
 use strata_model::weights::{HostData, QuantData};
 
-fn fill(n: usize, seed: u32) -> Vec<f32> {
-    (0..n as u32)
-        .map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
-        .collect()
-}
-
-fn best(reps: usize, mut f: impl FnMut() -> Duration) -> Duration {
-    (0..reps).map(|_| f()).min().unwrap()
-}
+mod common;
+use common::{best, fill};
 
 fn main() {
     let shapes =
