@@ -392,11 +392,14 @@ unsafe fn tile<const C: usize>(
     }
 }
 
-/// `out[i * nr + j] = w_j . x_i` for the `nr` consecutive rows `w_j` of a
-/// K type `t` in `w` and the `m` input rows in `a` (`nb` blocks each).
+/// `out + i * ld + j` receives `w_j . x_i` for the `nr` consecutive rows
+/// `w_j` of a K type `t` in `w` and the `m` input rows in `a` (`nb` blocks
+/// each).
 ///
 /// # Safety
-/// The CPU has AVX2, FMA and F16C.
+/// The CPU has AVX2, FMA and F16C; for every `i < m` and `j < nr`,
+/// `out + i * ld + j` is valid for writes and nobody else's during the
+/// call.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn gemm_k(
@@ -407,30 +410,75 @@ pub(super) unsafe fn gemm_k(
     groups: &[Q8KGroup],
     m: usize,
     nb: usize,
-    out: &mut [f32],
+    out: *mut f32,
+    ld: usize,
 ) {
     let row_bytes = nb * t.block_bytes();
     assert_eq!(w.len(), nr * row_bytes, "invariant: nr weight rows of nb blocks");
     assert_eq!(a.len(), m * nb, "invariant: m input rows of nb blocks");
     assert_eq!(groups.len(), m / TILE * nb, "invariant: each whole group of rows, nb blocks");
-    assert_eq!(out.len(), m * nr, "invariant: an m x nr output");
+    let (done_rows, done_inputs) = if m >= PACKED_MIN_ROWS {
+        // SAFETY: the CPU features and the output contract are this
+        // function's; the lengths were asserted above.
+        unsafe { super::avx2_panel::gemm_packed(t, w, nr, a, groups, nb, out, ld) };
+        (nr / super::avx2_panel::ROWS * super::avx2_panel::ROWS, m / TILE * TILE)
+    } else {
+        (0, 0)
+    };
+    // What the packed kernel left: the last inputs of the rows it did,
+    // then every input of the rows after them.
+    // SAFETY: the ranges are inside 0..nr x 0..m; the rest is the caller's.
+    unsafe {
+        tiles(t, w, row_bytes, 0..done_rows, a, groups, nb, done_inputs..m, out, ld);
+        tiles(t, w, row_bytes, done_rows..nr, a, groups, nb, 0..m, out, ld);
+    }
+}
+
+/// Input rows from which [`gemm_k`] unpacks the weights first
+/// ([`super::avx2_panel`]): below, the unpacking costs more than it
+/// saves.
+const PACKED_MIN_ROWS: usize = 32;
+
+/// [`gemm_k`]'s product for weight rows `rows` and input rows `inputs`,
+/// with the kernels above.
+///
+/// # Safety
+/// As for [`gemm_k`], with `rows` inside `0..nr` and `inputs` inside
+/// `0..m`; `inputs.start` is a multiple of [`TILE`].
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiles(
+    t: QuantType,
+    w: &[u8],
+    row_bytes: usize,
+    rows: std::ops::Range<usize>,
+    a: &[Q8KBlock],
+    groups: &[Q8KGroup],
+    nb: usize,
+    inputs: std::ops::Range<usize>,
+    out: *mut f32,
+    ld: usize,
+) {
+    debug_assert_eq!(inputs.start % TILE, 0, "invariant: inputs start at a group");
     let wp = |j: usize| w[j * row_bytes..].as_ptr();
     let ap = |i: usize| a[i * nb..].as_ptr();
-    let mut i = 0;
-    while i < m {
-        let c = TILE.min(m - i);
-        for j in 0..nr {
+    let mut i = inputs.start;
+    while i < inputs.end {
+        let c = TILE.min(inputs.end - i);
+        for j in rows.clone() {
             macro_rules! run {
                 ($c:literal) => {{
                     let inputs = std::array::from_fn(|x| ap(i + x));
                     let group = ($c == TILE).then(|| groups[i / TILE * nb..].as_ptr());
                     // SAFETY: row j and inputs i..i + $c exist (c was
                     // clamped to what is left), each of nb blocks, and a
-                    // whole group i / TILE has nb entries, as the lengths
-                    // asserted above guarantee.
+                    // whole group i / TILE has nb entries, as gemm_k's
+                    // asserted lengths guarantee.
                     let got = unsafe { tile::<$c>(t, wp(j), inputs, group, nb) };
                     for (y, v) in got.iter().enumerate() {
-                        out[(i + y) * nr + j] = *v;
+                        // SAFETY: i + y < m and j < nr: the caller's
+                        // contract.
+                        unsafe { out.add((i + y) * ld + j).write(*v) };
                     }
                 }};
             }

@@ -116,16 +116,41 @@ fn check_gemm(
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
-    /// Every tile shape (2 or 1 weight rows by 4..1 input rows) of the
-    /// batched product, each type.
+    /// Every tile shape of the batched product (whole and partial groups
+    /// of eight input rows, and from 32 input rows the packed kernel's
+    /// four weight rows with the rows and inputs it leaves), each type.
     #[test]
     fn gemm_matches_the_reference(
-        w in values(512 * 3),
-        x in values(512 * 17),
+        w in values(512 * 6),
+        x in values(512 * 37),
     ) {
         for t in QuantType::ALL {
-            for (nr, m) in [(3, 9), (2, 4), (1, 3), (3, 2), (1, 5), (2, 6), (1, 7), (1, 8), (2, 1), (1, 17)] {
+            for (nr, m) in [(3, 9), (2, 4), (1, 3), (3, 2), (1, 5), (2, 6), (1, 7), (1, 8), (2, 1), (1, 17), (6, 37), (4, 32)] {
                 check_gemm(t, &w[..512 * nr], nr, &x[..512 * m], m)?;
+            }
+        }
+    }
+
+    /// From 32 input rows the K types unpack the weights first
+    /// (`avx2_panel`); each group of eight input rows gets the same bits
+    /// as when it is multiplied alone (by the kernel on the stored blocks).
+    #[test]
+    fn packed_gemm_gives_the_grouped_kernels_bits(
+        w in values(512 * 6),
+        x in values(512 * 40),
+    ) {
+        for t in [QuantType::Q4K, QuantType::Q5K, QuantType::Q6K] {
+            let (nr, m, k) = (6, 40, 512);
+            let bytes: Vec<u8> = w.chunks(k).flat_map(|row| quantized(t, row)).collect();
+            let mut whole = vec![f32::NAN; m * nr];
+            gemm(t, &bytes, nr, &quantize_activations(t, &x, m, k), &mut whole);
+            for (g, rows) in x.chunks(8 * k).enumerate() {
+                let mut alone = vec![f32::NAN; 8 * nr];
+                gemm(t, &bytes, nr, &quantize_activations(t, rows, 8, k), &mut alone);
+                let same = whole[g * 8 * nr..(g + 1) * 8 * nr].iter().zip(&alone)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                prop_assert!(same, "{} group {g}: {:?} vs {:?}", t.name(),
+                    &whole[g * 8 * nr..(g + 1) * 8 * nr], alone);
             }
         }
     }

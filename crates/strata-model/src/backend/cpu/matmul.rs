@@ -4,13 +4,14 @@
 //! Quantized matrices whose every row block is a K type (Q4_K, Q5_K,
 //! Q6_K: all of a Q4_K_M or Q5_K_M file's K-type matrices) take one path
 //! at every `m`: the inputs are quantized per 256 values once, and panels
-//! of weight rows are multiplied with them by the register-tiled integer
-//! kernels of [`crate::quant::gemm()`] (one weight row against eight input
-//! rows). Measured against the f32 product of the same dequantized values
-//! (`cargo bench -p strata-model --bench quant_matmul`, 2 threads), Q4_K
-//! runs at 1.5-2.4x its speed at 32 rows and 1.1-1.3x at 512, Q6_K at
-//! 1.3-2.1x and 0.9x; batch-1 decode beats the dot-product kernels below
-//! by vectorising the per-block work.
+//! of weight rows are multiplied with them by the integer kernels of
+//! [`crate::quant::gemm()`]: from 32 input rows on a panel unpacked once
+//! into four-row interleaved bytes, below that on the stored blocks (one
+//! weight row against eight input rows). Measured against the f32 product
+//! of the same dequantized values (`cargo bench -p strata-model --bench
+//! quant_matmul`, 2 threads), Q4_K runs at 2.0-2.7x its speed at 32 rows
+//! and 1.7-2.2x at 512, Q6_K at 1.9-2.2x and 1.6-1.7x; batch-1 decode
+//! beats the dot-product kernels below by vectorising the per-block work.
 //!
 //! Other matrices have two regimes:
 //! - decode-sized `m` (up to [`GEMV_MAX_ROWS`]): memory-bound, so each
@@ -102,15 +103,11 @@ fn quant_gemm(x: &[f32], m: usize, k: usize, q: &QuantData, out: &mut [f32]) {
         first += b.rows;
     }
     let ptr = OutPtr(out.as_mut_ptr());
-    panels.into_par_iter().for_each_init(Vec::new, |buf, (col, nr, t, bytes)| {
+    panels.into_par_iter().for_each(|(col, nr, t, bytes)| {
         let a = &acts.iter().find(|(at, _)| *at == t).expect("invariant: quantized per type").1;
-        buf.resize(m * nr, 0.0);
-        quant::gemm(t, bytes, nr, a, buf);
-        for (i, src) in buf.chunks_exact(nr).enumerate() {
-            // SAFETY: this task writes only columns col..col + nr of the
-            // m x n output (row stride n), which no other task writes.
-            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), ptr.at(i * n + col), nr) };
-        }
+        // SAFETY: this task writes only columns col..col + nr of the m x n
+        // output (row stride n), which no other task writes.
+        unsafe { quant::gemm_strided(t, bytes, nr, a, ptr.at(col), n) };
     });
 }
 

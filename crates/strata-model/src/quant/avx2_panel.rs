@@ -1,0 +1,297 @@
+//! AVX2 products of K-quant weight panels (Q4_K, Q5_K, Q6_K) with many
+//! input rows: the prefill kernel.
+//!
+//! [`super::avx2_gemm`] reads the weights as stored and pays, per 32
+//! values and input row, one `maddubs` (bytes to i16 pairs), one `madd`
+//! with the sub-block scale (to i32) and one add: three instructions, two
+//! of them on the two multiply ports, for 32 multiply-adds. Here a panel
+//! of weight rows is first unpacked, once, into a layout where one 32-byte
+//! vector holds eight consecutive values of four weight rows
+//! ([`Packed4`]; the interleaving of llama.cpp's repacked `Q4_Kx8`, done
+//! per panel in a reused buffer instead of at load time). A `maddubs` of
+//! that vector with eight input bytes broadcast four times gives i16 pair
+//! sums for four weight rows, and the sums of a whole scale group (32
+//! values for Q4_K/Q5_K, 16 for Q6_K) are added as i16 before the one
+//! `madd` with the scales: per 128 multiply-adds, four `maddubs`, one
+//! `madd` and four adds for Q4_K/Q5_K, against four, four and eight.
+//! The i16 sums cannot overflow: a lane adds `2 * 32 / 8` products of at
+//! most `31 * 128` (Q5_K) or four of `63 * 128` (Q6_K, two vectors).
+//!
+//! Four weight rows meet eight input rows (one [`Q8KGroup`]) with eight
+//! i32 accumulators in registers. After each 256-value block the sums are
+//! transposed to one input row per lane, the minimums (Q4_K/Q5_K) or the
+//! offset of 32 (Q6_K) are taken out through the group's transposed
+//! input sums, and the block is scaled in f32 exactly as the grouped path
+//! of `avx2_gemm` does, so both give the same bits.
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+use super::formats::{scale_min_k4, KBlock};
+use super::{f16_at, Q8KBlock, Q8KGroup, QuantType};
+
+/// Weight rows per packed group.
+pub(super) const ROWS: usize = 4;
+/// Input rows per tile (a whole [`Q8KGroup`]).
+const TILE: usize = 8;
+
+/// One 256-value block of four weight rows, unpacked.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub(super) struct Packed4 {
+    /// `qs[q][8 r + t]`: value `8 q + t` of row `r`, unsigned (Q6_K
+    /// without its offset of 32).
+    qs: [[u8; 32]; 32],
+    /// `scales[s][4 r + t]`: row `r`'s scale of group `s` (groups of 32
+    /// values for Q4_K/Q5_K, 16 for Q6_K), four times.
+    scales: [[i16; 16]; 16],
+    /// `subs[r][h]`: row `r`'s coefficients of the input sums of groups
+    /// `2h` and `2h + 1`, as an i16 pair (Q4_K/Q5_K: the minimums; Q6_K:
+    /// the scales, the offset's factor 32 being in `m`).
+    subs: [[u32; 8]; 4],
+    /// Each row's block scale.
+    d: [f32; 4],
+    /// Each row's factor of the subtracted term (`dmin`, or `32 d`).
+    m: [f32; 4],
+}
+
+impl Packed4 {
+    const ZERO: Packed4 = Packed4 {
+        qs: [[0; 32]; 32],
+        scales: [[0; 16]; 16],
+        subs: [[0; 8]; 4],
+        d: [0.0; 4],
+        m: [0.0; 4],
+    };
+
+    /// Row `r` of this block from the stored block `b` of type `t`.
+    fn set_row(&mut self, t: QuantType, r: usize, b: &[u8]) {
+        let mut vals = [0u8; 256];
+        let mut scales = [0i16; 16];
+        let mut subs = [0i16; 16];
+        match t {
+            QuantType::Q4K | QuantType::Q5K => {
+                let KBlock { d, dmin, scales: sc, qh, qs } = KBlock::of(t, b);
+                for sub in 0..8 {
+                    let (s, m) = scale_min_k4(sub, sc);
+                    scales[sub] = i16::from(s);
+                    subs[sub] = i16::from(m);
+                    for l in 0..32 {
+                        let mut v = (qs[32 * (sub / 2) + l] >> (4 * (sub % 2))) & 0xF;
+                        if let Some(qh) = qh {
+                            v |= ((qh[l] >> sub) & 1) << 4;
+                        }
+                        vals[32 * sub + l] = v;
+                    }
+                }
+                self.d[r] = d;
+                self.m[r] = dmin;
+            }
+            QuantType::Q6K => {
+                let (ql, qh, sc) = (&b[..128], &b[128..192], &b[192..208]);
+                for half in 0..2 {
+                    let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
+                    for s in 0..4 {
+                        for l in 0..32 {
+                            let byte = ql[l + 32 * (s % 2)];
+                            let lo = if s < 2 { byte & 0xF } else { byte >> 4 };
+                            vals[128 * half + 32 * s + l] = lo | (((qh[l] >> (2 * s)) & 3) << 4);
+                        }
+                    }
+                }
+                for (j, s) in sc.iter().enumerate() {
+                    scales[j] = i16::from(*s as i8);
+                    subs[j] = scales[j];
+                }
+                let d = f16_at(&b[208..]);
+                self.d[r] = d;
+                self.m[r] = 32.0 * d;
+            }
+            _ => unreachable!("invariant: only K types are packed"),
+        }
+        for (q, chunk) in self.qs.iter_mut().enumerate() {
+            chunk[8 * r..8 * r + 8].copy_from_slice(&vals[8 * q..8 * q + 8]);
+        }
+        for (s, lanes) in self.scales.iter_mut().enumerate() {
+            lanes[4 * r..4 * r + 4].fill(scales[s]);
+        }
+        for (h, pair) in self.subs[r].iter_mut().enumerate() {
+            *pair = u32::from(subs[2 * h] as u16) | (u32::from(subs[2 * h + 1] as u16) << 16);
+        }
+    }
+}
+
+thread_local! {
+    /// Each thread's packed panel, reused from call to call.
+    static PANEL: RefCell<Vec<Packed4>> = const { RefCell::new(Vec::new()) };
+}
+
+/// 32 bytes at `p`.
+///
+/// # Safety
+/// `p..p + 32` is readable.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn load<T>(p: *const T) -> __m256i {
+    // SAFETY: the caller's contract; the load is unaligned.
+    unsafe { _mm256_loadu_si256(p.cast()) }
+}
+
+/// The eight bytes at `p`, four times.
+///
+/// # Safety
+/// `p..p + 8` is readable.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn bcast8(p: *const i8) -> __m256i {
+    // SAFETY: the caller's contract; the read is unaligned.
+    _mm256_set1_epi64x(unsafe { p.cast::<i64>().read_unaligned() })
+}
+
+/// Lane `c` of vector `r`: the sum of lanes `2r` and `2r + 1` of `acc[c]`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn transpose(acc: &[__m256i; TILE]) -> [__m256i; ROWS] {
+    // Each hadd: (c r0, c r1, c' r0, c' r1 | c r2, c r3, c' r2, c' r3);
+    // reordered to the qwords r0 (c, c'), r1, r2, r3.
+    let order = _mm256_setr_epi32(0, 2, 1, 3, 4, 6, 5, 7);
+    let p: [__m256i; 4] = std::array::from_fn(|i| {
+        _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(acc[2 * i], acc[2 * i + 1]), order)
+    });
+    let (lo01, lo23) = (_mm256_unpacklo_epi64(p[0], p[1]), _mm256_unpacklo_epi64(p[2], p[3]));
+    let (hi01, hi23) = (_mm256_unpackhi_epi64(p[0], p[1]), _mm256_unpackhi_epi64(p[2], p[3]));
+    [
+        _mm256_permute2x128_si256::<0x20>(lo01, lo23),
+        _mm256_permute2x128_si256::<0x20>(hi01, hi23),
+        _mm256_permute2x128_si256::<0x31>(lo01, lo23),
+        _mm256_permute2x128_si256::<0x31>(hi01, hi23),
+    ]
+}
+
+/// Four packed weight rows (`nb` blocks at `w`) against the eight input
+/// rows `a` of one group (`g`: its `nb` transposed blocks); `PER` chunks
+/// of eight values share a scale (4: Q4_K/Q5_K, 2: Q6_K). Returns
+/// `out[r]` with lane `c` the product of weight row `r` and input row `c`.
+///
+/// # Safety
+/// `w`, each `a[c]` and `g` point at `nb` readable entries.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile<const PER: usize>(
+    w: *const Packed4,
+    a: [*const Q8KBlock; TILE],
+    g: *const Q8KGroup,
+    nb: usize,
+) -> [__m256; ROWS] {
+    let groups = 32 / PER;
+    let mut out = [_mm256_setzero_ps(); ROWS];
+    for b in 0..nb {
+        // SAFETY: (whole block) b < nb keeps every read inside entry b of
+        // w, of each a[c] and of g; chunk and group indices stay below 32
+        // and 16 (groups * PER == 32).
+        unsafe {
+            let pb = &*w.add(b);
+            let mut acc = [_mm256_setzero_si256(); TILE];
+            for s in 0..groups {
+                let wv: [__m256i; 4] = std::array::from_fn(|q| {
+                    if q < PER {
+                        load(pb.qs[PER * s + q].as_ptr())
+                    } else {
+                        _mm256_setzero_si256()
+                    }
+                });
+                let sc = load(pb.scales[s].as_ptr());
+                for c in 0..TILE {
+                    let x = (*a[c].add(b)).qs.as_ptr().add(8 * PER * s);
+                    let mut sum = _mm256_maddubs_epi16(wv[0], bcast8(x));
+                    for q in 1..PER {
+                        let x = bcast8(x.add(8 * q));
+                        sum = _mm256_add_epi16(sum, _mm256_maddubs_epi16(wv[q], x));
+                    }
+                    acc[c] = _mm256_add_epi32(acc[c], _mm256_madd_epi16(sum, sc));
+                }
+            }
+            let sums = transpose(&acc);
+            let g = &*g.add(b);
+            let da = _mm256_loadu_ps(g.d.as_ptr());
+            for (r, o) in out.iter_mut().enumerate() {
+                let mut sub = _mm256_setzero_si256();
+                for h in 0..groups / 2 {
+                    let inputs = if PER == 4 { &g.sums32[h] } else { &g.sums16[h] };
+                    let coef = _mm256_set1_epi32(pb.subs[r][h] as i32);
+                    sub = _mm256_add_epi32(sub, _mm256_madd_epi16(coef, load(inputs.as_ptr())));
+                }
+                let sub = _mm256_mul_ps(_mm256_cvtepi32_ps(sub), _mm256_set1_ps(pb.m[r]));
+                let block =
+                    _mm256_fmsub_ps(_mm256_cvtepi32_ps(sums[r]), _mm256_set1_ps(pb.d[r]), sub);
+                *o = _mm256_fmadd_ps(block, da, *o);
+            }
+        }
+    }
+    out
+}
+
+/// `out + i * ld + j` receives `w_j . x_i` for the rows `j < nr / 4 * 4`
+/// of the `nr` consecutive rows of K type `t` in `w` and the input rows
+/// `i < m / 8 * 8` of `a` (`nb` blocks each, `groups` their
+/// [`Q8KGroup`]s). The other rows and inputs are the caller's.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; for every such `i` and `j`, `out + i * ld + j`
+/// is valid for writes and nobody else's during the call.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_packed(
+    t: QuantType,
+    w: &[u8],
+    nr: usize,
+    a: &[Q8KBlock],
+    groups: &[Q8KGroup],
+    nb: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    let bb = t.block_bytes();
+    let m = a.len() / nb;
+    assert_eq!(w.len(), nr * nb * bb, "invariant: nr weight rows of nb blocks");
+    assert_eq!(a.len(), m * nb, "invariant: m input rows of nb blocks");
+    assert_eq!(groups.len(), m / TILE * nb, "invariant: each whole group of rows, nb blocks");
+    let quads = nr / ROWS;
+    PANEL.with_borrow_mut(|panel| {
+        panel.clear();
+        panel.resize(quads * nb, Packed4::ZERO);
+        for (x, packed) in panel.chunks_exact_mut(nb).enumerate() {
+            for r in 0..ROWS {
+                let row = &w[(ROWS * x + r) * nb * bb..][..nb * bb];
+                for (p, blk) in packed.iter_mut().zip(row.chunks_exact(bb)) {
+                    p.set_row(t, r, blk);
+                }
+            }
+        }
+        for i in (0..m / TILE * TILE).step_by(TILE) {
+            let inputs: [*const Q8KBlock; TILE] = std::array::from_fn(|c| a[(i + c) * nb..].as_ptr());
+            let g = groups[i / TILE * nb..].as_ptr();
+            for (x, packed) in panel.chunks_exact(nb).enumerate() {
+                // SAFETY: packed, inputs i..i + 8 and group i / 8 each have
+                // nb entries (the lengths asserted above).
+                let lanes = unsafe {
+                    if t == QuantType::Q6K {
+                        tile::<2>(packed.as_ptr(), inputs, g, nb)
+                    } else {
+                        tile::<4>(packed.as_ptr(), inputs, g, nb)
+                    }
+                };
+                for (r, v) in lanes.iter().enumerate() {
+                    let mut col = [0.0f32; TILE];
+                    // SAFETY: col is 32 writable bytes; the store is unaligned.
+                    unsafe { _mm256_storeu_ps(col.as_mut_ptr(), *v) };
+                    for (c, v) in col.iter().enumerate() {
+                        // SAFETY: i + c < m / 8 * 8 and 4 x + r < nr / 4 * 4:
+                        // the caller's contract.
+                        unsafe { out.add((i + c) * ld + ROWS * x + r).write(*v) };
+                    }
+                }
+            }
+        }
+    });
+}
