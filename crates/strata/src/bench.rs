@@ -37,6 +37,12 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Skip the untimed warm-up prefill (of the same size, as
+    /// llama-bench's warm-up run) that precedes each batch size's timed
+    /// one: the first forward pass maps the weights and grows the
+    /// allocator's pools.
+    #[arg(long)]
+    pub no_warmup: bool,
 }
 
 /// Peak and current resident memory of this process, in bytes.
@@ -150,6 +156,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 }
                 Ok(secs)
             };
+        if !args.no_warmup {
+            // The same prefill, untimed, its tokens dropped: the timed one
+            // rewrites the same KV slots.
+            let (mut s, mut o) = (seqs.clone(), outputs.clone());
+            step(&mut s, &mut o, true)?;
+        }
         let prefill_secs = step(&mut seqs, &mut outputs, true)?;
         // The first decode step warms caches after the large prefill; it
         // is not counted.

@@ -65,41 +65,27 @@ impl Packed4 {
     };
 
     /// Row `r` of this block from the stored block `b` of type `t`.
-    fn set_row(&mut self, t: QuantType, r: usize, b: &[u8]) {
-        let mut vals = [0u8; 256];
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    unsafe fn set_row(&mut self, t: QuantType, r: usize, b: &[u8]) {
         let mut scales = [0i16; 16];
         let mut subs = [0i16; 16];
+        let vals = unpack(t, b);
         match t {
             QuantType::Q4K | QuantType::Q5K => {
-                let KBlock { d, dmin, scales: sc, qh, qs } = KBlock::of(t, b);
+                let KBlock { d, dmin, scales: sc, .. } = KBlock::of(t, b);
                 for sub in 0..8 {
                     let (s, m) = scale_min_k4(sub, sc);
                     scales[sub] = i16::from(s);
                     subs[sub] = i16::from(m);
-                    for l in 0..32 {
-                        let mut v = (qs[32 * (sub / 2) + l] >> (4 * (sub % 2))) & 0xF;
-                        if let Some(qh) = qh {
-                            v |= ((qh[l] >> sub) & 1) << 4;
-                        }
-                        vals[32 * sub + l] = v;
-                    }
                 }
                 self.d[r] = d;
                 self.m[r] = dmin;
             }
             QuantType::Q6K => {
-                let (ql, qh, sc) = (&b[..128], &b[128..192], &b[192..208]);
-                for half in 0..2 {
-                    let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
-                    for s in 0..4 {
-                        for l in 0..32 {
-                            let byte = ql[l + 32 * (s % 2)];
-                            let lo = if s < 2 { byte & 0xF } else { byte >> 4 };
-                            vals[128 * half + 32 * s + l] = lo | (((qh[l] >> (2 * s)) & 3) << 4);
-                        }
-                    }
-                }
-                for (j, s) in sc.iter().enumerate() {
+                for (j, s) in b[192..208].iter().enumerate() {
                     scales[j] = i16::from(*s as i8);
                     subs[j] = scales[j];
                 }
@@ -119,6 +105,70 @@ impl Packed4 {
             *pair = u32::from(subs[2 * h] as u16) | (u32::from(subs[2 * h + 1] as u16) << 16);
         }
     }
+}
+
+/// The 256 values of the K block `b` of type `t` as unsigned bytes
+/// (Q6_K without its offset of 32), in order.
+#[target_feature(enable = "avx2")]
+fn unpack(t: QuantType, b: &[u8]) -> [u8; 256] {
+    assert_eq!(b.len(), t.block_bytes(), "invariant: one whole block");
+    let mut vals = [0u8; 256];
+    let out = vals.as_mut_ptr();
+    let m4 = _mm256_set1_epi8(0xF);
+    let m30 = _mm256_set1_epi8(0x30);
+    // SAFETY: (whole block) every load is inside the block, whose length
+    // was asserted (Q4_K 144 bytes, Q5_K 176, Q6_K 210), and every store
+    // inside `vals` (offsets below 256).
+    unsafe {
+        let at = |o: usize| _mm256_loadu_si256(b.as_ptr().add(o).cast());
+        let put = |o: usize, v: __m256i| _mm256_storeu_si256(out.add(o).cast(), v);
+        match t {
+            QuantType::Q4K | QuantType::Q5K => {
+                let five = t == QuantType::Q5K;
+                let qs = if five { 48 } else { 16 };
+                for p in 0..4 {
+                    let bits = at(qs + 32 * p);
+                    let mut lo = _mm256_and_si256(bits, m4);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
+                    if five {
+                        // Value 32 sub + l has bit `sub` of qh[l] as bit 4.
+                        let qh = at(16);
+                        let high = |sub: usize| {
+                            let mask = _mm256_set1_epi8(1 << sub);
+                            let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, mask), mask);
+                            _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+                        };
+                        lo = _mm256_or_si256(lo, high(2 * p));
+                        hi = _mm256_or_si256(hi, high(2 * p + 1));
+                    }
+                    put(64 * p, lo);
+                    put(64 * p + 32, hi);
+                }
+            }
+            QuantType::Q6K => {
+                for half in 0..2 {
+                    let (ql0, ql1) = (at(64 * half), at(64 * half + 32));
+                    let qh = at(128 + 32 * half);
+                    // Values 32 s + l: a nibble of ql and bits 2s, 2s + 1
+                    // of qh[l] as bits 4, 5.
+                    let parts = [
+                        (_mm256_and_si256(ql0, m4), _mm256_slli_epi16::<4>(qh)),
+                        (_mm256_and_si256(ql1, m4), _mm256_slli_epi16::<2>(qh)),
+                        (_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4), qh),
+                        (
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                            _mm256_srli_epi16::<2>(qh),
+                        ),
+                    ];
+                    for (s, (lo, hi)) in parts.into_iter().enumerate() {
+                        put(128 * half + 32 * s, _mm256_or_si256(lo, _mm256_and_si256(hi, m30)));
+                    }
+                }
+            }
+            _ => unreachable!("invariant: only K types are packed"),
+        }
+    }
+    vals
 }
 
 thread_local! {
@@ -264,12 +314,14 @@ pub(super) unsafe fn gemm_packed(
             for r in 0..ROWS {
                 let row = &w[(ROWS * x + r) * nb * bb..][..nb * bb];
                 for (p, blk) in packed.iter_mut().zip(row.chunks_exact(bb)) {
-                    p.set_row(t, r, blk);
+                    // SAFETY: gemm_packed's caller checked AVX2.
+                    unsafe { p.set_row(t, r, blk) };
                 }
             }
         }
         for i in (0..m / TILE * TILE).step_by(TILE) {
-            let inputs: [*const Q8KBlock; TILE] = std::array::from_fn(|c| a[(i + c) * nb..].as_ptr());
+            let inputs: [*const Q8KBlock; TILE] =
+                std::array::from_fn(|c| a[(i + c) * nb..].as_ptr());
             let g = groups[i / TILE * nb..].as_ptr();
             for (x, packed) in panel.chunks_exact(nb).enumerate() {
                 // SAFETY: packed, inputs i..i + 8 and group i / 8 each have

@@ -117,7 +117,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     /// Every tile shape of the batched product (whole and partial groups
-    /// of eight input rows, and from 32 input rows the packed kernel's
+    /// of eight input rows, and from 24 input rows the packed kernel's
     /// four weight rows with the rows and inputs it leaves), each type.
     #[test]
     fn gemm_matches_the_reference(
@@ -131,7 +131,7 @@ proptest! {
         }
     }
 
-    /// From 32 input rows the K types unpack the weights first
+    /// From 24 input rows the K types unpack the weights first
     /// (`avx2_panel`); each group of eight input rows gets the same bits
     /// as when it is multiplied alone (by the kernel on the stored blocks).
     #[test]

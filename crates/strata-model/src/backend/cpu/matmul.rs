@@ -5,12 +5,12 @@
 //! Q6_K: all of a Q4_K_M or Q5_K_M file's K-type matrices) take one path
 //! at every `m`: the inputs are quantized per 256 values once, and panels
 //! of weight rows are multiplied with them by the integer kernels of
-//! [`crate::quant::gemm()`]: from 32 input rows on a panel unpacked once
+//! [`crate::quant::gemm()`]: from 24 input rows on a panel unpacked once
 //! into four-row interleaved bytes, below that on the stored blocks (one
 //! weight row against eight input rows). Measured against the f32 product
 //! of the same dequantized values (`cargo bench -p strata-model --bench
-//! quant_matmul`, 2 threads), Q4_K runs at 2.0-2.7x its speed at 32 rows
-//! and 1.7-2.2x at 512, Q6_K at 1.9-2.2x and 1.6-1.7x; batch-1 decode
+//! quant_matmul`, 2 threads), Q4_K runs at 1.9-2.8x its speed at 32 rows
+//! and 1.9-2.1x at 512, Q6_K at 1.9-2.7x and 1.7-1.8x; batch-1 decode
 //! beats the dot-product kernels below by vectorising the per-block work.
 //!
 //! Other matrices have two regimes:
