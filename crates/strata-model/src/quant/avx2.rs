@@ -132,12 +132,33 @@ fn dot_32<const T: u32, const N: usize>(w: &[u8], a: [&[Q8Block]; N]) -> [f32; N
     std::array::from_fn(|r| hsum(acc[r]) + offset[r])
 }
 
+/// Values `64 p..64 p + 32` and `64 p + 32..64 p + 64` of a Q4_K/Q5_K
+/// block as bytes, from its 32 bytes of nibbles `bits` at `32 p` and, for
+/// Q5_K, its 32 high-bit bytes `qh` (value `32 sub + l` has bit `sub` of
+/// `qh[l]` as bit 4).
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn k45_values(bits: __m256i, qh: Option<__m256i>, p: usize) -> (__m256i, __m256i) {
+    let m4 = _mm256_set1_epi8(0xF);
+    let mut lo = _mm256_and_si256(bits, m4);
+    let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
+    if let Some(qh) = qh {
+        let high = |sub: usize| {
+            let mask = _mm256_set1_epi8(1 << sub);
+            let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, mask), mask);
+            _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+        };
+        lo = _mm256_or_si256(lo, high(2 * p));
+        hi = _mm256_or_si256(hi, high(2 * p + 1));
+    }
+    (lo, hi)
+}
+
 /// Q4_K (`FIVE` false) or Q5_K blocks with `N` input rows.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q45k<const FIVE: bool, const N: usize>(w: &[u8], a: [&[Q8KBlock]; N]) -> [f32; N] {
     let bytes = if FIVE { 176 } else { 144 };
-    let m4 = _mm256_set1_epi8(0xF);
     let mut acc = [_mm256_setzero_ps(); N];
     let mut mins = [0.0f32; N];
     for (i, b) in w.chunks_exact(bytes).enumerate() {
@@ -154,18 +175,7 @@ fn dot_q45k<const FIVE: bool, const N: usize>(w: &[u8], a: [&[Q8KBlock]; N]) -> 
         let (qh, qs) = if FIVE { (Some(load(&b[16..])), &b[48..176]) } else { (None, &b[16..144]) };
         let mut sumi = [_mm256_setzero_si256(); N];
         for c in 0..4 {
-            let bits = load(&qs[32 * c..]);
-            let mut lo = _mm256_and_si256(bits, m4);
-            let mut hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
-            if let Some(qh) = qh {
-                let high = |sub: usize| {
-                    let mask = _mm256_set1_epi8(1 << sub);
-                    let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, mask), mask);
-                    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
-                };
-                lo = _mm256_or_si256(lo, high(2 * c));
-                hi = _mm256_or_si256(hi, high(2 * c + 1));
-            }
+            let (lo, hi) = k45_values(load(&qs[32 * c..]), qh, c);
             let (s_lo, s_hi) = (_mm256_set1_epi16(sc[2 * c]), _mm256_set1_epi16(sc[2 * c + 1]));
             for r in 0..N {
                 let qa = &a[r][i].qs[64 * c..];

@@ -33,6 +33,7 @@
 
 use std::arch::x86_64::*;
 
+use super::avx2::k45_values;
 use super::{Q8KBlock, Q8KGroup, QuantType};
 use crate::simd::hsum;
 
@@ -199,7 +200,6 @@ unsafe fn tile_q45k<const FIVE: bool, const C: usize>(
     nb: usize,
 ) -> [f32; C] {
     let bytes = if FIVE { 176 } else { 144 };
-    let m4 = _mm256_set1_epi8(0xF);
     let mut acc = [_mm256_setzero_ps(); C];
     let mut lanes = _mm256_setzero_ps();
     for i in 0..nb {
@@ -223,19 +223,8 @@ unsafe fn tile_q45k<const FIVE: bool, const C: usize>(
             let qs = blk.add(if FIVE { 48 } else { 16 });
             let mut sumi = [_mm256_setzero_si256(); C];
             for p in 0..4 {
-                let bits = load(qs.add(32 * p));
-                let mut lo = _mm256_and_si256(bits, m4);
-                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
-                if FIVE {
-                    let qh = load(blk.add(16));
-                    let high = |sub: usize| {
-                        let mask = _mm256_set1_epi8(1 << sub);
-                        let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, mask), mask);
-                        _mm256_and_si256(set, _mm256_set1_epi8(0x10))
-                    };
-                    lo = _mm256_or_si256(lo, high(2 * p));
-                    hi = _mm256_or_si256(hi, high(2 * p + 1));
-                }
+                let qh = FIVE.then(|| load(blk.add(16)));
+                let (lo, hi) = k45_values(load(qs.add(32 * p)), qh, p);
                 let s_lo = _mm256_shuffle_epi8(scales, lane_i16(2 * p));
                 let s_hi = _mm256_shuffle_epi8(scales, lane_i16(2 * p + 1));
                 for c in 0..C {

@@ -27,13 +27,14 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
+use super::avx2::k45_values;
 use super::formats::{scale_min_k4, KBlock};
 use super::{f16_at, Q8KBlock, Q8KGroup, QuantType};
 
 /// Weight rows per packed group.
 pub(super) const ROWS: usize = 4;
 /// Input rows per tile (a whole [`Q8KGroup`]).
-const TILE: usize = 8;
+pub(super) const TILE: usize = 8;
 
 /// One 256-value block of four weight rows, unpacked.
 #[derive(Clone, Copy)]
@@ -126,21 +127,9 @@ fn unpack(t: QuantType, b: &[u8]) -> [u8; 256] {
             QuantType::Q4K | QuantType::Q5K => {
                 let five = t == QuantType::Q5K;
                 let qs = if five { 48 } else { 16 };
+                let qh = five.then(|| at(16));
                 for p in 0..4 {
-                    let bits = at(qs + 32 * p);
-                    let mut lo = _mm256_and_si256(bits, m4);
-                    let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
-                    if five {
-                        // Value 32 sub + l has bit `sub` of qh[l] as bit 4.
-                        let qh = at(16);
-                        let high = |sub: usize| {
-                            let mask = _mm256_set1_epi8(1 << sub);
-                            let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, mask), mask);
-                            _mm256_and_si256(set, _mm256_set1_epi8(0x10))
-                        };
-                        lo = _mm256_or_si256(lo, high(2 * p));
-                        hi = _mm256_or_si256(hi, high(2 * p + 1));
-                    }
+                    let (lo, hi) = k45_values(at(qs + 32 * p), qh, p);
                     put(64 * p, lo);
                     put(64 * p + 32, hi);
                 }
@@ -171,6 +160,23 @@ fn unpack(t: QuantType, b: &[u8]) -> [u8; 256] {
     vals
 }
 
+/// Writes a tile's results: lane `c` of `lanes[r]` to `out + c * ld + r`.
+///
+/// # Safety
+/// Those eight by four places are valid for writes.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn store_tile(lanes: &[__m256; ROWS], out: *mut f32, ld: usize) {
+    for (r, v) in lanes.iter().enumerate() {
+        let mut col = [0.0f32; TILE];
+        // SAFETY: col is 32 writable bytes; the store is unaligned.
+        unsafe { _mm256_storeu_ps(col.as_mut_ptr(), *v) };
+        for (c, v) in col.iter().enumerate() {
+            // SAFETY: c < 8 and r < 4: the caller's contract.
+            unsafe { out.add(c * ld + r).write(*v) };
+        }
+    }
+}
+
 thread_local! {
     /// Each thread's packed panel, reused from call to call.
     static PANEL: RefCell<Vec<Packed4>> = const { RefCell::new(Vec::new()) };
@@ -193,7 +199,7 @@ unsafe fn load<T>(p: *const T) -> __m256i {
 /// `p..p + 8` is readable.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn bcast8(p: *const i8) -> __m256i {
+pub(super) unsafe fn bcast8(p: *const i8) -> __m256i {
     // SAFETY: the caller's contract; the read is unaligned.
     _mm256_set1_epi64x(unsafe { p.cast::<i64>().read_unaligned() })
 }
@@ -333,16 +339,9 @@ pub(super) unsafe fn gemm_packed(
                         tile::<4>(packed.as_ptr(), inputs, g, nb)
                     }
                 };
-                for (r, v) in lanes.iter().enumerate() {
-                    let mut col = [0.0f32; TILE];
-                    // SAFETY: col is 32 writable bytes; the store is unaligned.
-                    unsafe { _mm256_storeu_ps(col.as_mut_ptr(), *v) };
-                    for (c, v) in col.iter().enumerate() {
-                        // SAFETY: i + c < m / 8 * 8 and 4 x + r < nr / 4 * 4:
-                        // the caller's contract.
-                        unsafe { out.add((i + c) * ld + ROWS * x + r).write(*v) };
-                    }
-                }
+                // SAFETY: i + 8 <= m / 8 * 8 and 4 x + 4 <= nr / 4 * 4: the
+                // caller's contract.
+                unsafe { store_tile(&lanes, out.add(i * ld + ROWS * x), ld) };
             }
         }
     });

@@ -21,6 +21,8 @@ mod avx2;
 mod avx2_gemm;
 #[cfg(target_arch = "x86_64")]
 mod avx2_panel;
+#[cfg(target_arch = "x86_64")]
+mod avx2_panel32;
 mod dot;
 mod formats;
 #[cfg(test)]
@@ -275,27 +277,85 @@ pub unsafe fn gemm_strided(
     assert!(nr <= ld || m <= 1, "invariant: output rows do not overlap");
     #[cfg(target_arch = "x86_64")]
     {
-        if let (true, ActQuant::Q8K { blocks, groups, .. }) = (has_tiled_gemm(t), acts) {
-            // SAFETY: has_tiled_gemm checked AVX2/FMA/F16C at run time; the
-            // kernel asserts the lengths it reads; the output contract is
-            // the caller's, passed on.
-            unsafe { avx2_gemm::gemm_k(t, w, nr, blocks, groups, m, k / 256, out, ld) };
+        if has_tiled_gemm(t, m) {
+            match acts {
+                ActQuant::Q8K { blocks, groups, .. } => {
+                    // SAFETY: has_tiled_gemm checked AVX2/FMA/F16C at run
+                    // time; the kernel asserts the lengths it reads; the
+                    // output contract is the caller's, passed on.
+                    unsafe { avx2_gemm::gemm_k(t, w, nr, blocks, groups, m, k / 256, out, ld) };
+                }
+                ActQuant::Q8 { blocks, .. } => {
+                    // SAFETY: as above.
+                    unsafe { avx2_panel32::gemm_packed(t, w, nr, blocks, k / 32, out, ld) };
+                    // What the packed kernel leaves: the last inputs of its
+                    // rows, then every input of the rows after them.
+                    let (done_rows, done_inputs) =
+                        (nr / avx2_panel32::ROWS * avx2_panel32::ROWS, m / 8 * 8);
+                    if done_inputs < m {
+                        let tail = ActQuant::Q8 {
+                            rows: m - done_inputs,
+                            cols: k,
+                            blocks: blocks[done_inputs * (k / 32)..].to_vec(),
+                        };
+                        // SAFETY: inputs done_inputs..m of rows 0..done_rows:
+                        // the caller's contract.
+                        unsafe {
+                            dot_rows(t, w, 0..done_rows, &tail, out.add(done_inputs * ld), ld)
+                        };
+                    }
+                    // SAFETY: rows done_rows..nr: the caller's contract.
+                    unsafe { dot_rows(t, w, done_rows..nr, acts, out, ld) };
+                }
+            }
             return;
         }
     }
-    let mut col = vec![0.0f32; m];
-    for (j, row) in w.chunks_exact(row_bytes).enumerate() {
-        vec_dot(t, row, acts, &mut col);
+    // SAFETY: the caller's contract, for all nr rows.
+    unsafe { dot_rows(t, w, 0..nr, acts, out, ld) };
+}
+
+/// [`vec_dot`] of weight rows `rows` of `w` with every row of `acts`, the
+/// result of row `j` and input `i` written to `out + i * ld + j`.
+///
+/// # Safety
+/// As for [`gemm_strided`], for these rows and `acts.rows()` inputs.
+unsafe fn dot_rows(
+    t: QuantType,
+    w: &[u8],
+    rows: std::ops::Range<usize>,
+    acts: &ActQuant,
+    out: *mut f32,
+    ld: usize,
+) {
+    let row_bytes = t.row_bytes(acts.cols()).expect("invariant: whole blocks");
+    let mut col = vec![0.0f32; acts.rows()];
+    for j in rows {
+        vec_dot(t, &w[j * row_bytes..(j + 1) * row_bytes], acts, &mut col);
         for (i, v) in col.iter().enumerate() {
-            // SAFETY: i < m and j < nr: the caller's contract.
+            // SAFETY: i < acts.rows() and j is one of the rows: the
+            // caller's contract.
             unsafe { out.add(i * ld + j).write(*v) };
         }
     }
 }
 
-/// Whether [`gemm()`] has a register-tiled kernel for `t` on this CPU.
-pub fn has_tiled_gemm(t: QuantType) -> bool {
-    simd_available() && matches!(t, QuantType::Q4K | QuantType::Q5K | QuantType::Q6K)
+/// Input rows from which Q4_0/Q4_1/Q5_0/Q5_1 weights are multiplied by
+/// the packed integer kernel (`avx2_panel32`); fewer take the f32 path.
+pub const PACKED32_MIN_ROWS: usize = 24;
+
+/// Whether [`gemm()`] has a register-tiled kernel for `t` with `m` input
+/// rows on this CPU: the K types at every `m`, Q4_0/Q4_1/Q5_0/Q5_1 from
+/// [`PACKED32_MIN_ROWS`].
+pub fn has_tiled_gemm(t: QuantType, m: usize) -> bool {
+    simd_available()
+        && match t {
+            QuantType::Q4K | QuantType::Q5K | QuantType::Q6K => true,
+            QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q5_1 => {
+                m >= PACKED32_MIN_ROWS
+            }
+            QuantType::Q8_0 => false,
+        }
 }
 
 /// The portable kernels, whatever the CPU (tests compare both paths).

@@ -12,6 +12,10 @@
 //! quant_matmul`, 2 threads), Q4_K runs at 1.9-2.8x its speed at 32 rows
 //! and 1.9-2.1x at 512, Q6_K at 1.9-2.7x and 1.7-1.8x; batch-1 decode
 //! beats the dot-product kernels below by vectorising the per-block work.
+//! Q4_0/Q4_1/Q5_0/Q5_1 matrices take the same path from 24 input rows
+//! (a packed kernel with the same layout); on the Qwen2.5-0.5B shapes,
+//! Q5_0 at 32 rows runs at 72-80 GMAC/s against 38-39 for the f32 path
+//! it replaces, and at 114-146 GMAC/s at 512.
 //!
 //! Other matrices have two regimes:
 //! - decode-sized `m` (up to [`GEMV_MAX_ROWS`]): memory-bound, so each
@@ -52,7 +56,7 @@ pub fn linear(x: &[f32], m: usize, k: usize, w: &CpuWeight, out: &mut [f32]) {
     if m == 0 {
         return;
     }
-    if let Some(q) = tiled_quant(w) {
+    if let Some(q) = tiled_quant(w, m) {
         quant_gemm(x, m, k, q, out);
     } else if m <= GEMV_MAX_ROWS {
         gemv(x, m, k, w, out);
@@ -63,13 +67,13 @@ pub fn linear(x: &[f32], m: usize, k: usize, w: &CpuWeight, out: &mut [f32]) {
 }
 
 /// The matrix, when every row block is a quantized type with a
-/// register-tiled integer kernel ([`quant::has_tiled_gemm`]).
-fn tiled_quant(w: &CpuWeight) -> Option<&QuantData> {
+/// register-tiled integer kernel for `m` rows ([`quant::has_tiled_gemm`]).
+fn tiled_quant(w: &CpuWeight, m: usize) -> Option<&QuantData> {
     match &w.data {
         HostData::Quant(q)
             if q.blocks
                 .iter()
-                .all(|b| matches!(b.ty, TensorType::Quant(t) if quant::has_tiled_gemm(t))) =>
+                .all(|b| matches!(b.ty, TensorType::Quant(t) if quant::has_tiled_gemm(t, m))) =>
         {
             Some(q)
         }
