@@ -222,8 +222,8 @@ unsafe fn tile_q45k<const FIVE: bool, const C: usize>(
                 _mm256_set_m128i(_mm_unpackhi_epi16(mins, mins), _mm_unpacklo_epi16(mins, mins));
             let qs = blk.add(if FIVE { 48 } else { 16 });
             let mut sumi = [_mm256_setzero_si256(); C];
+            let qh = FIVE.then(|| load(blk.add(16)));
             for p in 0..4 {
-                let qh = FIVE.then(|| load(blk.add(16)));
                 let (lo, hi) = k45_values(load(qs.add(32 * p)), qh, p);
                 let s_lo = _mm256_shuffle_epi8(scales, lane_i16(2 * p));
                 let s_hi = _mm256_shuffle_epi8(scales, lane_i16(2 * p + 1));

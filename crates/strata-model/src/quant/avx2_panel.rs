@@ -160,19 +160,44 @@ fn unpack(t: QuantType, b: &[u8]) -> [u8; 256] {
     vals
 }
 
-/// Writes a tile's results: lane `c` of `lanes[r]` to `out + c * ld + r`.
+/// Writes a tile's results for its first `inputs` input rows: lane `c`
+/// of `lanes[r]` to `out + c * ld + r`.
 ///
 /// # Safety
-/// Those eight by four places are valid for writes.
+/// Those `inputs` (at most eight) by four places are valid for writes.
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn store_tile(lanes: &[__m256; ROWS], out: *mut f32, ld: usize) {
+pub(super) unsafe fn store_tile(lanes: &[__m256; ROWS], inputs: usize, out: *mut f32, ld: usize) {
     for (r, v) in lanes.iter().enumerate() {
         let mut col = [0.0f32; TILE];
         // SAFETY: col is 32 writable bytes; the store is unaligned.
         unsafe { _mm256_storeu_ps(col.as_mut_ptr(), *v) };
-        for (c, v) in col.iter().enumerate() {
-            // SAFETY: c < 8 and r < 4: the caller's contract.
+        for (c, v) in col.iter().enumerate().take(inputs) {
+            // SAFETY: c < inputs and r < 4: the caller's contract.
             unsafe { out.add(c * ld + r).write(*v) };
+        }
+    }
+}
+
+/// Fills `panel` with the `nr / 4` four-row groups of the `nr` weight
+/// rows in `w` (`nb` blocks of `bb` bytes each), group-major:
+/// `set_row(entry, r, block)` packs row `r`'s block into its entry.
+pub(super) fn pack<P: Copy>(
+    panel: &mut Vec<P>,
+    zero: P,
+    w: &[u8],
+    nr: usize,
+    nb: usize,
+    bb: usize,
+    mut set_row: impl FnMut(&mut P, usize, &[u8]),
+) {
+    panel.clear();
+    panel.resize(nr / ROWS * nb, zero);
+    for (x, packed) in panel.chunks_exact_mut(nb).enumerate() {
+        for r in 0..ROWS {
+            let row = &w[(ROWS * x + r) * nb * bb..][..nb * bb];
+            for (p, blk) in packed.iter_mut().zip(row.chunks_exact(bb)) {
+                set_row(p, r, blk);
+            }
         }
     }
 }
@@ -312,19 +337,9 @@ pub(super) unsafe fn gemm_packed(
     assert_eq!(w.len(), nr * nb * bb, "invariant: nr weight rows of nb blocks");
     assert_eq!(a.len(), m * nb, "invariant: m input rows of nb blocks");
     assert_eq!(groups.len(), m / TILE * nb, "invariant: each whole group of rows, nb blocks");
-    let quads = nr / ROWS;
     PANEL.with_borrow_mut(|panel| {
-        panel.clear();
-        panel.resize(quads * nb, Packed4::ZERO);
-        for (x, packed) in panel.chunks_exact_mut(nb).enumerate() {
-            for r in 0..ROWS {
-                let row = &w[(ROWS * x + r) * nb * bb..][..nb * bb];
-                for (p, blk) in packed.iter_mut().zip(row.chunks_exact(bb)) {
-                    // SAFETY: gemm_packed's caller checked AVX2.
-                    unsafe { p.set_row(t, r, blk) };
-                }
-            }
-        }
+        // SAFETY: gemm_packed's caller checked AVX2.
+        pack(panel, Packed4::ZERO, w, nr, nb, bb, |p, r, b| unsafe { p.set_row(t, r, b) });
         for i in (0..m / TILE * TILE).step_by(TILE) {
             let inputs: [*const Q8KBlock; TILE] =
                 std::array::from_fn(|c| a[(i + c) * nb..].as_ptr());
@@ -341,7 +356,7 @@ pub(super) unsafe fn gemm_packed(
                 };
                 // SAFETY: i + 8 <= m / 8 * 8 and 4 x + 4 <= nr / 4 * 4: the
                 // caller's contract.
-                unsafe { store_tile(&lanes, out.add(i * ld + ROWS * x), ld) };
+                unsafe { store_tile(&lanes, TILE, out.add(i * ld + ROWS * x), ld) };
             }
         }
     });

@@ -20,7 +20,7 @@ use std::cell::RefCell;
 use super::{f16_at, Q8Block, QuantType};
 
 pub(super) use super::avx2_panel::ROWS;
-use super::avx2_panel::{bcast8, store_tile, TILE};
+use super::avx2_panel::{bcast8, pack, store_tile, TILE};
 
 /// Whether `t` has a packed kernel here.
 pub(super) fn packs(t: QuantType) -> bool {
@@ -132,9 +132,10 @@ fn transpose(acc: &[__m256; TILE]) -> [__m256; ROWS] {
 }
 
 /// `out + i * ld + j` receives `w_j . x_i` for the rows `j < nr / 4 * 4`
-/// of the `nr` consecutive rows of type `t` ([`packs`]) in `w` and the
-/// input rows `i < m / 8 * 8` of `a` (`nb` blocks each). The other rows
-/// and inputs are the caller's.
+/// of the `nr` consecutive rows of type `t` ([`packs`]) in `w` and every
+/// input row `i` of `a` (`nb` blocks each; a last partial group of inputs
+/// is padded with copies of its last row, whose results are not stored).
+/// The other weight rows are the caller's.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA; for every such `i` and `j`, `out + i * ld + j`
@@ -154,28 +155,19 @@ pub(super) unsafe fn gemm_packed(
     assert!(packs(t), "invariant: a type with a packed kernel");
     assert_eq!(w.len(), nr * nb * bb, "invariant: nr weight rows of nb blocks");
     assert_eq!(a.len(), m * nb, "invariant: m input rows of nb blocks");
-    let quads = nr / ROWS;
     PANEL.with_borrow_mut(|panel| {
-        panel.clear();
-        panel.resize(quads * nb, Packed4x32::ZERO);
-        for (x, packed) in panel.chunks_exact_mut(nb).enumerate() {
-            for r in 0..ROWS {
-                let row = &w[(ROWS * x + r) * nb * bb..][..nb * bb];
-                for (p, blk) in packed.iter_mut().zip(row.chunks_exact(bb)) {
-                    p.set_row(t, r, blk);
-                }
-            }
-        }
-        for i in (0..m / TILE * TILE).step_by(TILE) {
+        pack(panel, Packed4x32::ZERO, w, nr, nb, bb, |p, r, b| p.set_row(t, r, b));
+        for i in (0..m).step_by(TILE) {
+            let valid = TILE.min(m - i);
             let inputs: [*const Q8Block; TILE] =
-                std::array::from_fn(|c| a[(i + c) * nb..].as_ptr());
+                std::array::from_fn(|c| a[(i + c.min(valid - 1)) * nb..].as_ptr());
             for (x, packed) in panel.chunks_exact(nb).enumerate() {
-                // SAFETY: packed and inputs i..i + 8 each have nb blocks
-                // (the lengths asserted above).
+                // SAFETY: packed and each input row (all below m) have nb
+                // blocks (the lengths asserted above).
                 let lanes = unsafe { tile(packed.as_ptr(), inputs, nb) };
-                // SAFETY: i + 8 <= m / 8 * 8 and 4 x + 4 <= nr / 4 * 4: the
-                // caller's contract.
-                unsafe { store_tile(&lanes, out.add(i * ld + ROWS * x), ld) };
+                // SAFETY: inputs i..i + valid are below m and rows
+                // 4 x..4 x + 4 below nr / 4 * 4: the caller's contract.
+                unsafe { store_tile(&lanes, valid, out.add(i * ld + ROWS * x), ld) };
             }
         }
     });

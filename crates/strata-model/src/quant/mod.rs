@@ -288,22 +288,9 @@ pub unsafe fn gemm_strided(
                 ActQuant::Q8 { blocks, .. } => {
                     // SAFETY: as above.
                     unsafe { avx2_panel32::gemm_packed(t, w, nr, blocks, k / 32, out, ld) };
-                    // What the packed kernel leaves: the last inputs of its
-                    // rows, then every input of the rows after them.
-                    let (done_rows, done_inputs) =
-                        (nr / avx2_panel32::ROWS * avx2_panel32::ROWS, m / 8 * 8);
-                    if done_inputs < m {
-                        let tail = ActQuant::Q8 {
-                            rows: m - done_inputs,
-                            cols: k,
-                            blocks: blocks[done_inputs * (k / 32)..].to_vec(),
-                        };
-                        // SAFETY: inputs done_inputs..m of rows 0..done_rows:
-                        // the caller's contract.
-                        unsafe {
-                            dot_rows(t, w, 0..done_rows, &tail, out.add(done_inputs * ld), ld)
-                        };
-                    }
+                    // The packed kernel leaves the rows after the last
+                    // whole four.
+                    let done_rows = nr / avx2_panel32::ROWS * avx2_panel32::ROWS;
                     // SAFETY: rows done_rows..nr: the caller's contract.
                     unsafe { dot_rows(t, w, done_rows..nr, acts, out, ld) };
                 }
