@@ -49,6 +49,10 @@ pub struct CacheConfigInfo {
     pub enable_prefix_caching: bool,
     /// e.g. "device" or "device,host,disk".
     pub tiers: String,
+    /// Labels of `strata:device_info`: where the model runs (`device`:
+    /// `cpu` or `cuda:N`) and, on a GPU, its name, compute capability and
+    /// the driver, NVRTC and cuBLAS versions.
+    pub device: Vec<(String, String)>,
 }
 
 impl CacheConfigInfo {
@@ -61,6 +65,7 @@ impl CacheConfigInfo {
             cache_dtype: "auto".into(),
             enable_prefix_caching: true,
             tiers: "device".into(),
+            device: vec![("device".into(), "cpu".into())],
         }
     }
 }
@@ -403,6 +408,15 @@ impl EngineMetrics {
         ]))
         .set(1);
         r.register(engine::CACHE_CONFIG_INFO, "Information of the LLMEngine CacheConfig", info);
+        let device: Family<Labels, Gauge> = Family::default();
+        let device_labels: Vec<(&str, &str)> =
+            cache.device.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        device.get_or_create(&self.labels(&device_labels)).set(1);
+        r.register(
+            engine::DEVICE_INFO,
+            "The device the model runs on, with driver and library versions on a GPU",
+            device,
+        );
         // Every series exists from the start (at zero), so dashboards and
         // rates see each family before the first request.
         let base = self.base.clone();

@@ -47,6 +47,7 @@ pub mod engine {
     pub const PREFILL_TOKENS_COMPUTED: &str = "strata:prefill_tokens_computed";
     pub const ACCOUNTING_VIOLATIONS: &str = "strata:accounting_violations";
     pub const CACHE_CONFIG_INFO: &str = "vllm:cache_config_info";
+    pub const DEVICE_INFO: &str = "strata:device_info";
 }
 
 /// KV offload families (host and disk tiers).

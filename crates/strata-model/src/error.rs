@@ -38,6 +38,10 @@ pub enum ModelError {
     InvalidInput(String),
     #[error("KV cache: {0}")]
     KvCache(String),
+    /// A GPU that is missing, a library that cannot be found or loaded, a
+    /// kernel that does not compile, or an error the device reported.
+    #[error("CUDA: {0}")]
+    Device(String),
     #[error("invalid batch: {0}")]
     Batch(#[from] BatchError),
 }

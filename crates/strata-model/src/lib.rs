@@ -8,11 +8,14 @@
 //!   not; f32/f16/bf16) and deterministic dummy weights;
 //! - [`executor`]: [`ModelExecutor`], the `strata_core::Executor`
 //!   implementation with its paged KV pool and [`sampler::Sampler`];
-//! - [`builtin`]: the default model that needs no download.
+//! - [`builtin`]: the default model that needs no download;
+//! - [`device`]: `--device cpu|cuda[:N]` and an executor over either
+//!   (the CUDA backend is [`backend::cuda`], behind the `cuda` feature).
 
 pub mod backend;
 pub mod builtin;
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod executor;
 pub mod gguf;
@@ -26,6 +29,7 @@ mod simd;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig};
+pub use device::{load_on_device, Device, DeviceExecutor};
 pub use error::ModelError;
 pub use executor::{KvPoolConfig, LogitRows, ModelExecutor};
 pub use loader::{load_cpu_executor, LoadOptions, ModelSource};

@@ -74,7 +74,7 @@ impl ModelSource {
         }
     }
 
-    fn weights(&self) -> Result<Box<dyn WeightSource>> {
+    pub(crate) fn weights(&self) -> Result<Box<dyn WeightSource>> {
         Ok(match self {
             Self::Builtin => Box::new(builtin::weights()),
             Self::Dir(dir) => Box::new(SafetensorsWeights::open(dir)?),

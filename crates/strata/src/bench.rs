@@ -6,7 +6,8 @@
 //! random tokens, then `--decode-steps` steps decode one token for each of
 //! the `b` sequences. Throughput is tokens over wall time of those steps.
 //! The bandwidth limit is the weight bytes a decode step streams over the
-//! read bandwidth measured here, in the same run.
+//! read bandwidth measured here, in the same run: of host memory on the
+//! CPU, of device memory (a streaming kernel) with `--device cuda`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -96,8 +97,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut loaded = args.model.load()?;
     let exec = &mut loaded.executor;
     let spec = exec.kv_cache_spec();
-    let config = exec.model().config().clone();
-    let weight_bytes = exec.model().weight_bytes();
+    let config = exec.config().clone();
+    let weight_bytes = exec.weight_bytes();
     let per_seq_blocks = spec.num_blocks_for_tokens(args.prompt_len + args.decode_steps + 1);
     let max_batch = args.batch_sizes.iter().copied().max().unwrap_or(1);
     ensure!(
@@ -184,15 +185,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     // Peak memory is taken before the bandwidth probe allocates its buffer.
     let (peak, _) = memory();
-    let bandwidth = read_bandwidth();
+    // The memory the weights stream from: host RAM, or the GPU's.
+    let bandwidth = match exec.device_read_bandwidth() {
+        Some(measured) => measured?,
+        None => read_bandwidth(),
+    };
     let kv_pool_bytes = (spec.num_blocks * spec.bytes_per_block) as u64;
     let limit_tok_s = bandwidth / weight_bytes as f64;
     println!(
-        "model {} ({:?}), dtype {}, weights {:.1} MiB, threads {}",
+        "model {} ({:?}), dtype {}, weights {:.1} MiB, device {}, threads {}",
         args.model.model,
         config.architecture,
         args.model.dtype,
         weight_bytes as f64 / (1 << 20) as f64,
+        exec.device_description(),
         rayon::current_num_threads()
     );
     println!("prompt length {}, decode steps {}", args.prompt_len, args.decode_steps);
@@ -209,6 +215,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bandwidth / 1e9,
         limit_tok_s
     );
+    if let Some(one) = rows.iter().find(|r| r.batch == 1) {
+        println!("batch-1 decode: {:.3} of the limit", one.decode_tok_s / limit_tok_s);
+    }
     println!(
         "peak RSS {:.1} MiB; weights + configured KV pool {:.1} MiB; ratio {:.3}",
         peak as f64 / (1 << 20) as f64,
@@ -218,6 +227,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(path) = &args.json {
         let value = json!({
             "model": args.model.model, "dtype": args.model.dtype, "weight_bytes": weight_bytes,
+            "device": exec.device_description(),
             "kv_pool_bytes": kv_pool_bytes, "peak_rss_bytes": peak, "read_bandwidth_bytes_per_s": bandwidth,
             "decode_limit_tok_s": limit_tok_s, "prompt_len": args.prompt_len, "decode_steps": args.decode_steps,
             "threads": rayon::current_num_threads(),

@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use strata_model::backend::cpu::CpuBackend;
 use strata_model::config::{Architecture, RopeScaling};
 use strata_model::gguf::GgufFile;
 use strata_model::loader::is_gguf_path;
 use strata_model::quant::QuantType;
 use strata_model::weights::DType;
-use strata_model::{builtin, KvPoolConfig, LoadOptions, ModelConfig, ModelExecutor, ModelSource};
+use strata_model::{
+    builtin, Device, DeviceExecutor, KvPoolConfig, LoadOptions, ModelConfig, ModelSource,
+};
 use strata_tokenizer::gguf::GgufVocab;
 use strata_tokenizer::Tokenizer;
 
@@ -44,6 +45,11 @@ pub struct ModelArgs {
     pub gguf_file: Option<String>,
     /// Quantize the linear weights at load (`q8_0`, `q4_k`, ...).
     pub quantization: Option<QuantType>,
+    /// Where the model runs (`--device`).
+    pub device: Device,
+    /// Share of GPU memory strata may use (`--gpu-memory-utilization`;
+    /// `None`: vLLM's 0.9).
+    pub gpu_memory_utilization: Option<f64>,
     /// The first successful [`ModelArgs::resolve`], so a second call (the
     /// server's generation defaults) neither asks the hub again nor can
     /// land on another commit.
@@ -56,7 +62,8 @@ pub struct ModelFlags {
     /// The model: `builtin` (default), a Hugging Face checkpoint directory,
     /// a Hugging Face hub id `org/name` (downloaded into the Hugging Face
     /// cache, or taken from it), or a named dummy shape
-    /// (`qwen2.5-0.5b-shape`) with deterministic random weights.
+    /// (`qwen2.5-0.5b-shape`, `llama-3-8b-shape`) with deterministic random
+    /// weights.
     #[arg(value_name = "MODEL")]
     pub model_positional: Option<String>,
     /// The model, as the positional MODEL (give one of the two).
@@ -98,6 +105,18 @@ pub struct ModelFlags {
     /// width is not a multiple of 256, as llama.cpp does.
     #[arg(long, value_name = "TYPE", value_parser = parse_quantization)]
     pub quantization: Option<QuantType>,
+    /// Where the model runs: cpu, or an NVIDIA GPU as cuda or cuda:N (the
+    /// CUDA driver, NVRTC and cuBLAS 12 or 13 are found at start-up:
+    /// STRATA_CUDA_LIB_DIR, LD_LIBRARY_PATH, or a pip install of torch or
+    /// of NVIDIA's wheels).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: Device,
+    /// On a GPU, the share of its memory strata may use; the KV cache gets
+    /// what is left of it after the weights (vLLM's flag) [default: 0.9].
+    /// --num-kv-blocks overrides it; on the CPU the pool is sized by
+    /// --kv-cache-memory, and only vLLM's default 0.9 is accepted here.
+    #[arg(long, value_name = "FRACTION")]
+    pub gpu_memory_utilization: Option<f64>,
 }
 
 fn parse_quantization(s: &str) -> Result<QuantType, String> {
@@ -136,6 +155,8 @@ impl TryFrom<ModelFlags> for ModelArgs {
             max_model_len: f.max_model_len,
             gguf_file: f.gguf_file,
             quantization: f.quantization,
+            device: f.device,
+            gpu_memory_utilization: f.gpu_memory_utilization,
             resolved: std::sync::OnceLock::new(),
         })
     }
@@ -167,10 +188,11 @@ impl Args for ModelArgs {
 }
 
 /// Where a model or tokenizer comes from, before any download.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Location {
     Builtin,
-    Shape,
+    /// A named dummy shape: its config.
+    Shape(Box<ModelConfig>),
     /// `strata serve`'s simulated executor (handled by serve.rs).
     Sim,
     Dir(PathBuf),
@@ -183,7 +205,7 @@ enum Location {
 fn locate(spec: &str) -> Location {
     match spec {
         "builtin" => Location::Builtin,
-        "qwen2.5-0.5b-shape" => Location::Shape,
+        "qwen2.5-0.5b-shape" | "llama-3-8b-shape" => Location::Shape(shape_config(spec)),
         "sim" => Location::Sim,
         s if Path::new(s).exists() || !hub::is_repo_id(s) => Location::Dir(PathBuf::from(s)),
         s => Location::Hub(s.to_owned()),
@@ -224,6 +246,40 @@ pub fn qwen25_05b_shape() -> ModelConfig {
     }
 }
 
+/// vLLM's `--gpu-memory-utilization` default.
+const DEFAULT_GPU_MEMORY_UTILIZATION: f64 = 0.9;
+
+/// The config of a named dummy shape.
+fn shape_config(name: &str) -> Box<ModelConfig> {
+    Box::new(if name == "llama-3-8b-shape" { llama3_8b_shape() } else { qwen25_05b_shape() })
+}
+
+/// The Llama-3-8B architecture, for benchmarks with dummy weights (the
+/// GPU bandwidth target's model).
+pub fn llama3_8b_shape() -> ModelConfig {
+    ModelConfig {
+        architecture: Architecture::Llama,
+        vocab_size: 128_256,
+        hidden_size: 4096,
+        intermediate_size: 14_336,
+        num_layers: 32,
+        num_heads: 32,
+        num_kv_heads: 8,
+        head_dim: 128,
+        rms_norm_eps: 1e-5,
+        rope_theta: 500_000.0,
+        rope_scaling: RopeScaling::None,
+        rope_interleaved: false,
+        max_position_embeddings: 8192,
+        tie_word_embeddings: false,
+        attention_bias: false,
+        qk_norm: false,
+        dtype: Some(DType::BF16),
+        bos_token_id: Some(128_000),
+        eos_token_ids: vec![128_001, 128_009],
+    }
+}
+
 pub fn parse_dtype(s: &str) -> Result<Option<DType>> {
     match s {
         "auto" => Ok(None),
@@ -234,7 +290,7 @@ pub fn parse_dtype(s: &str) -> Result<Option<DType>> {
 }
 
 pub struct Loaded {
-    pub executor: ModelExecutor<CpuBackend>,
+    pub executor: DeviceExecutor,
     /// `None` for dummy shapes, which have no tokenizer.
     pub tokenizer: Option<Tokenizer>,
 }
@@ -275,7 +331,7 @@ impl ModelArgs {
                     hub::resolve(&hub::HubEnv::from_env()?, &id, rev, hub::Want::Tokenizer)
                         .with_context(|| format!("resolving the tokenizer `{spec}`"))?
                 }
-                Location::Builtin | Location::Shape | Location::Sim => {
+                Location::Builtin | Location::Shape(_) | Location::Sim => {
                     bail!("--tokenizer takes a hub id or a directory, not `{spec}`")
                 }
             }),
@@ -292,8 +348,8 @@ impl ModelArgs {
             // The simulated executor has no weights; it speaks the built-in
             // model's tokenizer and vocabulary (no generation config).
             Location::Builtin | Location::Sim => ModelSource::Builtin,
-            Location::Shape => ModelSource::Dummy {
-                config: Box::new(qwen25_05b_shape()),
+            Location::Shape(config) => ModelSource::Dummy {
+                config,
                 seed: builtin::SEED,
                 dtype: dtype.unwrap_or(DType::BF16),
             },
@@ -359,14 +415,34 @@ impl ModelArgs {
             bar.set_message(self.model.clone());
             bar
         });
-        let executor =
-            strata_model::loader::load_cpu_executor(&source, &opts, &mut |done, total| {
+        let utilization = match (self.device, self.gpu_memory_utilization) {
+            (_, None) => DEFAULT_GPU_MEMORY_UTILIZATION,
+            (Device::Cuda(_), Some(u)) => u,
+            (Device::Cpu, Some(u)) if (u - DEFAULT_GPU_MEMORY_UTILIZATION).abs() < 1e-9 => {
+                tracing::warn!(
+                    "--gpu-memory-utilization has no effect on the CPU: the KV pool is sized by \
+                     --kv-cache-memory"
+                );
+                u
+            }
+            (Device::Cpu, Some(u)) => bail!(
+                "--gpu-memory-utilization {u} sizes the KV pool on a GPU (--device cuda); on the \
+                 CPU strata sizes it with --kv-cache-memory GiB or --num-kv-blocks"
+            ),
+        };
+        let executor = strata_model::load_on_device(
+            self.device,
+            &source,
+            &opts,
+            utilization,
+            &mut |done, total| {
                 if let Some(bar) = &bar {
                     bar.set_length(total);
                     bar.set_position(done);
                 }
-            })
-            .with_context(|| format!("loading model `{}`", self.model))?;
+            },
+        )
+        .with_context(|| format!("loading model `{}` on {}", self.model, self.device))?;
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
@@ -374,7 +450,7 @@ impl ModelArgs {
         let tokenizer = match (&tokenizer_dir, &source) {
             (Some(dir), _) => {
                 let tokenizer = Tokenizer::from_dir(dir)?;
-                let vocab = executor.model().config().vocab_size;
+                let vocab = executor.config().vocab_size;
                 if tokenizer.vocab_size() > vocab {
                     bail!(
                         "the tokenizer from `{}` has {} tokens, more than the model's \
@@ -392,7 +468,8 @@ impl ModelArgs {
         };
         tracing::info!(
             model = %self.model,
-            weight_mib = executor.model().weight_bytes() as f64 / (1 << 20) as f64,
+            device = %executor.device_description(),
+            weight_mib = executor.weight_bytes() as f64 / (1 << 20) as f64,
             secs = started.elapsed().as_secs_f64(),
             "model loaded"
         );
@@ -510,7 +587,8 @@ mod tests {
     #[test]
     fn locations() {
         assert_eq!(locate("builtin"), Location::Builtin);
-        assert_eq!(locate("qwen2.5-0.5b-shape"), Location::Shape);
+        assert!(matches!(locate("qwen2.5-0.5b-shape"), Location::Shape(_)));
+        assert!(matches!(locate("llama-3-8b-shape"), Location::Shape(_)));
         assert_eq!(locate("sim"), Location::Sim);
         assert_eq!(locate("Qwen/Qwen2.5-0.5B"), Location::Hub("Qwen/Qwen2.5-0.5B".into()));
         assert_eq!(locate("/nonexistent/dir"), Location::Dir("/nonexistent/dir".into()));

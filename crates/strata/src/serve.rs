@@ -156,8 +156,6 @@ pub struct VllmCompatArgs {
     #[arg(long, hide = true)]
     pub data_parallel_size: Option<u32>,
     #[arg(long, hide = true)]
-    pub gpu_memory_utilization: Option<f64>,
-    #[arg(long, hide = true)]
     pub kv_cache_dtype: Option<String>,
     #[arg(long, hide = true)]
     pub max_logprobs: Option<u32>,
@@ -188,15 +186,6 @@ impl VllmCompatArgs {
         one("--tensor-parallel-size", self.tensor_parallel_size, &mut warn)?;
         one("--pipeline-parallel-size", self.pipeline_parallel_size, &mut warn)?;
         one("--data-parallel-size", self.data_parallel_size, &mut warn)?;
-        match self.gpu_memory_utilization {
-            None => {}
-            Some(u) if (u - 0.9).abs() < 1e-9 => {
-                warn("--gpu-memory-utilization", "the KV pool is sized by --kv-cache-memory")
-            }
-            Some(u) => anyhow::bail!(
-                "--gpu-memory-utilization {u}: strata sizes its KV pool with --kv-cache-memory GiB or --num-kv-blocks"
-            ),
-        }
         match self.kv_cache_dtype.as_deref() {
             None => {}
             Some("auto") => warn("--kv-cache-dtype auto", "the KV cache has the compute dtype"),
@@ -500,7 +489,8 @@ fn serve_sim(args: ServeArgs) -> Result<()> {
         per_prefill_token: Duration::from_micros(20),
         per_decode_seq: Duration::from_micros(10),
     };
-    serve(args, SimExecutor::new(fake, latency, true), connector, Tokenizer::builtin())
+    let device = vec![("device".to_owned(), "sim".to_owned())];
+    serve(args, SimExecutor::new(fake, latency, true), connector, Tokenizer::builtin(), device)
 }
 
 #[cfg(not(feature = "sim"))]
@@ -532,7 +522,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }
         None => None,
     };
-    serve(args, executor, connector, tokenizer)
+    let device_labels = executor.device_labels();
+    serve(args, executor, connector, tokenizer, device_labels)
 }
 
 fn serve<E: Executor + Send + 'static>(
@@ -540,6 +531,7 @@ fn serve<E: Executor + Send + 'static>(
     executor: E,
     connector: Option<Box<dyn ConnectorScheduler>>,
     tokenizer: Tokenizer,
+    device_labels: Vec<(String, String)>,
 ) -> Result<()> {
     let spec = executor.kv_cache_spec();
     let vocab_size = executor.vocab_size();
@@ -587,6 +579,7 @@ fn serve<E: Executor + Send + 'static>(
         cache_dtype: "auto".into(),
         enable_prefix_caching: !args.no_enable_prefix_caching,
         tiers: args.offload.tiers(),
+        device: device_labels,
     };
     let mut metrics = EngineMetrics::new(&name, "0", spec.max_model_len, &cache);
     if args.offload.enabled() {

@@ -21,6 +21,8 @@
 //!   tables, so a sequence's blocks can be anywhere in the pool.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use crate::error::Result;
 use crate::weights::HostTensor;

@@ -1,0 +1,302 @@
+//! Which backend a model runs on (`--device cpu|cuda[:N]`), and an
+//! executor over either, so the CLI and the server stay one code path.
+
+use strata_core::connector::ConnectorWorker;
+use strata_core::executor::{Executor, KvCacheSpec, ModelBatch, ModelOutput};
+
+use crate::backend::cpu::CpuBackend;
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::executor::ModelExecutor;
+use crate::loader::{load_executor, LoadOptions, ModelSource};
+
+/// A compute device, as `--device` spells it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// CUDA device by ordinal (`cuda` is `cuda:0`).
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("unknown device `{s}` (cpu, cuda, cuda:N)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Free device memory kept for activations, cuBLAS workspaces and the
+/// CUDA context's own use when the KV pool is sized from
+/// `--gpu-memory-utilization`.
+pub const ACTIVATION_RESERVE: u64 = 1 << 30;
+
+/// The KV pool's share of a GPU, as vLLM sizes it: of `utilization` of the
+/// device's memory, what is left after what others already use
+/// (`total - free` before loading), the weights and
+/// [`ACTIVATION_RESERVE`].
+pub fn gpu_kv_pool_bytes(
+    total: u64,
+    free: u64,
+    weight_bytes: u64,
+    utilization: f64,
+) -> std::result::Result<u64, String> {
+    if !(utilization > 0.0 && utilization <= 1.0) {
+        return Err(format!("--gpu-memory-utilization must be in (0, 1], got {utilization}"));
+    }
+    let budget = (total as f64 * utilization) as u64;
+    let used = total.saturating_sub(free) + weight_bytes + ACTIVATION_RESERVE;
+    match budget.checked_sub(used) {
+        Some(kv) if kv > 0 => Ok(kv),
+        _ => Err(format!(
+            "no GPU memory left for the KV cache: {:.2} GiB allowed by \
+             --gpu-memory-utilization {utilization}, {:.2} GiB in use by others, {:.2} GiB of \
+             weights, {:.2} GiB kept for activations",
+            budget as f64 / (1u64 << 30) as f64,
+            total.saturating_sub(free) as f64 / (1u64 << 30) as f64,
+            weight_bytes as f64 / (1u64 << 30) as f64,
+            ACTIVATION_RESERVE as f64 / (1u64 << 30) as f64,
+        )),
+    }
+}
+
+/// A model executor on whichever device it was loaded on.
+#[derive(Debug)]
+pub enum DeviceExecutor {
+    Cpu(Box<ModelExecutor<CpuBackend>>),
+    #[cfg(feature = "cuda")]
+    Cuda(Box<ModelExecutor<crate::backend::cuda::CudaBackend>>),
+}
+
+macro_rules! each {
+    ($self:expr, $e:ident => $body:expr) => {
+        match $self {
+            DeviceExecutor::Cpu($e) => $body,
+            #[cfg(feature = "cuda")]
+            DeviceExecutor::Cuda($e) => $body,
+        }
+    };
+}
+
+impl DeviceExecutor {
+    pub fn device(&self) -> Device {
+        match self {
+            Self::Cpu(_) => Device::Cpu,
+            #[cfg(feature = "cuda")]
+            Self::Cuda(e) => Device::Cuda(e.backend().info().ordinal),
+        }
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        each!(self, e => e.model().config())
+    }
+
+    pub fn weight_bytes(&self) -> u64 {
+        each!(self, e => e.model().weight_bytes())
+    }
+
+    pub fn kv_fingerprint(&self) -> u64 {
+        each!(self, e => e.kv_fingerprint())
+    }
+
+    pub fn set_connector(&mut self, worker: Box<dyn ConnectorWorker>) {
+        each!(self, e => e.set_connector(worker))
+    }
+
+    /// The device memory's measured read bandwidth in bytes/s (a kernel
+    /// streaming 2 GiB ten times), or `None` on the CPU.
+    pub fn device_read_bandwidth(&self) -> Option<Result<f64>> {
+        match self {
+            Self::Cpu(_) => None,
+            #[cfg(feature = "cuda")]
+            Self::Cuda(e) => Some(e.backend().measure_read_bandwidth(2 << 30, 10)),
+        }
+    }
+
+    /// The labels of `strata:device_info`.
+    pub fn device_labels(&self) -> Vec<(String, String)> {
+        let mut out = vec![("device".to_owned(), self.device().to_string())];
+        #[cfg(feature = "cuda")]
+        if let Self::Cuda(e) = self {
+            let i = e.backend().info();
+            out.extend([
+                ("device_name".to_owned(), i.name.clone()),
+                (
+                    "compute_capability".to_owned(),
+                    format!("{}.{}", i.compute_capability.0, i.compute_capability.1),
+                ),
+                (
+                    "cuda_driver".to_owned(),
+                    format!("{}.{}", i.driver_version.0, i.driver_version.1),
+                ),
+                ("nvrtc".to_owned(), format!("{}.{}", i.nvrtc_version.0, i.nvrtc_version.1)),
+                ("cublas".to_owned(), i.cublas_version.to_string()),
+            ]);
+        }
+        out
+    }
+
+    /// One line on the device for the start-up log and `/metrics` info:
+    /// name, compute capability, memory, driver, NVRTC and cuBLAS versions.
+    pub fn device_description(&self) -> String {
+        match self {
+            Self::Cpu(_) => "cpu".into(),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(e) => {
+                let i = e.backend().info();
+                format!(
+                    "cuda:{} {} (sm_{}{}, {} SMs, {:.1} GiB; driver CUDA {}.{}, NVRTC {}.{}, \
+                     cuBLAS {})",
+                    i.ordinal,
+                    i.name,
+                    i.compute_capability.0,
+                    i.compute_capability.1,
+                    i.multiprocessors,
+                    i.total_memory as f64 / (1u64 << 30) as f64,
+                    i.driver_version.0,
+                    i.driver_version.1,
+                    i.nvrtc_version.0,
+                    i.nvrtc_version.1,
+                    i.cublas_version
+                )
+            }
+        }
+    }
+}
+
+impl Executor for DeviceExecutor {
+    type Error = ModelError;
+
+    fn kv_cache_spec(&self) -> KvCacheSpec {
+        each!(self, e => e.kv_cache_spec())
+    }
+
+    fn vocab_size(&self) -> usize {
+        each!(self, e => e.vocab_size())
+    }
+
+    fn wait_for_connector(&mut self, timeout: std::time::Duration) {
+        each!(self, e => e.wait_for_connector(timeout))
+    }
+
+    fn execute(&mut self, batch: &ModelBatch<'_>) -> Result<ModelOutput> {
+        each!(self, e => e.execute(batch))
+    }
+}
+
+/// Loads a model on `device`. On a GPU, unless `opts.kv.num_blocks` is
+/// set, the KV pool takes what `gpu_memory_utilization` leaves after the
+/// weights ([`gpu_kv_pool_bytes`]); `opts.kv.memory_bytes` is the CPU's.
+pub fn load_on_device(
+    device: Device,
+    source: &ModelSource,
+    opts: &LoadOptions,
+    gpu_memory_utilization: f64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<DeviceExecutor> {
+    match device {
+        Device::Cpu => {
+            Ok(DeviceExecutor::Cpu(Box::new(load_executor(CpuBackend, source, opts, progress)?)))
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(ordinal) => {
+            let backend = crate::backend::cuda::CudaBackend::new(ordinal)?;
+            let mut opts = opts.clone();
+            if opts.kv.num_blocks.is_none() {
+                let (free, total) = backend.memory()?;
+                let weights = source.weights()?.total_bytes();
+                opts.kv.memory_bytes =
+                    gpu_kv_pool_bytes(total as u64, free as u64, weights, gpu_memory_utilization)
+                        .map_err(ModelError::Device)?;
+            }
+            Ok(DeviceExecutor::Cuda(Box::new(load_executor(backend, source, &opts, progress)?)))
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => {
+            let _ = gpu_memory_utilization;
+            Err(ModelError::Device(
+                "this strata was built without the `cuda` feature (cargo build --features cuda)"
+                    .into(),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_as_vllm_spells_them() {
+        assert_eq!("cpu".parse(), Ok(Device::Cpu));
+        assert_eq!("cuda".parse(), Ok(Device::Cuda(0)));
+        assert_eq!("cuda:3".parse(), Ok(Device::Cuda(3)));
+        assert!("cuda:".parse::<Device>().is_err());
+        assert!("gpu".parse::<Device>().is_err());
+        assert_eq!(Device::Cuda(1).to_string(), "cuda:1");
+    }
+
+    #[test]
+    fn the_kv_pool_takes_what_the_utilization_leaves() {
+        let gib = 1u64 << 30;
+        // 140 GiB device, 1 GiB used by others, 1 GiB of weights, 0.9:
+        // 126 - 1 - 1 - 1 (reserve) = 123 GiB.
+        let kv = gpu_kv_pool_bytes(140 * gib, 139 * gib, gib, 0.9).unwrap();
+        assert_eq!(kv, 123 * gib);
+        let err = gpu_kv_pool_bytes(16 * gib, 16 * gib, 16 * gib, 0.9).unwrap_err();
+        assert!(err.contains("no GPU memory left"), "{err}");
+        assert!(gpu_kv_pool_bytes(16 * gib, 16 * gib, 0, 0.0).is_err());
+        assert!(gpu_kv_pool_bytes(16 * gib, 16 * gib, 0, 1.5).is_err());
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_is_a_clear_error() {
+        let err = load_on_device(
+            Device::Cuda(0),
+            &ModelSource::Builtin,
+            &LoadOptions::default(),
+            0.9,
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("without the `cuda` feature"), "{err}");
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_without_a_gpu_is_a_clear_error_not_a_panic() {
+        // On machines with a GPU this loads the built-in model instead.
+        match load_on_device(
+            Device::Cuda(0),
+            &ModelSource::Builtin,
+            &LoadOptions::default(),
+            0.9,
+            &mut |_, _| {},
+        ) {
+            Ok(e) => assert_eq!(e.device(), Device::Cuda(0)),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.starts_with("CUDA: "), "{msg}");
+            }
+        }
+    }
+}
