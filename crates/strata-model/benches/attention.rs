@@ -41,6 +41,7 @@ fn step(context: usize, n: usize) -> StepMetadata {
         }],
         block_tables: table,
         block_size: BS,
+        graph: false,
     }
 }
 

@@ -44,6 +44,22 @@ impl std::fmt::Display for Device {
     }
 }
 
+/// How a model runs on a GPU (ignored on the CPU).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GpuOptions {
+    /// Share of the device's memory strata may use (vLLM's
+    /// `--gpu-memory-utilization`).
+    pub memory_utilization: f64,
+    /// No CUDA graphs: every step op by op (vLLM's `--enforce-eager`).
+    pub enforce_eager: bool,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        Self { memory_utilization: 0.9, enforce_eager: false }
+    }
+}
+
 /// Free device memory kept for activations, cuBLAS workspaces and the
 /// CUDA context's own use when the KV pool is sized from
 /// `--gpu-memory-utilization`.
@@ -203,13 +219,13 @@ impl Executor for DeviceExecutor {
 }
 
 /// Loads a model on `device`. On a GPU, unless `opts.kv.num_blocks` is
-/// set, the KV pool takes what `gpu_memory_utilization` leaves after the
+/// set, the KV pool takes what `gpu.memory_utilization` leaves after the
 /// weights ([`gpu_kv_pool_bytes`]); `opts.kv.memory_bytes` is the CPU's.
 pub fn load_on_device(
     device: Device,
     source: &ModelSource,
     opts: &LoadOptions,
-    gpu_memory_utilization: f64,
+    gpu: GpuOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<DeviceExecutor> {
     match device {
@@ -218,20 +234,21 @@ pub fn load_on_device(
         }
         #[cfg(feature = "cuda")]
         Device::Cuda(ordinal) => {
-            let backend = crate::backend::cuda::CudaBackend::new(ordinal)?;
+            let options = crate::backend::cuda::CudaOptions { enforce_eager: gpu.enforce_eager };
+            let backend = crate::backend::cuda::CudaBackend::with_options(ordinal, options)?;
             let mut opts = opts.clone();
             if opts.kv.num_blocks.is_none() {
                 let (free, total) = backend.memory()?;
                 let weights = source.weights()?.total_bytes();
                 opts.kv.memory_bytes =
-                    gpu_kv_pool_bytes(total as u64, free as u64, weights, gpu_memory_utilization)
+                    gpu_kv_pool_bytes(total as u64, free as u64, weights, gpu.memory_utilization)
                         .map_err(ModelError::Device)?;
             }
             Ok(DeviceExecutor::Cuda(Box::new(load_executor(backend, source, &opts, progress)?)))
         }
         #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => {
-            let _ = gpu_memory_utilization;
+            let _ = gpu;
             Err(ModelError::Device(
                 "this strata was built without the `cuda` feature (cargo build --features cuda)"
                     .into(),
@@ -274,7 +291,7 @@ mod tests {
             Device::Cuda(0),
             &ModelSource::Builtin,
             &LoadOptions::default(),
-            0.9,
+            GpuOptions::default(),
             &mut |_, _| {},
         )
         .unwrap_err();
@@ -289,7 +306,7 @@ mod tests {
             Device::Cuda(0),
             &ModelSource::Builtin,
             &LoadOptions::default(),
-            0.9,
+            GpuOptions::default(),
             &mut |_, _| {},
         ) {
             Ok(e) => assert_eq!(e.device(), Device::Cuda(0)),

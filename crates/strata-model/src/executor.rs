@@ -183,6 +183,7 @@ impl<B: Backend> ModelExecutor<B> {
             seqs: Vec::with_capacity(batch.seqs.len()),
             block_tables: Vec::new(),
             block_size: bs,
+            graph: false,
         };
         for (s, seq) in batch.seqs.iter().enumerate() {
             let num_blocks = seq.context_len().div_ceil(bs);
@@ -251,9 +252,29 @@ impl<B: Backend> ModelExecutor<B> {
                 })
                 .collect(),
         };
+        // A decode step whose every token is a logit row may be padded to a
+        // graph bucket; the padding rows' logits are dropped.
+        let mut meta = meta;
+        let n = meta.num_tokens();
+        let mut rows = rows;
+        let all_decode = batch.seqs.iter().all(|s| s.token_ids.len() == 1);
+        let bucket = if all_decode && rows.iter().copied().eq(0..n) {
+            self.backend.graph_bucket(n)
+        } else {
+            None
+        };
+        if let Some(bucket) = bucket {
+            meta.pad_for_graph(bucket);
+            rows = (0..bucket).collect();
+        }
         let step = self.backend.prepare_step(&meta)?;
-        let logits = self.model.forward(&self.backend, &mut self.kv, &step, &rows);
-        self.backend.to_host(&logits)
+        let (model, kv, backend) = (&self.model, &mut self.kv, &self.backend);
+        let logits = backend.run_forward(&step, &mut || model.forward(backend, kv, &step, &rows));
+        let mut out = self.backend.to_host(&logits)?;
+        if bucket.is_some() {
+            out.truncate(n * self.model.config().vocab_size);
+        }
+        Ok(out)
     }
 }
 

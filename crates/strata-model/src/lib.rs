@@ -29,7 +29,7 @@ mod simd;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig};
-pub use device::{load_on_device, Device, DeviceExecutor};
+pub use device::{load_on_device, Device, DeviceExecutor, GpuOptions};
 pub use error::ModelError;
 pub use executor::{KvPoolConfig, LogitRows, ModelExecutor};
 pub use loader::{load_cpu_executor, LoadOptions, ModelSource};

@@ -14,7 +14,8 @@ use strata_model::loader::is_gguf_path;
 use strata_model::quant::QuantType;
 use strata_model::weights::DType;
 use strata_model::{
-    builtin, Device, DeviceExecutor, KvPoolConfig, LoadOptions, ModelConfig, ModelSource,
+    builtin, Device, DeviceExecutor, GpuOptions, KvPoolConfig, LoadOptions, ModelConfig,
+    ModelSource,
 };
 use strata_tokenizer::gguf::GgufVocab;
 use strata_tokenizer::Tokenizer;
@@ -50,6 +51,8 @@ pub struct ModelArgs {
     /// Share of GPU memory strata may use (`--gpu-memory-utilization`;
     /// `None`: vLLM's 0.9).
     pub gpu_memory_utilization: Option<f64>,
+    /// No CUDA graphs (`--enforce-eager`).
+    pub enforce_eager: bool,
     /// The first successful [`ModelArgs::resolve`], so a second call (the
     /// server's generation defaults) neither asks the hub again nor can
     /// land on another commit.
@@ -117,6 +120,10 @@ pub struct ModelFlags {
     /// --kv-cache-memory, and only vLLM's default 0.9 is accepted here.
     #[arg(long, value_name = "FRACTION")]
     pub gpu_memory_utilization: Option<f64>,
+    /// On a GPU, run every step op by op: no CUDA graphs for decode steps
+    /// (vLLM's flag). No effect on the CPU, which has no graphs.
+    #[arg(long)]
+    pub enforce_eager: bool,
 }
 
 fn parse_quantization(s: &str) -> Result<QuantType, String> {
@@ -157,6 +164,7 @@ impl TryFrom<ModelFlags> for ModelArgs {
             quantization: f.quantization,
             device: f.device,
             gpu_memory_utilization: f.gpu_memory_utilization,
+            enforce_eager: f.enforce_eager,
             resolved: std::sync::OnceLock::new(),
         })
     }
@@ -430,19 +438,18 @@ impl ModelArgs {
                  CPU strata sizes it with --kv-cache-memory GiB or --num-kv-blocks"
             ),
         };
-        let executor = strata_model::load_on_device(
-            self.device,
-            &source,
-            &opts,
-            utilization,
-            &mut |done, total| {
+        if self.enforce_eager && self.device == Device::Cpu {
+            tracing::warn!("--enforce-eager has no effect on the CPU: it captures no graphs");
+        }
+        let gpu = GpuOptions { memory_utilization: utilization, enforce_eager: self.enforce_eager };
+        let executor =
+            strata_model::load_on_device(self.device, &source, &opts, gpu, &mut |done, total| {
                 if let Some(bar) = &bar {
                     bar.set_length(total);
                     bar.set_position(done);
                 }
-            },
-        )
-        .with_context(|| format!("loading model `{}` on {}", self.model, self.device))?;
+            })
+            .with_context(|| format!("loading model `{}` on {}", self.model, self.device))?;
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }

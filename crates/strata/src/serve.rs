@@ -160,8 +160,6 @@ pub struct VllmCompatArgs {
     #[arg(long, hide = true)]
     pub max_logprobs: Option<u32>,
     #[arg(long, hide = true)]
-    pub enforce_eager: bool,
-    #[arg(long, hide = true)]
     pub trust_remote_code: bool,
 }
 
@@ -202,9 +200,6 @@ impl VllmCompatArgs {
                 "--max-logprobs {n}: strata's limit is fixed at {}",
                 strata_core::sampling::MAX_LOGPROBS
             ),
-        }
-        if self.enforce_eager {
-            warn("--enforce-eager", "strata captures no graphs; it always runs eagerly");
         }
         if self.trust_remote_code {
             warn("--trust-remote-code", "strata never runs code from a model repository");

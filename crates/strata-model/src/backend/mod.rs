@@ -1,12 +1,13 @@
 //! The tensor backend: exactly the operations a Llama-family forward pass
 //! needs, and nothing else.
 //!
-//! Models are written once against [`Backend`]. The only implementation
-//! today is the CPU backend ([`cpu::CpuBackend`]: f32 activations, weights
-//! in their stored dtype, `gemm` or hand-written AVX2 kernels, rayon), and
-//! the `strata` CLI loads every model on it (`load_cpu_executor`); there is
-//! no GPU backend. The trait is shaped so that a device backend could
-//! implement it later without changing the model code:
+//! Models are written once against [`Backend`]. Two implementations: the
+//! CPU backend ([`cpu::CpuBackend`]: f32 activations, weights in their
+//! stored dtype or GGUF blocks, `gemm` or hand-written AVX2 kernels,
+//! rayon) and, with the `cuda` feature, the CUDA backend (`cuda`: NVRTC
+//! kernels, cuBLAS, graphs for decode); `crate::device` picks one for
+//! `--device`. The trait is shaped so that a device backend implements it
+//! without changes to the model code:
 //!
 //! - activations are 2-D f32 tensors `[tokens, features]` owned by the
 //!   backend (`Backend::Tensor`); the model never touches their memory;
@@ -55,11 +56,45 @@ pub struct StepMetadata {
     /// Block tables of all sequences, concatenated.
     pub block_tables: Vec<u32>,
     pub block_size: usize,
+    /// The step is a decode step padded to a graph bucket
+    /// ([`Backend::graph_bucket`]): its last tokens are padding, with slot
+    /// [`PAD_SLOT`] (nothing written) and one key each.
+    pub graph: bool,
 }
+
+/// The slot of a padding token: `write_kv` skips it.
+pub const PAD_SLOT: u32 = u32::MAX;
 
 impl StepMetadata {
     pub fn num_tokens(&self) -> usize {
         self.token_ids.len()
+    }
+
+    /// Pads a decode step to `bucket` tokens for graph replay: each padding
+    /// token is position 0 of one shared dummy sequence whose block table
+    /// is block 0 (read, never written: its slot is [`PAD_SLOT`]), and the
+    /// sequences are padded to `bucket + 1` so every section of the step
+    /// has a size fixed by the bucket.
+    pub fn pad_for_graph(&mut self, bucket: usize) {
+        let n = self.num_tokens();
+        assert!(n <= bucket, "invariant: the bucket holds the step");
+        let dummy = SeqAttention {
+            token_start: n,
+            num_tokens: bucket - n,
+            context_len: 1,
+            block_table_start: self.block_tables.len(),
+            num_blocks: 1,
+        };
+        let dummy_index = self.seqs.len() as u32;
+        self.block_tables.push(0);
+        for _ in n..bucket {
+            self.token_ids.push(0);
+            self.positions.push(0);
+            self.slot_mapping.push(PAD_SLOT);
+            self.token_seq.push(dummy_index);
+        }
+        self.seqs.resize(bucket + 1, dummy);
+        self.graph = true;
     }
 }
 
@@ -150,4 +185,24 @@ pub trait Backend: Send + Sync + 'static {
     fn write_kv_slots(&self, layer: &mut Self::KvLayer, slots: std::ops::Range<usize>, data: &[u8]);
     fn select_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Self::Tensor;
     fn to_host(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
+
+    /// For a step of `num_tokens` tokens, each the one decode token of its
+    /// sequence: the token count to pad it to so that the backend can
+    /// replay a captured graph of the forward pass, or `None` to run it
+    /// op by op (the CPU backend always does).
+    fn graph_bucket(&self, _num_tokens: usize) -> Option<usize> {
+        None
+    }
+
+    /// Runs one step's forward pass: `forward` issues its operations and
+    /// returns the logits. A backend may capture it as a graph for a padded
+    /// step ([`StepMetadata::graph`]) and replay that graph for later steps
+    /// of the same bucket instead of calling `forward`.
+    fn run_forward(
+        &self,
+        _step: &Self::Step,
+        forward: &mut dyn FnMut() -> Self::Tensor,
+    ) -> Self::Tensor {
+        forward()
+    }
 }

@@ -301,6 +301,9 @@ impl Backend for CpuBackend {
     fn write_kv(&self, layer: &mut CpuKvLayer, k: &CpuTensor, v: &CpuTensor, step: &StepMetadata) {
         let w = layer.kv_width;
         for (t, &slot) in step.slot_mapping.iter().enumerate() {
+            if slot == super::PAD_SLOT {
+                continue;
+            }
             let dst = slot as usize * w..(slot as usize + 1) * w;
             layer.k[dst.clone()].copy_from_slice(k.row(t));
             layer.v[dst].copy_from_slice(v.row(t));

@@ -30,8 +30,18 @@
 //! fails with the device's message, as a CUDA context's sticky errors would
 //! make it fail anyway.
 //!
-//! Not here yet: CUDA graphs, a bump arena for activations, bf16 KV,
-//! tensor-core attention for long prefills, device-side sampling.
+//! - Decode steps of up to 16 sequences are padded to a bucket (1, 2, 4,
+//!   8, 16) and, from a bucket's second step on, captured once as a CUDA
+//!   graph and replayed: one launch per step instead of one per op, which
+//!   is what bounds small models' decode. The graph's activations are
+//!   captured stream-ordered allocations, so they get the same addresses
+//!   on every replay; the step's metadata goes into the bucket's fixed
+//!   buffer before each launch. `CudaOptions::enforce_eager` turns this
+//!   off (vLLM's `--enforce-eager`).
+//!
+//! Not here yet: graphs for batches above 16 (those steps use cuBLAS),
+//! bf16 KV, tensor-core attention for long prefills, device-side
+//! sampling.
 
 pub mod kernels;
 pub mod locate;
@@ -133,19 +143,53 @@ pub struct CudaKvLayer {
 }
 
 /// One step's metadata on the device: one buffer, sections by offset.
+/// A step padded for a graph uses its bucket's buffer, whose address the
+/// graph was captured with.
 #[derive(Debug)]
 pub struct CudaStep {
-    buf: DevBuf,
+    /// Owned for an eager step; `None` when in the bucket's buffer.
+    _owned: Option<DevBuf>,
+    base: u64,
     layout: plan::StepLayout,
     block_size: usize,
     /// The longest key range of any query (for split-KV).
     max_keys: usize,
+    /// The graph bucket of a padded decode step.
+    graph_bucket: Option<usize>,
 }
 
 impl CudaStep {
     fn at(&self, offset: usize) -> u64 {
-        self.buf.ptr + 4 * offset as u64
+        self.base + 4 * offset as u64
     }
+}
+
+/// A captured graph. cudarc's `CudaGraph` is neither `Send` nor `Sync`:
+/// graph objects must not be used from two threads at once, which the
+/// `Mutex` around every [`GraphSlot`] guarantees.
+struct SendGraph(cudarc::driver::CudaGraph);
+// SAFETY: only used under the backend's `graphs` mutex (see above).
+unsafe impl Send for SendGraph {}
+
+enum GraphState {
+    /// Not run yet: the first step of a bucket runs eagerly, which also
+    /// loads every kernel it needs (module loading cannot be captured).
+    Cold,
+    /// Run once: the next step of the bucket is captured.
+    Warm,
+    /// Captured: replayed for every later step; the logits are `rows x
+    /// cols` at `out`, allocated by the graph on each launch.
+    Captured { graph: SendGraph, out: u64, rows: usize, cols: usize },
+    /// Capture failed: this bucket runs eagerly.
+    Eager,
+}
+
+/// A graph bucket's step buffer and graph.
+struct GraphSlot {
+    meta: DevBuf,
+    /// Capacity of `meta` in u32s.
+    capacity: usize,
+    state: GraphState,
 }
 
 /// A kernel argument: device pointers and sizes as the kernels declare
@@ -172,6 +216,18 @@ pub struct CudaBackend {
     kernel_cache: Option<std::path::PathBuf>,
     error: Mutex<Option<String>>,
     info: DeviceInfo,
+    /// CUDA graphs per decode bucket; `None` with `enforce_eager` or on a
+    /// device without stream-ordered allocation (graphs capture the
+    /// activations' allocations).
+    graphs: Option<Mutex<HashMap<usize, GraphSlot>>>,
+}
+
+/// How the CUDA backend runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// Run every step op by op, never through a captured graph (vLLM's
+    /// `--enforce-eager`).
+    pub enforce_eager: bool,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -185,9 +241,14 @@ fn dev_err(what: &str, e: impl std::fmt::Debug) -> ModelError {
 }
 
 impl CudaBackend {
+    /// Opens device `ordinal` with CUDA graphs for decode steps.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        Self::with_options(ordinal, CudaOptions::default())
+    }
+
     /// Opens device `ordinal`: finds the libraries, creates the context
     /// and stream, compiles (or loads from the cache) the common kernels.
-    pub fn new(ordinal: usize) -> Result<Self> {
+    pub fn with_options(ordinal: usize, options: CudaOptions) -> Result<Self> {
         let located = locate::load_libraries(true).map_err(ModelError::Device)?;
         let count = CudaContext::device_count().map_err(|e| dev_err("cuDeviceGetCount", e))?;
         if ordinal >= count.max(0) as usize {
@@ -229,8 +290,10 @@ impl CudaBackend {
                 common.load_function(name).map(|f| (name, f)).map_err(|e| dev_err(name, e))
             })
             .collect::<Result<HashMap<_, _>>>()?;
+        let pooled = ctx.has_async_alloc();
         Ok(Self {
-            pooled: ctx.has_async_alloc(),
+            pooled,
+            graphs: (pooled && !options.enforce_eager).then(|| Mutex::new(HashMap::new())),
             ctx,
             stream,
             blas,
@@ -531,9 +594,41 @@ impl Backend for CudaBackend {
     fn prepare_step(&self, meta: &StepMetadata) -> Result<CudaStep> {
         self.check()?;
         let (layout, packed) = plan::pack_step(meta);
-        let buf = self.upload_bytes(bytemuck::cast_slice(&packed))?;
         let max_keys = meta.positions.iter().map(|&p| p as usize + 1).max().unwrap_or(0);
-        Ok(CudaStep { buf, layout, block_size: meta.block_size, max_keys })
+        let bytes: &[u8] = bytemuck::cast_slice(&packed);
+        let graphs = self.graphs.as_ref().filter(|_| meta.graph);
+        let Some(graphs) = graphs else {
+            let buf = self.upload_bytes(bytes)?;
+            return Ok(CudaStep {
+                base: buf.ptr,
+                _owned: Some(buf),
+                layout,
+                block_size: meta.block_size,
+                max_keys,
+                graph_bucket: None,
+            });
+        };
+        // A padded decode step: into its bucket's buffer, whose address a
+        // captured graph holds. A step that outgrows the buffer (longer
+        // block tables) gets a new one, twice as large, and a new graph.
+        let bucket = meta.num_tokens();
+        let mut graphs = graphs.lock().unwrap_or_else(|p| p.into_inner());
+        if graphs.get(&bucket).is_none_or(|g| g.capacity < packed.len()) {
+            let capacity = (2 * packed.len()).max(4096);
+            let slot =
+                GraphSlot { meta: self.alloc(4 * capacity)?, capacity, state: GraphState::Cold };
+            graphs.insert(bucket, slot);
+        }
+        let slot = graphs.get(&bucket).expect("invariant: inserted above");
+        self.copy_from_host_bytes(slot.meta.ptr, bytes)?;
+        Ok(CudaStep {
+            _owned: None,
+            base: slot.meta.ptr,
+            layout,
+            block_size: meta.block_size,
+            max_keys,
+            graph_bucket: Some(bucket),
+        })
     }
 
     fn rows(&self, x: &CudaTensor) -> usize {
@@ -748,8 +843,10 @@ impl Backend for CudaBackend {
             }
         };
         let tokens = q.rows;
-        let segments =
-            plan::attention_segments(tokens, shape.num_kv_heads, step.max_keys, &self.info);
+        // A graph replays one launch shape for every context length: its
+        // segment count is the one for the longest context.
+        let keys = if step.graph_bucket.is_some() { usize::MAX } else { step.max_keys };
+        let segments = plan::attention_segments(tokens, shape.num_kv_heads, keys, &self.info);
         let mut parts = None;
         if segments > 1 {
             let n = tokens * shape.num_heads * segments;
@@ -824,6 +921,17 @@ impl Backend for CudaBackend {
     }
 
     fn select_rows(&self, x: &CudaTensor, rows: &[usize]) -> CudaTensor {
+        // The first rows in order (every decode step): a view, so nothing
+        // is uploaded inside a captured graph.
+        if rows.iter().copied().eq(0..rows.len()) && rows.len() <= x.rows {
+            return CudaTensor {
+                buf: x.buf.clone(),
+                ptr: x.ptr,
+                rows: rows.len(),
+                cols: x.cols,
+                stride: x.stride,
+            };
+        }
         let out = self.tensor(rows.len(), x.cols);
         if self.failed() || rows.is_empty() {
             return out;
@@ -865,5 +973,104 @@ impl Backend for CudaBackend {
         let mut out = vec![0.0f32; x.rows * x.cols];
         self.copy_to_host_bytes(src.ptr, bytemuck::cast_slice_mut(&mut out))?;
         Ok(out)
+    }
+
+    fn graph_bucket(&self, num_tokens: usize) -> Option<usize> {
+        self.graphs.as_ref().and(plan::graph_bucket(num_tokens))
+    }
+
+    fn run_forward(&self, step: &CudaStep, forward: &mut dyn FnMut() -> CudaTensor) -> CudaTensor {
+        let (Some(bucket), Some(graphs)) = (step.graph_bucket, &self.graphs) else {
+            return forward();
+        };
+        let mut graphs = graphs.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(slot) = graphs.get_mut(&bucket) else { return forward() };
+        match &slot.state {
+            GraphState::Cold => {
+                let out = forward();
+                slot.state = GraphState::Warm;
+                out
+            }
+            GraphState::Eager => forward(),
+            GraphState::Warm => match self.capture(forward) {
+                Ok((graph, out)) => {
+                    slot.state = GraphState::Captured {
+                        graph,
+                        out: out.ptr,
+                        rows: out.rows,
+                        cols: out.cols,
+                    };
+                    out
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        target: "strata::cuda",
+                        bucket,
+                        "CUDA graph capture failed, this batch size runs eagerly: {e}"
+                    );
+                    slot.state = GraphState::Eager;
+                    forward()
+                }
+            },
+            GraphState::Captured { graph, out, rows, cols } => {
+                if let Err(e) = graph.0.launch() {
+                    self.fail(format!("graph launch: {e:?}"));
+                }
+                // The graph allocated the logits at the address it was
+                // captured with; the tensor frees them, in stream order,
+                // before the next launch.
+                let buf = DevBuf { ptr: *out, stream: self.stream.clone(), pooled: true };
+                CudaTensor {
+                    buf: Arc::new(buf),
+                    ptr: *out,
+                    rows: *rows,
+                    cols: *cols,
+                    stride: *cols,
+                }
+            }
+        }
+    }
+}
+
+impl CudaBackend {
+    /// Captures `forward` into a graph and launches it once: the returned
+    /// tensor holds this step's logits. On failure nothing ran and the
+    /// device error state is as before the capture.
+    fn capture(
+        &self,
+        forward: &mut dyn FnMut() -> CudaTensor,
+    ) -> std::result::Result<(SendGraph, CudaTensor), String> {
+        let before = self.error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if before.is_some() {
+            return Err("the device is in an error state".into());
+        }
+        self.stream
+            .begin_capture(drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| format!("cuStreamBeginCapture: {e:?}"))?;
+        let out = forward();
+        let ended = self.stream.end_capture(drv_sys::CUgraphInstantiate_flags(0));
+        let failed_inside = self.error.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let graph = match (ended, failed_inside) {
+            (Ok(Some(g)), None) if out.ptr != 0 => g,
+            (ended, inside) => {
+                // `out` points into a graph that never ran: forget it
+                // rather than free it.
+                if let Ok(buf) = Arc::try_unwrap(out.buf) {
+                    std::mem::forget(buf);
+                }
+                return Err(match (ended, inside) {
+                    (Err(e), _) => format!("cuStreamEndCapture: {e:?}"),
+                    (_, Some(e)) => e,
+                    _ => "the capture produced no graph".into(),
+                });
+            }
+        };
+        if let Err(e) = graph.launch() {
+            if let Ok(buf) = Arc::try_unwrap(out.buf) {
+                std::mem::forget(buf);
+            }
+            return Err(format!("graph launch: {e:?}"));
+        }
+        Ok((SendGraph(graph), out))
     }
 }

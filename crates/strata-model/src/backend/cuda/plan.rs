@@ -74,6 +74,15 @@ pub fn check_dims(rows: usize, cols: usize) -> Result<(), String> {
     }
 }
 
+/// The decode batch sizes graphs are captured for: up to 16 sequences,
+/// where every linear layer is the GEMV kernel (no cuBLAS in a graph).
+pub const GRAPH_BUCKETS: [usize; 5] = [1, 2, 4, 8, 16];
+
+/// The bucket a decode step of `num_tokens` sequences is padded to.
+pub fn graph_bucket(num_tokens: usize) -> Option<usize> {
+    GRAPH_BUCKETS.iter().copied().find(|&b| b >= num_tokens.max(1))
+}
+
 /// Keys per split-KV segment, at least.
 pub const MIN_KEYS_PER_SEGMENT: usize = 256;
 /// Most segments a query's keys are split into.
@@ -144,6 +153,7 @@ mod tests {
             ],
             block_tables: vec![3, 9, 1, 4, 6, 0],
             block_size: 16,
+            graph: false,
         };
         let (l, buf) = pack_step(&meta);
         assert_eq!(buf.len(), l.len);
@@ -172,6 +182,60 @@ mod tests {
         assert_eq!(gemv_blocks(8), 1);
         assert_eq!(gemv_blocks(9), 2);
         assert_eq!(gemv_blocks(151_936), 18_992);
+    }
+
+    #[test]
+    fn decode_steps_pad_to_the_next_bucket_up_to_16() {
+        assert_eq!(graph_bucket(1), Some(1));
+        assert_eq!(graph_bucket(3), Some(4));
+        assert_eq!(graph_bucket(9), Some(16));
+        assert_eq!(graph_bucket(16), Some(16));
+        assert_eq!(graph_bucket(17), None);
+        assert!(GRAPH_BUCKETS.iter().all(|&b| b <= super::kernels::GEMV_MAX_M));
+    }
+
+    #[test]
+    fn a_padded_step_has_sections_fixed_by_its_bucket() {
+        // Two decode steps of one bucket with different contexts and batch
+        // sizes: every section but the block tables' length is at the same
+        // offset, so one buffer address serves both.
+        let decode = |n: usize, ctx: u32| {
+            let mut m = StepMetadata { block_size: 16, ..StepMetadata::default() };
+            for s in 0..n {
+                let blocks = ctx.div_ceil(16);
+                m.seqs.push(SeqAttention {
+                    token_start: s,
+                    num_tokens: 1,
+                    context_len: ctx as usize,
+                    block_table_start: m.block_tables.len(),
+                    num_blocks: blocks as usize,
+                });
+                m.block_tables.extend(0..blocks);
+                m.token_ids.push(5);
+                m.positions.push(ctx - 1);
+                m.slot_mapping.push(ctx - 1);
+                m.token_seq.push(s as u32);
+            }
+            m.pad_for_graph(8);
+            m
+        };
+        let (a, b) = (decode(3, 40), decode(7, 900));
+        assert!(a.graph && b.graph);
+        assert_eq!(a.num_tokens(), 8);
+        assert_eq!(a.seqs.len(), 9);
+        assert_eq!(a.slot_mapping[3..], [crate::backend::PAD_SLOT; 5]);
+        // The padding's one key is block 0's first slot.
+        let pad = a.seqs[a.token_seq[7] as usize];
+        assert_eq!(
+            (a.positions[7], pad.context_len, a.block_tables[pad.block_table_start]),
+            (0, 1, 0)
+        );
+        let (la, _) = pack_step(&a);
+        let (lb, _) = pack_step(&b);
+        assert_eq!(
+            (la.token_ids, la.positions, la.slot_mapping, la.token_seq, la.seqs, la.block_tables),
+            (lb.token_ids, lb.positions, lb.slot_mapping, lb.token_seq, lb.seqs, lb.block_tables)
+        );
     }
 
     #[test]
