@@ -8,6 +8,8 @@ use crate::backend::cpu::CpuBackend;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::executor::ModelExecutor;
+#[cfg(feature = "cuda")]
+use crate::loader::load_executor_with_kv;
 use crate::loader::{load_executor, LoadOptions, ModelSource};
 
 /// A compute device, as `--device` spells it.
@@ -66,30 +68,29 @@ impl Default for GpuOptions {
 pub const ACTIVATION_RESERVE: u64 = 1 << 30;
 
 /// The KV pool's share of a GPU, as vLLM sizes it: of `utilization` of the
-/// device's memory, what is left after what others already use
-/// (`total - free` before loading), the weights and
-/// [`ACTIVATION_RESERVE`].
+/// device's memory, what is left after what is in use once the weights
+/// are loaded (`total - free`: the weights, the context, other processes)
+/// and [`ACTIVATION_RESERVE`].
 pub fn gpu_kv_pool_bytes(
     total: u64,
     free: u64,
-    weight_bytes: u64,
     utilization: f64,
 ) -> std::result::Result<u64, String> {
     if !(utilization > 0.0 && utilization <= 1.0) {
         return Err(format!("--gpu-memory-utilization must be in (0, 1], got {utilization}"));
     }
     let budget = (total as f64 * utilization) as u64;
-    let used = total.saturating_sub(free) + weight_bytes + ACTIVATION_RESERVE;
+    let used = total.saturating_sub(free) + ACTIVATION_RESERVE;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     match budget.checked_sub(used) {
         Some(kv) if kv > 0 => Ok(kv),
         _ => Err(format!(
             "no GPU memory left for the KV cache: {:.2} GiB allowed by \
-             --gpu-memory-utilization {utilization}, {:.2} GiB in use by others, {:.2} GiB of \
-             weights, {:.2} GiB kept for activations",
-            budget as f64 / (1u64 << 30) as f64,
-            total.saturating_sub(free) as f64 / (1u64 << 30) as f64,
-            weight_bytes as f64 / (1u64 << 30) as f64,
-            ACTIVATION_RESERVE as f64 / (1u64 << 30) as f64,
+             --gpu-memory-utilization {utilization}, {:.2} GiB in use with the weights loaded, \
+             {:.2} GiB kept for activations",
+            gib(budget),
+            gib(total.saturating_sub(free)),
+            gib(ACTIVATION_RESERVE),
         )),
     }
 }
@@ -149,25 +150,23 @@ impl DeviceExecutor {
 
     /// The labels of `strata:device_info`.
     pub fn device_labels(&self) -> Vec<(String, String)> {
-        let mut out = vec![("device".to_owned(), self.device().to_string())];
-        #[cfg(feature = "cuda")]
-        if let Self::Cuda(e) = self {
-            let i = e.backend().info();
-            out.extend([
-                ("device_name".to_owned(), i.name.clone()),
-                (
-                    "compute_capability".to_owned(),
-                    format!("{}.{}", i.compute_capability.0, i.compute_capability.1),
-                ),
-                (
-                    "cuda_driver".to_owned(),
-                    format!("{}.{}", i.driver_version.0, i.driver_version.1),
-                ),
-                ("nvrtc".to_owned(), format!("{}.{}", i.nvrtc_version.0, i.nvrtc_version.1)),
-                ("cublas".to_owned(), i.cublas_version.to_string()),
-            ]);
+        let device = ("device".to_owned(), self.device().to_string());
+        match self {
+            Self::Cpu(_) => vec![device],
+            #[cfg(feature = "cuda")]
+            Self::Cuda(e) => {
+                let i = e.backend().info();
+                let pair = |(a, b): (i32, i32)| format!("{a}.{b}");
+                vec![
+                    device,
+                    ("device_name".to_owned(), i.name.clone()),
+                    ("compute_capability".to_owned(), pair(i.compute_capability)),
+                    ("cuda_driver".to_owned(), pair(i.driver_version)),
+                    ("nvrtc".to_owned(), pair(i.nvrtc_version)),
+                    ("cublas".to_owned(), i.cublas_version.to_string()),
+                ]
+            }
         }
-        out
     }
 
     /// One line on the device for the start-up log and `/metrics` info:
@@ -236,15 +235,18 @@ pub fn load_on_device(
         Device::Cuda(ordinal) => {
             let options = crate::backend::cuda::CudaOptions { enforce_eager: gpu.enforce_eager };
             let backend = crate::backend::cuda::CudaBackend::with_options(ordinal, options)?;
-            let mut opts = opts.clone();
-            if opts.kv.num_blocks.is_none() {
-                let (free, total) = backend.memory()?;
-                let weights = source.weights()?.total_bytes();
-                opts.kv.memory_bytes =
-                    gpu_kv_pool_bytes(total as u64, free as u64, weights, gpu.memory_utilization)
-                        .map_err(ModelError::Device)?;
-            }
-            Ok(DeviceExecutor::Cuda(Box::new(load_executor(backend, source, &opts, progress)?)))
+            let mut kv = |b: &crate::backend::cuda::CudaBackend| {
+                let mut pool = opts.kv;
+                if pool.num_blocks.is_none() {
+                    let (free, total) = b.memory()?;
+                    pool.memory_bytes =
+                        gpu_kv_pool_bytes(total as u64, free as u64, gpu.memory_utilization)
+                            .map_err(ModelError::Device)?;
+                }
+                Ok(pool)
+            };
+            let exec = load_executor_with_kv(backend, source, opts, progress, &mut kv)?;
+            Ok(DeviceExecutor::Cuda(Box::new(exec)))
         }
         #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => {
@@ -274,14 +276,14 @@ mod tests {
     #[test]
     fn the_kv_pool_takes_what_the_utilization_leaves() {
         let gib = 1u64 << 30;
-        // 140 GiB device, 1 GiB used by others, 1 GiB of weights, 0.9:
-        // 126 - 1 - 1 - 1 (reserve) = 123 GiB.
-        let kv = gpu_kv_pool_bytes(140 * gib, 139 * gib, gib, 0.9).unwrap();
+        // 140 GiB device, 2 GiB in use with the weights loaded, 0.9:
+        // 126 - 2 - 1 (reserve) = 123 GiB.
+        let kv = gpu_kv_pool_bytes(140 * gib, 138 * gib, 0.9).unwrap();
         assert_eq!(kv, 123 * gib);
-        let err = gpu_kv_pool_bytes(16 * gib, 16 * gib, 16 * gib, 0.9).unwrap_err();
+        let err = gpu_kv_pool_bytes(16 * gib, 0, 0.9).unwrap_err();
         assert!(err.contains("no GPU memory left"), "{err}");
-        assert!(gpu_kv_pool_bytes(16 * gib, 16 * gib, 0, 0.0).is_err());
-        assert!(gpu_kv_pool_bytes(16 * gib, 16 * gib, 0, 1.5).is_err());
+        assert!(gpu_kv_pool_bytes(16 * gib, 16 * gib, 0.0).is_err());
+        assert!(gpu_kv_pool_bytes(16 * gib, 16 * gib, 1.5).is_err());
     }
 
     #[cfg(not(feature = "cuda"))]

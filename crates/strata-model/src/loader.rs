@@ -74,7 +74,7 @@ impl ModelSource {
         }
     }
 
-    pub(crate) fn weights(&self) -> Result<Box<dyn WeightSource>> {
+    fn weights(&self) -> Result<Box<dyn WeightSource>> {
         Ok(match self {
             Self::Builtin => Box::new(builtin::weights()),
             Self::Dir(dir) => Box::new(SafetensorsWeights::open(dir)?),
@@ -98,6 +98,19 @@ pub fn load_executor<B: Backend>(
     opts: &LoadOptions,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ModelExecutor<B>> {
+    load_executor_with_kv(backend, source, opts, progress, &mut |_| Ok(opts.kv))
+}
+
+/// [`load_executor`], with the KV pool's configuration decided once the
+/// weights are on the backend (`kv` sees it), as a GPU's pool is sized
+/// from the memory the weights left free.
+pub fn load_executor_with_kv<B: Backend>(
+    backend: B,
+    source: &ModelSource,
+    opts: &LoadOptions,
+    progress: &mut dyn FnMut(u64, u64),
+    kv: &mut dyn FnMut(&B) -> Result<KvPoolConfig>,
+) -> Result<ModelExecutor<B>> {
     let config = source.config()?;
     let weights = source.weights()?;
     let max_model_len = opts
@@ -119,8 +132,8 @@ pub fn load_executor<B: Backend>(
         max_model_len,
         &mut on_tensor,
     )?;
-    let mut executor =
-        ModelExecutor::new(backend, model, opts.kv, max_model_len, opts.sampler_seed)?;
+    let pool = kv(&backend)?;
+    let mut executor = ModelExecutor::new(backend, model, pool, max_model_len, opts.sampler_seed)?;
     executor.set_kv_fingerprint(source.kv_fingerprint(opts)?);
     Ok(executor)
 }

@@ -312,7 +312,7 @@ const ATTENTION_BODY: &str = r#"
    `attention_reduce` merges them. Online softmax in f32; each lane scores
    one key of a chunk of 32, then every lane adds its dims of the chunk's
    values. */
-extern "C" __global__ void paged_attention(
+extern "C" __global__ void __launch_bounds__(1024) paged_attention(
         const float* q, int qs, const float* kc, const float* vc, int kv_width,
         const u32* positions, const u32* token_seq, const u32* seqs,
         const u32* block_tables, int block_size, int group, float scale,
@@ -492,6 +492,7 @@ mod tests {
         for line in src.lines() {
             let line = line.trim();
             if let Some(rest) = line.strip_prefix("extern \"C\" __global__ void ") {
+                let rest = rest.strip_prefix("__launch_bounds__(1024) ").unwrap_or(rest);
                 let name = rest.split('(').next().unwrap_or_default();
                 if name != "NAME" {
                     out.push(name.to_owned());

@@ -291,6 +291,29 @@ impl CudaBackend {
             })
             .collect::<Result<HashMap<_, _>>>()?;
         let pooled = ctx.has_async_alloc();
+        if pooled {
+            // Keep freed activation memory in the pool across the
+            // synchronisation at every step's end (the default threshold,
+            // 0, hands it back to the OS each time, and the next step maps
+            // it again).
+            let mut pool = std::ptr::null_mut();
+            let mut keep = u64::MAX;
+            // SAFETY: out-pointer and attribute value are live locals; the
+            // pool is the device's default one.
+            unsafe {
+                drv_sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result().and_then(
+                    |()| {
+                        drv_sys::cuMemPoolSetAttribute(
+                            pool,
+                            drv_sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                            (&mut keep as *mut u64).cast(),
+                        )
+                        .result()
+                    },
+                )
+            }
+            .map_err(|e| dev_err("memory pool release threshold", e))?;
+        }
         Ok(Self {
             pooled,
             graphs: (pooled && !options.enforce_eager).then(|| Mutex::new(HashMap::new())),
@@ -549,7 +572,23 @@ fn load_module(
         nvrtc::Image::Cubin(b) => cudarc::nvrtc::Ptx::from_binary(b),
         nvrtc::Image::Ptx(s) => cudarc::nvrtc::Ptx::from_src(s),
     };
-    ctx.load_module(ptx).map_err(|e| dev_err(&format!("loading kernels `{name}`"), e))
+    ctx.load_module(ptx).map_err(|e| {
+        let mut driver = 0;
+        // SAFETY: an out-pointer.
+        unsafe { drv_sys::cuDriverGetVersion(&mut driver) };
+        let nvrtc = nvrtc::version().unwrap_or((0, 0));
+        ModelError::Device(format!(
+            "loading kernels `{name}` (compiled by NVRTC {}.{} for sm_{}{}) failed: {e:?}; the \
+             driver supports CUDA {}.{}: an NVRTC newer than the driver makes code it cannot \
+             load (point STRATA_CUDA_LIB_DIR at an NVRTC no newer than the driver)",
+            nvrtc.0,
+            nvrtc.1,
+            cc.0,
+            cc.1,
+            driver / 1000,
+            driver % 1000 / 10
+        ))
+    })
 }
 
 impl Backend for CudaBackend {
@@ -588,6 +627,13 @@ impl Backend for CudaBackend {
             .ok_or_else(|| ModelError::KvCache("KV pool size overflows".into()))?;
         let k = self.alloc(bytes).map_err(|e| ModelError::KvCache(e.to_string()))?;
         let v = self.alloc(bytes).map_err(|e| ModelError::KvCache(e.to_string()))?;
+        // Zeroed, as the CPU's pool is: the slots of a partly filled block
+        // that KV connectors copy are then the same bytes on both.
+        for buf in [&k, &v] {
+            // SAFETY: `buf` holds `bytes` bytes, on this stream.
+            unsafe { drv::memset_d8_async(buf.ptr, 0, bytes, self.stream.cu_stream()) }
+                .map_err(|e| dev_err("zeroing the KV pool", e))?;
+        }
         Ok(CudaKvLayer { k, v, kv_width, num_slots })
     }
 
@@ -825,7 +871,10 @@ impl Backend for CudaBackend {
             return out;
         }
         let group = shape.num_heads / shape.num_kv_heads.max(1);
-        if group == 0 || group > kernels::MAX_GROUP || shape.num_heads % shape.num_kv_heads != 0 {
+        if group == 0
+            || group > kernels::MAX_GROUP
+            || shape.num_heads % shape.num_kv_heads.max(1) != 0
+        {
             self.fail(format!(
                 "attention with {} query heads over {} KV heads is not supported by the CUDA \
                  kernels (at most {} query heads per KV head)",
@@ -956,7 +1005,13 @@ impl Backend for CudaBackend {
     }
 
     fn to_host(&self, x: &CudaTensor) -> Result<Vec<f32>> {
-        self.check()?;
+        // The end of a step: an error kept since an op failed is reported
+        // here and cleared, so the next step runs (an allocation the device
+        // could not satisfy need not end the engine; a fault that breaks
+        // the context fails the next step again by itself).
+        if let Some(e) = self.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(ModelError::Device(e));
+        }
         let dense;
         let src = if x.is_dense() {
             x
