@@ -86,8 +86,8 @@ run() {
   done
 
   # Decode speed: Qwen2.5-0.5B and Llama-3-8B shapes, bf16, batch 1, 32
-  # and 256 (graphs at batch 1; 32 and 256 run op by op), each against the
-  # measured device bandwidth; then Qwen without graphs.
+  # and 256 (decode steps replay CUDA graphs), each against the measured
+  # device bandwidth; then Qwen without graphs.
   local model
   for model in qwen2.5-0.5b-shape llama-3-8b-shape; do
     echo "== bench $model" | tee -a "$out/summary.txt"
@@ -100,7 +100,7 @@ run() {
   # The same small decode batches without CUDA graphs, for the ratio.
   echo "== bench qwen2.5-0.5b-shape --enforce-eager" | tee -a "$out/summary.txt"
   timeout 120 "$carry/strata" bench --device cuda --model qwen2.5-0.5b-shape --dtype bf16 \
-    --enforce-eager --batch-sizes 1,16 --prompt-len 128 --decode-steps 32 --num-kv-blocks 4096 \
+    --enforce-eager --batch-sizes 1,16,256 --prompt-len 128 --decode-steps 32 --num-kv-blocks 4096 \
     --json "$out/bench-qwen-eager.json" >"$out/bench-qwen-eager.txt" 2>&1 || status=$?
   grep -E '^\||of the limit|error' "$out/bench-qwen-eager.txt" | tee -a "$out/summary.txt" || true
   echo "gpu_check: exit status $status" | tee -a "$out/summary.txt"

@@ -14,8 +14,9 @@ mod common;
 
 use std::sync::OnceLock;
 
+use common::seq;
 use strata_core::executor::KvBlockIo;
-use strata_core::{BlockId, Executor, ModelBatch, RequestId, SeqInput};
+use strata_core::{BlockId, Executor, ModelBatch, SeqInput};
 use strata_model::backend::cpu::CpuBackend;
 use strata_model::backend::cuda::{CudaBackend, CudaOptions};
 use strata_model::backend::{AttentionShape, Backend, SeqAttention, StepMetadata};
@@ -308,17 +309,6 @@ fn pool() -> LoadOptions {
     }
 }
 
-fn seq<'a>(id: u64, toks: &'a [u32], done: usize, table: &'a [BlockId]) -> SeqInput<'a> {
-    SeqInput {
-        request_id: RequestId::new(id).unwrap(),
-        token_ids: toks,
-        num_computed_tokens: done,
-        block_table: table,
-        sample: None,
-        prompt_logprobs: None,
-    }
-}
-
 fn logits<B: Backend>(
     e: &mut strata_model::ModelExecutor<B>,
     toks: &[u32],
@@ -363,7 +353,8 @@ fn model_logits_match_the_cpu_over_continuous_batching_steps() {
 }
 
 /// A decode step replayed from a CUDA graph gives the bits of the same
-/// step run op by op, and matches an engine without graphs.
+/// step run op by op, and matches an engine without graphs: 3 sequences
+/// (bucket 4, GEMV) and 20 (bucket 24, cuBLAS inside the graph).
 #[test]
 fn graph_replay_equals_eager() {
     let Some(_) = gpu() else { return };
@@ -376,40 +367,49 @@ fn graph_replay_equals_eager() {
     let mut graphed =
         load_executor(CudaBackend::new(0).unwrap(), &source, &pool(), &mut |_, _| {}).unwrap();
     let mut eager = load_executor(eager, &source, &pool(), &mut |_, _| {}).unwrap();
-    let prompts: Vec<Vec<u32>> =
-        (0..3u32).map(|s| (0..20 + 5 * s).map(|i| (i * 31 + s) % 500).collect()).collect();
-    let tables: Vec<Vec<BlockId>> =
-        (0..3u32).map(|s| (0..3).map(|i| BlockId(50 - 4 * s - i)).collect()).collect();
-    // Each prompt but its last token is prefilled (op by op on both:
-    // several tokens per sequence); the last token is the decode step.
-    let seqs = |decode: bool| -> Vec<SeqInput<'_>> {
-        prompts
-            .iter()
-            .zip(&tables)
-            .enumerate()
-            .map(|(i, (t, tb))| {
-                let last = t.len() - 1;
-                if decode {
-                    seq(i as u64 + 1, &t[last..], last, tb)
-                } else {
-                    seq(i as u64 + 1, &t[..last], 0, tb)
-                }
-            })
-            .collect()
-    };
-    let prefill = ModelBatch { seqs: seqs(false), kv_connector_metadata: None };
-    graphed.logits(&prefill, LogitRows::All).unwrap();
-    eager.logits(&prefill, LogitRows::All).unwrap();
-    // The same decode step three times (it rewrites the same KV slots):
-    // op by op (the bucket's first step), captured, replayed.
-    let decode = ModelBatch { seqs: seqs(true), kv_connector_metadata: None };
-    let runs: Vec<Vec<f32>> =
-        (0..3).map(|_| graphed.logits(&decode, LogitRows::All).unwrap()).collect();
-    assert_eq!(runs[0].len(), 3 * tiny(Architecture::Qwen2).vocab_size);
-    assert!(runs[0] == runs[1], "the captured launch gives the eager step's bits");
-    assert!(runs[1] == runs[2], "replay gives the captured launch's bits");
-    let reference = eager.logits(&decode, LogitRows::All).unwrap();
-    assert_close("graph against --enforce-eager", &reference, &runs[2], 1e-5);
+    let vocab = tiny(Architecture::Qwen2).vocab_size;
+    for (n, first_id, tol) in [(3u32, 1u64, 1e-5), (20, 100, 3e-2)] {
+        // Sequence s: 10 + s tokens in two blocks of its own.
+        let prompts: Vec<Vec<u32>> =
+            (0..n).map(|s| (0..10 + s).map(|i| (i * 31 + s) % 500).collect()).collect();
+        let tables: Vec<Vec<BlockId>> =
+            (0..n).map(|s| (0..2).map(|i| BlockId(1 + 2 * s + i)).collect()).collect();
+        // Each prompt but its last token is prefilled (op by op on both:
+        // several tokens per sequence); the last token is the decode step.
+        let seqs = |decode: bool| -> Vec<SeqInput<'_>> {
+            prompts
+                .iter()
+                .zip(&tables)
+                .enumerate()
+                .map(|(i, (t, tb))| {
+                    let (id, last) = (first_id + i as u64, t.len() - 1);
+                    if decode {
+                        seq(id, &t[last..], last, tb)
+                    } else {
+                        seq(id, &t[..last], 0, tb)
+                    }
+                })
+                .collect()
+        };
+        let prefill = ModelBatch { seqs: seqs(false), kv_connector_metadata: None };
+        graphed.logits(&prefill, LogitRows::All).unwrap();
+        eager.logits(&prefill, LogitRows::All).unwrap();
+        // The same decode step three times (it rewrites the same KV
+        // slots): op by op (the bucket's first step), captured, replayed.
+        let decode = ModelBatch { seqs: seqs(true), kv_connector_metadata: None };
+        let runs: Vec<Vec<f32>> =
+            (0..3).map(|_| graphed.logits(&decode, LogitRows::All).unwrap()).collect();
+        assert_eq!(runs[0].len(), n as usize * vocab);
+        assert!(runs[0] == runs[1], "{n} seqs: the captured launch gives the eager step's bits");
+        assert!(runs[1] == runs[2], "{n} seqs: replay gives the captured launch's bits");
+        let reference = eager.logits(&decode, LogitRows::All).unwrap();
+        assert_close(
+            &format!("{n} seqs: graph against --enforce-eager"),
+            &reference,
+            &runs[2],
+            tol,
+        );
+    }
 }
 
 /// KV computed on the GPU, moved block by block (as the offload tiers and

@@ -4,7 +4,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use strata_core::{BlockId, ModelBatch, RequestId, SeqInput};
+mod common;
+
+use common::seq;
+use strata_core::{BlockId, ModelBatch};
 use strata_model::backend::cpu::{CpuBackend, CpuKvLayer, CpuTensor, CpuWeight};
 use strata_model::backend::{AttentionShape, Backend, StepMetadata};
 use strata_model::error::Result;
@@ -93,17 +96,6 @@ impl Backend for Padded {
     }
     fn graph_bucket(&self, n: usize) -> Option<usize> {
         Some(n.next_power_of_two())
-    }
-}
-
-fn seq<'a>(id: u64, toks: &'a [u32], done: usize, table: &'a [BlockId]) -> SeqInput<'a> {
-    SeqInput {
-        request_id: RequestId::new(id).unwrap(),
-        token_ids: toks,
-        num_computed_tokens: done,
-        block_table: table,
-        sample: None,
-        prompt_logprobs: None,
     }
 }
 

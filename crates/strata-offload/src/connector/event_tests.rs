@@ -406,6 +406,16 @@ fn with_events_off_nothing_is_recorded_or_kept() {
             assert!(e.step(t).kv_events.is_empty());
         }
     }
+    // Stores finish on the worker's threads: step on (bounded) until they
+    // have landed, which a loaded machine can take longer than 600 steps.
+    for _ in 0..500 {
+        if lock(&shared).host.num_used() == 2 {
+            break;
+        }
+        t += 1.0;
+        assert!(e.step(t).kv_events.is_empty());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let s = lock(&shared);
     assert_eq!(s.host.num_used(), 2, "traffic went through the tiers");
     assert_eq!(s.events.num_held(), 0);

@@ -118,22 +118,17 @@ extern "C" __global__ void rms_norm_heads(float* x, int xs, const float* w, int 
 }
 
 /* Unpacks one 16-byte load of weights to f32: 8 bf16/f16 or 4 f32. */
-__device__ __forceinline__ void unpack_bf16(uint4 u, float* o) {
-    u32 w[4] = {u.x, u.y, u.z, u.w};
-    _Pragma("unroll")
-    for (int i = 0; i < 4; i++) {
-        o[2 * i] = bf16_to_f32((u16)(w[i] & 0xffffu));
-        o[2 * i + 1] = bf16_to_f32((u16)(w[i] >> 16));
-    }
+#define UNPACK16(NAME, WIDEN)                                                     \
+__device__ __forceinline__ void NAME(uint4 u, float* o) {                         \
+    u32 w[4] = {u.x, u.y, u.z, u.w};                                              \
+    _Pragma("unroll")                                                             \
+    for (int i = 0; i < 4; i++) {                                                 \
+        o[2 * i] = WIDEN((u16)(w[i] & 0xffffu));                                  \
+        o[2 * i + 1] = WIDEN((u16)(w[i] >> 16));                                  \
+    }                                                                             \
 }
-__device__ __forceinline__ void unpack_f16(uint4 u, float* o) {
-    u32 w[4] = {u.x, u.y, u.z, u.w};
-    _Pragma("unroll")
-    for (int i = 0; i < 4; i++) {
-        o[2 * i] = f16_to_f32((u16)(w[i] & 0xffffu));
-        o[2 * i + 1] = f16_to_f32((u16)(w[i] >> 16));
-    }
-}
+UNPACK16(unpack_bf16, bf16_to_f32)
+UNPACK16(unpack_f16, f16_to_f32)
 __device__ __forceinline__ void unpack_f32(uint4 u, float* o) {
     o[0] = __uint_as_float(u.x);
     o[1] = __uint_as_float(u.y);
@@ -303,6 +298,16 @@ const ATTENTION_BODY: &str = r#"
 #define SEQ_TABLE_START 3
 #define SEQ_NUM_BLOCKS 4
 
+/* One head's output row: the lane's dims of acc / l (0 when l is 0). */
+__device__ __forceinline__ void store_head(float* orow, const float* acc, float l, int lane) {
+    float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    #pragma unroll
+    for (int i = 0; i < DIMS_PER_LANE; i++) {
+        int d = lane + 32 * i;
+        if (d < HEAD_DIM) orow[d] = acc[i] * inv;
+    }
+}
+
 /* Causal paged attention, one warp per (query token, query head), warps of
    one block sharing a kv head: grid (tokens, kv_heads, segments), block
    32 * group threads. A query at position p sees keys 0..=p of its
@@ -378,13 +383,7 @@ extern "C" __global__ void __launch_bounds__(1024) paged_attention(
         m = m_new;
     }
     if (nseg == 1) {
-        float inv = l > 0.0f ? 1.0f / l : 0.0f;
-        float* orow = out + (long)t * os + (long)h * HEAD_DIM;
-        #pragma unroll
-        for (int i = 0; i < DIMS_PER_LANE; i++) {
-            int d = lane + 32 * i;
-            if (d < HEAD_DIM) orow[d] = acc[i] * inv;
-        }
+        store_head(out + (long)t * os + (long)h * HEAD_DIM, acc, l, lane);
     } else {
         int heads = gridDim.y * group;
         long pi = ((long)t * heads + h) * nseg + seg;
@@ -425,13 +424,7 @@ extern "C" __global__ void attention_reduce(const float* part_out, const float* 
             if (d < HEAD_DIM) acc[i] += po[d] * w;
         }
     }
-    float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    float* orow = out + (long)t * os + (long)h * HEAD_DIM;
-    #pragma unroll
-    for (int i = 0; i < DIMS_PER_LANE; i++) {
-        int d = lane + 32 * i;
-        if (d < HEAD_DIM) orow[d] = acc[i] * inv;
-    }
+    store_head(out + (long)t * os + (long)h * HEAD_DIM, acc, l, lane);
 }
 "#;
 

@@ -30,17 +30,16 @@
 //! fails with the device's message, as a CUDA context's sticky errors would
 //! make it fail anyway.
 //!
-//! - Decode steps of up to 16 sequences are padded to a bucket (1, 2, 4,
-//!   8, 16) and, from a bucket's second step on, captured once as a CUDA
-//!   graph and replayed: one launch per step instead of one per op, which
+//! - Decode steps of up to 256 sequences are padded to a bucket
+//!   ([`plan::GRAPH_BUCKETS`]) and, from a bucket's second step on,
+//!   captured once as a CUDA graph and replayed: one launch per step instead of one per op, which
 //!   is what bounds small models' decode. The graph's activations are
 //!   captured stream-ordered allocations, so they get the same addresses
 //!   on every replay; the step's metadata goes into the bucket's fixed
 //!   buffer before each launch. `CudaOptions::enforce_eager` turns this
 //!   off (vLLM's `--enforce-eager`).
 //!
-//! Not here yet: graphs for batches above 16 (those steps use cuBLAS),
-//! bf16 KV, tensor-core attention for long prefills, device-side
+//! Not here yet: bf16 KV, tensor-core attention for long prefills, device-side
 //! sampling.
 
 pub mod kernels;
@@ -220,7 +219,13 @@ pub struct CudaBackend {
     /// device without stream-ordered allocation (graphs capture the
     /// activations' allocations).
     graphs: Option<Mutex<HashMap<usize, GraphSlot>>>,
+    /// cuBLAS's workspace, set once so that its address is fixed (what a
+    /// GEMM captured in a graph needs; cuBLAS would otherwise allocate).
+    _blas_workspace: DevBuf,
 }
+
+/// Bytes of cuBLAS workspace (what PyTorch gives it on Hopper).
+const BLAS_WORKSPACE: usize = 32 << 20;
 
 /// How the CUDA backend runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -291,6 +296,18 @@ impl CudaBackend {
             })
             .collect::<Result<HashMap<_, _>>>()?;
         let pooled = ctx.has_async_alloc();
+        // SAFETY: a plain allocation on this context, owned by the backend
+        // for as long as the cuBLAS handle that uses it.
+        let workspace = unsafe { drv::malloc_sync(BLAS_WORKSPACE) }
+            .map_err(|e| dev_err("allocating cuBLAS's workspace", e))?;
+        let workspace = DevBuf { ptr: workspace, stream: stream.clone(), pooled: false };
+        // SAFETY: a live handle and `BLAS_WORKSPACE` bytes of device memory
+        // that outlive it (dropped after `blas`: fields drop in order).
+        unsafe {
+            blas_sys::cublasSetWorkspace_v2(*blas.handle(), workspace.ptr as *mut _, BLAS_WORKSPACE)
+        }
+        .result()
+        .map_err(|e| dev_err("cublasSetWorkspace", e))?;
         if pooled {
             // Keep freed activation memory in the pool across the
             // synchronisation at every step's end (the default threshold,
@@ -317,6 +334,7 @@ impl CudaBackend {
         Ok(Self {
             pooled,
             graphs: (pooled && !options.enforce_eager).then(|| Mutex::new(HashMap::new())),
+            _blas_workspace: workspace,
             ctx,
             stream,
             blas,

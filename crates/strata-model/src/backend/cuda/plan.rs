@@ -74,9 +74,12 @@ pub fn check_dims(rows: usize, cols: usize) -> Result<(), String> {
     }
 }
 
-/// The decode batch sizes graphs are captured for: up to 16 sequences,
-/// where every linear layer is the GEMV kernel (no cuBLAS in a graph).
-pub const GRAPH_BUCKETS: [usize; 5] = [1, 2, 4, 8, 16];
+/// The decode batch sizes graphs are captured for, as vLLM spaces them
+/// (1, 2, 4, 8, then wider steps): a step is padded to the next one, so
+/// under half of a padded batch is padding, at most a third above 16. Up to 16 every linear
+/// layer is the GEMV kernel; above, cuBLAS runs inside the graph on its
+/// fixed workspace. Larger decode batches run op by op.
+pub const GRAPH_BUCKETS: [usize; 13] = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256];
 
 /// The bucket a decode step of `num_tokens` sequences is padded to.
 pub fn graph_bucket(num_tokens: usize) -> Option<usize> {
@@ -185,13 +188,25 @@ mod tests {
     }
 
     #[test]
-    fn decode_steps_pad_to_the_next_bucket_up_to_16() {
+    fn decode_steps_pad_to_the_next_bucket_up_to_256() {
         assert_eq!(graph_bucket(1), Some(1));
         assert_eq!(graph_bucket(3), Some(4));
         assert_eq!(graph_bucket(9), Some(16));
         assert_eq!(graph_bucket(16), Some(16));
-        assert_eq!(graph_bucket(17), None);
-        assert!(GRAPH_BUCKETS.iter().all(|&b| b <= super::kernels::GEMV_MAX_M));
+        assert_eq!(graph_bucket(17), Some(24));
+        assert_eq!(graph_bucket(129), Some(192));
+        assert_eq!(graph_bucket(256), Some(256));
+        assert_eq!(graph_bucket(257), None);
+        // Padding is under half of a padded batch, and at most a third
+        // above 16.
+        for n in 1..=256 {
+            let b = graph_bucket(n).unwrap();
+            assert!(2 * (b - n) < b, "{n} -> {b}");
+            assert!(n <= 16 || 3 * (b - n) <= b, "{n} -> {b}");
+        }
+        // The GEMV/cuBLAS boundary is a bucket edge: a bucket's linear
+        // layers all take one path.
+        assert!(GRAPH_BUCKETS.contains(&super::kernels::GEMV_MAX_M));
     }
 
     #[test]
