@@ -15,7 +15,8 @@
 # tests, STRATA_REQUIRE_GPU=1 so a missing device fails them),
 # OUT/pd-servers.txt (scripts/gpu_pd_check.py: P/D and a host-tier hit
 # between real servers, cuda->cpu, cpu->cuda, cuda->cuda), OUT/bench-*.txt
-# and .json (strata bench --device cuda), OUT/summary.txt.
+# and .json (strata bench --device cuda), OUT/profile-llama.txt (GPU time
+# per op at batch 1 and 256), OUT/summary.txt.
 # Each stage has its own time limit, so one that hangs cannot take the rest.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -97,6 +98,13 @@ run() {
     grep -E '^\||read bandwidth|of the limit|^model|error' "$out/bench-$model.txt" \
       | tee -a "$out/summary.txt" || true
   done
+  # Where the time goes at batch 256 (and 1): GPU time per op.
+  echo "== profile llama-3-8b-shape" | tee -a "$out/summary.txt"
+  STRATA_CUDA_PROFILE=1 timeout 200 "$carry/strata" bench --device cuda --model llama-3-8b-shape \
+    --dtype bf16 --batch-sizes 1,256 --prompt-len 128 --decode-steps 8 --num-kv-blocks 4096 \
+    >"$out/profile-llama.txt" 2>&1 || status=$?
+  grep -E '^batch .* ms/step wall|^\| (cublas|gemv|paged|\(not)' "$out/profile-llama.txt" \
+    | tee -a "$out/summary.txt" || true
   # The same small decode batches without CUDA graphs, for the ratio.
   echo "== bench qwen2.5-0.5b-shape --enforce-eager" | tee -a "$out/summary.txt"
   timeout 120 "$carry/strata" bench --device cuda --model qwen2.5-0.5b-shape --dtype bf16 \

@@ -148,6 +148,16 @@ impl DeviceExecutor {
         }
     }
 
+    /// GPU time per op since the last call (`STRATA_CUDA_PROFILE=1` on a
+    /// GPU), most first: `(op, calls, milliseconds)`.
+    pub fn take_profile(&self) -> Option<Vec<(&'static str, u64, f64)>> {
+        match self {
+            Self::Cpu(_) => None,
+            #[cfg(feature = "cuda")]
+            Self::Cuda(e) => e.backend().take_profile(),
+        }
+    }
+
     /// The labels of `strata:device_info`.
     pub fn device_labels(&self) -> Vec<(String, String)> {
         let device = ("device".to_owned(), self.device().to_string());

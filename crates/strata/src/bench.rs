@@ -5,6 +5,10 @@
 //! For each batch size `b`: one step prefills `b` prompts of `--prompt-len`
 //! random tokens, then `--decode-steps` steps decode one token for each of
 //! the `b` sequences. Throughput is tokens over wall time of those steps.
+//! With `--device cuda` and `STRATA_CUDA_PROFILE=1` it also prints where
+//! each batch size's prefill and decode steps spend their time, op by op
+//! (CUDA graphs are then off, so that every op is timed).
+//!
 //! The bandwidth limit is the weight bytes a decode step streams over the
 //! read bandwidth measured here, in the same run: of host memory on the
 //! CPU, of device memory (a streaming kernel) with `--device cuda`.
@@ -86,6 +90,27 @@ fn read_bandwidth() -> f64 {
     bytes / best
 }
 
+/// Where a step's time goes on a GPU (`STRATA_CUDA_PROFILE=1`): GPU time
+/// per op and step, and what is left of the wall time (launches, the
+/// host's own work, copies).
+fn print_profile(what: &str, ops: &[(&'static str, u64, f64)], steps: usize, wall_secs: f64) {
+    let steps = steps.max(1) as f64;
+    let wall_ms = wall_secs * 1e3 / steps;
+    let gpu_ms: f64 = ops.iter().map(|o| o.2).sum::<f64>() / steps;
+    println!("{what}: {wall_ms:.3} ms/step wall, {gpu_ms:.3} ms/step in GPU ops");
+    println!("| op | calls/step | ms/step | share of wall |");
+    println!("|---|---:|---:|---:|");
+    for (name, calls, ms) in ops {
+        let ms = ms / steps;
+        println!("| {name} | {:.0} | {ms:.3} | {:.3} |", *calls as f64 / steps, ms / wall_ms);
+    }
+    println!(
+        "| (not in GPU ops: launches, host, copies) | | {:.3} | {:.3} |",
+        wall_ms - gpu_ms,
+        (wall_ms - gpu_ms) / wall_ms
+    );
+}
+
 struct Row {
     batch: usize,
     prefill_tok_s: f64,
@@ -124,53 +149,63 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .collect();
         let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); b];
         let id = |s: usize| RequestId::new(s as u64 + 1).expect("invariant: non-zero");
-        let mut step =
-            |seqs: &mut Vec<Vec<u32>>, outputs: &mut Vec<Vec<u32>>, prefill: bool| -> Result<f64> {
-                let batch = ModelBatch {
-                    kv_connector_metadata: None,
-                    seqs: (0..b)
-                        .map(|s| {
-                            let start = if prefill { 0 } else { seqs[s].len() - 1 };
-                            SeqInput {
-                                request_id: id(s),
-                                token_ids: &seqs[s][start..],
-                                num_computed_tokens: start,
-                                block_table: &tables[s],
-                                sample: Some(SampleRequest {
-                                    params: &params,
-                                    prompt_token_ids: &seqs[s][..args.prompt_len],
-                                    output_token_ids: &outputs[s],
-                                    token_mask: None,
-                                }),
-                                prompt_logprobs: None,
-                            }
-                        })
-                        .collect(),
-                };
-                let t = Instant::now();
-                let out = exec.execute(&batch)?;
-                let secs = t.elapsed().as_secs_f64();
-                drop(batch);
-                for (s, tok) in out.sampled.iter().enumerate() {
-                    seqs[s].push(tok.token_id);
-                    outputs[s].push(tok.token_id);
-                }
-                Ok(secs)
+        let step = |exec: &mut strata_model::DeviceExecutor,
+                    seqs: &mut Vec<Vec<u32>>,
+                    outputs: &mut Vec<Vec<u32>>,
+                    prefill: bool|
+         -> Result<f64> {
+            let batch = ModelBatch {
+                kv_connector_metadata: None,
+                seqs: (0..b)
+                    .map(|s| {
+                        let start = if prefill { 0 } else { seqs[s].len() - 1 };
+                        SeqInput {
+                            request_id: id(s),
+                            token_ids: &seqs[s][start..],
+                            num_computed_tokens: start,
+                            block_table: &tables[s],
+                            sample: Some(SampleRequest {
+                                params: &params,
+                                prompt_token_ids: &seqs[s][..args.prompt_len],
+                                output_token_ids: &outputs[s],
+                                token_mask: None,
+                            }),
+                            prompt_logprobs: None,
+                        }
+                    })
+                    .collect(),
             };
+            let t = Instant::now();
+            let out = exec.execute(&batch)?;
+            let secs = t.elapsed().as_secs_f64();
+            drop(batch);
+            for (s, tok) in out.sampled.iter().enumerate() {
+                seqs[s].push(tok.token_id);
+                outputs[s].push(tok.token_id);
+            }
+            Ok(secs)
+        };
         if !args.no_warmup {
             // The same prefill, untimed, its tokens dropped: the timed one
             // rewrites the same KV slots.
             let (mut s, mut o) = (seqs.clone(), outputs.clone());
-            step(&mut s, &mut o, true)?;
+            step(exec, &mut s, &mut o, true)?;
         }
-        let prefill_secs = step(&mut seqs, &mut outputs, true)?;
-        // The first decode step warms caches after the large prefill; it
-        // is not counted.
-        step(&mut seqs, &mut outputs, false)?;
+        let _ = exec.take_profile();
+        let prefill_secs = step(exec, &mut seqs, &mut outputs, true)?;
+        let prefill_profile = exec.take_profile();
+        // The first two decode steps warm caches after the large prefill
+        // and, on a GPU, capture the batch's CUDA graph; they are not
+        // counted.
+        for _ in 0..2 {
+            step(exec, &mut seqs, &mut outputs, false)?;
+        }
+        let _ = exec.take_profile();
         let mut decode_secs = 0.0;
         for _ in 0..args.decode_steps {
-            decode_secs += step(&mut seqs, &mut outputs, false)?;
+            decode_secs += step(exec, &mut seqs, &mut outputs, false)?;
         }
+        let decode_profile = exec.take_profile();
         let row = Row {
             batch: b,
             prefill_tok_s: (b * args.prompt_len) as f64 / prefill_secs,
@@ -181,6 +216,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "batch {:>3}: prefill {:>9.1} tok/s  decode {:>9.1} tok/s ({:.1} ms/step)",
             row.batch, row.prefill_tok_s, row.decode_tok_s, row.decode_step_ms
         );
+        for (what, profile, steps, wall) in [
+            ("prefill", prefill_profile, 1, prefill_secs),
+            ("decode", decode_profile, args.decode_steps, decode_secs),
+        ] {
+            if let Some(ops) = profile {
+                print_profile(&format!("batch {b} {what}"), &ops, steps, wall);
+            }
+        }
         rows.push(row);
     }
     // Peak memory is taken before the bandwidth probe allocates its buffer.

@@ -191,6 +191,22 @@ struct GraphSlot {
     state: GraphState,
 }
 
+/// A kernel to launch, with its name for the profile.
+#[derive(Clone, Copy)]
+struct Kernel<'a> {
+    name: &'static str,
+    f: &'a CudaFunction,
+}
+
+/// Per-op GPU time, with `STRATA_CUDA_PROFILE=1`: CUDA events around every
+/// launch and GEMM, resolved when a step's result is read.
+#[derive(Default)]
+struct Profile {
+    pending: Vec<(&'static str, cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)>,
+    /// Calls and milliseconds per op.
+    totals: HashMap<&'static str, (u64, f64)>,
+}
+
 /// A kernel argument: device pointers and sizes as the kernels declare
 /// them.
 #[derive(Clone, Copy, Debug)]
@@ -222,6 +238,9 @@ pub struct CudaBackend {
     /// cuBLAS's workspace, set once so that its address is fixed (what a
     /// GEMM captured in a graph needs; cuBLAS would otherwise allocate).
     _blas_workspace: DevBuf,
+    /// `STRATA_CUDA_PROFILE=1`: per-op GPU time (graphs are then off, so
+    /// that every op is timed).
+    profile: Option<Mutex<Profile>>,
 }
 
 /// Bytes of cuBLAS workspace (what PyTorch gives it on Hopper).
@@ -296,6 +315,7 @@ impl CudaBackend {
             })
             .collect::<Result<HashMap<_, _>>>()?;
         let pooled = ctx.has_async_alloc();
+        let profile = std::env::var_os("STRATA_CUDA_PROFILE").is_some_and(|v| v != "0");
         // SAFETY: a plain allocation on this context, owned by the backend
         // for as long as the cuBLAS handle that uses it.
         let workspace = unsafe { drv::malloc_sync(BLAS_WORKSPACE) }
@@ -333,8 +353,10 @@ impl CudaBackend {
         }
         Ok(Self {
             pooled,
-            graphs: (pooled && !options.enforce_eager).then(|| Mutex::new(HashMap::new())),
+            graphs: (pooled && !options.enforce_eager && !profile)
+                .then(|| Mutex::new(HashMap::new())),
             _blas_workspace: workspace,
+            profile: profile.then(|| Mutex::new(Profile::default())),
             ctx,
             stream,
             blas,
@@ -427,11 +449,12 @@ impl CudaBackend {
         Ok(buf)
     }
 
-    fn launch(&self, f: &CudaFunction, grid: (u32, u32, u32), block: u32, args: &[Arg]) {
+    fn launch(&self, k: Kernel<'_>, grid: (u32, u32, u32), block: u32, args: &[Arg]) {
         if self.failed() || grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return;
         }
-        let mut b = self.stream.launch_builder(f);
+        let timer = self.start_timer();
+        let mut b = self.stream.launch_builder(k.f);
         for a in args {
             match a {
                 Arg::Ptr(p) => b.arg(p),
@@ -444,12 +467,54 @@ impl CudaBackend {
         // and types by the callers below; pointers are live device memory
         // of the sizes the grid covers.
         if let Err(e) = unsafe { b.launch(cfg) } {
-            self.fail(format!("kernel launch: {e:?}"));
+            self.fail(format!("kernel launch `{}`: {e:?}", k.name));
+        }
+        self.stop_timer(k.name, timer);
+    }
+
+    fn common(&self, name: &'static str) -> Kernel<'_> {
+        Kernel { name, f: &self.common[name] }
+    }
+
+    /// With profiling on, an event recorded before an op.
+    fn start_timer(&self) -> Option<cudarc::driver::CudaEvent> {
+        self.profile.as_ref()?;
+        let e = self.ctx.new_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT)).ok()?;
+        e.record(&self.stream).ok()?;
+        Some(e)
+    }
+
+    fn stop_timer(&self, name: &'static str, start: Option<cudarc::driver::CudaEvent>) {
+        let (Some(profile), Some(start)) = (&self.profile, start) else { return };
+        let Ok(end) = self.ctx.new_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT)) else {
+            return;
+        };
+        if end.record(&self.stream).is_ok() {
+            profile.lock().unwrap_or_else(|p| p.into_inner()).pending.push((name, start, end));
         }
     }
 
-    fn common(&self, name: &str) -> &CudaFunction {
-        &self.common[name]
+    /// Per-op GPU time since the last call, `(op, calls, milliseconds)`,
+    /// most time first; `None` unless `STRATA_CUDA_PROFILE=1`.
+    pub fn take_profile(&self) -> Option<Vec<(&'static str, u64, f64)>> {
+        let profile = self.profile.as_ref()?;
+        let _ = self.stream.synchronize();
+        let mut p = profile.lock().unwrap_or_else(|p| p.into_inner());
+        Self::resolve(&mut p);
+        let mut rows: Vec<_> = p.totals.drain().map(|(k, (n, ms))| (k, n, ms)).collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Some(rows)
+    }
+
+    /// Adds the elapsed time of recorded event pairs (after a sync).
+    fn resolve(p: &mut Profile) {
+        for (name, start, end) in std::mem::take(&mut p.pending) {
+            if let Ok(ms) = start.elapsed_ms(&end) {
+                let t = p.totals.entry(name).or_default();
+                t.0 += 1;
+                t.1 += f64::from(ms);
+            }
+        }
     }
 
     fn attention_fns(&self, head_dim: usize) -> Result<(CudaFunction, CudaFunction)> {
@@ -517,6 +582,7 @@ impl CudaBackend {
             DType::BF16 => blas_sys::cudaDataType::CUDA_R_16BF,
         };
         let (alpha, beta) = (1.0f32, 0.0f32);
+        let timer = self.start_timer();
         // Row-major out[m, n] = x[m, k] W[n, k]^T is, column-major,
         // out^T[n, m] = W^T · x^T: A = W (transposed), B = x.
         // SAFETY: pointers are live device buffers of these shapes; the
@@ -545,6 +611,7 @@ impl CudaBackend {
             )
         }
         .map_err(|e| dev_err("cublasGemmEx", e))?;
+        self.stop_timer("cublas_gemm", timer);
         // The staged copy is freed in stream order after the GEMM.
         Ok(())
     }
@@ -927,7 +994,7 @@ impl Backend for CudaBackend {
         }
         let (po, pml) = parts.as_ref().map_or((0, 0), |(o, ml)| (o.ptr, ml.ptr));
         self.launch(
-            &attn,
+            Kernel { name: "paged_attention", f: &attn },
             (tokens as u32, shape.num_kv_heads as u32, segments as u32),
             32 * group as u32,
             &[
@@ -951,7 +1018,7 @@ impl Backend for CudaBackend {
         );
         if segments > 1 {
             self.launch(
-                &reduce,
+                Kernel { name: "attention_reduce", f: &reduce },
                 (tokens as u32, shape.num_heads as u32, 1),
                 32,
                 &[Arg::Ptr(po), Arg::Ptr(pml), int(segments), Arg::Ptr(out.ptr), int(out.stride)],
@@ -1045,6 +1112,10 @@ impl Backend for CudaBackend {
         };
         let mut out = vec![0.0f32; x.rows * x.cols];
         self.copy_to_host_bytes(src.ptr, bytemuck::cast_slice_mut(&mut out))?;
+        if let Some(p) = &self.profile {
+            // Synchronised by the copy: every event of the step is done.
+            Self::resolve(&mut p.lock().unwrap_or_else(|p| p.into_inner()));
+        }
         Ok(out)
     }
 
