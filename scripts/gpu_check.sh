@@ -6,17 +6,20 @@
 #   scripts/gpu_check.sh prepare   # here (a Rust toolchain, no GPU needed):
 #                                  # release builds of the test binary and of
 #                                  # strata into target/gpu-carry/
-#   scripts/gpu_check.sh run OUT   # on the GPU machine (no toolchain, no
-#                                  # network): runs them, results into OUT/
+#   scripts/gpu_check.sh run OUT [tests] [pd] [bench]
+#                                  # on the GPU machine (no toolchain, no
+#                                  # network): runs them (default: all
+#                                  # three stages), results into OUT/
 #
 # `run` finds CUDA 13 (or 12) libraries under STRATA_CUDA_LIB_DIR, or else
 # in a torch install (TORCH_ROOT, default /opt/torch, then python3's
-# site-packages), and writes OUT/nvidia-smi.txt, OUT/tests.txt (the parity
+# site-packages), and writes OUT/tests.txt (the parity
 # tests, STRATA_REQUIRE_GPU=1 so a missing device fails them),
 # OUT/pd-servers.txt (scripts/gpu_pd_check.py: P/D and a host-tier hit
 # between real servers, cuda->cpu, cpu->cuda, cuda->cuda), OUT/bench-*.txt
-# and .json (strata bench --device cuda), OUT/profile-llama.txt (GPU time
-# per op at batch 1 and 256), OUT/summary.txt.
+# (strata bench --device cuda), OUT/profile-llama.txt (GPU time per op at
+# batch 1 and 256) and OUT/summary.txt (nvidia-smi and the lines that
+# matter from each): seven files, within what a device run brings back.
 # Each stage has its own time limit, so one that hangs cannot take the rest.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -52,7 +55,11 @@ lib_dirs_under() {
 }
 
 run() {
-  local out="${1:?usage: scripts/gpu_check.sh run OUT}"
+  local out="${1:?usage: scripts/gpu_check.sh run OUT [tests] [pd] [bench]}"
+  shift
+  # The stages to run (default: all), so that a short device budget can
+  # split them over two calls.
+  local stages="${*:-tests pd bench}"
   mkdir -p "$out"
   [ -x "$carry/cuda-tests" ] && [ -x "$carry/strata" ] \
     || { echo "gpu_check: run 'scripts/gpu_check.sh prepare' first and carry target/gpu-carry" >&2; exit 1; }
@@ -65,18 +72,23 @@ run() {
     export STRATA_CUDA_LIB_DIR="$dirs"
   fi
   echo "STRATA_CUDA_LIB_DIR=$STRATA_CUDA_LIB_DIR" | tee "$out/summary.txt"
-  export STRATA_KERNEL_CACHE="$out/kernel-cache"
+  # Outside OUT: only a few files come back from there.
+  export STRATA_KERNEL_CACHE=/tmp/strata-kernel-cache
   (nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.mem --format=csv 2>&1 || true) \
-    | tee "$out/nvidia-smi.txt"
+    | tee -a "$out/summary.txt"
 
   local status=0
+  case " $stages " in *" tests "*)
   echo "== parity tests" | tee -a "$out/summary.txt"
   STRATA_REQUIRE_GPU=1 RUST_BACKTRACE=1 timeout 240 "$carry/cuda-tests" --test-threads=1 --nocapture \
     >"$out/tests.txt" 2>&1 || status=$?
   grep -E '^test result|relative error|^test .* (ok|FAILED)$|panicked' "$out/tests.txt" \
     | tee -a "$out/summary.txt" || true
 
+  ;; esac
+
   # P/D and the host tier between real servers on the GPU and the CPU.
+  case " $stages " in *" pd "*)
   local pair
   for pair in "cuda cpu" "cpu cuda" "cuda cuda"; do
     set -- $pair
@@ -86,6 +98,9 @@ run() {
       2>&1 | tee -a "$out/summary.txt" || status=1
   done
 
+  ;; esac
+
+  case " $stages " in *" bench "*)
   # Decode speed: Qwen2.5-0.5B and Llama-3-8B shapes, bf16, batch 1, 32
   # and 256 (decode steps replay CUDA graphs), each against the measured
   # device bandwidth; then Qwen without graphs.
@@ -94,7 +109,7 @@ run() {
     echo "== bench $model" | tee -a "$out/summary.txt"
     timeout 200 "$carry/strata" bench --device cuda --model "$model" --dtype bf16 \
       --batch-sizes 1,16,32,256 --prompt-len 128 --decode-steps 32 --num-kv-blocks 4096 \
-      --json "$out/bench-$model.json" >"$out/bench-$model.txt" 2>&1 || status=$?
+      >"$out/bench-$model.txt" 2>&1 || status=$?
     grep -E '^\||read bandwidth|of the limit|^model|error' "$out/bench-$model.txt" \
       | tee -a "$out/summary.txt" || true
   done
@@ -109,8 +124,9 @@ run() {
   echo "== bench qwen2.5-0.5b-shape --enforce-eager" | tee -a "$out/summary.txt"
   timeout 120 "$carry/strata" bench --device cuda --model qwen2.5-0.5b-shape --dtype bf16 \
     --enforce-eager --batch-sizes 1,16,256 --prompt-len 128 --decode-steps 32 --num-kv-blocks 4096 \
-    --json "$out/bench-qwen-eager.json" >"$out/bench-qwen-eager.txt" 2>&1 || status=$?
+    >"$out/bench-qwen-eager.txt" 2>&1 || status=$?
   grep -E '^\||of the limit|error' "$out/bench-qwen-eager.txt" | tee -a "$out/summary.txt" || true
+  ;; esac
   echo "gpu_check: exit status $status" | tee -a "$out/summary.txt"
   return "$status"
 }
