@@ -11,6 +11,9 @@
 //! 2. `LD_LIBRARY_PATH`,
 //! 3. the `nvidia` directories of every Python `site-packages` it can see
 //!    (`VIRTUAL_ENV`, `CONDA_PREFIX`, `sys.path` of `python3`),
+//! 4. where drivers and toolkits are installed ([`KNOWN_DIRS`]: NVIDIA's
+//!    container runtime mounts the driver under `/usr/local/nvidia`, which
+//!    is not always in the loader's path),
 //!
 //! opens each library it finds there by absolute path (NVRTC's builtins
 //! first: libnvrtc opens it by name itself, and fails to compile without
@@ -78,6 +81,16 @@ impl CudaLib {
     }
 }
 
+/// Where the driver and a CUDA toolkit are usually installed, searched
+/// last.
+pub const KNOWN_DIRS: &[&str] = &[
+    "/usr/local/nvidia/lib64",
+    "/usr/local/nvidia/lib",
+    "/usr/local/cuda/lib64",
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib64",
+];
+
 /// Directories to search, in order, from the environment.
 pub fn search_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
@@ -89,6 +102,7 @@ pub fn search_dirs() -> Vec<PathBuf> {
     for site in site_packages() {
         dirs.extend(nvidia_dirs(&site));
     }
+    dirs.extend(KNOWN_DIRS.iter().map(PathBuf::from).filter(|p| p.is_dir()));
     dirs
 }
 
@@ -203,9 +217,10 @@ pub fn load_libraries(need_driver: bool) -> std::result::Result<Located, String>
     } else {
         Err(format!(
             "CUDA libraries not found: {} (searched STRATA_CUDA_LIB_DIR, LD_LIBRARY_PATH, \
-             the system library path and the nvidia/ directories of Python's site-packages; \
-             the driver comes with the NVIDIA driver, the others with CUDA 13 or the PyPI \
-             wheels nvidia-cuda-nvrtc and nvidia-cublas)",
+             the nvidia/ directories of Python's site-packages, /usr/local/nvidia/lib64, \
+             /usr/local/cuda/lib64 and the system library path; the driver comes with the \
+             NVIDIA driver, the others with CUDA 13 or the PyPI wheels nvidia-cuda-nvrtc and \
+             nvidia-cublas)",
             missing.join(", ")
         ))
     }
@@ -252,6 +267,13 @@ mod tests {
         assert_eq!(find(CudaLib::CublasLt, &dirs), None);
         touch(&a, &["libcublas.so.13"]);
         assert_eq!(find(CudaLib::Cublas, &dirs), Some(a.join("libcublas.so.13")));
+    }
+
+    #[test]
+    fn driver_and_toolkit_directories_come_last() {
+        let known: Vec<PathBuf> =
+            KNOWN_DIRS.iter().map(PathBuf::from).filter(|p| p.is_dir()).collect();
+        assert!(search_dirs().ends_with(&known));
     }
 
     #[test]
