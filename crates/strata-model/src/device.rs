@@ -139,12 +139,16 @@ impl DeviceExecutor {
     }
 
     /// The device memory's measured read bandwidth in bytes/s (a kernel
-    /// streaming 2 GiB ten times), or `None` on the CPU.
+    /// streaming up to 2 GiB, at most half of what is free, ten times), or
+    /// `None` on the CPU.
     pub fn device_read_bandwidth(&self) -> Option<Result<f64>> {
         match self {
             Self::Cpu(_) => None,
             #[cfg(feature = "cuda")]
-            Self::Cuda(e) => Some(e.backend().measure_read_bandwidth(2 << 30, 10)),
+            Self::Cuda(e) => Some(e.backend().memory().and_then(|(free, _)| {
+                let bytes = (free / 2).min(2 << 30) / 16 * 16;
+                e.backend().measure_read_bandwidth(bytes, 10)
+            })),
         }
     }
 
