@@ -231,6 +231,16 @@ impl<B: Backend> ModelExecutor<B> {
     /// [`Self::logits`] for a batch already checked against the pool and
     /// the vocabulary.
     fn forward_logits(&mut self, batch: &ModelBatch<'_>, rows: LogitRows) -> Result<Vec<f32>> {
+        let (logits, n) = self.forward(batch, rows)?;
+        let mut out = self.backend.to_host(&logits)?;
+        out.truncate(n * self.model.config().vocab_size);
+        Ok(out)
+    }
+
+    /// The forward pass: the logits where the backend keeps them, and how
+    /// many of their rows are the ones asked for (the rest pad a graph
+    /// bucket).
+    fn forward(&mut self, batch: &ModelBatch<'_>, rows: LogitRows) -> Result<(B::Tensor, usize)> {
         let meta = self.step_metadata(batch);
         let rows: Vec<usize> = match rows {
             LogitRows::All => (0..meta.num_tokens()).collect(),
@@ -256,6 +266,7 @@ impl<B: Backend> ModelExecutor<B> {
         // graph bucket; the padding rows' logits are dropped.
         let mut meta = meta;
         let n = meta.num_tokens();
+        let asked = rows.len();
         let mut rows = rows;
         let all_decode = batch.seqs.iter().all(|s| s.token_ids.len() == 1);
         let bucket = if all_decode && rows.iter().copied().eq(0..n) {
@@ -270,11 +281,7 @@ impl<B: Backend> ModelExecutor<B> {
         let step = self.backend.prepare_step(&meta)?;
         let (model, kv, backend) = (&self.model, &mut self.kv, &self.backend);
         let logits = backend.run_forward(&step, &mut || model.forward(backend, kv, &step, &rows));
-        let mut out = self.backend.to_host(&logits)?;
-        if bucket.is_some() {
-            out.truncate(n * self.model.config().vocab_size);
-        }
-        Ok(out)
+        Ok((logits, asked))
     }
 }
 
@@ -323,8 +330,34 @@ impl<B: Backend> ModelExecutor<B> {
         batch: &ModelBatch<'_>,
     ) -> Result<(Vec<SampledToken>, Vec<PromptLogprobsChunk>)> {
         // `execute` checked the batch already.
-        let logits = self.forward_logits(batch, LogitRows::Step)?;
+        let (logits, n) = self.forward(batch, LogitRows::Step)?;
+        // Every row greedy, nothing else asked: token ids from where the
+        // logits are, when the backend can (a GPU then copies 4 bytes a
+        // row instead of the vocabulary's logits).
+        let plain_greedy = batch.seqs.iter().all(|s| {
+            s.prompt_logprob_rows().is_empty()
+                && s.sample.is_none_or(|r| Sampler::is_plain_greedy(&r))
+        });
+        if plain_greedy {
+            if let Some(ids) = self.backend.argmax_rows(&logits) {
+                let ids = ids?;
+                let sampled = batch
+                    .seqs
+                    .iter()
+                    .filter(|s| s.sample.is_some())
+                    .zip(&ids[..n])
+                    .map(|(s, &token_id)| SampledToken {
+                        request_id: s.request_id,
+                        token_id,
+                        logprobs: None,
+                    })
+                    .collect();
+                return Ok((sampled, Vec::new()));
+            }
+        }
+        let mut logits = self.backend.to_host(&logits)?;
         let vocab = self.model.config().vocab_size;
+        logits.truncate(n * vocab);
         let rows: Vec<&[f32]> = logits.chunks_exact(vocab).collect();
         // Walk the rows in the order `LogitRows::Step` lays them out.
         let mut next = 0;

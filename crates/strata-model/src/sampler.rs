@@ -202,6 +202,18 @@ impl Sampler {
         (bits >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// Whether [`Self::sample`] returns the raw logits' first largest
+    /// value and no logprobs for `req` (greedy, nothing that changes the
+    /// logits, no token mask, no logprobs): then the argmax can be taken
+    /// where the logits are ([`crate::backend::Backend::argmax_rows`]).
+    pub fn is_plain_greedy(req: &SampleRequest<'_>) -> bool {
+        let p = req.params;
+        p.is_greedy()
+            && !p.has_logits_processors()
+            && req.token_mask.is_none()
+            && p.logprobs.is_none()
+    }
+
     pub fn sample(
         &self,
         request_id: RequestId,

@@ -167,6 +167,30 @@ fn elementwise_ops_match_the_cpu() {
 }
 
 #[test]
+fn argmax_rows_finds_the_first_largest_value_as_the_sampler_does() {
+    let Some(g) = gpu() else { return };
+    let (rows, cols) = (6, 151_936);
+    // Coarse values, so most rows hold the maximum more than once.
+    let mut v: Vec<f32> =
+        common::values(60, rows * cols).into_iter().map(|x| (x * 8.0).round()).collect();
+    v[2 * cols] = f32::NAN; // row 2: NaN first -> 0
+    v[3 * cols + 7] = f32::NAN; // row 3: a NaN later is never the answer
+    v[4 * cols..5 * cols].fill(f32::NEG_INFINITY); // row 4: nothing beats index 0
+    v[5 * cols + cols - 1] = 100.0; // row 5: the last column
+    let table = host("t", &[rows, cols], v.clone(), DType::F32);
+    let gt = g.upload(table).unwrap();
+    let x = g.embedding(&gt, &g.prepare_step(&step_for(rows)).unwrap());
+    let first_max = |r: &[f32]| {
+        r.iter().enumerate().fold(0, |best, (i, &x)| if x > r[best] { i } else { best }) as u32
+    };
+    let want: Vec<u32> = v.chunks(cols).map(first_max).collect();
+    assert_eq!(want[2], 0);
+    assert_eq!(want[4], 0);
+    assert_eq!(want[5], cols as u32 - 1);
+    assert_eq!(g.argmax_rows(&x).unwrap().unwrap(), want);
+}
+
+#[test]
 fn linear_matches_the_cpu_for_every_dtype_and_batch() {
     let Some(g) = gpu() else { return };
     let c = CpuBackend;

@@ -1,13 +1,19 @@
-//! Decode steps padded to a graph bucket give the logits of the unpadded
-//! step: the executor's side of CUDA graphs, checked on the CPU backend
-//! (a wrapper that asks for buckets as the CUDA backend does).
+//! The executor's side of the CUDA backend's step hooks, checked on the
+//! CPU backend through a wrapper that uses them as the CUDA backend does:
+//! decode steps padded to a graph bucket give the logits of the unpadded
+//! step, and greedy steps sampled from the backend's argmax give the
+//! sampler's tokens.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use common::seq;
-use strata_core::{BlockId, ModelBatch};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use strata_core::{
+    BlockId, Executor, ModelBatch, RequestId, SampleRequest, SamplingParams, SeqInput,
+};
 use strata_model::backend::cpu::{CpuBackend, CpuKvLayer, CpuTensor, CpuWeight};
 use strata_model::backend::{AttentionShape, Backend, StepMetadata};
 use strata_model::error::Result;
@@ -15,10 +21,10 @@ use strata_model::loader::load_executor;
 use strata_model::weights::HostTensor;
 use strata_model::{KvPoolConfig, LoadOptions, LogitRows, ModelSource};
 
-/// The CPU backend, padding decode steps to powers of two; counts the
-/// padded steps it ran.
+/// The CPU backend, padding decode steps to powers of two and taking
+/// argmaxes itself; counts the padded steps and the argmax calls.
 #[derive(Debug, Default)]
-struct Padded(std::sync::atomic::AtomicUsize);
+struct Padded(AtomicUsize, AtomicUsize);
 
 impl Backend for Padded {
     type Tensor = CpuTensor;
@@ -36,7 +42,7 @@ impl Backend for Padded {
     }
     fn prepare_step(&self, m: &StepMetadata) -> Result<StepMetadata> {
         if m.graph {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0.fetch_add(1, Ordering::Relaxed);
         }
         CpuBackend.prepare_step(m)
     }
@@ -97,6 +103,14 @@ impl Backend for Padded {
     fn graph_bucket(&self, n: usize) -> Option<usize> {
         Some(n.next_power_of_two())
     }
+    fn argmax_rows(&self, x: &CpuTensor) -> Option<Result<Vec<u32>>> {
+        self.1.fetch_add(1, Ordering::Relaxed);
+        // The first largest value, as the sampler's scan finds it.
+        let first_max = |r: &[f32]| {
+            r.iter().enumerate().fold(0, |best, (i, &v)| if v > r[best] { i } else { best }) as u32
+        };
+        Some(Ok((0..x.rows).map(|r| first_max(x.row(r))).collect()))
+    }
 }
 
 #[test]
@@ -147,4 +161,66 @@ fn padded_decode_steps_give_the_unpadded_logits_and_write_no_padding_kv() {
         "two decode steps padded"
     );
     assert!(block0(&mut padded) == untouched, "padding tokens write no KV");
+}
+
+/// Continuous batching through `execute`: greedy requests without
+/// logprobs take the backend's argmax (padded decode steps included), the
+/// others the sampler's; the tokens are the plain CPU executor's.
+#[test]
+fn greedy_steps_sampled_from_the_backend_argmax_give_the_sampler_tokens() {
+    let opts = LoadOptions {
+        kv: KvPoolConfig { block_size: 16, num_blocks: Some(64), memory_bytes: 0 },
+        ..LoadOptions::default()
+    };
+    let source = ModelSource::Builtin;
+    let greedy = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(64) };
+    let with_logprobs = SamplingParams { logprobs: Some(2), ..greedy.clone() };
+    for (params, fast) in [(&greedy, true), (&with_logprobs, false)] {
+        let mut plain = load_executor(CpuBackend, &source, &opts, &mut |_, _| {}).unwrap();
+        let mut padded = load_executor(Padded::default(), &source, &opts, &mut |_, _| {}).unwrap();
+        let prompts: Vec<Vec<u32>> =
+            (0..3u32).map(|s| (0..12 + 9 * s).map(|i| (i * 17 + s + 5) % 500).collect()).collect();
+        let tables: Vec<Vec<BlockId>> =
+            (0..3u32).map(|s| (0..4).map(|i| BlockId(1 + 4 * s + i)).collect()).collect();
+        let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); 3];
+        for _ in 0..6 {
+            let seqs: Vec<Vec<u32>> = prompts
+                .iter()
+                .zip(&outputs)
+                .map(|(p, o)| p.iter().chain(o).copied().collect())
+                .collect();
+            let batch = ModelBatch {
+                kv_connector_metadata: None,
+                seqs: (0..3)
+                    .map(|s| {
+                        // The first step prefills; later ones decode.
+                        let start = if outputs[s].is_empty() { 0 } else { seqs[s].len() - 1 };
+                        SeqInput {
+                            request_id: RequestId::new(s as u64 + 1).unwrap(),
+                            token_ids: &seqs[s][start..],
+                            num_computed_tokens: start,
+                            block_table: &tables[s],
+                            sample: Some(SampleRequest {
+                                params,
+                                prompt_token_ids: &prompts[s],
+                                output_token_ids: &outputs[s],
+                                token_mask: None,
+                            }),
+                            prompt_logprobs: None,
+                        }
+                    })
+                    .collect(),
+            };
+            let want = plain.execute(&batch).unwrap().sampled;
+            let got = padded.execute(&batch).unwrap().sampled;
+            assert_eq!(got, want);
+            drop(batch);
+            for (o, t) in outputs.iter_mut().zip(&got) {
+                o.push(t.token_id);
+            }
+        }
+        let calls = padded.backend().1.load(Ordering::Relaxed);
+        assert_eq!(calls, if fast { 6 } else { 0 }, "argmax on the backend: {calls} steps");
+        assert_eq!(padded.backend().0.load(Ordering::Relaxed), 5, "five padded decode steps");
+    }
 }

@@ -186,6 +186,16 @@ pub trait Backend: Send + Sync + 'static {
     fn select_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Self::Tensor;
     fn to_host(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
 
+    /// The index of each row's largest value, the first of equal ones
+    /// (NaN never wins, but a NaN first value gives 0, as the sampler's
+    /// scan does), computed where the tensor lives, so that a greedy step
+    /// copies token ids rather than logits. `None`: no such operation here
+    /// (the executor reads the logits and the sampler takes the argmax).
+    /// Like [`Self::to_host`], it ends a step.
+    fn argmax_rows(&self, _x: &Self::Tensor) -> Option<Result<Vec<u32>>> {
+        None
+    }
+
     /// For a step of `num_tokens` tokens, each the one decode token of its
     /// sequence: the token count to pad it to so that the backend can
     /// replay a captured graph of the forward pass, or `None` to run it

@@ -273,6 +273,49 @@ extern "C" __global__ void select_rows(const float* x, int xs, const u32* rows, 
         out[(long)blockIdx.x * cols + c] = src[c];
 }
 
+/* Whether (v, i) beats (bv, bi) for argmax: larger, or equal with a
+   lower index; NaN never beats and is beaten by anything. */
+__device__ __forceinline__ bool beats(float v, int i, float bv, int bi) {
+    return v == v && (bv != bv || v > bv || (v == bv && i < bi));
+}
+__device__ __forceinline__ void argmax_warp(float* bv, int* bi) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, *bv, o);
+        int oi = __shfl_xor_sync(0xffffffffu, *bi, o);
+        if (beats(ov, oi, *bv, *bi)) { *bv = ov; *bi = oi; }
+    }
+}
+
+/* out[r] = the index of row r's largest value, the first of equal ones;
+   0 when the row's first value is NaN or every value is (the sampler's
+   scan from index 0 gives the same). grid: rows, blockDim a multiple of
+   32. */
+extern "C" __global__ void argmax_rows(const float* x, int xs, int cols, u32* out) {
+    const float* row = x + (long)blockIdx.x * xs;
+    float bv = __int_as_float(0x7fc00000);
+    int bi = 0x7fffffff;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        float v = row[c];
+        if (beats(v, c, bv, bi)) { bv = v; bi = c; }
+    }
+    argmax_warp(&bv, &bi);
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) { sv[warp] = bv; si[warp] = bi; }
+    __syncthreads();
+    if (warp == 0) {
+        int warps = blockDim.x >> 5;
+        bv = lane < warps ? sv[lane] : __int_as_float(0x7fc00000);
+        bi = lane < warps ? si[lane] : 0x7fffffff;
+        argmax_warp(&bv, &bi);
+        if (lane == 0) {
+            float first = row[0];
+            out[blockIdx.x] = (first != first || bi == 0x7fffffff) ? 0u : (u32)bi;
+        }
+    }
+}
+
 /* Reads n float4s and keeps the sum, for the read-bandwidth measurement. */
 extern "C" __global__ void read_bandwidth(const float4* p, long n, float* sink) {
     float acc = 0.0f;
@@ -447,6 +490,7 @@ pub const COMMON_ENTRIES: &[&str] = &[
     "add_assign",
     "write_kv",
     "select_rows",
+    "argmax_rows",
     "read_bandwidth",
 ];
 

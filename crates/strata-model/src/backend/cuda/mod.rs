@@ -385,6 +385,17 @@ impl CudaBackend {
         self.check()
     }
 
+    /// The end of a step: an error kept since an op failed is returned
+    /// and cleared, so the next step runs (an allocation the device could
+    /// not satisfy need not end the engine; a fault that breaks the
+    /// context fails the next step again by itself).
+    fn end_step(&self) -> Result<()> {
+        match self.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(e) => Err(ModelError::Device(e)),
+            None => Ok(()),
+        }
+    }
+
     fn check(&self) -> Result<()> {
         match &*self.error.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(e) => Err(ModelError::Device(e.clone())),
@@ -1090,13 +1101,7 @@ impl Backend for CudaBackend {
     }
 
     fn to_host(&self, x: &CudaTensor) -> Result<Vec<f32>> {
-        // The end of a step: an error kept since an op failed is reported
-        // here and cleared, so the next step runs (an allocation the device
-        // could not satisfy need not end the engine; a fault that breaks
-        // the context fails the next step again by itself).
-        if let Some(e) = self.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Err(ModelError::Device(e));
-        }
+        self.end_step()?;
         let dense;
         let src = if x.is_dense() {
             x
@@ -1117,6 +1122,24 @@ impl Backend for CudaBackend {
             Self::resolve(&mut p.lock().unwrap_or_else(|p| p.into_inner()));
         }
         Ok(out)
+    }
+
+    fn argmax_rows(&self, x: &CudaTensor) -> Option<Result<Vec<u32>>> {
+        Some(self.end_step().and_then(|()| {
+            let out = self.alloc(4 * x.rows)?;
+            self.launch(
+                self.common("argmax_rows"),
+                (x.rows as u32, 1, 1),
+                1024,
+                &[Arg::Ptr(x.ptr), int(x.stride), int(x.cols), Arg::Ptr(out.ptr)],
+            );
+            let mut ids = vec![0u32; x.rows];
+            self.copy_to_host_bytes(out.ptr, bytemuck::cast_slice_mut(&mut ids))?;
+            if let Some(p) = &self.profile {
+                Self::resolve(&mut p.lock().unwrap_or_else(|p| p.into_inner()));
+            }
+            Ok(ids)
+        }))
     }
 
     fn graph_bucket(&self, num_tokens: usize) -> Option<usize> {
