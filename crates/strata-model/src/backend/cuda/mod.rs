@@ -628,28 +628,37 @@ impl CudaBackend {
     }
 
     fn copy_to_host_bytes(&self, src: u64, out: &mut [u8]) -> Result<()> {
+        self.copy_to_host_parts(&mut [(src, out)])
+    }
+
+    /// Device-to-host copies, queued together, then one wait.
+    fn copy_to_host_parts(&self, parts: &mut [(u64, &mut [u8])]) -> Result<()> {
         self.check()?;
-        if out.is_empty() {
-            return Ok(());
-        }
         self.ctx.bind_to_thread().map_err(|e| dev_err("bind context", e))?;
-        // SAFETY: `src` holds at least `out.len()` bytes (callers' ranges
-        // are within the layer); waited for before returning.
-        unsafe { drv::memcpy_dtoh_async(out, src, self.stream.cu_stream()) }
-            .map_err(|e| dev_err("device-to-host copy", e))?;
+        for (src, out) in parts.iter_mut().filter(|(_, o)| !o.is_empty()) {
+            // SAFETY: `src` holds at least `out.len()` bytes (callers'
+            // ranges are within their buffers); waited for below, before
+            // `out` can be read or go away.
+            unsafe { drv::memcpy_dtoh_async(out, *src, self.stream.cu_stream()) }
+                .map_err(|e| dev_err("device-to-host copy", e))?;
+        }
         self.synchronize()
     }
 
     fn copy_from_host_bytes(&self, dst: u64, data: &[u8]) -> Result<()> {
+        self.copy_from_host_parts(&[(dst, data)])
+    }
+
+    /// Host-to-device copies, queued together, then one wait.
+    fn copy_from_host_parts(&self, parts: &[(u64, &[u8])]) -> Result<()> {
         self.check()?;
-        if data.is_empty() {
-            return Ok(());
-        }
         self.ctx.bind_to_thread().map_err(|e| dev_err("bind context", e))?;
-        // SAFETY: `dst` holds at least `data.len()` bytes; waited for
-        // before `data` can go away.
-        unsafe { drv::memcpy_htod_async(dst, data, self.stream.cu_stream()) }
-            .map_err(|e| dev_err("host-to-device copy", e))?;
+        for (dst, data) in parts.iter().filter(|(_, d)| !d.is_empty()) {
+            // SAFETY: `dst` holds at least `data.len()` bytes; waited for
+            // below, before `data` can go away.
+            unsafe { drv::memcpy_htod_async(*dst, data, self.stream.cu_stream()) }
+                .map_err(|e| dev_err("host-to-device copy", e))?;
+        }
         self.synchronize()
     }
 }
@@ -1044,9 +1053,7 @@ impl Backend for CudaBackend {
         assert!(slots.end <= layer.num_slots, "invariant: slots within the pool");
         let at = slots.start as u64 * row as u64;
         let (k, v) = out[..2 * half].split_at_mut(half);
-        let r = self
-            .copy_to_host_bytes(layer.k.ptr + at, k)
-            .and_then(|()| self.copy_to_host_bytes(layer.v.ptr + at, v));
+        let r = self.copy_to_host_parts(&mut [(layer.k.ptr + at, k), (layer.v.ptr + at, v)]);
         if let Err(e) = r {
             self.fail(e.to_string());
         }
@@ -1057,9 +1064,8 @@ impl Backend for CudaBackend {
         let half = slots.len() * row;
         assert!(slots.end <= layer.num_slots, "invariant: slots within the pool");
         let at = slots.start as u64 * row as u64;
-        let r = self
-            .copy_from_host_bytes(layer.k.ptr + at, &data[..half])
-            .and_then(|()| self.copy_from_host_bytes(layer.v.ptr + at, &data[half..2 * half]));
+        let (k, v) = data[..2 * half].split_at(half);
+        let r = self.copy_from_host_parts(&[(layer.k.ptr + at, k), (layer.v.ptr + at, v)]);
         if let Err(e) = r {
             self.fail(e.to_string());
         }
