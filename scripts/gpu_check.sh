@@ -59,7 +59,10 @@ run() {
   shift
   # The stages to run (default: all), so that a short device budget can
   # split them over two calls.
-  local stages="${*:-tests pd bench}"
+  local stages="${*:-tests pd bench}" stage
+  for stage in $stages; do
+    case "$stage" in tests|pd|bench) ;; *) echo "gpu_check: unknown stage '$stage' (tests, pd, bench)" >&2; exit 2 ;; esac
+  done
   mkdir -p "$out"
   [ -x "$carry/cuda-tests" ] && [ -x "$carry/strata" ] \
     || { echo "gpu_check: run 'scripts/gpu_check.sh prepare' first and carry target/gpu-carry" >&2; exit 1; }
@@ -110,7 +113,7 @@ run() {
     timeout 200 "$carry/strata" bench --device cuda --model "$model" --dtype bf16 \
       --batch-sizes 1,16,32,256 --prompt-len 128 --decode-steps 32 --num-kv-blocks 4096 \
       >"$out/bench-$model.txt" 2>&1 || status=$?
-    grep -E '^\||read bandwidth|of the limit|^model|error' "$out/bench-$model.txt" \
+    grep -E '^\||read bandwidth|of the limit|^model|error|graph (capture|launch) failed' "$out/bench-$model.txt" \
       | tee -a "$out/summary.txt" || true
   done
   # Where the time goes at batch 256 (and 1): GPU time per op.

@@ -426,6 +426,11 @@ fn graph_replay_equals_eager() {
         assert_eq!(runs[0].len(), n as usize * vocab);
         assert!(runs[0] == runs[1], "{n} seqs: the captured launch gives the eager step's bits");
         assert!(runs[1] == runs[2], "{n} seqs: replay gives the captured launch's bits");
+        // And the graph was captured (a failed capture would run eagerly
+        // and give the same bits).
+        let bucket = if n == 3 { 4 } else { 24 };
+        let captured = graphed.backend().captured_buckets();
+        assert!(captured.contains(&bucket), "bucket {bucket} captured: {captured:?}");
         let reference = eager.logits(&decode, LogitRows::All).unwrap();
         assert_close(
             &format!("{n} seqs: graph against --enforce-eager"),

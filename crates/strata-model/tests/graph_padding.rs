@@ -165,7 +165,9 @@ fn padded_decode_steps_give_the_unpadded_logits_and_write_no_padding_kv() {
 
 /// Continuous batching through `execute`: greedy requests without
 /// logprobs take the backend's argmax (padded decode steps included), the
-/// others the sampler's; the tokens are the plain CPU executor's.
+/// others the sampler's; the tokens are the plain CPU executor's. The
+/// first sequence's prompt runs in two chunks, the first of which samples
+/// nothing, so a row-less sequence comes before sampling ones.
 #[test]
 fn greedy_steps_sampled_from_the_backend_argmax_give_the_sampler_tokens() {
     let opts = LoadOptions {
@@ -183,44 +185,50 @@ fn greedy_steps_sampled_from_the_backend_argmax_give_the_sampler_tokens() {
         let tables: Vec<Vec<BlockId>> =
             (0..3u32).map(|s| (0..4).map(|i| BlockId(1 + 4 * s + i)).collect()).collect();
         let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); 3];
-        for _ in 0..6 {
+        let mut computed = [0usize; 3];
+        let mut differed = false;
+        for step in 0..7 {
             let seqs: Vec<Vec<u32>> = prompts
                 .iter()
                 .zip(&outputs)
                 .map(|(p, o)| p.iter().chain(o).copied().collect())
                 .collect();
+            // Sequence 0's first step is half its prompt, sampling nothing.
+            let ends: Vec<usize> = (0..3)
+                .map(|s| if s == 0 && step == 0 { prompts[0].len() / 2 } else { seqs[s].len() })
+                .collect();
             let batch = ModelBatch {
                 kv_connector_metadata: None,
                 seqs: (0..3)
-                    .map(|s| {
-                        // The first step prefills; later ones decode.
-                        let start = if outputs[s].is_empty() { 0 } else { seqs[s].len() - 1 };
-                        SeqInput {
-                            request_id: RequestId::new(s as u64 + 1).unwrap(),
-                            token_ids: &seqs[s][start..],
-                            num_computed_tokens: start,
-                            block_table: &tables[s],
-                            sample: Some(SampleRequest {
-                                params,
-                                prompt_token_ids: &prompts[s],
-                                output_token_ids: &outputs[s],
-                                token_mask: None,
-                            }),
-                            prompt_logprobs: None,
-                        }
+                    .map(|s| SeqInput {
+                        request_id: RequestId::new(s as u64 + 1).unwrap(),
+                        token_ids: &seqs[s][computed[s]..ends[s]],
+                        num_computed_tokens: computed[s],
+                        block_table: &tables[s],
+                        sample: (ends[s] == seqs[s].len()).then_some(SampleRequest {
+                            params,
+                            prompt_token_ids: &prompts[s],
+                            output_token_ids: &outputs[s],
+                            token_mask: None,
+                        }),
+                        prompt_logprobs: None,
                     })
                     .collect(),
             };
             let want = plain.execute(&batch).unwrap().sampled;
             let got = padded.execute(&batch).unwrap().sampled;
-            assert_eq!(got, want);
+            assert_eq!(got, want, "step {step}");
+            differed |= want.windows(2).any(|w| w[0].token_id != w[1].token_id);
             drop(batch);
-            for (o, t) in outputs.iter_mut().zip(&got) {
-                o.push(t.token_id);
+            for t in &got {
+                let s = t.request_id.get() as usize - 1;
+                outputs[s].push(t.token_id);
             }
+            computed = [0, 1, 2].map(|s| ends[s]);
         }
+        assert!(differed, "the sequences' tokens differ, so a row mix-up would show");
         let calls = padded.backend().1.load(Ordering::Relaxed);
-        assert_eq!(calls, if fast { 6 } else { 0 }, "argmax on the backend: {calls} steps");
+        assert_eq!(calls, if fast { 7 } else { 0 }, "argmax on the backend: {calls} steps");
         assert_eq!(padded.backend().0.load(Ordering::Relaxed), 5, "five padded decode steps");
     }
 }

@@ -111,6 +111,10 @@ fn print_profile(what: &str, ops: &[(&'static str, u64, f64)], steps: usize, wal
     );
 }
 
+/// Decode steps run untimed after the prefill: the first warms caches,
+/// the second is where a GPU captures the batch's CUDA graph.
+const WARMUP_DECODE_STEPS: usize = 2;
+
 struct Row {
     batch: usize,
     prefill_tok_s: f64,
@@ -124,7 +128,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let spec = exec.kv_cache_spec();
     let config = exec.config().clone();
     let weight_bytes = exec.weight_bytes();
-    let per_seq_blocks = spec.num_blocks_for_tokens(args.prompt_len + args.decode_steps + 1);
+    // The prompt, the token the prefill samples, the untimed decode steps
+    // and the timed ones.
+    let per_seq_blocks =
+        spec.num_blocks_for_tokens(args.prompt_len + 1 + WARMUP_DECODE_STEPS + args.decode_steps);
     let max_batch = args.batch_sizes.iter().copied().max().unwrap_or(1);
     ensure!(
         per_seq_blocks * max_batch <= spec.num_blocks,
@@ -197,7 +204,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         // The first two decode steps warm caches after the large prefill
         // and, on a GPU, capture the batch's CUDA graph; they are not
         // counted.
-        for _ in 0..2 {
+        for _ in 0..WARMUP_DECODE_STEPS {
             step(exec, &mut seqs, &mut outputs, false)?;
         }
         let _ = exec.take_profile();

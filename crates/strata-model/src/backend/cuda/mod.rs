@@ -487,22 +487,40 @@ impl CudaBackend {
         Kernel { name, f: &self.common[name] }
     }
 
-    /// With profiling on, an event recorded before an op.
-    fn start_timer(&self) -> Option<cudarc::driver::CudaEvent> {
+    /// With profiling on, the start and end events of an op, both created
+    /// before the start is recorded (creating one inside the timed span
+    /// would count host time when the GPU waits for the host).
+    fn start_timer(&self) -> Option<(cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)> {
         self.profile.as_ref()?;
-        let e = self.ctx.new_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT)).ok()?;
-        e.record(&self.stream).ok()?;
-        Some(e)
+        let flags = Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let (start, end) = (self.ctx.new_event(flags).ok()?, self.ctx.new_event(flags).ok()?);
+        start.record(&self.stream).ok()?;
+        Some((start, end))
     }
 
-    fn stop_timer(&self, name: &'static str, start: Option<cudarc::driver::CudaEvent>) {
-        let (Some(profile), Some(start)) = (&self.profile, start) else { return };
-        let Ok(end) = self.ctx.new_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT)) else {
-            return;
-        };
+    fn stop_timer(
+        &self,
+        name: &'static str,
+        timer: Option<(cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)>,
+    ) {
+        let (Some(profile), Some((start, end))) = (&self.profile, timer) else { return };
         if end.record(&self.stream).is_ok() {
             profile.lock().unwrap_or_else(|p| p.into_inner()).pending.push((name, start, end));
         }
+    }
+
+    /// The decode batch sizes whose graph is captured and replayed (for
+    /// tests: a bucket whose capture failed runs eagerly and is not here).
+    pub fn captured_buckets(&self) -> Vec<usize> {
+        let Some(graphs) = &self.graphs else { return Vec::new() };
+        let graphs = graphs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<usize> = graphs
+            .iter()
+            .filter(|(_, slot)| matches!(slot.state, GraphState::Captured { .. }))
+            .map(|(&b, _)| b)
+            .collect();
+        out.sort_unstable();
+        out
     }
 
     /// Per-op GPU time since the last call, `(op, calls, milliseconds)`,
@@ -1107,6 +1125,44 @@ impl Backend for CudaBackend {
     }
 
     fn to_host(&self, x: &CudaTensor) -> Result<Vec<f32>> {
+        let out = self.read_logits(x);
+        // An error while reading is this step's too: cleared with it.
+        let _ = self.end_step();
+        out
+    }
+
+    fn argmax_rows(&self, x: &CudaTensor) -> Option<Result<Vec<u32>>> {
+        let ids = self.end_step().and_then(|()| {
+            let out = self.alloc(4 * x.rows)?;
+            self.launch(
+                self.common("argmax_rows"),
+                (x.rows as u32, 1, 1),
+                1024,
+                &[Arg::Ptr(x.ptr), int(x.stride), int(x.cols), Arg::Ptr(out.ptr)],
+            );
+            let mut ids = vec![0u32; x.rows];
+            self.copy_to_host_bytes(out.ptr, bytemuck::cast_slice_mut(&mut ids))?;
+            if let Some(p) = &self.profile {
+                Self::resolve(&mut p.lock().unwrap_or_else(|p| p.into_inner()));
+            }
+            Ok(ids)
+        });
+        let _ = self.end_step();
+        Some(ids)
+    }
+
+    fn graph_bucket(&self, num_tokens: usize) -> Option<usize> {
+        self.graphs.as_ref().and(plan::graph_bucket(num_tokens))
+    }
+
+    fn run_forward(&self, step: &CudaStep, forward: &mut dyn FnMut() -> CudaTensor) -> CudaTensor {
+        self.run_graphed(step, forward)
+    }
+}
+
+impl CudaBackend {
+    /// [`Backend::to_host`] before its error is cleared.
+    fn read_logits(&self, x: &CudaTensor) -> Result<Vec<f32>> {
         self.end_step()?;
         let dense;
         let src = if x.is_dense() {
@@ -1130,29 +1186,8 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
-    fn argmax_rows(&self, x: &CudaTensor) -> Option<Result<Vec<u32>>> {
-        Some(self.end_step().and_then(|()| {
-            let out = self.alloc(4 * x.rows)?;
-            self.launch(
-                self.common("argmax_rows"),
-                (x.rows as u32, 1, 1),
-                1024,
-                &[Arg::Ptr(x.ptr), int(x.stride), int(x.cols), Arg::Ptr(out.ptr)],
-            );
-            let mut ids = vec![0u32; x.rows];
-            self.copy_to_host_bytes(out.ptr, bytemuck::cast_slice_mut(&mut ids))?;
-            if let Some(p) = &self.profile {
-                Self::resolve(&mut p.lock().unwrap_or_else(|p| p.into_inner()));
-            }
-            Ok(ids)
-        }))
-    }
-
-    fn graph_bucket(&self, num_tokens: usize) -> Option<usize> {
-        self.graphs.as_ref().and(plan::graph_bucket(num_tokens))
-    }
-
-    fn run_forward(&self, step: &CudaStep, forward: &mut dyn FnMut() -> CudaTensor) -> CudaTensor {
+    /// [`Backend::run_forward`]: eager, or through the bucket's graph.
+    fn run_graphed(&self, step: &CudaStep, forward: &mut dyn FnMut() -> CudaTensor) -> CudaTensor {
         let (Some(bucket), Some(graphs)) = (step.graph_bucket, &self.graphs) else {
             return forward();
         };
@@ -1187,7 +1222,15 @@ impl Backend for CudaBackend {
             },
             GraphState::Captured { graph, out, rows, cols } => {
                 if let Err(e) = graph.0.launch() {
-                    self.fail(format!("graph launch: {e:?}"));
+                    // Nothing ran (the graph's allocations may not fit now,
+                    // say): this bucket runs eagerly from here on.
+                    tracing::warn!(
+                        target: "strata::cuda",
+                        bucket,
+                        "CUDA graph launch failed, this batch size runs eagerly: {e:?}"
+                    );
+                    slot.state = GraphState::Eager;
+                    return forward();
                 }
                 // The graph allocated the logits at the address it was
                 // captured with; the tensor frees them, in stream order,
