@@ -401,8 +401,24 @@ extern "C" __global__ void __launch_bounds__(1024) paged_attention(
             slot = (long)table[key / block_size] * block_size + key % block_size;
             const float* kr = kc + slot * kv_width + head_off;
             float dot = 0.0f;
+#if HEAD_DIM % 4 == 0
+            /* 16-byte loads of the key row (its start is 16-byte aligned:
+               kv_width and the head offset are multiples of HEAD_DIM);
+               the same products in the same order as the scalar loop. */
+            const float4* kr4 = (const float4*)kr;
+            #pragma unroll 4
+            for (int d4 = 0; d4 < HEAD_DIM / 4; d4++) {
+                float4 kv = kr4[d4];
+                const float* qd = &qsh[warp][4 * d4];
+                dot = fmaf(qd[0], kv.x, dot);
+                dot = fmaf(qd[1], kv.y, dot);
+                dot = fmaf(qd[2], kv.z, dot);
+                dot = fmaf(qd[3], kv.w, dot);
+            }
+#else
             #pragma unroll 8
             for (int d = 0; d < HEAD_DIM; d++) dot = fmaf(qsh[warp][d], kr[d], dot);
+#endif
             s = dot * scale;
         }
         float cm = warp_max(s);
