@@ -241,8 +241,8 @@ impl<B: Backend> ModelExecutor<B> {
     /// many of their rows are the ones asked for (the rest pad a graph
     /// bucket).
     fn forward(&mut self, batch: &ModelBatch<'_>, rows: LogitRows) -> Result<(B::Tensor, usize)> {
-        let meta = self.step_metadata(batch);
-        let rows: Vec<usize> = match rows {
+        let mut meta = self.step_metadata(batch);
+        let mut rows: Vec<usize> = match rows {
             LogitRows::All => (0..meta.num_tokens()).collect(),
             LogitRows::Sampled => batch
                 .seqs
@@ -264,10 +264,8 @@ impl<B: Backend> ModelExecutor<B> {
         };
         // A decode step whose every token is a logit row may be padded to a
         // graph bucket; the padding rows' logits are dropped.
-        let mut meta = meta;
         let n = meta.num_tokens();
         let asked = rows.len();
-        let mut rows = rows;
         let all_decode = batch.seqs.iter().all(|s| s.token_ids.len() == 1);
         let bucket = if all_decode && rows.iter().copied().eq(0..n) {
             self.backend.graph_bucket(n)

@@ -113,12 +113,17 @@ impl Backend for Padded {
     }
 }
 
-#[test]
-fn padded_decode_steps_give_the_unpadded_logits_and_write_no_padding_kv() {
-    let opts = LoadOptions {
+/// A 64-block pool of 16-token blocks.
+fn pool() -> LoadOptions {
+    LoadOptions {
         kv: KvPoolConfig { block_size: 16, num_blocks: Some(64), memory_bytes: 0 },
         ..LoadOptions::default()
-    };
+    }
+}
+
+#[test]
+fn padded_decode_steps_give_the_unpadded_logits_and_write_no_padding_kv() {
+    let opts = pool();
     let source = ModelSource::Builtin;
     let mut plain = load_executor(CpuBackend, &source, &opts, &mut |_, _| {}).unwrap();
     let mut padded = load_executor(Padded::default(), &source, &opts, &mut |_, _| {}).unwrap();
@@ -170,10 +175,7 @@ fn padded_decode_steps_give_the_unpadded_logits_and_write_no_padding_kv() {
 /// nothing, so a row-less sequence comes before sampling ones.
 #[test]
 fn greedy_steps_sampled_from_the_backend_argmax_give_the_sampler_tokens() {
-    let opts = LoadOptions {
-        kv: KvPoolConfig { block_size: 16, num_blocks: Some(64), memory_bytes: 0 },
-        ..LoadOptions::default()
-    };
+    let opts = pool();
     let source = ModelSource::Builtin;
     let greedy = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(64) };
     let with_logprobs = SamplingParams { logprobs: Some(2), ..greedy.clone() };

@@ -23,82 +23,56 @@
 //! - Step metadata is packed into one host buffer and uploaded with one
 //!   copy per step.
 //!
+//! - Decode steps of up to 256 sequences are padded to a bucket
+//!   ([`plan::GRAPH_BUCKETS`]) and, from a bucket's second step on,
+//!   captured once as a CUDA graph and replayed (`graph`): one launch per
+//!   step instead of one per op, which is what bounds small models'
+//!   decode. The graph's activations are captured stream-ordered
+//!   allocations, so they get the same addresses on every replay; the
+//!   step's metadata goes into the bucket's fixed buffer before each
+//!   launch. `CudaOptions::enforce_eager` turns this off (vLLM's
+//!   `--enforce-eager`).
+//! - Greedy steps take each row's argmax on the device and copy token ids
+//!   instead of logits (`Backend::argmax_rows`).
+//!
 //! The trait's operations cannot return errors (the CPU backend has none
 //! to return). A device error here (a failed launch, an allocation the
 //! device cannot satisfy) is kept, the operations after it do nothing, and
-//! the first one is returned by the next [`Backend::to_host`]: the step
-//! fails with the device's message, as a CUDA context's sticky errors would
-//! make it fail anyway.
+//! the step's read (`to_host` or `argmax_rows`) returns it and clears it:
+//! that step fails with the device's message and the next one runs.
 //!
-//! - Decode steps of up to 256 sequences are padded to a bucket
-//!   ([`plan::GRAPH_BUCKETS`]) and, from a bucket's second step on,
-//!   captured once as a CUDA graph and replayed: one launch per step instead of one per op, which
-//!   is what bounds small models' decode. The graph's activations are
-//!   captured stream-ordered allocations, so they get the same addresses
-//!   on every replay; the step's metadata goes into the bucket's fixed
-//!   buffer before each launch. `CudaOptions::enforce_eager` turns this
-//!   off (vLLM's `--enforce-eager`).
+//! Split by concern: `device` opens the device and compiles the kernels,
+//! `memory` holds device buffers and host copies, `graph` captures and
+//! replays decode steps, `profile` times ops (`STRATA_CUDA_PROFILE=1`);
+//! this file holds the types and the `Backend` operations.
 //!
-//! Not here yet: bf16 KV, tensor-core attention for long prefills, device-side
-//! sampling.
+//! Not here yet: bf16 KV, tensor-core attention for long prefills,
+//! sampling other than greedy on the device.
 
+mod device;
+mod graph;
 pub mod kernels;
 pub mod locate;
+mod memory;
 pub mod nvrtc;
 pub mod plan;
+mod profile;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+pub use device::{CudaOptions, DeviceInfo};
+use graph::GraphSlot;
+use memory::DevBuf;
+use profile::Profile;
+
 use cudarc::cublas::{result as blas_result, sys as blas_sys, CudaBlas};
-use cudarc::driver::{result as drv, sys as drv_sys, CudaContext, CudaFunction, CudaStream};
+use cudarc::driver::{result as drv, CudaContext, CudaFunction, CudaStream};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::{AttentionShape, Backend, StepMetadata};
 use crate::error::{ModelError, Result};
 use crate::weights::{DType, HostData, HostTensor};
-
-/// What the start-up log and `/metrics` say about the device.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DeviceInfo {
-    pub ordinal: usize,
-    pub name: String,
-    pub compute_capability: (i32, i32),
-    pub multiprocessors: u32,
-    pub total_memory: usize,
-    /// `(major, minor)` of the CUDA version the driver supports.
-    pub driver_version: (i32, i32),
-    pub nvrtc_version: (i32, i32),
-    pub cublas_version: i32,
-    /// Libraries opened by path, for the log.
-    pub libraries: Vec<String>,
-}
-
-/// Device memory from a stream-ordered allocation, freed on drop.
-#[derive(Debug)]
-struct DevBuf {
-    ptr: u64,
-    stream: Arc<CudaStream>,
-    pooled: bool,
-}
-
-impl Drop for DevBuf {
-    fn drop(&mut self) {
-        if self.ptr == 0 {
-            return;
-        }
-        let _ = self.stream.context().bind_to_thread();
-        // SAFETY: `ptr` came from the matching allocation call and is
-        // freed once; stream order keeps it alive for queued kernels.
-        unsafe {
-            let _ = if self.pooled {
-                drv::free_async(self.ptr, self.stream.cu_stream())
-            } else {
-                drv::free_sync(self.ptr)
-            };
-        }
-    }
-}
 
 /// An f32 activation: `rows` rows of `cols` values, `stride` floats apart.
 #[derive(Debug)]
@@ -163,48 +137,11 @@ impl CudaStep {
     }
 }
 
-/// A captured graph. cudarc's `CudaGraph` is neither `Send` nor `Sync`:
-/// graph objects must not be used from two threads at once, which the
-/// `Mutex` around every [`GraphSlot`] guarantees.
-struct SendGraph(cudarc::driver::CudaGraph);
-// SAFETY: only used under the backend's `graphs` mutex (see above).
-unsafe impl Send for SendGraph {}
-
-enum GraphState {
-    /// Not run yet: the first step of a bucket runs eagerly, which also
-    /// loads every kernel it needs (module loading cannot be captured).
-    Cold,
-    /// Run once: the next step of the bucket is captured.
-    Warm,
-    /// Captured: replayed for every later step; the logits are `rows x
-    /// cols` at `out`, allocated by the graph on each launch.
-    Captured { graph: SendGraph, out: u64, rows: usize, cols: usize },
-    /// Capture failed: this bucket runs eagerly.
-    Eager,
-}
-
-/// A graph bucket's step buffer and graph.
-struct GraphSlot {
-    meta: DevBuf,
-    /// Capacity of `meta` in u32s.
-    capacity: usize,
-    state: GraphState,
-}
-
 /// A kernel to launch, with its name for the profile.
 #[derive(Clone, Copy)]
 struct Kernel<'a> {
     name: &'static str,
     f: &'a CudaFunction,
-}
-
-/// Per-op GPU time, with `STRATA_CUDA_PROFILE=1`: CUDA events around every
-/// launch and GEMM, resolved when a step's result is read.
-#[derive(Default)]
-struct Profile {
-    pending: Vec<(&'static str, cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)>,
-    /// Calls and milliseconds per op.
-    totals: HashMap<&'static str, (u64, f64)>,
 }
 
 /// A kernel argument: device pointers and sizes as the kernels declare
@@ -243,17 +180,6 @@ pub struct CudaBackend {
     profile: Option<Mutex<Profile>>,
 }
 
-/// Bytes of cuBLAS workspace (what PyTorch gives it on Hopper).
-const BLAS_WORKSPACE: usize = 32 << 20;
-
-/// How the CUDA backend runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CudaOptions {
-    /// Run every step op by op, never through a captured graph (vLLM's
-    /// `--enforce-eager`).
-    pub enforce_eager: bool,
-}
-
 impl std::fmt::Debug for CudaBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CudaBackend").field("info", &self.info).finish_non_exhaustive()
@@ -265,122 +191,12 @@ fn dev_err(what: &str, e: impl std::fmt::Debug) -> ModelError {
 }
 
 impl CudaBackend {
-    /// Opens device `ordinal` with CUDA graphs for decode steps.
-    pub fn new(ordinal: usize) -> Result<Self> {
-        Self::with_options(ordinal, CudaOptions::default())
-    }
-
-    /// Opens device `ordinal`: finds the libraries, creates the context
-    /// and stream, compiles (or loads from the cache) the common kernels.
-    pub fn with_options(ordinal: usize, options: CudaOptions) -> Result<Self> {
-        let located = locate::load_libraries(true).map_err(ModelError::Device)?;
-        let count = CudaContext::device_count().map_err(|e| dev_err("cuDeviceGetCount", e))?;
-        if ordinal >= count.max(0) as usize {
-            return Err(ModelError::Device(format!(
-                "no CUDA device {ordinal}: the driver reports {count} device(s)"
-            )));
-        }
-        let ctx = CudaContext::new(ordinal).map_err(|e| dev_err("cuCtxCreate", e))?;
-        // SAFETY: nothing has been allocated on this context yet; strata
-        // orders its work on one stream and needs no per-slice events.
-        unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.new_stream().map_err(|e| dev_err("cuStreamCreate", e))?;
-        let blas = CudaBlas::new(stream.clone()).map_err(|e| dev_err("cublasCreate", e))?;
-        let cc = ctx.compute_capability().map_err(|e| dev_err("compute capability", e))?;
-        let mut cublas_version = 0;
-        // SAFETY: a live handle and an out-pointer.
-        unsafe { blas_sys::cublasGetVersion_v2(*blas.handle(), &mut cublas_version) };
-        let mut driver = 0;
-        // SAFETY: an out-pointer.
-        unsafe { drv_sys::cuDriverGetVersion(&mut driver) };
-        let info = DeviceInfo {
-            ordinal,
-            name: ctx.name().map_err(|e| dev_err("device name", e))?,
-            compute_capability: cc,
-            multiprocessors: ctx
-                .attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-                .map_err(|e| dev_err("SM count", e))? as u32,
-            total_memory: ctx.total_mem().map_err(|e| dev_err("total memory", e))?,
-            driver_version: (driver / 1000, driver % 1000 / 10),
-            nvrtc_version: nvrtc::version().map_err(ModelError::Device)?,
-            cublas_version,
-            libraries: located.loaded.iter().map(|(_, p)| p.display().to_string()).collect(),
-        };
-        let kernel_cache = nvrtc::cache_dir();
-        let common = load_module(&ctx, "common", &kernels::common_source(), cc, &kernel_cache)?;
-        let common = kernels::COMMON_ENTRIES
-            .iter()
-            .map(|&name| {
-                common.load_function(name).map(|f| (name, f)).map_err(|e| dev_err(name, e))
-            })
-            .collect::<Result<HashMap<_, _>>>()?;
-        let pooled = ctx.has_async_alloc();
-        let profile = std::env::var_os("STRATA_CUDA_PROFILE").is_some_and(|v| v != "0");
-        // SAFETY: a plain allocation on this context, owned by the backend
-        // for as long as the cuBLAS handle that uses it.
-        let workspace = unsafe { drv::malloc_sync(BLAS_WORKSPACE) }
-            .map_err(|e| dev_err("allocating cuBLAS's workspace", e))?;
-        let workspace = DevBuf { ptr: workspace, stream: stream.clone(), pooled: false };
-        // SAFETY: a live handle and `BLAS_WORKSPACE` bytes of device memory
-        // that outlive it (dropped after `blas`: fields drop in order).
-        unsafe {
-            blas_sys::cublasSetWorkspace_v2(*blas.handle(), workspace.ptr as *mut _, BLAS_WORKSPACE)
-        }
-        .result()
-        .map_err(|e| dev_err("cublasSetWorkspace", e))?;
-        if pooled {
-            // Keep freed activation memory in the pool across the
-            // synchronisation at every step's end (the default threshold,
-            // 0, hands it back to the OS each time, and the next step maps
-            // it again).
-            let mut pool = std::ptr::null_mut();
-            let mut keep = u64::MAX;
-            // SAFETY: out-pointer and attribute value are live locals; the
-            // pool is the device's default one.
-            unsafe {
-                drv_sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result().and_then(
-                    |()| {
-                        drv_sys::cuMemPoolSetAttribute(
-                            pool,
-                            drv_sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                            (&mut keep as *mut u64).cast(),
-                        )
-                        .result()
-                    },
-                )
-            }
-            .map_err(|e| dev_err("memory pool release threshold", e))?;
-        }
-        Ok(Self {
-            pooled,
-            graphs: (pooled && !options.enforce_eager && !profile)
-                .then(|| Mutex::new(HashMap::new())),
-            _blas_workspace: workspace,
-            profile: profile.then(|| Mutex::new(Profile::default())),
-            ctx,
-            stream,
-            blas,
-            common,
-            attention: Mutex::new(HashMap::new()),
-            kernel_cache,
-            error: Mutex::new(None),
-            info,
-        })
-    }
-
-    pub fn info(&self) -> &DeviceInfo {
-        &self.info
-    }
-
-    /// Bytes of device memory free and in total.
-    pub fn memory(&self) -> Result<(usize, usize)> {
-        self.ctx.mem_get_info().map_err(|e| dev_err("cuMemGetInfo", e))
-    }
-
     /// Waits for queued work and returns the first device error, if any.
     pub fn synchronize(&self) -> Result<()> {
-        if let Err(e) = self.stream.synchronize() {
-            self.fail(format!("stream: {e:?}"));
+        match self.stream.synchronize() {
+            Err(e) => self.fail(format!("stream: {e:?}")),
+            // Every event recorded so far is done: the profile can read them.
+            Ok(()) => self.resolve_profile(),
         }
         self.check()
     }
@@ -415,51 +231,6 @@ impl CudaBackend {
         }
     }
 
-    fn alloc(&self, bytes: usize) -> Result<DevBuf> {
-        let bytes = bytes.max(4);
-        self.ctx.bind_to_thread().map_err(|e| dev_err("bind context", e))?;
-        // SAFETY: plain allocations on this context; freed by `DevBuf`.
-        let ptr = unsafe {
-            if self.pooled {
-                drv::malloc_async(self.stream.cu_stream(), bytes)
-            } else {
-                drv::malloc_sync(bytes)
-            }
-        }
-        .map_err(|e| dev_err(&format!("allocating {bytes} bytes of device memory"), e))?;
-        Ok(DevBuf { ptr, stream: self.stream.clone(), pooled: self.pooled })
-    }
-
-    /// An uninitialised dense tensor, or (after a device error) an empty
-    /// one that no kernel will touch.
-    fn tensor(&self, rows: usize, cols: usize) -> CudaTensor {
-        let buf = if self.failed() {
-            None
-        } else {
-            match self.alloc(rows * cols * 4) {
-                Ok(b) => Some(b),
-                Err(e) => {
-                    self.fail(e.to_string());
-                    None
-                }
-            }
-        };
-        let buf =
-            buf.unwrap_or(DevBuf { ptr: 0, stream: self.stream.clone(), pooled: self.pooled });
-        let ptr = buf.ptr;
-        CudaTensor { buf: Arc::new(buf), ptr, rows, cols, stride: cols }
-    }
-
-    fn upload_bytes(&self, bytes: &[u8]) -> Result<DevBuf> {
-        let buf = self.alloc(bytes.len())?;
-        // SAFETY: `buf` holds `bytes.len()` bytes; the copy is waited for
-        // before `bytes` can go away.
-        unsafe { drv::memcpy_htod_async(buf.ptr, bytes, self.stream.cu_stream()) }
-            .map_err(|e| dev_err("host-to-device copy", e))?;
-        self.stream.synchronize().map_err(|e| dev_err("host-to-device copy", e))?;
-        Ok(buf)
-    }
-
     fn launch(&self, k: Kernel<'_>, grid: (u32, u32, u32), block: u32, args: &[Arg]) {
         if self.failed() || grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return;
@@ -483,106 +254,13 @@ impl CudaBackend {
         self.stop_timer(k.name, timer);
     }
 
+    /// A row kernel: one block of [`kernels::ROW_THREADS`] per row.
+    fn launch_rows(&self, name: &'static str, rows: usize, args: &[Arg]) {
+        self.launch(self.common(name), (rows as u32, 1, 1), kernels::ROW_THREADS, args);
+    }
+
     fn common(&self, name: &'static str) -> Kernel<'_> {
         Kernel { name, f: &self.common[name] }
-    }
-
-    /// With profiling on, the start and end events of an op, both created
-    /// before the start is recorded (creating one inside the timed span
-    /// would count host time when the GPU waits for the host).
-    fn start_timer(&self) -> Option<(cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)> {
-        self.profile.as_ref()?;
-        let flags = Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let (start, end) = (self.ctx.new_event(flags).ok()?, self.ctx.new_event(flags).ok()?);
-        start.record(&self.stream).ok()?;
-        Some((start, end))
-    }
-
-    fn stop_timer(
-        &self,
-        name: &'static str,
-        timer: Option<(cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)>,
-    ) {
-        let (Some(profile), Some((start, end))) = (&self.profile, timer) else { return };
-        if end.record(&self.stream).is_ok() {
-            profile.lock().unwrap_or_else(|p| p.into_inner()).pending.push((name, start, end));
-        }
-    }
-
-    /// The decode batch sizes whose graph is captured and replayed (for
-    /// tests: a bucket whose capture failed runs eagerly and is not here).
-    pub fn captured_buckets(&self) -> Vec<usize> {
-        let Some(graphs) = &self.graphs else { return Vec::new() };
-        let graphs = graphs.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<usize> = graphs
-            .iter()
-            .filter(|(_, slot)| matches!(slot.state, GraphState::Captured { .. }))
-            .map(|(&b, _)| b)
-            .collect();
-        out.sort_unstable();
-        out
-    }
-
-    /// Per-op GPU time since the last call, `(op, calls, milliseconds)`,
-    /// most time first; `None` unless `STRATA_CUDA_PROFILE=1`.
-    pub fn take_profile(&self) -> Option<Vec<(&'static str, u64, f64)>> {
-        let profile = self.profile.as_ref()?;
-        let _ = self.stream.synchronize();
-        let mut p = profile.lock().unwrap_or_else(|p| p.into_inner());
-        Self::resolve(&mut p);
-        let mut rows: Vec<_> = p.totals.drain().map(|(k, (n, ms))| (k, n, ms)).collect();
-        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
-        Some(rows)
-    }
-
-    /// Adds the elapsed time of recorded event pairs (after a sync).
-    fn resolve(p: &mut Profile) {
-        for (name, start, end) in std::mem::take(&mut p.pending) {
-            if let Ok(ms) = start.elapsed_ms(&end) {
-                let t = p.totals.entry(name).or_default();
-                t.0 += 1;
-                t.1 += f64::from(ms);
-            }
-        }
-    }
-
-    fn attention_fns(&self, head_dim: usize) -> Result<(CudaFunction, CudaFunction)> {
-        let mut fns = self.attention.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = fns.get(&head_dim) {
-            return Ok(f.clone());
-        }
-        let m = load_module(
-            &self.ctx,
-            &format!("attention_hd{head_dim}"),
-            &kernels::attention_source(head_dim),
-            self.info.compute_capability,
-            &self.kernel_cache,
-        )?;
-        let pair = (
-            m.load_function("paged_attention").map_err(|e| dev_err("paged_attention", e))?,
-            m.load_function("attention_reduce").map_err(|e| dev_err("attention_reduce", e))?,
-        );
-        fns.insert(head_dim, pair.clone());
-        Ok(pair)
-    }
-
-    /// The device's sustained read bandwidth in bytes per second: one
-    /// kernel streams `bytes` of device memory `reps` times.
-    pub fn measure_read_bandwidth(&self, bytes: usize, reps: u32) -> Result<f64> {
-        let buf = self.alloc(bytes)?;
-        let sink = self.alloc(4)?;
-        let n = (bytes / 16) as i64;
-        let blocks = self.info.multiprocessors * 8;
-        // `long n` is 8 bytes: passed as a pointer-sized value.
-        let args = [Arg::Ptr(buf.ptr), Arg::Ptr(n as u64), Arg::Ptr(sink.ptr)];
-        self.launch(self.common("read_bandwidth"), (blocks, 1, 1), 256, &args);
-        self.synchronize()?;
-        let start = std::time::Instant::now();
-        for _ in 0..reps {
-            self.launch(self.common("read_bandwidth"), (blocks, 1, 1), 256, &args);
-        }
-        self.synchronize()?;
-        Ok(bytes as f64 * f64::from(reps) / start.elapsed().as_secs_f64())
     }
 
     fn gemm(&self, x: &CudaTensor, w: &CudaWeight, out: &CudaTensor) -> Result<()> {
@@ -596,10 +274,9 @@ impl CudaBackend {
                     ("cast_f16", blas_sys::cudaDataType::CUDA_R_16F)
                 };
                 let staged = self.alloc(m * k * 2)?;
-                self.launch(
-                    self.common(kernel),
-                    (m as u32, 1, 1),
-                    kernels::ROW_THREADS,
+                self.launch_rows(
+                    kernel,
+                    m,
                     &[Arg::Ptr(x.ptr), int(x.stride), Arg::Ptr(staged.ptr), int(k)],
                 );
                 (staged.ptr, ty, k, Some(staged))
@@ -644,74 +321,6 @@ impl CudaBackend {
         // The staged copy is freed in stream order after the GEMM.
         Ok(())
     }
-
-    fn copy_to_host_bytes(&self, src: u64, out: &mut [u8]) -> Result<()> {
-        self.copy_to_host_parts(&mut [(src, out)])
-    }
-
-    /// Device-to-host copies, queued together, then one wait.
-    fn copy_to_host_parts(&self, parts: &mut [(u64, &mut [u8])]) -> Result<()> {
-        self.check()?;
-        self.ctx.bind_to_thread().map_err(|e| dev_err("bind context", e))?;
-        for (src, out) in parts.iter_mut().filter(|(_, o)| !o.is_empty()) {
-            // SAFETY: `src` holds at least `out.len()` bytes (callers'
-            // ranges are within their buffers); waited for below, before
-            // `out` can be read or go away.
-            unsafe { drv::memcpy_dtoh_async(out, *src, self.stream.cu_stream()) }
-                .map_err(|e| dev_err("device-to-host copy", e))?;
-        }
-        self.synchronize()
-    }
-
-    fn copy_from_host_bytes(&self, dst: u64, data: &[u8]) -> Result<()> {
-        self.copy_from_host_parts(&[(dst, data)])
-    }
-
-    /// Host-to-device copies, queued together, then one wait.
-    fn copy_from_host_parts(&self, parts: &[(u64, &[u8])]) -> Result<()> {
-        self.check()?;
-        self.ctx.bind_to_thread().map_err(|e| dev_err("bind context", e))?;
-        for (dst, data) in parts.iter().filter(|(_, d)| !d.is_empty()) {
-            // SAFETY: `dst` holds at least `data.len()` bytes; waited for
-            // below, before `data` can go away.
-            unsafe { drv::memcpy_htod_async(*dst, data, self.stream.cu_stream()) }
-                .map_err(|e| dev_err("host-to-device copy", e))?;
-        }
-        self.synchronize()
-    }
-}
-
-fn load_module(
-    ctx: &Arc<CudaContext>,
-    name: &str,
-    src: &str,
-    cc: (i32, i32),
-    cache: &Option<std::path::PathBuf>,
-) -> Result<Arc<cudarc::driver::CudaModule>> {
-    let (image, cached) =
-        nvrtc::compile_cached(name, src, cc, cache.as_deref()).map_err(ModelError::Device)?;
-    tracing::debug!(target: "strata::cuda", module = name, cached, "kernels ready");
-    let ptx = match image {
-        nvrtc::Image::Cubin(b) => cudarc::nvrtc::Ptx::from_binary(b),
-        nvrtc::Image::Ptx(s) => cudarc::nvrtc::Ptx::from_src(s),
-    };
-    ctx.load_module(ptx).map_err(|e| {
-        let mut driver = 0;
-        // SAFETY: an out-pointer.
-        unsafe { drv_sys::cuDriverGetVersion(&mut driver) };
-        let nvrtc = nvrtc::version().unwrap_or((0, 0));
-        ModelError::Device(format!(
-            "loading kernels `{name}` (compiled by NVRTC {}.{} for sm_{}{}) failed: {e:?}; the \
-             driver supports CUDA {}.{}: an NVRTC newer than the driver makes code it cannot \
-             load (point STRATA_CUDA_LIB_DIR at an NVRTC no newer than the driver)",
-            nvrtc.0,
-            nvrtc.1,
-            cc.0,
-            cc.1,
-            driver / 1000,
-            driver % 1000 / 10
-        ))
-    })
 }
 
 impl Backend for CudaBackend {
@@ -777,27 +386,7 @@ impl Backend for CudaBackend {
                 graph_bucket: None,
             });
         };
-        // A padded decode step: into its bucket's buffer, whose address a
-        // captured graph holds. A step that outgrows the buffer (longer
-        // block tables) gets a new one, twice as large, and a new graph.
-        let bucket = meta.num_tokens();
-        let mut graphs = graphs.lock().unwrap_or_else(|p| p.into_inner());
-        if graphs.get(&bucket).is_none_or(|g| g.capacity < packed.len()) {
-            let capacity = (2 * packed.len()).max(4096);
-            let slot =
-                GraphSlot { meta: self.alloc(4 * capacity)?, capacity, state: GraphState::Cold };
-            graphs.insert(bucket, slot);
-        }
-        let slot = graphs.get(&bucket).expect("invariant: inserted above");
-        self.copy_from_host_bytes(slot.meta.ptr, bytes)?;
-        Ok(CudaStep {
-            _owned: None,
-            base: slot.meta.ptr,
-            layout,
-            block_size: meta.block_size,
-            max_keys,
-            graph_bucket: Some(bucket),
-        })
+        self.graph_step(graphs, meta.num_tokens(), bytes, layout, meta.block_size, max_keys)
     }
 
     fn rows(&self, x: &CudaTensor) -> usize {
@@ -816,10 +405,9 @@ impl Backend for CudaBackend {
             DType::F16 => "embedding_f16",
             DType::BF16 => "embedding_bf16",
         };
-        self.launch(
-            self.common(name),
-            (rows as u32, 1, 1),
-            kernels::ROW_THREADS,
+        self.launch_rows(
+            name,
+            rows,
             &[
                 Arg::Ptr(table.buf.ptr),
                 Arg::Ptr(step.at(step.layout.token_ids)),
@@ -833,10 +421,9 @@ impl Backend for CudaBackend {
 
     fn rms_norm(&self, x: &CudaTensor, w: &CudaWeight, eps: f32) -> CudaTensor {
         let out = self.tensor(x.rows, x.cols);
-        self.launch(
-            self.common("rms_norm"),
-            (x.rows as u32, 1, 1),
-            kernels::ROW_THREADS,
+        self.launch_rows(
+            "rms_norm",
+            x.rows,
             &[
                 Arg::Ptr(x.ptr),
                 int(x.stride),
@@ -890,10 +477,9 @@ impl Backend for CudaBackend {
                 }
             }
             if let Some(b) = bias {
-                self.launch(
-                    self.common("add_bias"),
-                    (x.rows as u32, 1, 1),
-                    kernels::ROW_THREADS,
+                self.launch_rows(
+                    "add_bias",
+                    x.rows,
                     &[Arg::Ptr(out.ptr), int(out.stride), Arg::Ptr(b.buf.ptr), int(w.rows)],
                 );
             }
@@ -927,10 +513,9 @@ impl Backend for CudaBackend {
         step: &CudaStep,
         interleaved: bool,
     ) {
-        self.launch(
-            self.common("rope"),
-            (x.rows as u32, 1, 1),
-            kernels::ROW_THREADS,
+        self.launch_rows(
+            "rope",
+            x.rows,
             &[
                 Arg::Ptr(x.ptr),
                 int(x.stride),
@@ -946,29 +531,26 @@ impl Backend for CudaBackend {
     fn silu_mul(&self, gate_up: &CudaTensor) -> CudaTensor {
         let inter = gate_up.cols / 2;
         let out = self.tensor(gate_up.rows, inter);
-        self.launch(
-            self.common("silu_mul"),
-            (gate_up.rows as u32, 1, 1),
-            kernels::ROW_THREADS,
+        self.launch_rows(
+            "silu_mul",
+            gate_up.rows,
             &[Arg::Ptr(gate_up.ptr), int(gate_up.stride), Arg::Ptr(out.ptr), int(inter)],
         );
         out
     }
 
     fn add_assign(&self, x: &mut CudaTensor, y: &CudaTensor) {
-        self.launch(
-            self.common("add_assign"),
-            (x.rows as u32, 1, 1),
-            kernels::ROW_THREADS,
+        self.launch_rows(
+            "add_assign",
+            x.rows,
             &[Arg::Ptr(x.ptr), int(x.stride), Arg::Ptr(y.ptr), int(y.stride), int(x.cols)],
         );
     }
 
     fn write_kv(&self, layer: &mut CudaKvLayer, k: &CudaTensor, v: &CudaTensor, step: &CudaStep) {
-        self.launch(
-            self.common("write_kv"),
-            (k.rows as u32, 1, 1),
-            kernels::ROW_THREADS,
+        self.launch_rows(
+            "write_kv",
+            k.rows,
             &[
                 Arg::Ptr(layer.k.ptr),
                 Arg::Ptr(layer.v.ptr),
@@ -1107,10 +689,9 @@ impl Backend for CudaBackend {
         }
         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         match self.upload_bytes(bytemuck::cast_slice(&idx)) {
-            Ok(ibuf) => self.launch(
-                self.common("select_rows"),
-                (rows.len() as u32, 1, 1),
-                kernels::ROW_THREADS,
+            Ok(ibuf) => self.launch_rows(
+                "select_rows",
+                rows.len(),
                 &[
                     Arg::Ptr(x.ptr),
                     int(x.stride),
@@ -1142,9 +723,6 @@ impl Backend for CudaBackend {
             );
             let mut ids = vec![0u32; x.rows];
             self.copy_to_host_bytes(out.ptr, bytemuck::cast_slice_mut(&mut ids))?;
-            if let Some(p) = &self.profile {
-                Self::resolve(&mut p.lock().unwrap_or_else(|p| p.into_inner()));
-            }
             Ok(ids)
         });
         let _ = self.end_step();
@@ -1169,124 +747,15 @@ impl CudaBackend {
             x
         } else {
             dense = self.tensor(x.rows, x.cols);
-            self.launch(
-                self.common("copy_rows"),
-                (x.rows as u32, 1, 1),
-                kernels::ROW_THREADS,
+            self.launch_rows(
+                "copy_rows",
+                x.rows,
                 &[Arg::Ptr(x.ptr), int(x.stride), Arg::Ptr(dense.ptr), int(x.cols)],
             );
             &dense
         };
         let mut out = vec![0.0f32; x.rows * x.cols];
         self.copy_to_host_bytes(src.ptr, bytemuck::cast_slice_mut(&mut out))?;
-        if let Some(p) = &self.profile {
-            // Synchronised by the copy: every event of the step is done.
-            Self::resolve(&mut p.lock().unwrap_or_else(|p| p.into_inner()));
-        }
         Ok(out)
-    }
-
-    /// [`Backend::run_forward`]: eager, or through the bucket's graph.
-    fn run_graphed(&self, step: &CudaStep, forward: &mut dyn FnMut() -> CudaTensor) -> CudaTensor {
-        let (Some(bucket), Some(graphs)) = (step.graph_bucket, &self.graphs) else {
-            return forward();
-        };
-        let mut graphs = graphs.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(slot) = graphs.get_mut(&bucket) else { return forward() };
-        match &slot.state {
-            GraphState::Cold => {
-                let out = forward();
-                slot.state = GraphState::Warm;
-                out
-            }
-            GraphState::Eager => forward(),
-            GraphState::Warm => match self.capture(forward) {
-                Ok((graph, out)) => {
-                    slot.state = GraphState::Captured {
-                        graph,
-                        out: out.ptr,
-                        rows: out.rows,
-                        cols: out.cols,
-                    };
-                    out
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        target: "strata::cuda",
-                        bucket,
-                        "CUDA graph capture failed, this batch size runs eagerly: {e}"
-                    );
-                    slot.state = GraphState::Eager;
-                    forward()
-                }
-            },
-            GraphState::Captured { graph, out, rows, cols } => {
-                if let Err(e) = graph.0.launch() {
-                    // Nothing ran (the graph's allocations may not fit now,
-                    // say): this bucket runs eagerly from here on.
-                    tracing::warn!(
-                        target: "strata::cuda",
-                        bucket,
-                        "CUDA graph launch failed, this batch size runs eagerly: {e:?}"
-                    );
-                    slot.state = GraphState::Eager;
-                    return forward();
-                }
-                // The graph allocated the logits at the address it was
-                // captured with; the tensor frees them, in stream order,
-                // before the next launch.
-                let buf = DevBuf { ptr: *out, stream: self.stream.clone(), pooled: true };
-                CudaTensor {
-                    buf: Arc::new(buf),
-                    ptr: *out,
-                    rows: *rows,
-                    cols: *cols,
-                    stride: *cols,
-                }
-            }
-        }
-    }
-}
-
-impl CudaBackend {
-    /// Captures `forward` into a graph and launches it once: the returned
-    /// tensor holds this step's logits. On failure nothing ran and the
-    /// device error state is as before the capture.
-    fn capture(
-        &self,
-        forward: &mut dyn FnMut() -> CudaTensor,
-    ) -> std::result::Result<(SendGraph, CudaTensor), String> {
-        let before = self.error.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if before.is_some() {
-            return Err("the device is in an error state".into());
-        }
-        self.stream
-            .begin_capture(drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(|e| format!("cuStreamBeginCapture: {e:?}"))?;
-        let out = forward();
-        let ended = self.stream.end_capture(drv_sys::CUgraphInstantiate_flags(0));
-        let failed_inside = self.error.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let graph = match (ended, failed_inside) {
-            (Ok(Some(g)), None) if out.ptr != 0 => g,
-            (ended, inside) => {
-                // `out` points into a graph that never ran: forget it
-                // rather than free it.
-                if let Ok(buf) = Arc::try_unwrap(out.buf) {
-                    std::mem::forget(buf);
-                }
-                return Err(match (ended, inside) {
-                    (Err(e), _) => format!("cuStreamEndCapture: {e:?}"),
-                    (_, Some(e)) => e,
-                    _ => "the capture produced no graph".into(),
-                });
-            }
-        };
-        if let Err(e) = graph.launch() {
-            if let Ok(buf) = Arc::try_unwrap(out.buf) {
-                std::mem::forget(buf);
-            }
-            return Err(format!("graph launch: {e:?}"));
-        }
-        Ok((SendGraph(graph), out))
     }
 }
