@@ -3,13 +3,20 @@
 # llama-cli, llama-completion) from the llama.cpp tree vendored in the llama-cpp-python
 # 0.3.36 sdist (llama.cpp commit 0c1e57098 per the sdist's CHANGELOG).
 #
-# Plain CPU build with AVX2/FMA/F16C and no AVX-512 (what strata's CPU backend uses),
-# OpenMP, no BLAS/CUDA, static libraries (the binaries are self-contained).
+# Plain CPU build with the instruction sets strata's CPU backend uses on this machine:
+# AVX2/FMA/F16C, plus AVX-VNNI where the CPU has it (strata detects it at run time and
+# uses `vpdpbusd` for its batched K-quant products; llama.cpp then gets the same
+# instruction in its dot products and repacked GEMMs). No AVX-512 and no AMX, which
+# strata does not use. OpenMP, no BLAS/CUDA, static libraries (self-contained binaries).
+# The last line on standard output is the directory of the binaries.
 # Idempotent: does nothing when all binaries exist and the stamp (sdist hash + flags +
 # targets) matches. The tarball's sha256 is verified before every build.
 #
 # Env:
-#   LLAMA_CPP_DIR           output dir (default $ROOT/target/llama.cpp); binaries in $LLAMA_CPP_DIR/bin
+#   LLAMA_CPP_ISA           avx2 or avxvnni (default: avxvnni when /proc/cpuinfo lists
+#                           avx_vnni, else avx2)
+#   LLAMA_CPP_DIR           output dir (default $ROOT/target/llama.cpp for avx2,
+#                           $ROOT/target/llama.cpp-avxvnni for avxvnni); binaries in its bin/
 #   LLAMA_CPP_DOWNLOAD_DIR  where the sdist tarball is (or is downloaded to) and extracted
 #                           (default $LLAMA_CPP_DIR/download); an already-extracted
 #                           llama_cpp_python-0.3.36/ there is reused
@@ -17,8 +24,17 @@
 # Usage: scripts/build_llama_cpp.sh [--force]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-OUT="${LLAMA_CPP_DIR:-$ROOT/target/llama.cpp}"
-DL="${LLAMA_CPP_DOWNLOAD_DIR:-$OUT/download}"
+if [ -z "${LLAMA_CPP_ISA:-}" ]; then
+  LLAMA_CPP_ISA=avx2
+  grep -qw avx_vnni /proc/cpuinfo 2>/dev/null && LLAMA_CPP_ISA=avxvnni
+fi
+case "$LLAMA_CPP_ISA" in
+  avx2) OUT="${LLAMA_CPP_DIR:-$ROOT/target/llama.cpp}"; VNNI=OFF ;;
+  avxvnni) OUT="${LLAMA_CPP_DIR:-$ROOT/target/llama.cpp-avxvnni}"; VNNI=ON ;;
+  *) echo "build_llama_cpp.sh: LLAMA_CPP_ISA must be avx2 or avxvnni" >&2; exit 2 ;;
+esac
+# One download and extraction serves every build.
+DL="${LLAMA_CPP_DOWNLOAD_DIR:-$ROOT/target/llama.cpp/download}"
 JOBS="${LLAMA_CPP_JOBS:-$(nproc)}"
 FORCE=0
 [ "${1:-}" = "--force" ] && FORCE=1
@@ -30,12 +46,14 @@ SDIST_SHA256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 # The sdist has no git metadata; this is the llama.cpp commit its CHANGELOG names for 0.3.36.
 LLAMA_COMMIT="0c1e57098"
 
+VNNI_FLAG=()
+[ "$VNNI" = ON ] && VNNI_FLAG=(-DGGML_AVX_VNNI=ON)
 TARGETS=(llama-bench llama-server llama-tokenize llama-quantize llama-cli llama-completion)
 CMAKE_FLAGS=(
   -DCMAKE_BUILD_TYPE=Release
   -DBUILD_SHARED_LIBS=OFF
   -DGGML_NATIVE=OFF
-  -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+  -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "${VNNI_FLAG[@]}"
   -DGGML_AVX512=OFF
   -DGGML_OPENMP=ON
   -DGGML_BLAS=OFF
@@ -64,6 +82,7 @@ for t in "${TARGETS[@]}"; do
 done
 if [ "$FORCE" = 0 ] && [ "$all_present" = 1 ] && [ "$(cat "$STAMP" 2>/dev/null || true)" = "$stamp_want" ]; then
   log "up to date ($OUT/bin)"
+  echo "$OUT/bin"
   exit 0
 fi
 
@@ -130,3 +149,4 @@ done
 } >"$OUT/BUILD_INFO.txt"
 echo "$stamp_want" >"$STAMP"
 log "done in $(( $(date +%s) - start )) s; binaries in $OUT/bin"
+echo "$OUT/bin"

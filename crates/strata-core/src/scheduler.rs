@@ -364,7 +364,7 @@ impl Scheduler {
             // A request's blocks always cover its computed tokens, so one
             // more token fits without allocating unless the last block is
             // exactly full (the common decode step skips the KV manager).
-            let fits = n == 1 && computed % self.config.block_size != 0;
+            let fits = n == 1 && !computed.is_multiple_of(self.config.block_size);
             loop {
                 let outcome = if fits {
                     AllocOutcome::Allocated

@@ -442,7 +442,7 @@ mod tests {
         }
         w.0.extend(ty.to_le_bytes());
         w.0.extend(0u64.to_le_bytes());
-        while w.0.len() % 32 != 0 {
+        while !w.0.len().is_multiple_of(32) {
             w.0.push(0);
         }
         w.0.extend(std::iter::repeat_n(7u8, tensor_data_len));

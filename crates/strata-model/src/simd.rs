@@ -2,6 +2,7 @@
 //! attention, quantized dot products).
 
 use std::arch::x86_64::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 /// Whether this CPU has AVX2, FMA and F16C, which the matmul and
@@ -13,6 +14,35 @@ pub(crate) fn available() -> bool {
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
     })
+}
+
+/// Whether the batched K-quant products use AVX-VNNI (`vpdpbusd` on
+/// 256-bit vectors): the CPU has it besides [`available`], and neither
+/// `STRATA_CPU_ISA=avx2` nor [`set_vnni`] turned it off. Detected once.
+pub(crate) fn vnni() -> bool {
+    VNNI.load(Ordering::Relaxed) && vnni_detected()
+}
+
+static VNNI: AtomicBool = AtomicBool::new(true);
+
+fn vnni_detected() -> bool {
+    static DETECTED: OnceLock<bool> = OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        let detected = available() && is_x86_feature_detected!("avxvnni");
+        if std::env::var("STRATA_CPU_ISA").is_ok_and(|v| v == "avx2") {
+            VNNI.store(false, Ordering::Relaxed);
+        }
+        detected
+    })
+}
+
+/// Turns the AVX-VNNI kernels on or off for this process (benchmarks
+/// compare both in one run); returns whether they are now in use, which
+/// needs a CPU that has them. Both give the same bits.
+pub fn set_vnni(enabled: bool) -> bool {
+    vnni_detected();
+    VNNI.store(enabled, Ordering::Relaxed);
+    vnni()
 }
 
 /// The sum of the eight lanes of `v`.

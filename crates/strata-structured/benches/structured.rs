@@ -670,7 +670,7 @@ fn decode() {
         let mut f = Round::start(&mut free, &prompts, None, &lengths);
         while constrained.has_unfinished() || free.has_unfinished() {
             // Alternate which arm goes first.
-            if c.num_steps % 2 == 0 {
+            if c.num_steps.is_multiple_of(2) {
                 c.step(&mut constrained);
                 f.step(&mut free);
             } else {

@@ -242,13 +242,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let kv_pool_bytes = (spec.num_blocks * spec.bytes_per_block) as u64;
     let limit_tok_s = bandwidth / weight_bytes as f64;
+    let device = exec.device_description();
+    // On the CPU, which instruction sets the quantized kernels use
+    // (`STRATA_CPU_ISA=avx2` keeps AVX-VNNI off, for comparisons).
+    let kernels = if device.starts_with("cpu") {
+        format!(", quantized kernels {}", strata_model::quant::kernel_isa())
+    } else {
+        String::new()
+    };
     println!(
-        "model {} ({:?}), dtype {}, weights {:.1} MiB, device {}, threads {}",
+        "model {} ({:?}), dtype {}, weights {:.1} MiB, device {device}, threads {}{kernels}",
         args.model.model,
         config.architecture,
         args.model.dtype,
         weight_bytes as f64 / (1 << 20) as f64,
-        exec.device_description(),
         rayon::current_num_threads()
     );
     println!("prompt length {}, decode steps {}", args.prompt_len, args.decode_steps);
@@ -277,7 +284,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(path) = &args.json {
         let value = json!({
             "model": args.model.model, "dtype": args.model.dtype, "weight_bytes": weight_bytes,
-            "device": exec.device_description(),
+            "device": device,
+            "quantized_kernels": strata_model::quant::kernel_isa(),
             "kv_pool_bytes": kv_pool_bytes, "peak_rss_bytes": peak, "read_bandwidth_bytes_per_s": bandwidth,
             "decode_limit_tok_s": limit_tok_s, "prompt_len": args.prompt_len, "decode_steps": args.decode_steps,
             "threads": rayon::current_num_threads(),

@@ -476,6 +476,7 @@ impl ModelArgs {
         tracing::info!(
             model = %self.model,
             device = %executor.device_description(),
+            quantized_kernels = strata_model::quant::kernel_isa(),
             weight_mib = executor.weight_bytes() as f64 / (1 << 20) as f64,
             secs = started.elapsed().as_secs_f64(),
             "model loaded"

@@ -406,7 +406,13 @@ pub(super) unsafe fn gemm_k(
     assert_eq!(w.len(), nr * row_bytes, "invariant: nr weight rows of nb blocks");
     assert_eq!(a.len(), m * nb, "invariant: m input rows of nb blocks");
     assert_eq!(groups.len(), m / TILE * nb, "invariant: each whole group of rows, nb blocks");
-    let (done_rows, done_inputs) = if m >= PACKED_MIN_ROWS {
+    let (done_rows, done_inputs) = if m >= PACKED_MIN_ROWS && crate::simd::vnni() {
+        // SAFETY: AVX-VNNI was detected at run time; the other CPU
+        // features and the output contract are this function's; the
+        // lengths were asserted above.
+        unsafe { super::vnni_panel::gemm_packed(t, w, nr, a, groups, nb, out, ld) };
+        (nr / super::vnni_panel::ROWS * super::vnni_panel::ROWS, m / TILE * TILE)
+    } else if m >= PACKED_MIN_ROWS {
         // SAFETY: the CPU features and the output contract are this
         // function's; the lengths were asserted above.
         unsafe { super::avx2_panel::gemm_packed(t, w, nr, a, groups, nb, out, ld) };

@@ -71,31 +71,10 @@ impl Packed4 {
     /// The CPU has AVX2.
     #[target_feature(enable = "avx2")]
     unsafe fn set_row(&mut self, t: QuantType, r: usize, b: &[u8]) {
-        let mut scales = [0i16; 16];
-        let mut subs = [0i16; 16];
+        let BlockTerms { scales, subs, d, m } = BlockTerms::of(t, b);
+        self.d[r] = d;
+        self.m[r] = m;
         let vals = unpack(t, b);
-        match t {
-            QuantType::Q4K | QuantType::Q5K => {
-                let KBlock { d, dmin, scales: sc, .. } = KBlock::of(t, b);
-                for sub in 0..8 {
-                    let (s, m) = scale_min_k4(sub, sc);
-                    scales[sub] = i16::from(s);
-                    subs[sub] = i16::from(m);
-                }
-                self.d[r] = d;
-                self.m[r] = dmin;
-            }
-            QuantType::Q6K => {
-                for (j, s) in b[192..208].iter().enumerate() {
-                    scales[j] = i16::from(*s as i8);
-                    subs[j] = scales[j];
-                }
-                let d = f16_at(&b[208..]);
-                self.d[r] = d;
-                self.m[r] = 32.0 * d;
-            }
-            _ => unreachable!("invariant: only K types are packed"),
-        }
         for (q, chunk) in self.qs.iter_mut().enumerate() {
             chunk[8 * r..8 * r + 8].copy_from_slice(&vals[8 * q..8 * q + 8]);
         }
@@ -108,56 +87,108 @@ impl Packed4 {
     }
 }
 
+/// A K block's per-group terms, as both packed layouts store them.
+pub(super) struct BlockTerms {
+    /// Each group's scale (groups of 32 values for Q4_K/Q5_K, 16 for Q6_K).
+    pub scales: [i16; 16],
+    /// Each group's coefficient of its input sum (Q4_K/Q5_K: the
+    /// minimum; Q6_K: the scale, the offset's factor 32 being in `m`).
+    pub subs: [i16; 16],
+    /// The block scale.
+    pub d: f32,
+    /// The factor of the subtracted term (`dmin`, or `32 d`).
+    pub m: f32,
+}
+
+impl BlockTerms {
+    /// The terms of the stored block `b` of K type `t`.
+    pub(super) fn of(t: QuantType, b: &[u8]) -> Self {
+        let (mut scales, mut subs) = ([0i16; 16], [0i16; 16]);
+        match t {
+            QuantType::Q4K | QuantType::Q5K => {
+                let KBlock { d, dmin, scales: sc, .. } = KBlock::of(t, b);
+                for sub in 0..8 {
+                    let (s, m) = scale_min_k4(sub, sc);
+                    scales[sub] = i16::from(s);
+                    subs[sub] = i16::from(m);
+                }
+                Self { scales, subs, d, m: dmin }
+            }
+            QuantType::Q6K => {
+                for (j, s) in b[192..208].iter().enumerate() {
+                    scales[j] = i16::from(*s as i8);
+                    subs[j] = scales[j];
+                }
+                let d = f16_at(&b[208..]);
+                Self { scales, subs, d, m: 32.0 * d }
+            }
+            _ => unreachable!("invariant: only K types are packed"),
+        }
+    }
+}
+
 /// The 256 values of the K block `b` of type `t` as unsigned bytes
 /// (Q6_K without its offset of 32), in order.
 #[target_feature(enable = "avx2")]
 fn unpack(t: QuantType, b: &[u8]) -> [u8; 256] {
     assert_eq!(b.len(), t.block_bytes(), "invariant: one whole block");
     let mut vals = [0u8; 256];
-    let out = vals.as_mut_ptr();
-    let m4 = _mm256_set1_epi8(0xF);
-    let m30 = _mm256_set1_epi8(0x30);
-    // SAFETY: (whole block) every load is inside the block, whose length
-    // was asserted (Q4_K 144 bytes, Q5_K 176, Q6_K 210), and every store
-    // inside `vals` (offsets below 256).
-    unsafe {
-        let at = |o: usize| _mm256_loadu_si256(b.as_ptr().add(o).cast());
-        let put = |o: usize, v: __m256i| _mm256_storeu_si256(out.add(o).cast(), v);
-        match t {
-            QuantType::Q4K | QuantType::Q5K => {
-                let five = t == QuantType::Q5K;
-                let qs = if five { 48 } else { 16 };
-                let qh = five.then(|| at(16));
-                for p in 0..4 {
-                    let (lo, hi) = k45_values(at(qs + 32 * p), qh, p);
-                    put(64 * p, lo);
-                    put(64 * p + 32, hi);
-                }
-            }
-            QuantType::Q6K => {
-                for half in 0..2 {
-                    let (ql0, ql1) = (at(64 * half), at(64 * half + 32));
-                    let qh = at(128 + 32 * half);
-                    // Values 32 s + l: a nibble of ql and bits 2s, 2s + 1
-                    // of qh[l] as bits 4, 5.
-                    let parts = [
-                        (_mm256_and_si256(ql0, m4), _mm256_slli_epi16::<4>(qh)),
-                        (_mm256_and_si256(ql1, m4), _mm256_slli_epi16::<2>(qh)),
-                        (_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4), qh),
-                        (
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
-                            _mm256_srli_epi16::<2>(qh),
-                        ),
-                    ];
-                    for (s, (lo, hi)) in parts.into_iter().enumerate() {
-                        put(128 * half + 32 * s, _mm256_or_si256(lo, _mm256_and_si256(hi, m30)));
-                    }
-                }
-            }
-            _ => unreachable!("invariant: only K types are packed"),
+    for p in 0..4 {
+        for (e, v) in unpack_part(t, b, p).into_iter().enumerate() {
+            // SAFETY: 64 p + 32 e + 32 <= 256: inside `vals`; the store is
+            // unaligned.
+            unsafe { _mm256_storeu_si256(vals[64 * p + 32 * e..].as_mut_ptr().cast(), v) };
         }
     }
     vals
+}
+
+/// Values `64 p..64 p + 64` (`p < 4`) of the K block `b` of type `t` as
+/// unsigned bytes (Q6_K without its offset of 32), in two vectors.
+///
+/// # Panics
+/// If `b` is not one whole block of `t`, or `p >= 4`.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn unpack_part(t: QuantType, b: &[u8], p: usize) -> [__m256i; 2] {
+    assert!(b.len() == t.block_bytes() && p < 4, "invariant: one whole block, part below 4");
+    // SAFETY: every load below starts at most 32 bytes before the end of
+    // the block, whose length was asserted (Q4_K 144 bytes, Q5_K 176,
+    // Q6_K 210); the loads are unaligned.
+    let at = |o: usize| unsafe { _mm256_loadu_si256(b.as_ptr().add(o).cast()) };
+    match t {
+        QuantType::Q4K | QuantType::Q5K => {
+            let five = t == QuantType::Q5K;
+            let qs = if five { 48 } else { 16 };
+            let (lo, hi) = k45_values(at(qs + 32 * p), five.then(|| at(16)), p);
+            [lo, hi]
+        }
+        QuantType::Q6K => {
+            let m4 = _mm256_set1_epi8(0xF);
+            let m30 = _mm256_set1_epi8(0x30);
+            let half = p / 2;
+            let (ql0, ql1) = (at(64 * half), at(64 * half + 32));
+            let qh = at(128 + 32 * half);
+            // Values 128 half + 32 s + l: a nibble of ql and bits 2s, 2s + 1
+            // of qh[l] as bits 4, 5; this part holds s = 2 (p % 2) and the
+            // next.
+            let (a, b) = if p.is_multiple_of(2) {
+                (
+                    (_mm256_and_si256(ql0, m4), _mm256_slli_epi16::<4>(qh)),
+                    (_mm256_and_si256(ql1, m4), _mm256_slli_epi16::<2>(qh)),
+                )
+            } else {
+                (
+                    (_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), m4), qh),
+                    (_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4), _mm256_srli_epi16::<2>(qh)),
+                )
+            };
+            let join =
+                |(lo, hi): (__m256i, __m256i)| _mm256_or_si256(lo, _mm256_and_si256(hi, m30));
+            [join(a), join(b)]
+        }
+        _ => unreachable!("invariant: only K types are packed"),
+    }
 }
 
 /// Writes a tile's results for its first `inputs` input rows: lane `c`

@@ -27,6 +27,8 @@ mod dot;
 mod formats;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod vnni_panel;
 
 pub use formats::{dequantize_row, quantize_row};
 use rayon::prelude::*;
@@ -119,7 +121,8 @@ impl QuantType {
     /// Bytes of a row of `cols` values, or `None` when `cols` is not a
     /// whole number of blocks.
     pub fn row_bytes(self, cols: usize) -> Option<usize> {
-        (cols % self.block_elems() == 0).then(|| cols / self.block_elems() * self.block_bytes())
+        cols.is_multiple_of(self.block_elems())
+            .then(|| cols / self.block_elems() * self.block_bytes())
     }
 
     /// Whether the inputs are quantized in 256-value blocks (Q8_K).
@@ -362,6 +365,38 @@ pub fn simd_available() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
+    }
+}
+
+/// Turns the AVX-VNNI kernels of the batched K-quant products on or off
+/// for this process (`strata` benchmarks compare both in one run; the
+/// environment's `STRATA_CPU_ISA=avx2` turns them off from the start).
+/// Returns whether they are now in use: only where the CPU has them.
+pub fn set_vnni(enabled: bool) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::simd::set_vnni(enabled)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = enabled;
+        false
+    }
+}
+
+/// The instruction sets the quantized kernels use on this CPU, for logs
+/// and benchmark reports: `avx2+avx-vnni`, `avx2` or `portable`.
+pub fn kernel_isa() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::simd::vnni() {
+            return "avx2+avx-vnni";
+        }
+    }
+    if simd_available() {
+        "avx2"
+    } else {
+        "portable"
     }
 }
 

@@ -132,15 +132,17 @@ proptest! {
     }
 
     /// From 24 input rows the K types unpack the weights first
-    /// (`avx2_panel`); each group of eight input rows gets the same bits
-    /// as when it is multiplied alone (by the kernel on the stored blocks).
+    /// (`vnni_panel` where the CPU has AVX-VNNI, else `avx2_panel`); each
+    /// group of eight input rows gets the same bits as when it is
+    /// multiplied alone (by the kernel on the stored blocks). Ten weight
+    /// rows: a packed group of eight (or two of four) and two left over.
     #[test]
     fn packed_gemm_gives_the_grouped_kernels_bits(
-        w in values(512 * 6),
+        w in values(512 * 10),
         x in values(512 * 40),
     ) {
         for t in [QuantType::Q4K, QuantType::Q5K, QuantType::Q6K] {
-            let (nr, m, k) = (6, 40, 512);
+            let (nr, m, k) = (10, 40, 512);
             let bytes: Vec<u8> = w.chunks(k).flat_map(|row| quantized(t, row)).collect();
             let mut whole = vec![f32::NAN; m * nr];
             gemm(t, &bytes, nr, &quantize_activations(t, &x, m, k), &mut whole);
@@ -152,6 +154,35 @@ proptest! {
                 prop_assert!(same, "{} group {g}: {:?} vs {:?}", t.name(),
                     &whole[g * 8 * nr..(g + 1) * 8 * nr], alone);
             }
+        }
+    }
+
+    /// The two packed kernels give the same bits on every whole tile, so
+    /// which one a CPU takes never changes a result. (Without AVX-VNNI
+    /// only the AVX2 kernel can run, and the check is skipped.)
+    #[test]
+    fn vnni_gemm_gives_the_avx2_kernels_bits(
+        w in values(512 * 16),
+        x in values(512 * 16),
+    ) {
+        if !(simd_available() && is_x86_feature_detected!("avxvnni")) {
+            return Ok(());
+        }
+        for t in [QuantType::Q4K, QuantType::Q5K, QuantType::Q6K] {
+            let (nr, m, k) = (16, 16, 512);
+            let bytes: Vec<u8> = w.chunks(k).flat_map(|row| quantized(t, row)).collect();
+            let ActQuant::Q8K { blocks, groups, .. } = quantize_activations(t, &x, m, k) else {
+                unreachable!("K types take Q8_K inputs")
+            };
+            let (mut avx2, mut vnni) = (vec![f32::NAN; m * nr], vec![f32::NAN; m * nr]);
+            // SAFETY: AVX2/FMA/F16C and AVX-VNNI were checked above; each
+            // output is the whole m x nr result.
+            unsafe {
+                avx2_panel::gemm_packed(t, &bytes, nr, &blocks, &groups, k / 256, avx2.as_mut_ptr(), nr);
+                vnni_panel::gemm_packed(t, &bytes, nr, &blocks, &groups, k / 256, vnni.as_mut_ptr(), nr);
+            }
+            let same = avx2.iter().zip(&vnni).all(|(a, b)| a.to_bits() == b.to_bits());
+            prop_assert!(same, "{}: {:?} vs {:?}", t.name(), avx2, vnni);
         }
     }
 

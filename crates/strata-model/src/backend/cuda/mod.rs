@@ -578,7 +578,7 @@ impl Backend for CudaBackend {
         let group = shape.num_heads / shape.num_kv_heads.max(1);
         if group == 0
             || group > kernels::MAX_GROUP
-            || shape.num_heads % shape.num_kv_heads.max(1) != 0
+            || !shape.num_heads.is_multiple_of(shape.num_kv_heads.max(1))
         {
             self.fail(format!(
                 "attention with {} query heads over {} KV heads is not supported by the CUDA \

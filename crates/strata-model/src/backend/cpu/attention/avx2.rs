@@ -29,7 +29,7 @@ const SPAN: usize = 64;
 /// Whether this kernel handles `head_dim` (whole vectors, and a row pair's
 /// half-width outputs fit the registers).
 pub(super) fn supports(head_dim: usize) -> bool {
-    head_dim % 16 == 0 && head_dim <= 256
+    head_dim.is_multiple_of(16) && head_dim <= 256
 }
 
 /// The sums of four vectors' lanes, in lanes 0..4.
