@@ -2,9 +2,11 @@
 //! batches) against the f32 product of the same dequantized values, all
 //! measured in this run, best of several repetitions, on the machine's
 //! thread pool: the Llama-3.2-1B projections (q/k/v, o, gate/up, down) in
-//! Q4_K and Q6_K (the types of a Q4_K_M file), at 32 and 512 input rows.
+//! Q4_K and Q6_K (the types of a Q4_K_M file) and Q8_0, at 32 and 512
+//! input rows.
 //! The quantized product runs with the AVX2 kernels and, where the CPU has
-//! AVX-VNNI, with those too (`quant::set_vnni`).
+//! AVX-VNNI, with those too (`quant::set_vnni`); Q8_0 has no AVX2 integer
+//! GEMM, so its AVX2 column is the f32 path on dequantized panels.
 //!
 //! Prints GMAC/s for each and the ratios (AVX2 / f32, VNNI / AVX2).
 //!
@@ -28,7 +30,7 @@ fn main() {
     println!("AVX-VNNI kernels: {}", if vnni { "yes" } else { "no (this CPU lacks them)" });
     println!("| type | matrix | rows | f32 GMAC/s | AVX2 GMAC/s | AVX2 / f32 | VNNI GMAC/s | VNNI / AVX2 |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
-    for t in [QuantType::Q4K, QuantType::Q6K] {
+    for t in [QuantType::Q4K, QuantType::Q6K, QuantType::Q8_0] {
         for (name, n, k) in shapes {
             let q = QuantData::quantize(t, &fill(n * k, 7), n, k);
             let dense = CpuWeight { rows: n, cols: k, data: HostData::F32(q.to_f32()) };

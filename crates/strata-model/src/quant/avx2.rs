@@ -20,7 +20,7 @@ use crate::simd::hsum;
 /// 32 bytes at the start of `s` (which must hold them).
 #[inline]
 #[target_feature(enable = "avx2")]
-fn load(s: &[u8]) -> __m256i {
+pub(super) fn load(s: &[u8]) -> __m256i {
     let s: &[u8; 32] = s[..32].try_into().expect("invariant: 32 bytes");
     // SAFETY: `s` is 32 readable bytes; the load is unaligned.
     unsafe { _mm256_loadu_si256(s.as_ptr().cast()) }
@@ -37,7 +37,7 @@ fn load_i8(s: &[i8]) -> __m256i {
 /// 16 bytes of nibbles: low nibbles in lanes 0..16, high in 16..32.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn nibbles_16(s: &[u8]) -> __m256i {
+pub(super) fn nibbles_16(s: &[u8]) -> __m256i {
     let s: &[u8; 16] = s[..16].try_into().expect("invariant: 16 bytes");
     // SAFETY: `s` is 16 readable bytes; the load is unaligned.
     let v = unsafe { _mm_loadu_si128(s.as_ptr().cast()) };
@@ -48,7 +48,7 @@ fn nibbles_16(s: &[u8]) -> __m256i {
 /// 0x10 in each byte `j` whose bit `j` of the little-endian `qh` is set.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn fifth_bits(qh: &[u8]) -> __m256i {
+pub(super) fn fifth_bits(qh: &[u8]) -> __m256i {
     let bits = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]) as i32;
     let spread = _mm256_shuffle_epi8(
         _mm256_set1_epi32(bits),

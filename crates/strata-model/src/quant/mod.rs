@@ -29,6 +29,8 @@ mod formats;
 mod tests;
 #[cfg(target_arch = "x86_64")]
 mod vnni_panel;
+#[cfg(target_arch = "x86_64")]
+mod vnni_panel32;
 
 pub use formats::{dequantize_row, quantize_row};
 use rayon::prelude::*;
@@ -289,11 +291,18 @@ pub unsafe fn gemm_strided(
                     unsafe { avx2_gemm::gemm_k(t, w, nr, blocks, groups, m, k / 256, out, ld) };
                 }
                 ActQuant::Q8 { blocks, .. } => {
-                    // SAFETY: as above.
-                    unsafe { avx2_panel32::gemm_packed(t, w, nr, blocks, k / 32, out, ld) };
+                    let done_rows = if vnni_available() {
+                        // SAFETY: as above, and AVX-VNNI was detected at
+                        // run time.
+                        unsafe { vnni_panel32::gemm_packed(t, w, nr, blocks, k / 32, out, ld) };
+                        nr / vnni_panel32::ROWS * vnni_panel32::ROWS
+                    } else {
+                        // SAFETY: as above.
+                        unsafe { avx2_panel32::gemm_packed(t, w, nr, blocks, k / 32, out, ld) };
+                        nr / avx2_panel32::ROWS * avx2_panel32::ROWS
+                    };
                     // The packed kernel leaves the rows after the last
-                    // whole four.
-                    let done_rows = nr / avx2_panel32::ROWS * avx2_panel32::ROWS;
+                    // whole group of rows.
                     // SAFETY: rows done_rows..nr: the caller's contract.
                     unsafe { dot_rows(t, w, done_rows..nr, acts, out, ld) };
                 }
@@ -331,12 +340,14 @@ unsafe fn dot_rows(
 }
 
 /// Input rows from which Q4_0/Q4_1/Q5_0/Q5_1 weights are multiplied by
-/// the packed integer kernel (`avx2_panel32`); fewer take the f32 path.
+/// the packed integer kernels (`avx2_panel32`, `vnni_panel32`, which
+/// also takes Q8_0); fewer take the f32 path.
 pub const PACKED32_MIN_ROWS: usize = 24;
 
 /// Whether [`gemm()`] has a register-tiled kernel for `t` with `m` input
 /// rows on this CPU: the K types at every `m`, Q4_0/Q4_1/Q5_0/Q5_1 from
-/// [`PACKED32_MIN_ROWS`].
+/// [`PACKED32_MIN_ROWS`], and Q8_0 from there too where the CPU has
+/// AVX-VNNI.
 pub fn has_tiled_gemm(t: QuantType, m: usize) -> bool {
     simd_available()
         && match t {
@@ -344,7 +355,9 @@ pub fn has_tiled_gemm(t: QuantType, m: usize) -> bool {
             QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q5_1 => {
                 m >= PACKED32_MIN_ROWS
             }
-            QuantType::Q8_0 => false,
+            // Signed weight bytes: only `vpdpbusd` (with 128 added to
+            // them) makes an integer product cheaper than the f32 one.
+            QuantType::Q8_0 => m >= PACKED32_MIN_ROWS && vnni_available(),
         }
 }
 
@@ -354,6 +367,19 @@ pub fn vec_dot_portable(t: QuantType, w: &[u8], acts: &ActQuant, out: &mut [f32]
     assert_eq!(Some(w.len()), t.row_bytes(k), "invariant: a {} row of {k} values", t.name());
     assert_eq!(out.len(), acts.rows(), "invariant: one output per input row");
     dot::vec_dot(t, w, acts, out);
+}
+
+/// Whether the batched products use the AVX-VNNI kernels (see
+/// [`set_vnni`]).
+fn vnni_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::simd::vnni()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Whether [`vec_dot`] uses the AVX2/FMA/F16C kernels on this CPU.
@@ -387,13 +413,9 @@ pub fn set_vnni(enabled: bool) -> bool {
 /// The instruction sets the quantized kernels use on this CPU, for logs
 /// and benchmark reports: `avx2+avx-vnni`, `avx2` or `portable`.
 pub fn kernel_isa() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::simd::vnni() {
-            return "avx2+avx-vnni";
-        }
-    }
-    if simd_available() {
+    if vnni_available() {
+        "avx2+avx-vnni"
+    } else if simd_available() {
         "avx2"
     } else {
         "portable"

@@ -121,11 +121,11 @@ proptest! {
     /// four weight rows with the rows and inputs it leaves), each type.
     #[test]
     fn gemm_matches_the_reference(
-        w in values(512 * 6),
+        w in values(512 * 10),
         x in values(512 * 37),
     ) {
         for t in QuantType::ALL {
-            for (nr, m) in [(3, 9), (2, 4), (1, 3), (3, 2), (1, 5), (2, 6), (1, 7), (1, 8), (2, 1), (1, 17), (6, 37), (4, 32)] {
+            for (nr, m) in [(3, 9), (2, 4), (1, 3), (3, 2), (1, 5), (2, 6), (1, 7), (1, 8), (2, 1), (1, 17), (6, 37), (4, 32), (10, 33)] {
                 check_gemm(t, &w[..512 * nr], nr, &x[..512 * m], m)?;
             }
         }

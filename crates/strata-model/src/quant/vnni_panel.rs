@@ -107,7 +107,7 @@ impl Packed8 {
 /// of `v[r]`.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn transpose(v: [__m256i; 8]) -> [__m256i; 8] {
+pub(super) fn transpose(v: [__m256i; 8]) -> [__m256i; 8] {
     let lo: [__m256i; 4] = std::array::from_fn(|i| _mm256_unpacklo_epi32(v[2 * i], v[2 * i + 1]));
     let hi: [__m256i; 4] = std::array::from_fn(|i| _mm256_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
     // u[k] (k < 4): lane k (low half) and k + 4 (high half) of rows 0..4;

@@ -1,0 +1,198 @@
+//! AVX-VNNI products of Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weight panels with many
+//! input rows: the 32-value types' counterpart of [`super::vnni_panel`],
+//! on CPUs with `vpdpbusd` ([`crate::simd::vnni`]).
+//!
+//! A panel holds eight weight rows interleaved by four values
+//! ([`Packed8x32`]), so one `vpdpbusd` with four input bytes broadcast to
+//! every lane advances eight rows by four values; a 32-value block is
+//! eight of them into one i32 lane per row. Each block is then scaled in
+//! f32 as in [`super::avx2_panel32`]: `d_w d_a Σ q a` plus the offset term
+//! `m_w s_a`, where `s_a = d_a Σ a` comes with the input block and `m_w`
+//! is the block's minimum (Q4_1/Q5_1), `-8 d_w` / `-16 d_w` (Q4_0/Q5_0),
+//! or `-128 d_w` for Q8_0: its signed bytes are stored with 128 added,
+//! which makes them the unsigned operand `vpdpbusd` needs (the product is
+//! exact: `Σ (q + 128) a` is at most `32 * 255 * 128` in an i32).
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+use super::avx2::{fifth_bits, load, nibbles_16};
+use super::vnni_panel::transpose;
+use super::{f16_at, Q8Block, QuantType};
+
+/// Weight rows per packed group.
+pub(super) const ROWS: usize = 8;
+/// Input rows per tile.
+const INPUTS: usize = 8;
+
+/// Whether `t` has a packed kernel here.
+pub(super) fn packs(t: QuantType) -> bool {
+    matches!(
+        t,
+        QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q5_1 | QuantType::Q8_0
+    )
+}
+
+/// One 32-value block of eight weight rows, unpacked.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub(super) struct Packed8x32 {
+    /// `qs[q][4 r + t]`: value `4 q + t` of row `r`, unsigned.
+    qs: [[u8; 32]; 8],
+    /// Each row's scale.
+    d: [f32; 8],
+    /// Each row's offset factor.
+    m: [f32; 8],
+}
+
+impl Packed8x32 {
+    const ZERO: Packed8x32 = Packed8x32 { qs: [[0; 32]; 8], d: [0.0; 8], m: [0.0; 8] };
+
+    /// This block from the stored blocks `b[r]` of type `t`, one per row.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C.
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn set(&mut self, t: QuantType, b: [&[u8]; ROWS]) {
+        let quads = transpose(std::array::from_fn(|r| values(t, b[r])));
+        for (q, v) in quads.into_iter().enumerate() {
+            // SAFETY: q < 8: an entry of qs; the store is aligned (qs is
+            // 32-aligned).
+            unsafe { _mm256_store_si256(self.qs[q].as_mut_ptr().cast(), v) };
+        }
+        for (r, blk) in b.iter().enumerate() {
+            let d = f16_at(blk);
+            self.d[r] = d;
+            self.m[r] = match t {
+                QuantType::Q4_0 => -8.0 * d,
+                QuantType::Q5_0 => -16.0 * d,
+                QuantType::Q8_0 => -128.0 * d,
+                _ => f16_at(&blk[2..]),
+            };
+        }
+    }
+}
+
+/// The 32 values of the block `b` of type `t` ([`packs`]) as unsigned
+/// bytes: the 4- and 5-bit values as stored, Q8_0's with 128 added.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn values(t: QuantType, b: &[u8]) -> __m256i {
+    assert_eq!(b.len(), t.block_bytes(), "invariant: one whole block");
+    match t {
+        QuantType::Q4_0 => nibbles_16(&b[2..]),
+        QuantType::Q4_1 => nibbles_16(&b[4..]),
+        QuantType::Q5_0 => _mm256_or_si256(nibbles_16(&b[6..]), fifth_bits(&b[2..])),
+        QuantType::Q5_1 => _mm256_or_si256(nibbles_16(&b[8..]), fifth_bits(&b[4..])),
+        QuantType::Q8_0 => _mm256_xor_si256(load(&b[2..]), _mm256_set1_epi8(-128)),
+        _ => unreachable!("invariant: only the types of `packs` are packed here"),
+    }
+}
+
+thread_local! {
+    /// Each thread's packed panel, reused from call to call.
+    static PANEL: RefCell<Vec<Packed8x32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Eight packed weight rows (`nb` blocks at `w`) against the input rows
+/// `a`: lane `r` of `out[c]` is the product of weight row `r` and input
+/// row `c`.
+///
+/// # Safety
+/// The CPU has AVX-VNNI; `w` and each `a[c]` point at `nb` readable
+/// blocks.
+#[inline]
+#[target_feature(enable = "avx2,fma,avxvnni")]
+unsafe fn tile(w: *const Packed8x32, a: [*const Q8Block; INPUTS], nb: usize) -> [__m256; INPUTS] {
+    let mut acc = [_mm256_setzero_ps(); INPUTS];
+    for b in 0..nb {
+        // SAFETY: b < nb keeps every read inside block b of w and a[c];
+        // the input reads are four bytes at 4 q < 32.
+        unsafe {
+            let pb = &*w.add(b);
+            let x: [&Q8Block; INPUTS] = std::array::from_fn(|c| &*a[c].add(b));
+            let mut isum = [_mm256_setzero_si256(); INPUTS];
+            for q in 0..8 {
+                let wv = _mm256_load_si256(pb.qs[q].as_ptr().cast());
+                for c in 0..INPUTS {
+                    let xq = _mm256_set1_epi32(
+                        x[c].qs.as_ptr().add(4 * q).cast::<i32>().read_unaligned(),
+                    );
+                    isum[c] = _mm256_dpbusd_avx_epi32(isum[c], wv, xq);
+                }
+            }
+            let (d, m) = (_mm256_load_ps(pb.d.as_ptr()), _mm256_load_ps(pb.m.as_ptr()));
+            for c in 0..INPUTS {
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(x[c].d));
+                acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[c]), scale, acc[c]);
+                acc[c] = _mm256_fmadd_ps(m, _mm256_set1_ps(x[c].s), acc[c]);
+            }
+        }
+    }
+    acc
+}
+
+/// `out + i * ld + j` receives `w_j . x_i` for the rows `j < nr / 8 * 8`
+/// of the `nr` consecutive rows of type `t` ([`packs`]) in `w` and every
+/// input row `i` of `a` (`nb` blocks each; a last partial group of inputs
+/// is padded with copies of its last row, whose results are not stored).
+/// The other weight rows are the caller's.
+///
+/// # Safety
+/// The CPU has AVX2, FMA, F16C and AVX-VNNI; for every such `i` and `j`,
+/// `out + i * ld + j` is valid for writes and nobody else's during the
+/// call.
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub(super) unsafe fn gemm_packed(
+    t: QuantType,
+    w: &[u8],
+    nr: usize,
+    a: &[Q8Block],
+    nb: usize,
+    out: *mut f32,
+    ld: usize,
+) {
+    let bb = t.block_bytes();
+    let m = a.len() / nb;
+    assert!(packs(t), "invariant: a type with a packed kernel");
+    assert_eq!(w.len(), nr * nb * bb, "invariant: nr weight rows of nb blocks");
+    assert_eq!(a.len(), m * nb, "invariant: m input rows of nb blocks");
+    let row_bytes = nb * bb;
+    PANEL.with_borrow_mut(|panel| {
+        // One panel of eight rows at a time, packed and then multiplied
+        // with every input; every entry is written whole.
+        panel.resize(nb, Packed8x32::ZERO);
+        for x in 0..nr / ROWS {
+            let rows = &w[ROWS * x * row_bytes..][..ROWS * row_bytes];
+            for (i, p) in panel.iter_mut().enumerate() {
+                let blocks = std::array::from_fn(|r| &rows[r * row_bytes + i * bb..][..bb]);
+                // SAFETY: gemm_packed's caller checked AVX2 and F16C.
+                unsafe { p.set(t, blocks) };
+            }
+            // The next panel's stored bytes (contiguous), asked for in
+            // one share per tile so that they arrive in L2 while this
+            // panel computes.
+            let next = w.get(ROWS * (x + 1) * row_bytes..).unwrap_or_default();
+            let next = &next[..next.len().min(ROWS * row_bytes)];
+            let share = next.len().div_ceil(64 * m.div_ceil(INPUTS)) * 64;
+            let mut ahead = next.chunks(share.max(64));
+            for i in (0..m).step_by(INPUTS) {
+                for line in ahead.next().unwrap_or_default().chunks(64) {
+                    _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast());
+                }
+                let valid = INPUTS.min(m - i);
+                let inputs: [*const Q8Block; INPUTS] =
+                    std::array::from_fn(|c| a[(i + c.min(valid - 1)) * nb..].as_ptr());
+                // SAFETY: the panel and each input row (all below m) have
+                // nb blocks (the lengths asserted above); the CPU features
+                // are this function's.
+                let lanes = unsafe { tile(panel.as_ptr(), inputs, nb) };
+                for (c, v) in lanes.iter().enumerate().take(valid) {
+                    // SAFETY: i + c < m and rows 8 x..8 x + 8 are below
+                    // nr / 8 * 8: the caller's contract; unaligned store.
+                    unsafe { _mm256_storeu_ps(out.add((i + c) * ld + ROWS * x), *v) };
+                }
+            }
+        }
+    });
+}
