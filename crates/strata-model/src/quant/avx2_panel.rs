@@ -87,7 +87,7 @@ impl Packed4 {
     }
 }
 
-/// A K block's per-group terms, as both packed layouts store them.
+/// A K block's per-group terms, as the four-row layout stores them.
 pub(super) struct BlockTerms {
     /// Each group's scale (groups of 32 values for Q4_K/Q5_K, 16 for Q6_K).
     pub scales: [i16; 16],

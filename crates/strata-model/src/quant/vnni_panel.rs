@@ -32,8 +32,8 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use super::avx2_panel::{unpack_part, BlockTerms};
-use super::{Q8KBlock, Q8KGroup, QuantType};
+use super::avx2_panel::unpack_part;
+use super::{f16_at, Q8KBlock, Q8KGroup, QuantType};
 
 /// Weight rows per packed group.
 pub(super) const ROWS: usize = 8;
@@ -75,10 +75,17 @@ impl Packed8 {
     #[target_feature(enable = "avx2")]
     unsafe fn set(&mut self, t: QuantType, b: [&[u8]; ROWS]) {
         for p in 0..4 {
-            let parts: [[__m256i; 2]; ROWS] = std::array::from_fn(|r| unpack_part(t, b[r], p));
-            for e in 0..2 {
+            // (Plain loops: a closure would not share this function's
+            // target features, and its calls were 12% of a decode step.)
+            let mut parts = [[_mm256_setzero_si256(); ROWS]; 2];
+            for r in 0..ROWS {
+                let [lo, hi] = unpack_part(t, b[r], p);
+                parts[0][r] = lo;
+                parts[1][r] = hi;
+            }
+            for (e, rows) in parts.into_iter().enumerate() {
                 // Vector 2 p + e of each row: quads 8 (2 p + e)..+8.
-                let quads = transpose(std::array::from_fn(|r| parts[r][e]));
+                let quads = transpose(rows);
                 for (j, v) in quads.into_iter().enumerate() {
                     // SAFETY: 16 p + 8 e + j < 64: an entry of qs; the
                     // store is aligned (Packed8 and qs are 32-aligned).
@@ -88,19 +95,61 @@ impl Packed8 {
                 }
             }
         }
+        // Each row's group scales (i32) and input-sum coefficients (i16
+        // pairs) as vectors, one lane per group (pair), then transposed to
+        // one lane per row as the tile reads them.
+        let mut scales = [[_mm256_setzero_si256(); ROWS]; 2];
+        let mut subs = [_mm256_setzero_si256(); ROWS];
         for (r, blk) in b.iter().enumerate() {
-            let BlockTerms { scales, subs, d, m } = BlockTerms::of(t, blk);
-            self.d[r] = d;
-            self.m[r] = m;
-            for (s, lanes) in self.scales.iter_mut().enumerate() {
-                lanes[r] = i32::from(scales[s]);
-            }
-            for (h, lanes) in self.subs.iter_mut().enumerate() {
-                lanes[r] =
-                    u32::from(subs[2 * h] as u16) | (u32::from(subs[2 * h + 1] as u16) << 16);
+            match t {
+                QuantType::Q4K | QuantType::Q5K => {
+                    let (sc, mins) = scales_mins_k4(&blk[4..16]);
+                    scales[0][r] = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(sc as i64));
+                    subs[r] =
+                        _mm256_castsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(mins as i64)));
+                    self.d[r] = f16_at(blk);
+                    self.m[r] = f16_at(&blk[2..]);
+                }
+                QuantType::Q6K => {
+                    let word = |o: usize| -> [u8; 8] { blk[o..o + 8].try_into().expect("8 bytes") };
+                    let (lo, hi) = (u64::from_le_bytes(word(192)), u64::from_le_bytes(word(200)));
+                    scales[0][r] = _mm256_cvtepi8_epi32(_mm_cvtsi64_si128(lo as i64));
+                    scales[1][r] = _mm256_cvtepi8_epi32(_mm_cvtsi64_si128(hi as i64));
+                    subs[r] = _mm256_cvtepi8_epi16(_mm_set_epi64x(hi as i64, lo as i64));
+                    let d = f16_at(&blk[208..]);
+                    self.d[r] = d;
+                    self.m[r] = 32.0 * d;
+                }
+                _ => unreachable!("invariant: only K types are packed"),
             }
         }
+        for (half, rows) in scales.into_iter().enumerate() {
+            for (s, v) in transpose(rows).into_iter().enumerate() {
+                // SAFETY: 8 half + s < 16: an entry of scales; aligned.
+                unsafe { _mm256_store_si256(self.scales[8 * half + s].as_mut_ptr().cast(), v) };
+            }
+        }
+        for (h, v) in transpose(subs).into_iter().enumerate() {
+            // SAFETY: h < 8: an entry of subs; aligned.
+            unsafe { _mm256_store_si256(self.subs[h].as_mut_ptr().cast(), v) };
+        }
     }
+}
+
+/// The eight 6-bit scales and minimums of a Q4_K/Q5_K block from its 12
+/// packed bytes `q` (ggml's `get_scale_min_k4` for every sub-block at
+/// once, as llama.cpp's kernels unpack them): the scales in the bytes of
+/// the first word, the minimums in the second.
+fn scales_mins_k4(q: &[u8]) -> (u64, u64) {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let word = |i: usize| u32::from_le_bytes(q[4 * i..4 * i + 4].try_into().expect("4 bytes"));
+    let (u0, u1, u2) = (word(0), word(1), word(2));
+    let scales_hi = (u2 & LOW4) | (((u0 >> 6) & LOW2) << 4);
+    let mins_hi = ((u2 >> 4) & LOW4) | (((u1 >> 6) & LOW2) << 4);
+    let join = |lo: u32, hi: u32| u64::from(lo) | (u64::from(hi) << 32);
+    (join(u0 & LOW6, scales_hi), join(u1 & LOW6, mins_hi))
 }
 
 /// The 8 x 8 transpose of i32 lanes: lane `r` of vector `j` is lane `j`
@@ -279,4 +328,26 @@ pub(super) unsafe fn gemm_packed(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::super::formats::scale_min_k4;
+    use super::scales_mins_k4;
+
+    proptest! {
+        /// The word-wise unpacking equals ggml's per-sub-block one on any
+        /// 12 bytes.
+        #[test]
+        fn scales_mins_match_ggml(q in prop::array::uniform12(any::<u8>())) {
+            let (scales, mins) = scales_mins_k4(&q);
+            for j in 0..8 {
+                let (s, m) = scale_min_k4(j, &q);
+                prop_assert_eq!((scales >> (8 * j)) as u8, s);
+                prop_assert_eq!((mins >> (8 * j)) as u8, m);
+            }
+        }
+    }
 }
