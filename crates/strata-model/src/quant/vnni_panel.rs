@@ -255,6 +255,37 @@ unsafe fn tile<const GV: usize>(
     out
 }
 
+/// Block `i` (of `bb` bytes) of each of the eight rows of `row_bytes`
+/// bytes in `rows`.
+pub(super) fn blocks_of(rows: &[u8], row_bytes: usize, i: usize, bb: usize) -> [&[u8]; ROWS] {
+    std::array::from_fn(|r| &rows[r * row_bytes + i * bb..][..bb])
+}
+
+/// The stored bytes of the eight-row panel after panel `x` of `w` (rows of
+/// `row_bytes` bytes; contiguous), cut into one share for each of the
+/// `tiles` tiles that multiply panel `x`: each tile asks for its share
+/// ([`prefetch`]), so that the next panel arrives in L2 while this one
+/// computes. Packing otherwise waits on memory.
+pub(super) fn next_panel(
+    w: &[u8],
+    x: usize,
+    row_bytes: usize,
+    tiles: usize,
+) -> std::slice::Chunks<'_, u8> {
+    let next = w.get(ROWS * (x + 1) * row_bytes..).unwrap_or_default();
+    let next = &next[..next.len().min(ROWS * row_bytes)];
+    next.chunks((next.len().div_ceil(64 * tiles.max(1)) * 64).max(64))
+}
+
+/// Asks for the cache lines of `bytes` in L2 (a hint: nothing is read).
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn prefetch(bytes: &[u8]) {
+    for line in bytes.chunks(64) {
+        _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast());
+    }
+}
+
 /// `out + i * ld + j` receives `w_j . x_i` for the rows `j < nr / 8 * 8`
 /// of the `nr` consecutive rows of K type `t` in `w` and the input rows
 /// `i < m / 8 * 8` of `a` (`nb` blocks each, `groups` their
@@ -291,21 +322,12 @@ pub(super) unsafe fn gemm_packed(
         for x in 0..nr / ROWS {
             let rows = &w[ROWS * x * row_bytes..][..ROWS * row_bytes];
             for (i, p) in panel.iter_mut().enumerate() {
-                let blocks = std::array::from_fn(|r| &rows[r * row_bytes + i * bb..][..bb]);
                 // SAFETY: gemm_packed's caller checked AVX2.
-                unsafe { p.set(t, blocks) };
+                unsafe { p.set(t, blocks_of(rows, row_bytes, i, bb)) };
             }
-            // The next panel's stored bytes (contiguous), asked for in
-            // one share per tile so that they arrive in L2 while this
-            // panel computes: packing otherwise waits on memory.
-            let next = w.get(ROWS * (x + 1) * row_bytes..).unwrap_or_default();
-            let next = &next[..next.len().min(ROWS * row_bytes)];
-            let share = next.len().div_ceil(64 * tiles.max(1)) * 64;
-            let mut ahead = next.chunks(share.max(64));
+            let mut ahead = next_panel(w, x, row_bytes, tiles);
             for i in (0..tiles * GROUP).step_by(GROUP) {
-                for line in ahead.next().unwrap_or_default().chunks(64) {
-                    _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast());
-                }
+                prefetch(ahead.next().unwrap_or_default());
                 let g = groups[i / GROUP * nb..].as_ptr();
                 let inputs: [*const Q8KBlock; GROUP] =
                     std::array::from_fn(|c| a[(i + c) * nb..].as_ptr());

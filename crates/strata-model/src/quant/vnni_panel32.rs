@@ -17,11 +17,10 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use super::avx2::{fifth_bits, load, nibbles_16};
-use super::vnni_panel::transpose;
+pub(super) use super::vnni_panel::ROWS;
+use super::vnni_panel::{blocks_of, next_panel, prefetch, transpose};
 use super::{f16_at, Q8Block, QuantType};
 
-/// Weight rows per packed group.
-pub(super) const ROWS: usize = 8;
 /// Input rows per tile.
 const INPUTS: usize = 8;
 
@@ -165,21 +164,12 @@ pub(super) unsafe fn gemm_packed(
         for x in 0..nr / ROWS {
             let rows = &w[ROWS * x * row_bytes..][..ROWS * row_bytes];
             for (i, p) in panel.iter_mut().enumerate() {
-                let blocks = std::array::from_fn(|r| &rows[r * row_bytes + i * bb..][..bb]);
                 // SAFETY: gemm_packed's caller checked AVX2 and F16C.
-                unsafe { p.set(t, blocks) };
+                unsafe { p.set(t, blocks_of(rows, row_bytes, i, bb)) };
             }
-            // The next panel's stored bytes (contiguous), asked for in
-            // one share per tile so that they arrive in L2 while this
-            // panel computes.
-            let next = w.get(ROWS * (x + 1) * row_bytes..).unwrap_or_default();
-            let next = &next[..next.len().min(ROWS * row_bytes)];
-            let share = next.len().div_ceil(64 * m.div_ceil(INPUTS)) * 64;
-            let mut ahead = next.chunks(share.max(64));
+            let mut ahead = next_panel(w, x, row_bytes, m.div_ceil(INPUTS));
             for i in (0..m).step_by(INPUTS) {
-                for line in ahead.next().unwrap_or_default().chunks(64) {
-                    _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast());
-                }
+                prefetch(ahead.next().unwrap_or_default());
                 let valid = INPUTS.min(m - i);
                 let inputs: [*const Q8Block; INPUTS] =
                     std::array::from_fn(|c| a[(i + c.min(valid - 1)) * nb..].as_ptr());
