@@ -18,7 +18,8 @@ pub(crate) fn available() -> bool {
 
 /// Whether the batched K-quant products use AVX-VNNI (`vpdpbusd` on
 /// 256-bit vectors): the CPU has it besides [`available`], and neither
-/// `STRATA_CPU_ISA=avx2` nor [`set_vnni`] turned it off. Detected once.
+/// `STRATA_CPU_ISA=avx2` nor [`set_vnni`] turned it off (`auto`, the
+/// default, detects). Detected once.
 pub(crate) fn vnni() -> bool {
     VNNI.load(Ordering::Relaxed) && vnni_detected()
 }
@@ -29,8 +30,13 @@ fn vnni_detected() -> bool {
     static DETECTED: OnceLock<bool> = OnceLock::new();
     *DETECTED.get_or_init(|| {
         let detected = available() && is_x86_feature_detected!("avxvnni");
-        if std::env::var("STRATA_CPU_ISA").is_ok_and(|v| v == "avx2") {
-            VNNI.store(false, Ordering::Relaxed);
+        match std::env::var("STRATA_CPU_ISA").as_deref() {
+            Ok("avx2") => VNNI.store(false, Ordering::Relaxed),
+            Ok("" | "auto") | Err(_) => {}
+            Ok(other) => tracing::warn!(
+                value = other,
+                "STRATA_CPU_ISA is `avx2` or `auto`; this value is ignored (auto)"
+            ),
         }
         detected
     })
