@@ -84,19 +84,10 @@ unsafe fn f16_at(p: *const u8) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn scales_mins_k4(p: *const u8) -> __m256i {
-    const LOW6: u32 = 0x3f3f_3f3f;
-    const LOW4: u32 = 0x0f0f_0f0f;
-    const LOW2: u32 = 0x0303_0303;
-    // SAFETY: the caller's contract; the reads are unaligned.
-    let [u0, u1, u2] = unsafe { p.cast::<[u32; 3]>().read_unaligned() }.map(u32::from_le);
-    // Scales 0..4 are the low 6 bits of bytes 0..4, minimums 0..4 of bytes
-    // 4..8; scales and minimums 4..8 are the nibbles of bytes 8..12 with
-    // the top 2 bits of bytes 0..4 and 4..8 above them.
-    let scales_hi = (u2 & LOW4) | (((u0 >> 6) & LOW2) << 4);
-    let mins_hi = ((u2 >> 4) & LOW4) | (((u1 >> 6) & LOW2) << 4);
-    let packed =
-        _mm_set_epi32(mins_hi as i32, (u1 & LOW6) as i32, scales_hi as i32, (u0 & LOW6) as i32);
-    _mm256_cvtepu8_epi16(packed)
+    // SAFETY: the caller's contract.
+    let q = unsafe { std::slice::from_raw_parts(p, 12) };
+    let (scales, mins) = super::formats::scales_mins_k4(q);
+    _mm256_cvtepu8_epi16(_mm_set_epi64x(mins as i64, scales as i64))
 }
 
 /// The shuffle that copies i16 lane `j` (of each 128-bit half) to every

@@ -28,7 +28,7 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use super::avx2::k45_values;
-use super::formats::{scale_min_k4, KBlock};
+use super::formats::{scales_mins_k4, KBlock};
 use super::{f16_at, Q8KBlock, Q8KGroup, QuantType};
 
 /// Weight rows per packed group.
@@ -107,10 +107,10 @@ impl BlockTerms {
         match t {
             QuantType::Q4K | QuantType::Q5K => {
                 let KBlock { d, dmin, scales: sc, .. } = KBlock::of(t, b);
+                let (sc, mins) = scales_mins_k4(sc);
                 for sub in 0..8 {
-                    let (s, m) = scale_min_k4(sub, sc);
-                    scales[sub] = i16::from(s);
-                    subs[sub] = i16::from(m);
+                    scales[sub] = i16::from((sc >> (8 * sub)) as u8);
+                    subs[sub] = i16::from((mins >> (8 * sub)) as u8);
                 }
                 Self { scales, subs, d, m: dmin }
             }

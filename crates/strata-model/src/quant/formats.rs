@@ -147,6 +147,22 @@ pub(super) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// The eight 6-bit scales and minimums of a Q4_K/Q5_K block from its 12
+/// packed bytes `q` (ggml's `get_scale_min_k4` for every sub-block at
+/// once, as llama.cpp's kernels unpack them): the scales in the bytes of
+/// the first word, the minimums in the second.
+pub(super) fn scales_mins_k4(q: &[u8]) -> (u64, u64) {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let word = |i: usize| u32::from_le_bytes(q[4 * i..4 * i + 4].try_into().expect("4 bytes"));
+    let (u0, u1, u2) = (word(0), word(1), word(2));
+    let scales_hi = (u2 & LOW4) | (((u0 >> 6) & LOW2) << 4);
+    let mins_hi = ((u2 >> 4) & LOW4) | (((u1 >> 6) & LOW2) << 4);
+    let join = |lo: u32, hi: u32| u64::from(lo) | (u64::from(hi) << 32);
+    (join(u0 & LOW6, scales_hi), join(u1 & LOW6, mins_hi))
+}
+
 fn put_f16(out: &mut [u8], v: f32) {
     out[..2].copy_from_slice(&f16::from_f32(v).to_bits().to_le_bytes());
 }

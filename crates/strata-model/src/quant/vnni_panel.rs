@@ -33,6 +33,7 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use super::avx2_panel::unpack_part;
+use super::formats::scales_mins_k4;
 use super::{f16_at, Q8KBlock, Q8KGroup, QuantType};
 
 /// Weight rows per packed group.
@@ -75,8 +76,8 @@ impl Packed8 {
     #[target_feature(enable = "avx2")]
     unsafe fn set(&mut self, t: QuantType, b: [&[u8]; ROWS]) {
         for p in 0..4 {
-            // (Plain loops: a closure would not share this function's
-            // target features, and its calls were 12% of a decode step.)
+            // (Plain loops: written with `array::from_fn` closures, the
+            // unpacking was not inlined and took 12% of a decode step.)
             let mut parts = [[_mm256_setzero_si256(); ROWS]; 2];
             for r in 0..ROWS {
                 let [lo, hi] = unpack_part(t, b[r], p);
@@ -134,22 +135,6 @@ impl Packed8 {
             unsafe { _mm256_store_si256(self.subs[h].as_mut_ptr().cast(), v) };
         }
     }
-}
-
-/// The eight 6-bit scales and minimums of a Q4_K/Q5_K block from its 12
-/// packed bytes `q` (ggml's `get_scale_min_k4` for every sub-block at
-/// once, as llama.cpp's kernels unpack them): the scales in the bytes of
-/// the first word, the minimums in the second.
-fn scales_mins_k4(q: &[u8]) -> (u64, u64) {
-    const LOW6: u32 = 0x3f3f_3f3f;
-    const LOW4: u32 = 0x0f0f_0f0f;
-    const LOW2: u32 = 0x0303_0303;
-    let word = |i: usize| u32::from_le_bytes(q[4 * i..4 * i + 4].try_into().expect("4 bytes"));
-    let (u0, u1, u2) = (word(0), word(1), word(2));
-    let scales_hi = (u2 & LOW4) | (((u0 >> 6) & LOW2) << 4);
-    let mins_hi = ((u2 >> 4) & LOW4) | (((u1 >> 6) & LOW2) << 4);
-    let join = |lo: u32, hi: u32| u64::from(lo) | (u64::from(hi) << 32);
-    (join(u0 & LOW6, scales_hi), join(u1 & LOW6, mins_hi))
 }
 
 /// The 8 x 8 transpose of i32 lanes: lane `r` of vector `j` is lane `j`
@@ -356,8 +341,7 @@ pub(super) unsafe fn gemm_packed(
 mod tests {
     use proptest::prelude::*;
 
-    use super::super::formats::scale_min_k4;
-    use super::scales_mins_k4;
+    use super::super::formats::{scale_min_k4, scales_mins_k4};
 
     proptest! {
         /// The word-wise unpacking equals ggml's per-sub-block one on any
