@@ -22,8 +22,9 @@ THREADS="${THREADS:-2}"
 REPS="${REPS:-2}"
 mkdir -p "$OUT"
 
-# llama.cpp with the instruction sets strata's kernels use here (AVX2, plus AVX-VNNI
-# where the CPU has it; LLAMA_CPP_ISA=avx2 with STRATA_CPU_ISA=avx2 compares AVX2 alone).
+# llama.cpp with the instruction sets strata's kernels use here (AVX2, plus AVX-VNNI and
+# AVX-512 VNNI where the CPU has them; LLAMA_CPP_ISA=avx2 with STRATA_CPU_ISA=avx2
+# compares AVX2 alone, LLAMA_CPP_ISA=avxvnni with STRATA_CPU_ISA=avxvnni AVX-VNNI).
 LLAMA_BIN="$("$ROOT/scripts/build_llama_cpp.sh" | tail -1)"
 (cd "$ROOT" && cargo build --release -p strata)
 STRATA="$ROOT/target/release/strata"

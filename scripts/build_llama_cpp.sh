@@ -4,19 +4,22 @@
 # 0.3.36 sdist (llama.cpp commit 0c1e57098 per the sdist's CHANGELOG).
 #
 # Plain CPU build with the instruction sets strata's CPU backend uses on this machine:
-# AVX2/FMA/F16C, plus AVX-VNNI where the CPU has it (strata detects it at run time and
-# uses `vpdpbusd` for its batched K-quant products; llama.cpp then gets the same
-# instruction in its dot products and repacked GEMMs). No AVX-512 and no AMX, which
-# strata does not use. OpenMP, no BLAS/CUDA, static libraries (self-contained binaries).
+# AVX2/FMA/F16C, plus AVX-VNNI where the CPU has it, plus AVX-512 (F, CD, DQ, BW, VL) and
+# AVX-512 VNNI where it has those (strata detects both at run time and uses `vpdpbusd`
+# on 256- and 512-bit vectors for its batched quantized products; llama.cpp then gets the
+# same instructions in its dot products and repacked GEMMs, and AVX-512 everywhere else
+# too). No AMX, no AVX-512 VBMI/BF16, which strata does not use. OpenMP, no BLAS/CUDA,
+# static libraries (self-contained binaries).
 # The last line on standard output is the directory of the binaries.
 # Idempotent: does nothing when all binaries exist and the stamp (sdist hash + flags +
 # targets) matches. The tarball's sha256 is verified before every build.
 #
 # Env:
-#   LLAMA_CPP_ISA           avx2 or avxvnni (default: avxvnni when /proc/cpuinfo lists
-#                           avx_vnni, else avx2)
+#   LLAMA_CPP_ISA           avx2, avxvnni or avx512vnni (default: the highest that
+#                           /proc/cpuinfo lists)
 #   LLAMA_CPP_DIR           output dir (default $ROOT/target/llama.cpp for avx2,
-#                           $ROOT/target/llama.cpp-avxvnni for avxvnni); binaries in its bin/
+#                           $ROOT/target/llama.cpp-$LLAMA_CPP_ISA otherwise); binaries in
+#                           its bin/
 #   LLAMA_CPP_DOWNLOAD_DIR  where the sdist tarball is (or is downloaded to) and extracted
 #                           (default $LLAMA_CPP_DIR/download); an already-extracted
 #                           llama_cpp_python-0.3.36/ there is reused
@@ -24,14 +27,25 @@
 # Usage: scripts/build_llama_cpp.sh [--force]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+has() { grep -qw "$1" /proc/cpuinfo 2>/dev/null; }
 if [ -z "${LLAMA_CPP_ISA:-}" ]; then
   LLAMA_CPP_ISA=avx2
-  grep -qw avx_vnni /proc/cpuinfo 2>/dev/null && LLAMA_CPP_ISA=avxvnni
+  has avx_vnni && LLAMA_CPP_ISA=avxvnni
+  if has avx512f && has avx512cd && has avx512dq && has avx512bw && has avx512vl \
+    && has avx512_vnni; then
+    LLAMA_CPP_ISA=avx512vnni
+  fi
 fi
 case "$LLAMA_CPP_ISA" in
-  avx2) OUT="${LLAMA_CPP_DIR:-$ROOT/target/llama.cpp}"; VNNI=OFF ;;
-  avxvnni) OUT="${LLAMA_CPP_DIR:-$ROOT/target/llama.cpp-avxvnni}"; VNNI=ON ;;
-  *) echo "build_llama_cpp.sh: LLAMA_CPP_ISA must be avx2 or avxvnni" >&2; exit 2 ;;
+  avx2) OUT="${LLAMA_CPP_DIR:-$ROOT/target/llama.cpp}"; ISA_FLAGS=(-DGGML_AVX512=OFF) ;;
+  avxvnni) OUT="${LLAMA_CPP_DIR:-$ROOT/target/llama.cpp-avxvnni}"
+    ISA_FLAGS=(-DGGML_AVX_VNNI=ON -DGGML_AVX512=OFF) ;;
+  avx512vnni) OUT="${LLAMA_CPP_DIR:-$ROOT/target/llama.cpp-avx512vnni}"
+    # AVX-VNNI's VEX form too where the CPU has it (Sapphire Rapids, not Ice Lake), as
+    # strata then uses both.
+    ISA_FLAGS=(-DGGML_AVX_VNNI="$(has avx_vnni && echo ON || echo OFF)"
+      -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON) ;;
+  *) echo "build_llama_cpp.sh: LLAMA_CPP_ISA must be avx2, avxvnni or avx512vnni" >&2; exit 2 ;;
 esac
 # One download and extraction serves every build.
 DL="${LLAMA_CPP_DOWNLOAD_DIR:-$ROOT/target/llama.cpp/download}"
@@ -46,15 +60,12 @@ SDIST_SHA256="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 # The sdist has no git metadata; this is the llama.cpp commit its CHANGELOG names for 0.3.36.
 LLAMA_COMMIT="0c1e57098"
 
-VNNI_FLAG=()
-[ "$VNNI" = ON ] && VNNI_FLAG=(-DGGML_AVX_VNNI=ON)
 TARGETS=(llama-bench llama-server llama-tokenize llama-quantize llama-cli llama-completion)
 CMAKE_FLAGS=(
   -DCMAKE_BUILD_TYPE=Release
   -DBUILD_SHARED_LIBS=OFF
   -DGGML_NATIVE=OFF
-  -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "${VNNI_FLAG[@]}"
-  -DGGML_AVX512=OFF
+  -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "${ISA_FLAGS[@]}"
   -DGGML_OPENMP=ON
   -DGGML_BLAS=OFF
   -DGGML_CUDA=OFF

@@ -2,8 +2,10 @@
 //! attention, quantized dot products).
 
 use std::arch::x86_64::*;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
+
+pub(crate) use crate::quant::CpuIsa as Isa;
 
 /// Whether this CPU has AVX2, FMA and F16C, which the matmul and
 /// quantized kernels need (detected once).
@@ -16,39 +18,73 @@ pub(crate) fn available() -> bool {
     })
 }
 
-/// Whether the batched K-quant products use AVX-VNNI (`vpdpbusd` on
-/// 256-bit vectors): the CPU has it besides [`available`], and neither
-/// `STRATA_CPU_ISA=avx2` nor [`set_vnni`] turned it off (`auto`, the
-/// default, detects). Detected once.
-pub(crate) fn vnni() -> bool {
-    VNNI.load(Ordering::Relaxed) && vnni_detected()
-}
+/// The highest level the kernels may use: `STRATA_CPU_ISA` (`avx2`,
+/// `avxvnni`, or `auto`, the default) at start, [`cap_isa`] later.
+static CAP: AtomicU8 = AtomicU8::new(Isa::Avx512Vnni as u8);
 
-static VNNI: AtomicBool = AtomicBool::new(true);
-
-fn vnni_detected() -> bool {
-    static DETECTED: OnceLock<bool> = OnceLock::new();
+/// What this CPU has: (AVX-VNNI, AVX-512 VNNI), each besides
+/// [`available`]. Detected once, when the environment's cap is read.
+fn detected() -> (bool, bool) {
+    static DETECTED: OnceLock<(bool, bool)> = OnceLock::new();
     *DETECTED.get_or_init(|| {
-        let detected = available() && is_x86_feature_detected!("avxvnni");
-        match std::env::var("STRATA_CPU_ISA").as_deref() {
-            Ok("avx2") => VNNI.store(false, Ordering::Relaxed),
-            Ok("" | "auto") | Err(_) => {}
-            Ok(other) => tracing::warn!(
-                value = other,
-                "STRATA_CPU_ISA is `avx2` or `auto`; this value is ignored (auto)"
-            ),
+        let base = available();
+        let vnni = base && is_x86_feature_detected!("avxvnni");
+        let avx512 = base
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni");
+        let cap = match std::env::var("STRATA_CPU_ISA").as_deref() {
+            Ok("avx2") => Some(Isa::Avx2),
+            Ok("avxvnni") => Some(Isa::AvxVnni),
+            Ok("" | "auto") | Err(_) => None,
+            Ok(other) => {
+                tracing::warn!(
+                    value = other,
+                    "STRATA_CPU_ISA is `avx2`, `avxvnni` or `auto`; this value is ignored (auto)"
+                );
+                None
+            }
+        };
+        if let Some(cap) = cap {
+            CAP.store(cap as u8, Ordering::Relaxed);
         }
-        detected
+        (vnni, avx512)
     })
 }
 
-/// Turns the AVX-VNNI kernels on or off for this process (benchmarks
-/// compare both in one run); returns whether they are now in use, which
-/// needs a CPU that has them. Both give the same bits.
-pub fn set_vnni(enabled: bool) -> bool {
-    vnni_detected();
-    VNNI.store(enabled, Ordering::Relaxed);
-    vnni()
+/// Whether the batched products may use `vpdpbusd` on 256-bit vectors:
+/// the CPU has AVX-VNNI and the cap allows it.
+pub(crate) fn vnni() -> bool {
+    let (vnni, _) = detected();
+    vnni && CAP.load(Ordering::Relaxed) >= Isa::AvxVnni as u8
+}
+
+/// Whether the batched K-quant products may use `vpdpbusd` on 512-bit
+/// vectors: the CPU has AVX-512 VNNI and the cap allows it.
+pub(crate) fn avx512_vnni() -> bool {
+    let (_, avx512) = detected();
+    avx512 && CAP.load(Ordering::Relaxed) >= Isa::Avx512Vnni as u8
+}
+
+/// Caps the levels the kernels use, for this process (benchmarks compare
+/// them in one run); returns the level now in use, which needs a CPU that
+/// has it. Every level gives the K-quant products' same bits.
+pub fn cap_isa(cap: Isa) -> Isa {
+    detected();
+    CAP.store(cap as u8, Ordering::Relaxed);
+    isa()
+}
+
+/// The highest level in use.
+pub fn isa() -> Isa {
+    if avx512_vnni() {
+        Isa::Avx512Vnni
+    } else if vnni() {
+        Isa::AvxVnni
+    } else {
+        Isa::Avx2
+    }
 }
 
 /// The sum of the eight lanes of `v`.

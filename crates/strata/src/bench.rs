@@ -244,7 +244,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let limit_tok_s = bandwidth / weight_bytes as f64;
     let device = exec.device_description();
     // On the CPU, which instruction sets the quantized kernels use
-    // (`STRATA_CPU_ISA=avx2` keeps AVX-VNNI off, for comparisons).
+    // (`STRATA_CPU_ISA=avx2` or `avxvnni` caps them, for comparisons).
     let kernels = if device.starts_with("cpu") {
         format!(", quantized kernels {}", strata_model::quant::kernel_isa())
     } else {

@@ -76,7 +76,7 @@ fn prefetch_ahead(b: &[u8]) {
 
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-fn f16(b: &[u8]) -> f32 {
+pub(super) fn f16(b: &[u8]) -> f32 {
     let bits = i32::from(u16::from_le_bytes([b[0], b[1]]));
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
 }

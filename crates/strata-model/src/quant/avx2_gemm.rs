@@ -397,7 +397,13 @@ pub(super) unsafe fn gemm_k(
     assert_eq!(w.len(), nr * row_bytes, "invariant: nr weight rows of nb blocks");
     assert_eq!(a.len(), m * nb, "invariant: m input rows of nb blocks");
     assert_eq!(groups.len(), m / TILE * nb, "invariant: each whole group of rows, nb blocks");
-    let (done_rows, done_inputs) = if m >= VNNI_PACKED_MIN_ROWS && crate::simd::vnni() {
+    let (done_rows, done_inputs) = if m >= VNNI_PACKED_MIN_ROWS && crate::simd::avx512_vnni() {
+        // SAFETY: AVX-512 VNNI (with F, BW and VL) was detected at run
+        // time; the other CPU features and the output contract are this
+        // function's; the lengths were asserted above.
+        unsafe { super::vnni_panel::gemm_packed16(t, w, nr, a, groups, nb, out, ld) };
+        (nr / super::vnni_panel::ROWS * super::vnni_panel::ROWS, m / TILE * TILE)
+    } else if m >= VNNI_PACKED_MIN_ROWS && crate::simd::vnni() {
         // SAFETY: AVX-VNNI was detected at run time; the other CPU
         // features and the output contract are this function's; the
         // lengths were asserted above.
@@ -426,10 +432,11 @@ pub(super) unsafe fn gemm_k(
 /// it gains 3-17%, at 32 and above more.
 const PACKED_MIN_ROWS: usize = 24;
 
-/// The same threshold for the AVX-VNNI kernel ([`super::vnni_panel`]).
-/// Llama-3.2-1B Q4_K_M decode (`strata bench`, 2 threads): at 16 rows
-/// 69.7 tok/s against 63.6 on the stored blocks, at 8 rows 45.7 against
-/// 60.0.
+/// The same threshold for the AVX-VNNI and AVX-512 VNNI kernels
+/// ([`super::vnni_panel`]). Llama-3.2-1B Q4_K_M decode (`strata bench`,
+/// 2 threads): at 16 rows 69.7 tok/s against 63.6 on the stored blocks,
+/// at 8 rows 45.7 against 60.0 (AVX-VNNI); with AVX-512 VNNI at 8 rows
+/// 73-74 against 76-79.
 const VNNI_PACKED_MIN_ROWS: usize = 16;
 
 /// [`gemm_k`]'s product for weight rows `rows` and input rows `inputs`,

@@ -291,7 +291,12 @@ pub unsafe fn gemm_strided(
                     unsafe { avx2_gemm::gemm_k(t, w, nr, blocks, groups, m, k / 256, out, ld) };
                 }
                 ActQuant::Q8 { blocks, .. } => {
-                    let done_rows = if vnni_available() {
+                    let done_rows = if avx512_available() {
+                        // SAFETY: as above, and AVX-512 F and VNNI were
+                        // detected at run time.
+                        unsafe { vnni_panel32::gemm_packed16(t, w, nr, blocks, k / 32, out, ld) };
+                        nr / vnni_panel32::ROWS * vnni_panel32::ROWS
+                    } else if vnni_available() {
                         // SAFETY: as above, and AVX-VNNI was detected at
                         // run time.
                         unsafe { vnni_panel32::gemm_packed(t, w, nr, blocks, k / 32, out, ld) };
@@ -352,18 +357,18 @@ pub const VNNI_PACKED32_MIN_ROWS: usize = 8;
 
 /// Whether [`gemm()`] has a register-tiled kernel for `t` with `m` input
 /// rows on this CPU: the K types at every `m`, Q4_0/Q4_1/Q5_0/Q5_1 from
-/// [`PACKED32_MIN_ROWS`] (with AVX-VNNI from [`VNNI_PACKED32_MIN_ROWS`]),
-/// and Q8_0 from there too where the CPU has AVX-VNNI.
+/// [`PACKED32_MIN_ROWS`] (with AVX-VNNI or AVX-512 VNNI from [`VNNI_PACKED32_MIN_ROWS`]),
+/// and Q8_0 from there too where the CPU has either.
 pub fn has_tiled_gemm(t: QuantType, m: usize) -> bool {
     simd_available()
         && match t {
             QuantType::Q4K | QuantType::Q5K | QuantType::Q6K => true,
             QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 | QuantType::Q5_1 => {
-                m >= if vnni_available() { VNNI_PACKED32_MIN_ROWS } else { PACKED32_MIN_ROWS }
+                m >= if any_vnni() { VNNI_PACKED32_MIN_ROWS } else { PACKED32_MIN_ROWS }
             }
             // Signed weight bytes: only `vpdpbusd` (with 128 added to
             // them) makes an integer product cheaper than the f32 one.
-            QuantType::Q8_0 => m >= VNNI_PACKED32_MIN_ROWS && vnni_available(),
+            QuantType::Q8_0 => m >= VNNI_PACKED32_MIN_ROWS && any_vnni(),
         }
 }
 
@@ -376,7 +381,7 @@ pub fn vec_dot_portable(t: QuantType, w: &[u8], acts: &ActQuant, out: &mut [f32]
 }
 
 /// Whether the batched products use the AVX-VNNI kernels (see
-/// [`set_vnni`]).
+/// [`cap_cpu_isa`]).
 fn vnni_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -386,6 +391,25 @@ fn vnni_available() -> bool {
     {
         false
     }
+}
+
+/// Whether the batched products use the AVX-512 VNNI kernels (see
+/// [`cap_cpu_isa`]).
+fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::simd::avx512_vnni()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the batched products have a `vpdpbusd` kernel of either
+/// width.
+fn any_vnni() -> bool {
+    vnni_available() || avx512_available()
 }
 
 /// Whether [`vec_dot`] uses the AVX2/FMA/F16C kernels on this CPU.
@@ -400,25 +424,45 @@ pub fn simd_available() -> bool {
     }
 }
 
-/// Turns the AVX-VNNI kernels of the batched K-quant products on or off
-/// for this process (`strata` benchmarks compare both in one run; the
-/// environment's `STRATA_CPU_ISA=avx2` turns them off from the start).
-/// Returns whether they are now in use: only where the CPU has them.
-pub fn set_vnni(enabled: bool) -> bool {
+/// The instruction-set levels of the batched quantized products on
+/// x86-64, in order: each adds kernels to the one before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CpuIsa {
+    /// AVX2, FMA and F16C (or, where the CPU lacks them, the portable
+    /// kernels).
+    Avx2 = 0,
+    /// `vpdpbusd` on 256-bit vectors (AVX-VNNI, VEX-encoded: Alder Lake
+    /// and Sapphire Rapids on), for every quantized type.
+    AvxVnni = 1,
+    /// `vpdpbusd` on 512-bit vectors (AVX-512 F, BW, VL and VNNI: Ice
+    /// Lake, Sapphire Rapids, Zen 4 on), for the K types.
+    Avx512Vnni = 2,
+}
+
+/// Caps the instruction sets of the batched quantized products for this
+/// process (benchmarks compare the levels in one run; the environment's
+/// `STRATA_CPU_ISA=avx2|avxvnni` caps them from the start). Returns the
+/// level now in use, which also needs a CPU that has it. The K-quant
+/// kernels of every level give the same bits.
+pub fn cap_cpu_isa(cap: CpuIsa) -> CpuIsa {
     #[cfg(target_arch = "x86_64")]
     {
-        crate::simd::set_vnni(enabled)
+        crate::simd::cap_isa(cap)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = enabled;
-        false
+        let _ = cap;
+        CpuIsa::Avx2
     }
 }
 
 /// The instruction sets the quantized kernels use on this CPU, for logs
-/// and benchmark reports: `avx2+avx-vnni`, `avx2` or `portable`.
+/// and benchmark reports: `avx2+avx512-vnni` (with `+avx-vnni` where the
+/// CPU has both), `avx2+avx-vnni`, `avx2` or `portable`.
 pub fn kernel_isa() -> &'static str {
+    if avx512_available() {
+        return if vnni_available() { "avx2+avx-vnni+avx512-vnni" } else { "avx2+avx512-vnni" };
+    }
     if vnni_available() {
         "avx2+avx-vnni"
     } else if simd_available() {

@@ -121,11 +121,11 @@ proptest! {
     /// four weight rows with the rows and inputs it leaves), each type.
     #[test]
     fn gemm_matches_the_reference(
-        w in values(512 * 10),
+        w in values(512 * 17),
         x in values(512 * 37),
     ) {
         for t in QuantType::ALL {
-            for (nr, m) in [(3, 9), (2, 4), (1, 3), (3, 2), (1, 5), (2, 6), (1, 7), (1, 8), (2, 1), (1, 17), (6, 37), (4, 32), (10, 33), (9, 17)] {
+            for (nr, m) in [(3, 9), (2, 4), (1, 3), (3, 2), (1, 5), (2, 6), (1, 7), (1, 8), (2, 1), (1, 17), (6, 37), (4, 32), (10, 33), (9, 17), (17, 9)] {
                 check_gemm(t, &w[..512 * nr], nr, &x[..512 * m], m)?;
             }
         }
@@ -157,32 +157,88 @@ proptest! {
         }
     }
 
-    /// The two packed kernels give the same bits on every whole tile, so
-    /// which one a CPU takes never changes a result. (Without AVX-VNNI
-    /// only the AVX2 kernel can run, and the check is skipped.)
+    /// The packed K-quant kernels give the same bits on every whole tile,
+    /// so which one a CPU takes never changes a result. (Each VNNI kernel
+    /// is checked where the CPU has its instructions.)
     #[test]
     fn vnni_gemm_gives_the_avx2_kernels_bits(
-        w in values(512 * 16),
+        w in values(512 * 24),
         x in values(512 * 16),
     ) {
-        if !(simd_available() && is_x86_feature_detected!("avxvnni")) {
+        if !simd_available() {
             return Ok(());
         }
+        let vnni = simd_available() && is_x86_feature_detected!("avxvnni");
+        let avx512 = simd_available()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni");
         for t in [QuantType::Q4K, QuantType::Q5K, QuantType::Q6K] {
-            let (nr, m, k) = (16, 16, 512);
+            // 24 rows: a whole sixteen-row panel and a half one.
+            let (nr, m, k) = (24, 16, 512);
             let bytes: Vec<u8> = w.chunks(k).flat_map(|row| quantized(t, row)).collect();
             let ActQuant::Q8K { blocks, groups, .. } = quantize_activations(t, &x, m, k) else {
                 unreachable!("K types take Q8_K inputs")
             };
-            let (mut avx2, mut vnni) = (vec![f32::NAN; m * nr], vec![f32::NAN; m * nr]);
-            // SAFETY: AVX2/FMA/F16C and AVX-VNNI were checked above; each
-            // output is the whole m x nr result.
+            let mut avx2 = vec![f32::NAN; m * nr];
+            // SAFETY: AVX2/FMA/F16C were checked; the output is the whole
+            // m x nr result.
             unsafe {
                 avx2_panel::gemm_packed(t, &bytes, nr, &blocks, &groups, k / 256, avx2.as_mut_ptr(), nr);
-                vnni_panel::gemm_packed(t, &bytes, nr, &blocks, &groups, k / 256, vnni.as_mut_ptr(), nr);
             }
-            let same = avx2.iter().zip(&vnni).all(|(a, b)| a.to_bits() == b.to_bits());
-            prop_assert!(same, "{}: {:?} vs {:?}", t.name(), avx2, vnni);
+            if vnni {
+                let mut out = vec![f32::NAN; m * nr];
+                // SAFETY: AVX-VNNI was checked too; the same output.
+                unsafe {
+                    vnni_panel::gemm_packed(t, &bytes, nr, &blocks, &groups, k / 256, out.as_mut_ptr(), nr);
+                }
+                let same = avx2.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits());
+                prop_assert!(same, "{} AVX-VNNI: {:?} vs {:?}", t.name(), avx2, out);
+            }
+            if avx512 {
+                let mut out = vec![f32::NAN; m * nr];
+                // SAFETY: AVX-512 F, BW and VNNI were checked too; the
+                // same output.
+                unsafe {
+                    vnni_panel::gemm_packed16(t, &bytes, nr, &blocks, &groups, k / 256, out.as_mut_ptr(), nr);
+                }
+                let same = avx2.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits());
+                prop_assert!(same, "{} AVX-512 VNNI: {:?} vs {:?}", t.name(), avx2, out);
+            }
+        }
+    }
+
+    /// The 256- and 512-bit VNNI kernels of the 32-value types give the
+    /// same bits (the same operations lane by lane), so the reference
+    /// check of whichever `gemm` takes covers both. 24 weight rows: a
+    /// whole sixteen-row panel and a half one; 11 inputs: a partial tile.
+    #[test]
+    fn vnni_kernels_of_32_value_types_agree(
+        w in values(256 * 24),
+        x in values(256 * 11),
+    ) {
+        let vnni = simd_available() && is_x86_feature_detected!("avxvnni");
+        let avx512 = simd_available()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vnni");
+        if !(vnni && avx512) {
+            return Ok(());
+        }
+        for t in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q5_0, QuantType::Q5_1, QuantType::Q8_0] {
+            let (nr, m, k) = (24, 11, 256);
+            let bytes: Vec<u8> = w.chunks(k).flat_map(|row| quantized(t, row)).collect();
+            let ActQuant::Q8 { blocks, .. } = quantize_activations(t, &x, m, k) else {
+                unreachable!("32-value types take Q8 inputs")
+            };
+            let (mut ymm, mut zmm) = (vec![f32::NAN; m * nr], vec![f32::NAN; m * nr]);
+            // SAFETY: AVX2/FMA/F16C, AVX-VNNI and AVX-512 F/VNNI were
+            // checked above; each output is the whole m x nr result.
+            unsafe {
+                vnni_panel32::gemm_packed(t, &bytes, nr, &blocks, k / 32, ymm.as_mut_ptr(), nr);
+                vnni_panel32::gemm_packed16(t, &bytes, nr, &blocks, k / 32, zmm.as_mut_ptr(), nr);
+            }
+            let same = ymm.iter().zip(&zmm).all(|(a, b)| a.to_bits() == b.to_bits());
+            prop_assert!(same, "{}: {:?} vs {:?}", t.name(), ymm, zmm);
         }
     }
 
