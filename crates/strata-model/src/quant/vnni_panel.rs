@@ -316,7 +316,7 @@ unsafe fn tile<const GV: usize>(
                 for h in 0..groups / 2 {
                     let inputs = if GV == 8 { &g.sums32[h][lane] } else { &g.sums16[h][lane] };
                     let coef = _mm256_load_si256(pb.subs[h].as_ptr().cast());
-                    sub = _mm256_add_epi32(sub, _mm256_madd_epi16(coef, bcast4(inputs)));
+                    sub = _mm256_dpwssd_avx_epi32(sub, coef, bcast4(inputs));
                 }
                 let sub = _mm256_mul_ps(_mm256_cvtepi32_ps(sub), m);
                 let block = _mm256_fmsub_ps(_mm256_cvtepi32_ps(isum[c]), d, sub);
@@ -481,7 +481,7 @@ unsafe fn tile16<const GV: usize>(
                         std::ptr::from_ref(inputs).cast::<i32>().read_unaligned(),
                     );
                     let coef = _mm512_load_si512(pb.subs[h].as_ptr().cast());
-                    sub = _mm512_add_epi32(sub, _mm512_madd_epi16(coef, pair));
+                    sub = _mm512_dpwssd_epi32(sub, coef, pair);
                 }
                 let sub = _mm512_mul_ps(_mm512_cvtepi32_ps(sub), m);
                 let block = _mm512_fmsub_ps(_mm512_cvtepi32_ps(isum[c]), d, sub);
