@@ -292,3 +292,132 @@ pub(super) fn vec_dot(t: QuantType, w: &[u8], acts: &ActQuant, out: &mut [f32]) 
         }
     }
 }
+
+/// [`super::dot::quantize_q8k`] eight lanes at a time, with its bits: the
+/// extreme is found exactly (a vector max of absolute values, then the
+/// first value of that magnitude, as the scalar scan keeps the first),
+/// the scaling is the same multiply and add of ggml's `nearest_int`, and
+/// the sums are of the same integers.
+#[target_feature(enable = "avx2")]
+pub(super) fn quantize_q8k(x: &[f32]) -> Q8KBlock {
+    let x: &[f32; 256] = x.try_into().expect("invariant: a 256-value block");
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let load = |i: usize| {
+        let v: &[f32; 8] = x[8 * i..8 * i + 8].try_into().expect("8 values");
+        // SAFETY: v is 8 readable f32; the load is unaligned.
+        unsafe { _mm256_loadu_ps(v.as_ptr()) }
+    };
+    // The scalar scan skips NaN (`>` is false); `max_ps` returns its
+    // second operand when the first is NaN, so it does too.
+    let mut amax = _mm256_setzero_ps();
+    for i in 0..32 {
+        amax = _mm256_max_ps(_mm256_and_ps(load(i), abs_mask), amax);
+    }
+    let amax = {
+        let h = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)))
+    };
+    let mut b = Q8KBlock { d: 0.0, qs: [0; 256], bsums: [0; 16] };
+    if amax == 0.0 {
+        return b;
+    }
+    let max = *x.iter().find(|v| v.abs() == amax).expect("invariant: amax is one of the values");
+    let iscale = -127.0 / max;
+    let scale = _mm256_set1_ps(iscale);
+    let magic = _mm256_set1_ps(12_582_912.0);
+    let quantize = |i: usize| {
+        let v = _mm256_add_ps(_mm256_mul_ps(scale, load(i)), magic);
+        let q = _mm256_sub_epi32(
+            _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x007f_ffff)),
+            _mm256_set1_epi32(0x0040_0000),
+        );
+        _mm256_min_epi32(q, _mm256_set1_epi32(127))
+    };
+    for g in 0..8 {
+        // 32 values as four vectors of i32; `as i8` keeps each one's low
+        // byte (they are within -127..=127 unless an input was NaN).
+        let v: [__m256i; 4] = std::array::from_fn(|j| quantize(4 * g + j));
+        for (s, pair) in v.chunks(2).enumerate() {
+            let low = |q: __m256i| _mm256_srai_epi32::<24>(_mm256_slli_epi32::<24>(q));
+            let sum = _mm256_add_epi32(low(pair[0]), low(pair[1]));
+            let h = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+            let h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0b01_00_11_10));
+            let h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0b10_11_00_01));
+            b.bsums[2 * g + s] = _mm_cvtsi128_si32(h) as i16;
+        }
+        let dst: &mut [i8; 32] = (&mut b.qs[32 * g..32 * g + 32]).try_into().expect("32 bytes");
+        // SAFETY: dst is 32 writable bytes; the store is unaligned.
+        unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), low_bytes(v)) };
+    }
+    b.d = 1.0 / iscale;
+    b
+}
+
+/// The low byte of each i32 lane of `v[0]`, then `v[1]`, ... in order.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn low_bytes(v: [__m256i; 4]) -> __m256i {
+    // Vector j's four low bytes of each 128-bit half go to bytes
+    // 4 j..4 j + 4 of that half; the halves are then interleaved by dword.
+    let mut out = _mm256_setzero_si256();
+    for (j, &vj) in v.iter().enumerate() {
+        let mut idx = [-1i8; 16];
+        for t in 0..4 {
+            idx[4 * j + t] = (4 * t) as i8;
+        }
+        let idx = i128::from_le_bytes(idx.map(|b| b as u8));
+        let mask =
+            _mm256_set_epi64x((idx >> 64) as i64, idx as i64, (idx >> 64) as i64, idx as i64);
+        out = _mm256_or_si256(out, _mm256_shuffle_epi8(vj, mask));
+    }
+    _mm256_permutevar8x32_epi32(out, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// [`super::dot::quantize_q8`] eight lanes at a time, with its bits:
+/// `round` (half away from zero) as truncation plus a step where the
+/// remainder is at least one half (both exact), and `as i8`'s saturation
+/// and NaN to 0.
+#[target_feature(enable = "avx2")]
+pub(super) fn quantize_q8(x: &[f32]) -> Q8Block {
+    let x: &[f32; 32] = x.try_into().expect("invariant: a 32-value block");
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let v: [__m256; 4] = std::array::from_fn(|i| {
+        let s: &[f32; 8] = x[8 * i..8 * i + 8].try_into().expect("8 values");
+        // SAFETY: s is 8 readable f32; the load is unaligned.
+        unsafe { _mm256_loadu_ps(s.as_ptr()) }
+    });
+    // `f32::max` skips NaN; so does `max_ps` with the running maximum as
+    // its second operand.
+    let mut amax = _mm256_setzero_ps();
+    for &vi in &v {
+        amax = _mm256_max_ps(_mm256_and_ps(vi, abs_mask), amax);
+    }
+    let amax = {
+        let h = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)))
+    };
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let sign_mask = _mm256_set1_ps(-0.0);
+    let q: [__m256i; 4] = std::array::from_fn(|i| {
+        let y = _mm256_mul_ps(v[i], _mm256_set1_ps(id));
+        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
+        let half = _mm256_cmp_ps::<_CMP_GE_OQ>(
+            _mm256_andnot_ps(sign_mask, _mm256_sub_ps(y, t)),
+            _mm256_set1_ps(0.5),
+        );
+        let step = _mm256_or_ps(_mm256_and_ps(y, sign_mask), _mm256_set1_ps(1.0));
+        let r = _mm256_add_ps(t, _mm256_and_ps(half, step));
+        // `as i8`: saturated (infinities come from a subnormal scale),
+        // NaN to 0.
+        let r = _mm256_min_ps(_mm256_max_ps(r, _mm256_set1_ps(-128.0)), _mm256_set1_ps(127.0));
+        _mm256_cvttps_epi32(_mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(y, y)))
+    });
+    let mut qs = [0i8; 32];
+    // SAFETY: qs is 32 writable bytes; the store is unaligned.
+    unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), low_bytes(q)) };
+    let sum: i32 = qs.iter().map(|&q| i32::from(q)).sum();
+    Q8Block { d, s: d * sum as f32, qs }
+}

@@ -216,7 +216,7 @@ pub fn quantize_activations(t: QuantType, x: &[f32], m: usize, k: usize) -> ActQ
     assert!(t.row_bytes(k).is_some(), "invariant: {} rows of {k} values", t.name());
     if t.super_blocks() {
         let blocks: Vec<Q8KBlock> =
-            x.par_chunks_exact(256).with_min_len(64).map(dot::quantize_q8k).collect();
+            x.par_chunks_exact(256).with_min_len(64).map(quantize_q8k).collect();
         let nb = k / 256;
         let groups = blocks
             .par_chunks_exact(8 * nb)
@@ -226,9 +226,31 @@ pub fn quantize_activations(t: QuantType, x: &[f32], m: usize, k: usize) -> ActQ
             .collect();
         ActQuant::Q8K { rows: m, cols: k, blocks, groups }
     } else {
-        let blocks = x.par_chunks_exact(32).with_min_len(512).map(dot::quantize_q8).collect();
+        let blocks = x.par_chunks_exact(32).with_min_len(512).map(quantize_q8).collect();
         ActQuant::Q8 { rows: m, cols: k, blocks }
     }
+}
+
+/// One block of 256 inputs to 8 bits (Q8_K), with the AVX2 kernel where
+/// the CPU has it (the same bits as the portable one).
+fn quantize_q8k(x: &[f32]) -> Q8KBlock {
+    #[cfg(target_arch = "x86_64")]
+    if simd_available() {
+        // SAFETY: AVX2 was detected at run time.
+        return unsafe { avx2::quantize_q8k(x) };
+    }
+    dot::quantize_q8k(x)
+}
+
+/// One block of 32 inputs to 8 bits (Q8_0 with its sum), with the AVX2
+/// kernel where the CPU has it (the same bits as the portable one).
+fn quantize_q8(x: &[f32]) -> Q8Block {
+    #[cfg(target_arch = "x86_64")]
+    if simd_available() {
+        // SAFETY: AVX2 was detected at run time.
+        return unsafe { avx2::quantize_q8(x) };
+    }
+    dot::quantize_q8(x)
 }
 
 /// `out[i] = w . x[i, :]` for one weight row of type `t` and each of the

@@ -242,6 +242,46 @@ proptest! {
         }
     }
 
+    /// The AVX2 input quantizers give the portable ones' bits: on random
+    /// blocks with ties of the extreme, zeros, NaN, infinities and
+    /// subnormals among ordinary values.
+    #[test]
+    fn input_quantizers_agree(
+        x in prop::collection::vec(
+            prop_oneof![
+                8 => -20.0f32..20.0,
+                1 => Just(7.5f32),
+                1 => Just(-7.5f32),
+                1 => Just(0.0f32),
+                1 => prop_oneof![
+                    Just(f32::NAN),
+                    Just(f32::INFINITY),
+                    Just(f32::NEG_INFINITY),
+                    Just(1e-40f32),
+                    Just(-1e-42f32),
+                ],
+            ],
+            256,
+        ),
+        tiny in any::<bool>(),
+    ) {
+        if !simd_available() {
+            return Ok(());
+        }
+        // Also all-subnormal blocks, whose Q8_0 scale is subnormal.
+        let x: Vec<f32> = if tiny { x.iter().map(|v| v * 1e-39).collect() } else { x };
+        // SAFETY: AVX2 was checked above.
+        let (v, p) = (unsafe { avx2::quantize_q8k(&x) }, dot::quantize_q8k(&x));
+        prop_assert_eq!(v.d.to_bits(), p.d.to_bits());
+        prop_assert_eq!(v.qs, p.qs);
+        prop_assert_eq!(v.bsums, p.bsums);
+        for b in x.chunks(32) {
+            // SAFETY: as above.
+            let (v, p) = (unsafe { avx2::quantize_q8(b) }, dot::quantize_q8(b));
+            prop_assert_eq!((v.d.to_bits(), v.s.to_bits(), v.qs), (p.d.to_bits(), p.s.to_bits(), p.qs));
+        }
+    }
+
     #[test]
     fn dot_products_of_32_value_types(
         w in values(96),
